@@ -1,0 +1,1 @@
+"""Throughput benchmarks: one module per measured thing, plus the suite entry point (``python -m benchmarks``)."""
