@@ -1,0 +1,19 @@
+"""Video data: the shard builder, the DALI pipeline and the webdataset + PyAV reference backend.
+
+``data`` yields batches and knows nothing of masks or models. Heavy modules (DALI, PyAV) are imported lazily.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from umt.data.config import IMAGENET_MEAN, IMAGENET_STD, UMT_CROP_SCALES, DataConfig
+
+__all__ = ["DataConfig", "IMAGENET_MEAN", "IMAGENET_STD", "UMT_CROP_SCALES", "build_loader"]
+
+
+def build_loader(cfg: DataConfig, *, rank: int = 0, world_size: int = 1, device: Any = "cpu") -> Any:
+    """Build the video loader for ``cfg`` (see :mod:`umt.data.loader`)."""
+    from umt.data.loader import build_loader as _build
+
+    return _build(cfg, rank=rank, world_size=world_size, device=device)
