@@ -10,12 +10,21 @@ Noise is counter-based: element ``(row, col)`` of the uniform draw for seed ``s`
 same bits). The reference and the Triton kernel therefore produce identical masks for a given seed, on any device,
 without a generator state to checkpoint and without a host sync.
 
-Anatomy (Triton-tutorial style): reference → Triton kernel → public function with ``impl=`` → registration.
+Anatomy (Triton-tutorial style): reference → Triton kernel → registration (``torch.ops.umt.semantic_topk``, a
+``torch.library.custom_op`` with a fake implementation, so ``torch.compile`` traces through it) → public function
+with ``impl=``.
 """
 
 from __future__ import annotations
 
 import torch
+
+try:  # Triton is optional: without it only impl="torch" works.
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised on installs without the triton extra
+    triton = None
+    tl = None
 
 __all__ = ["uniform_noise", "gumbel_topk", "cls_attention", "semantic_topk", "semantic_topk_reference"]
 
@@ -113,6 +122,110 @@ def semantic_topk_reference(
     return gumbel_topk(torch.log(p.clamp_min(1e-30)), keep, seed)
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Triton kernel
+# ----------------------------------------------------------------------------------------------------------------
+
+if triton is not None:
+
+    @triton.jit
+    def _hash32_tl(x):
+        """lowbias32 on uint32 (wrapping multiplies), bit-identical to :func:`_hash32` on int64."""
+        x = x ^ (x >> 16)
+        x = x * 0x7FEB352D
+        x = x ^ (x >> 15)
+        x = x * 0x846CA68B
+        return x ^ (x >> 16)
+
+    @triton.jit
+    def _semantic_topk_kernel(
+        q_ptr,  # [R, H, D]
+        k_ptr,  # [R, H, M, D]
+        seed_ptr,  # [] int64
+        out_ptr,  # [R, K] int64
+        stride_qr, stride_qh, stride_qd,
+        stride_kr, stride_kh, stride_km, stride_kd,
+        M, N, K, H, D, prefix, sm_scale,
+        BLOCK_M: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
+        """One program per row r: scores, per-head softmax, head mean, log p + Gumbel, top-K, sorted store."""
+        row = tl.program_id(0)
+        offs_m = tl.arange(0, BLOCK_M)  # key column m in [0, M); patch column = m - prefix
+        offs_d = tl.arange(0, BLOCK_D)
+        mask_m = offs_m < M
+        mask_d = offs_d < D
+        q_row = q_ptr + row.to(tl.int64) * stride_qr
+        k_row = k_ptr + row.to(tl.int64) * stride_kr
+        p_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+        for h in range(0, H):
+            q = tl.load(q_row + h * stride_qh + offs_d * stride_qd, mask=mask_d, other=0.0).to(tl.float32)
+            q = q * sm_scale  # scale the query first, as the reference does
+            kt = tl.load(
+                k_row + h * stride_kh + offs_m[:, None] * stride_km + offs_d[None, :] * stride_kd,
+                mask=mask_m[:, None] & mask_d[None, :],
+                other=0.0,
+            ).to(tl.float32)  # [BLOCK_M, BLOCK_D]
+            s = tl.sum(kt * q[None, :], axis=1)  # [BLOCK_M]
+            s = tl.where(mask_m, s, float("-inf"))
+            e = tl.exp(s - tl.max(s, axis=0))
+            p_sum += e / tl.sum(e, axis=0)
+        p = p_sum / H  # head average, [BLOCK_M]
+        valid = mask_m & (offs_m >= prefix)
+        col = offs_m - prefix
+        # Counter-based uniform noise, same bits as uniform_noise(seed, R, N)[row, col].
+        seed = tl.load(seed_ptr).to(tl.int64) & 0xFFFFFFFF
+        key = _hash32_tl(seed.to(tl.uint32) ^ 0x9E3779B9)
+        counter = (row.to(tl.int64) * N + col) & 0xFFFFFFFF
+        bits = _hash32_tl(counter.to(tl.uint32) ^ key)
+        u = ((bits >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
+        score = tl.log(tl.maximum(p, 1e-30)) - tl.log(-tl.log(u))  # log p + Gumbel
+        score = tl.where(valid, score, float("-inf"))
+        # Pack (order-preserving int32 image of the float score, column) into unique int64 keys, so that one sort
+        # gives the K-th largest key and a >= test selects exactly K columns.
+        sbits = score.to(tl.int32, bitcast=True)
+        sortable = sbits ^ ((sbits >> 31) & 0x7FFFFFFF)
+        packed = (sortable.to(tl.int64) << 32) | (BLOCK_M - 1 - offs_m).to(tl.int64)  # lower column wins ties
+        ranked = tl.sort(packed, descending=True)
+        kth = tl.sum(tl.where(offs_m == K - 1, ranked, 0), axis=0)
+        kept = (packed >= kth) & valid
+        pos = tl.cumsum(kept.to(tl.int32), axis=0) - 1  # rank among kept columns = ascending order
+        tl.store(out_ptr + row.to(tl.int64) * K + pos, col.to(tl.int64), mask=kept)
+
+
+def _seed_tensor(seed: int | torch.Tensor, device: torch.device) -> torch.Tensor:
+    if isinstance(seed, torch.Tensor):
+        return seed.to(device=device, dtype=torch.int64).reshape(())
+    return torch.tensor(int(seed), dtype=torch.int64).to(device)
+
+
+@torch.library.custom_op("umt::semantic_topk", mutates_args=())
+def _semantic_topk_op(q_cls: torch.Tensor, k: torch.Tensor, keep: int, seed: torch.Tensor, prefix: int) -> torch.Tensor:
+    """Registered op: launches :func:`_semantic_topk_kernel` (one program per row)."""
+    if triton is None:
+        raise RuntimeError("impl='triton' needs the triton package (pip install '.[triton]')")
+    rows, heads, m, d = k.shape
+    n = m - prefix
+    out = torch.empty(rows, keep, dtype=torch.int64, device=k.device)
+    if rows == 0:
+        return out
+    block_m = max(16, triton.next_power_of_2(m))
+    _semantic_topk_kernel[(rows,)](
+        q_cls, k, seed, out,
+        *q_cls.stride(), *k.stride(),
+        m, n, keep, heads, d, prefix, d**-0.5,
+        BLOCK_M=block_m,
+        BLOCK_D=max(16, triton.next_power_of_2(d)),
+        num_warps=8 if block_m * d >= 16384 else 4,
+    )
+    return out
+
+
+@_semantic_topk_op.register_fake
+def _(q_cls: torch.Tensor, k: torch.Tensor, keep: int, seed: torch.Tensor, prefix: int) -> torch.Tensor:
+    return k.new_empty(k.shape[0], keep, dtype=torch.int64)
+
+
 def semantic_topk(
     q_cls: torch.Tensor,
     k: torch.Tensor,
@@ -123,14 +236,33 @@ def semantic_topk(
 ) -> torch.Tensor:
     """Kept patch indices per frame for UMT's semantic mask. See :func:`semantic_topk_reference`.
 
+    The Triton path is one kernel launch (``torch.ops.umt.semantic_topk``): it reads ``q_cls`` and ``k`` once, never
+    builds the attention map and never syncs with the host. For a fixed seed its indices equal the reference's,
+    except where two perturbed scores at the K-th place differ by less than float32 rounding (the two compute the
+    dot products in different orders).
+
     Args:
+        q_cls: ``[R, H, D]`` CLS query per frame (unscaled).
+        k: ``[R, H, M, D]`` keys, M = ``num_prefix_tokens`` + N; any float dtype, any strides.
+        keep: K, kept patches per row, ``1 <= K <= N``.
+        seed: Python int or int64 0-dim tensor (on the device, to avoid a host sync).
+        num_prefix_tokens: leading non-patch keys (1 for CLIP's CLS).
         impl: ``"torch"`` (reference) or ``"triton"`` (fused kernel).
 
+    Returns:
+        int64 ``[R, K]``, sorted ascending, unique, in ``[0, N)``.
+
     Raises:
-        ValueError: unknown ``impl``.
+        ValueError: unknown ``impl``, bad shapes or ``keep`` out of range.
+        RuntimeError: ``impl="triton"`` without the triton package.
     """
     if impl == "torch":
         return semantic_topk_reference(q_cls, k, keep, seed, num_prefix_tokens)
     if impl == "triton":
-        raise NotImplementedError("the Triton semantic top-k kernel is not built yet")
+        if k.dim() != 4 or q_cls.shape != (k.shape[0], k.shape[1], k.shape[3]):
+            raise ValueError(f"expected q_cls [R, H, D] and k [R, H, M, D], got {tuple(q_cls.shape)}, {tuple(k.shape)}")
+        n = k.shape[2] - num_prefix_tokens
+        if not 1 <= keep <= n:
+            raise ValueError(f"keep must be in [1, {n}], got {keep}")
+        return _semantic_topk_op(q_cls, k, keep, _seed_tensor(seed, k.device), num_prefix_tokens)
     raise ValueError(f"unknown impl {impl!r}; expected 'torch' or 'triton'")
