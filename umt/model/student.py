@@ -1,0 +1,276 @@
+"""Student video ViT for UMT stage 1 (DESIGN.md, "Stage 1"), built from timm layers and registered in timm.
+
+A plain ViT over space-time tokens: Conv3d patch embedding with tubelet 1 (kernel = stride = (1, 16, 16)), a fixed
+1-D sin-cos position table over the flattened (T, H, W) index (T-major), no CLS token, pre-norm blocks with q/v biases
+(no k bias), drop path ramping linearly over depth. Only the visible tokens enter block 0 (gathered with fixed-shape
+index ops, :func:`umt.ops.gather_tokens`); attention goes through :func:`umt.ops.attention`.
+
+Registered sizes (``timm.create_model(name, ...)``):
+
+========================================  =====  =====  =====  ==============================
+name                                      width  depth  heads  use
+========================================  =====  =====  =====  ==============================
+``umt_vit_base_patch16_224``              768    12     12     UMT-B (paper)
+``umt_vit_large_patch16_224``             1024   24     16     UMT-L (paper)
+``umt_vit_tiny_patch16_224``              192    12     3      small experiments
+``umt_vit_pico_patch16_224``              96     4      3      tests and the CPU demo
+========================================  =====  =====  =====  ==============================
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import DropPath, LayerNorm, Mlp, to_2tuple
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+
+from umt import ops
+
+__all__ = ["Attention", "Block", "PatchEmbed3D", "UMTStudent", "sincos_pos_table", "STUDENT_ARCHS"]
+
+#: name → (width, depth, heads); DESIGN.md for B and L.
+STUDENT_ARCHS: dict[str, tuple[int, int, int]] = {
+    "umt_vit_base_patch16_224": (768, 12, 12),
+    "umt_vit_large_patch16_224": (1024, 24, 16),
+    "umt_vit_tiny_patch16_224": (192, 12, 3),
+    "umt_vit_pico_patch16_224": (96, 4, 3),
+}
+
+
+def sincos_pos_table(num_positions: int, dim: int) -> torch.Tensor:
+    """Fixed 1-D sin-cos position table (Vaswani et al. 2017; as the official UMT ``get_sinusoid_encoding_table``).
+
+    Args:
+        num_positions: M = T·h·w flattened positions (T-major).
+        dim: C, the embedding width.
+
+    Returns:
+        float32 ``[M, C]``: even columns ``sin(pos / 10000^(2i/C))``, odd columns ``cos(...)``.
+    """
+    pos = torch.arange(num_positions, dtype=torch.float64).unsqueeze(1)  # [M, 1]
+    i = torch.arange(dim, dtype=torch.float64)  # [C]
+    angle = pos / torch.pow(10000.0, 2 * torch.div(i, 2, rounding_mode="floor") / dim)  # [M, C]
+    table = torch.where(i.long() % 2 == 0, torch.sin(angle), torch.cos(angle))
+    return table.float()
+
+
+class PatchEmbed3D(nn.Module):
+    """Conv3d patch embedding, kernel = stride = (tubelet, patch, patch): ``[B, 3, T, H, W] → [B, T·h·w, C]``."""
+
+    def __init__(self, patch_size: int = 16, tubelet_size: int = 1, in_chans: int = 3, embed_dim: int = 768) -> None:
+        super().__init__()
+        k = (tubelet_size, patch_size, patch_size)
+        self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=k, stride=k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(x)  # [B, C, T, h, w]
+        return x.flatten(2).transpose(1, 2)  # [B, T·h·w, C], T-major
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with q and v biases, no k bias (as BEiT/UMT), through :func:`umt.ops.attention`."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, proj_drop: float = 0.0) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        if qkv_bias:
+            self.q_bias = nn.Parameter(torch.zeros(dim))
+            self.v_bias = nn.Parameter(torch.zeros(dim))
+        else:
+            self.q_bias = self.v_bias = None
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        bias = None
+        if self.q_bias is not None:
+            bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])  # [3C]
+        qkv = F.linear(x, self.qkv.weight, bias)  # [B, N, 3C]
+        qkv = qkv.view(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)  # [3, B, H, N, D]
+        x = ops.attention(qkv[0], qkv[1], qkv[2])  # [B, H, N, D]
+        x = x.transpose(1, 2).reshape(b, n, c)  # [B, N, C]
+        return self.proj_drop(self.proj(x))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + dp(attn(ln(x)))``, ``x + dp(mlp(ln(x)))`` (MLP ratio 4, GELU)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0,
+                 norm_layer: type[nn.Module] = LayerNorm) -> None:
+        super().__init__()
+        self.norm1 = norm_layer(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads)
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = norm_layer(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path1(self.attn(self.norm1(x)))
+        return x + self.drop_path2(self.mlp(self.norm2(x)))
+
+
+def _norm_layer() -> type[nn.Module]:
+    """apex's FusedLayerNorm when importable (optional speed-up, DESIGN/issue 3), else timm's LayerNorm."""
+    try:  # pragma: no cover - apex is not installable from the registries this project uses
+        from apex.normalization import FusedLayerNorm  # type: ignore[import-not-found]
+
+        if torch.cuda.is_available():
+            return FusedLayerNorm
+    except ImportError:
+        pass
+    return LayerNorm
+
+
+class UMTStudent(nn.Module):
+    """UMT student video ViT.
+
+    Args:
+        img_size: input side H = W in pixels (int or (H, W)).
+        patch_size: spatial patch side (16).
+        num_frames: T (8 in the paper recipe).
+        tubelet_size: frames per token (1: every token lines up with one teacher token).
+        in_chans: input channels.
+        num_classes: 0 for pre-training (no head); > 0 adds mean-pool → LayerNorm → Linear for fine-tuning.
+        embed_dim, depth, num_heads, mlp_ratio: ViT size.
+        drop_path_rate: drop path of the last block; block i gets ``rate·i/(depth-1)`` (linear ramp).
+        align_layers: L, number of last blocks whose outputs :meth:`forward_align` returns (6 in UMT).
+    """
+
+    def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, num_frames: int = 8,
+                 tubelet_size: int = 1, in_chans: int = 3, num_classes: int = 0, embed_dim: int = 768,
+                 depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, drop_path_rate: float = 0.0,
+                 align_layers: int = 6, **kwargs: Any) -> None:
+        super().__init__()
+        kwargs.pop("global_pool", None)
+        if kwargs:
+            raise TypeError(f"unexpected arguments for UMTStudent: {sorted(kwargs)}")
+        if not 1 <= align_layers <= depth:
+            raise ValueError(f"align_layers must be in [1, depth={depth}], got {align_layers}")
+        h, w = to_2tuple(img_size)
+        self.num_frames, self.patch_size, self.tubelet_size = num_frames, patch_size, tubelet_size
+        self.grid = (num_frames // tubelet_size, h // patch_size, w // patch_size)
+        self.num_patches = self.grid[0] * self.grid[1] * self.grid[2]
+        self.embed_dim = self.num_features = embed_dim
+        self.align_layers = align_layers
+        self.num_classes = num_classes
+        norm_layer = _norm_layer()
+        self.patch_embed = PatchEmbed3D(patch_size, tubelet_size, in_chans, embed_dim)
+        # Fixed, not learned: a non-persistent buffer, rebuilt from the size arguments (not in checkpoints).
+        self.register_buffer("pos_embed", sincos_pos_table(self.num_patches, embed_dim), persistent=False)
+        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, dpr[i], norm_layer) for i in range(depth))
+        self.norm = norm_layer(embed_dim, eps=1e-6)
+        self.fc_norm = norm_layer(embed_dim, eps=1e-6) if num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        # Official UMT/VideoMAE init: xavier-uniform linears, zero biases, unit LayerNorm.
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return set()
+
+    def embed(self, video: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Patch-embed ``video [B, 3, T, H, W]``, add positions, keep the visible tokens.
+
+        Args:
+            idx: ``[B, K]`` sorted clip-level kept positions in ``[0, T·h·w)``; None keeps every token.
+
+        Returns:
+            ``[B, K, C]`` (``K = T·h·w`` when ``idx`` is None).
+        """
+        x = self.patch_embed(video)  # [B, M, C]
+        if idx is None:
+            return x + self.pos_embed.to(x.dtype)
+        return ops.gather_tokens(x, idx, self.pos_embed)  # [B, K, C]
+
+    def forward_align(self, video: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Outputs of the last ``align_layers`` blocks over the visible tokens, after the final LayerNorm.
+
+        Args:
+            video: ``[B, 3, T, H, W]`` normalised pixels.
+            idx: ``[B, K]`` int64 sorted kept token positions (clip-level, K = T·keep_per_frame).
+
+        Returns:
+            ``[L, B, K, C]`` with L = ``align_layers``.
+        """
+        x = self.embed(video, idx)  # [B, K, C]
+        first = len(self.blocks) - self.align_layers
+        outs = []
+        for i, blk in enumerate(self.blocks):
+            x = blk(x)
+            if i >= first:
+                outs.append(x)
+        return self.norm(torch.stack(outs))  # [L, B, K, C]
+
+    def forward_features(self, video: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Last block's tokens after the final LayerNorm: ``[B, 3, T, H, W] → [B, K, C]``."""
+        x = self.embed(video, idx)  # [B, K, C]
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean-pool → fc_norm → head: ``[B, K, C] → [B, num_classes]`` (``[B, C]`` with no head)."""
+        return self.head(self.fc_norm(x.mean(dim=1)))
+
+    def forward(self, video: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forward_head(self.forward_features(video, idx))
+
+
+def _cfg(**kwargs: Any) -> dict[str, Any]:
+    # No hub weights exist for these names: pretrained=True needs pretrained_cfg_overlay={"file": PATH}
+    # (a safetensors file written by umt.train.export).
+    return {"num_classes": 0, "input_size": (3, 224, 224), "mean": (0.485, 0.456, 0.406),
+            "std": (0.229, 0.224, 0.225), "first_conv": "patch_embed.proj", "classifier": None, **kwargs}
+
+
+default_cfgs = generate_default_cfgs({name: _cfg() for name in STUDENT_ARCHS})
+
+
+def _create(variant: str, pretrained: bool, **kwargs: Any) -> UMTStudent:
+    width, depth, heads = STUDENT_ARCHS[variant]
+    args = dict(embed_dim=width, depth=depth, num_heads=heads, align_layers=min(6, depth))
+    args.update(kwargs)
+    return build_model_with_cfg(UMTStudent, variant, pretrained, pretrained_strict=True, **args)
+
+
+@register_model
+def umt_vit_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> UMTStudent:
+    """UMT-B student: ViT-B/16 (768, 12 blocks, 12 heads), drop path 0.1 in the paper recipe."""
+    return _create("umt_vit_base_patch16_224", pretrained, **kwargs)
+
+
+@register_model
+def umt_vit_large_patch16_224(pretrained: bool = False, **kwargs: Any) -> UMTStudent:
+    """UMT-L student: ViT-L/16 (1024, 24 blocks, 16 heads), drop path 0.2 in the paper recipe."""
+    return _create("umt_vit_large_patch16_224", pretrained, **kwargs)
+
+
+@register_model
+def umt_vit_tiny_patch16_224(pretrained: bool = False, **kwargs: Any) -> UMTStudent:
+    """Tiny student (192, 12 blocks, 3 heads)."""
+    return _create("umt_vit_tiny_patch16_224", pretrained, **kwargs)
+
+
+@register_model
+def umt_vit_pico_patch16_224(pretrained: bool = False, **kwargs: Any) -> UMTStudent:
+    """Test/demo student (96, 4 blocks, 3 heads)."""
+    return _create("umt_vit_pico_patch16_224", pretrained, **kwargs)
