@@ -1,0 +1,81 @@
+"""``umt-make-shards`` / ``python tools/make_shards.py``: build WebDataset video shards (see :mod:`umt.data.shards`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from umt.data.shards import CODECS, DEFAULT_CODEC, DEFAULT_GOP, EncodeSettings, build_shards, iter_reasons
+
+__all__ = ["main", "parser"]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="make_shards",
+        description="Re-encode videos and pack them into WebDataset tar shards with DALI index files.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="video files and/or directories (searched recursively)")
+    p.add_argument("--out", required=True, help="output directory (re-running into it resumes)")
+    p.add_argument("--annotations", help="Kinetics CSV (path,label | path label) or WebVid JSON/JSONL (video, caption)")
+    p.add_argument("--codec", default=DEFAULT_CODEC, choices=[*CODECS, "copy"], help="output codec (copy: keep stream)")
+    p.add_argument("--short-side", type=int, default=320, help="scale so the short side is at most this (px)")
+    p.add_argument("--gop", type=int, default=DEFAULT_GOP, help="key frame interval in frames (1 = all-intra)")
+    p.add_argument("--fps-cap", type=float, default=None, help="drop frames above this rate (frames/s)")
+    p.add_argument("--min-frames", type=int, default=8, help="skip videos with fewer frames")
+    p.add_argument("--samples-per-shard", type=int, default=256)
+    p.add_argument("--workers", type=int, default=1, help="encoding processes")
+    p.add_argument("--seed", type=int, default=0, help="shuffle seed (same inputs + seed = same shards)")
+    p.add_argument("--split", default="train", help="shard name prefix: {split}-000000.tar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, summary only")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the builder; returns the exit status (0 when at least one sample was written)."""
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
+    if not args.inputs and not args.annotations:
+        print("make_shards: error: give INPUT files/directories and/or --annotations", file=sys.stderr)
+        return 2
+    try:
+        settings = EncodeSettings(
+            codec=args.codec, short_side=args.short_side, gop=args.gop, fps_cap=args.fps_cap, min_frames=args.min_frames
+        )
+        res = build_shards(
+            args.inputs,
+            args.out,
+            annotations=args.annotations,
+            settings=settings,
+            samples_per_shard=args.samples_per_shard,
+            workers=args.workers,
+            seed=args.seed,
+            split=args.split,
+            progress=not args.quiet,
+        )
+    except OSError as e:
+        print(f"make_shards: error: cannot write output: {e}", file=sys.stderr)
+        return 1
+    except ValueError as e:
+        print(f"make_shards: error: {e}", file=sys.stderr)
+        return 2
+    total_bytes = sum(s["bytes"] for s in res.shards)
+    print(
+        f"{res.num_samples} samples in {len(res.shards)} shards ({total_bytes / 2**20:.1f} MiB) -> {res.out_dir}; "
+        f"{len(res.skipped)} skipped; {res.encoded} encoded this run in {res.seconds:.1f} s"
+    )
+    for reason, n in sorted(iter_reasons(res.skipped).items()):
+        print(f"  skipped {n:5d}: {reason}")
+    for s in res.skipped[:20]:
+        print(f"    {s['input']}: {s['reason']}")
+    if res.num_samples == 0:
+        print("make_shards: error: no usable video was found; nothing written", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

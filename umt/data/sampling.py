@@ -1,0 +1,129 @@
+"""Pure sampling and augmentation-parameter functions shared by the DALI graph and the reference backend.
+
+Both backends implement the same two decisions, and this module is their single written-down definition:
+
+* **TSN sparse sampling** (UMT recipe, DESIGN.md): split a video of ``N`` frames into ``T`` equal segments and take one
+  frame per segment, a uniformly random one in training and the segment centre in evaluation::
+
+      index_i = min(floor((i + u_i) * N / T), N - 1),   u_i ~ U[0, 1) (train) or u_i = 0.5 (eval)
+
+  This is the continuous form of the official ``_get_seq_frames`` (UMT ``kinetics_sparse.py``). The arithmetic is
+  done in float32 in the same order as the DALI graph (``((i + u) * N) / T``), so that given the same ``u`` both
+  backends pick identical frames.
+
+* **Multi-scale crop** (official ``GroupMultiScaleCrop(input_size, [1, .875, .75, .66])`` with ``max_distort=1``,
+  ``fix_crop=True``, ``more_fix_crop=True``): crop sizes are the short side times each scale (snapped to the model
+  size when within 3 px); a (width, height) pair is drawn uniformly from the pairs whose scale indices differ by at
+  most 1 (10 pairs for 4 scales); the offset is drawn uniformly from 13 fixed positions on a 4×4 step grid
+  (corners, centre, edge centres, quarter points). One crop for every frame of a clip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = [
+    "FIX_OFFSETS_13",
+    "FIX_OFFSETS_5",
+    "crop_pairs",
+    "crop_size_table",
+    "eval_crop",
+    "multiscale_crop",
+    "tsn_indices",
+]
+
+#: Offsets as (w multiple, h multiple) of ``step = (image - crop) // 4``, in the order of the official
+#: ``GroupMultiScaleCrop.fill_fix_offset`` (first 5 without ``more_fix_crop``).
+FIX_OFFSETS_13: tuple[tuple[int, int], ...] = (
+    (0, 0), (4, 0), (0, 4), (4, 4), (2, 2),  # corners, centre
+    (0, 2), (4, 2), (2, 4), (2, 0),  # centre left/right, lower/upper centre
+    (1, 1), (3, 1), (1, 3), (3, 3),  # quarter points
+)  # fmt: skip
+FIX_OFFSETS_5 = FIX_OFFSETS_13[:5]
+
+#: Crop side within this many pixels of the model size is snapped to it (official ``_sample_crop_size``).
+_SNAP_PX = 3
+
+
+def tsn_indices(num_frames: int, num_segments: int, u: np.ndarray | Sequence[float] | None = None) -> np.ndarray:
+    """TSN sparse frame indices.
+
+    Args:
+        num_frames: N, frames in the video (>= 1).
+        num_segments: T, segments (one frame each).
+        u: [T] position inside each segment in [0, 1); ``None`` means the centre (0.5, evaluation).
+
+    Returns:
+        int32 [T] frame indices in [0, N), non-decreasing.
+
+    Raises:
+        ValueError: ``num_frames < 1`` or ``u`` of the wrong length.
+    """
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    uu = np.full(num_segments, 0.5, np.float32) if u is None else np.asarray(u, np.float32)
+    if uu.shape != (num_segments,):
+        raise ValueError(f"u must have shape [{num_segments}], got {uu.shape}")
+    seg = np.arange(num_segments, dtype=np.float32)
+    pos = ((seg + uu) * np.float32(num_frames)) / np.float32(num_segments)  # [T] float32, same order as the graph
+    return np.minimum(pos.astype(np.int32), num_frames - 1).astype(np.int32)
+
+
+def crop_pairs(num_scales: int, max_distort: int = 1) -> list[tuple[int, int]]:
+    """(height scale index, width scale index) pairs with ``|i - j| <= max_distort``, in the official order."""
+    return [(i, j) for i in range(num_scales) for j in range(num_scales) if abs(i - j) <= max_distort]
+
+
+def crop_size_table(scales: Sequence[float], max_distort: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Per crop pair, the (height, width) scale fractions: two float32 arrays [P] (P = 10 for 4 scales)."""
+    pairs = crop_pairs(len(scales), max_distort)
+    s = np.asarray(scales, np.float32)
+    return s[[p[0] for p in pairs]], s[[p[1] for p in pairs]]
+
+
+def _crop_side(short: int, frac: np.float32, size: int) -> int:
+    side = int(np.float32(short) * np.float32(frac))  # float32 like the graph; floor for positive values
+    return size if abs(side - size) < _SNAP_PX else side
+
+
+def multiscale_crop(
+    width: int,
+    height: int,
+    size: int,
+    scales: Sequence[float],
+    pair_index: int,
+    offset_index: int,
+    offsets: Sequence[tuple[int, int]] = FIX_OFFSETS_13,
+) -> tuple[int, int, int, int]:
+    """The crop window chosen by draws ``pair_index`` (uniform over :func:`crop_pairs`) and ``offset_index``.
+
+    Args:
+        width, height: frame size W, H in pixels.
+        size: model input side in pixels (for the official 3-px snap).
+        scales: crop fractions of the short side.
+        pair_index: index into :func:`crop_pairs` (``len(scales)`` scales, ``max_distort=1``).
+        offset_index: index into ``offsets``.
+
+    Returns:
+        ``(x, y, crop_w, crop_h)`` in pixels, with the window inside the frame (crop sides are clamped to the frame,
+        which only matters when the snap to ``size`` exceeds a tiny frame).
+    """
+    fh, fw = crop_size_table(scales)
+    short = min(width, height)
+    ch = min(_crop_side(short, fh[pair_index], size), height)
+    cw = min(_crop_side(short, fw[pair_index], size), width)
+    mw, mh = offsets[offset_index]
+    x = mw * ((width - cw) // 4)
+    y = mh * ((height - ch) // 4)
+    return x, y, cw, ch
+
+
+def eval_crop(width: int, height: int) -> tuple[int, int, int, int]:
+    """Evaluation crop: the centred square of the short side, ``(x, y, side, side)`` in pixels.
+
+    Uses the same step grid as the training crop (scale 1, centre offset (2, 2)), so both backends agree exactly.
+    """
+    side = min(width, height)
+    return 2 * ((width - side) // 4), 2 * ((height - side) // 4), side, side
