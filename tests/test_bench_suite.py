@@ -122,3 +122,13 @@ def test_unknown_part_or_model(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         suite.main(["--model", "vit_huge", "--out", str(tmp_path)])
     assert budget.BUDGET_HOURS == 144.0
+
+
+@pytest.mark.dist
+def test_measure_allreduce_gloo() -> None:
+    from benchmarks import scaling
+
+    r = scaling.measure_allreduce(2, 1 << 16, backend="gloo", repeat=3)  # 64 KiB of fp32 over 2 processes
+    assert r["world"] == 2 and r["seconds"] > 0
+    assert r["busbw_gb_s"] == pytest.approx(r["algbw_gb_s"])  # 2·(n−1)/n = 1 at n = 2
+    assert r["algbw_gb_s"] == pytest.approx((1 << 16) / r["seconds"] / 1e9)
