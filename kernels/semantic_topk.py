@@ -42,6 +42,7 @@ def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
 
 
 def _hash32(x: torch.Tensor) -> torch.Tensor:
+    """lowbias32 of int64 values in [0, 2**32) (a tensor, or a Python int: the same operators apply)."""
     x = x ^ (x >> 16)
     x = _mul32(x, _H1)
     x = x ^ (x >> 15)
@@ -62,8 +63,10 @@ def uniform_noise(seed: int | torch.Tensor, rows: int, cols: int, device: torch.
         bits: ``(h >> 8) + 0.5) / 2**24``.
     """
     counter = torch.arange(rows * cols, device=device, dtype=torch.int64)
-    s = seed if isinstance(seed, torch.Tensor) else torch.tensor(int(seed), device=device, dtype=torch.int64)
-    key = _hash32((s.to(torch.int64) & _MASK32) ^ _GOLDEN)
+    if isinstance(seed, torch.Tensor):
+        key = _hash32((seed.to(device=device, dtype=torch.int64) & _MASK32) ^ _GOLDEN)  # 0-dim, stays on device
+    else:
+        key = _hash32((int(seed) & _MASK32) ^ _GOLDEN)  # Python int: the same bits, no host→device copy
     bits = _hash32((counter & _MASK32) ^ key)
     u = ((bits >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
     return u.view(rows, cols)
@@ -141,11 +144,13 @@ if triton is not None:
     def _semantic_topk_kernel(
         q_ptr,  # [R, H, D]
         k_ptr,  # [R, H, M, D]
-        seed_ptr,  # [] int64
+        seed_ptr,  # [] int64 (read when SEED_IN_TENSOR)
+        seed_val,  # int seed (used otherwise)
         out_ptr,  # [R, K] int64
         stride_qr, stride_qh, stride_qd,
         stride_kr, stride_kh, stride_km, stride_kd,
         M, N, K, H, D, prefix, sm_scale,
+        SEED_IN_TENSOR: tl.constexpr,
         BLOCK_M: tl.constexpr,
         BLOCK_D: tl.constexpr,
     ):
@@ -174,7 +179,10 @@ if triton is not None:
         valid = mask_m & (offs_m >= prefix)
         col = offs_m - prefix
         # Counter-based uniform noise, same bits as uniform_noise(seed, R, N)[row, col].
-        seed = tl.load(seed_ptr).to(tl.int64) & 0xFFFFFFFF
+        if SEED_IN_TENSOR:
+            seed = tl.load(seed_ptr).to(tl.int64) & 0xFFFFFFFF
+        else:
+            seed = seed_val.to(tl.int64) & 0xFFFFFFFF
         key = _hash32_tl(seed.to(tl.uint32) ^ 0x9E3779B9)
         counter = (row.to(tl.int64) * N + col) & 0xFFFFFFFF
         bits = _hash32_tl(counter.to(tl.uint32) ^ key)
@@ -193,15 +201,13 @@ if triton is not None:
         tl.store(out_ptr + row.to(tl.int64) * K + pos, col.to(tl.int64), mask=kept)
 
 
-def _seed_tensor(seed: int | torch.Tensor, device: torch.device) -> torch.Tensor:
-    if isinstance(seed, torch.Tensor):
-        return seed.to(device=device, dtype=torch.int64).reshape(())
-    return torch.tensor(int(seed), dtype=torch.int64).to(device)
-
-
 @torch.library.custom_op("umt::semantic_topk", mutates_args=())
-def _semantic_topk_op(q_cls: torch.Tensor, k: torch.Tensor, keep: int, seed: torch.Tensor, prefix: int) -> torch.Tensor:
-    """Registered op: launches :func:`_semantic_topk_kernel` (one program per row)."""
+def _semantic_topk_op(
+    q_cls: torch.Tensor, k: torch.Tensor, keep: int, seed: torch.Tensor | None, seed_int: int, prefix: int
+) -> torch.Tensor:
+    """Registered op: launches :func:`_semantic_topk_kernel` (one program per row). The seed is the 0-dim int64
+    tensor ``seed`` when given (read on the device), else the Python int ``seed_int`` (a kernel argument): neither
+    needs a host sync or a host→device copy."""
     if triton is None:
         raise RuntimeError("impl='triton' needs the triton package (pip install '.[triton]')")
     rows, heads, m, d = k.shape
@@ -210,10 +216,12 @@ def _semantic_topk_op(q_cls: torch.Tensor, k: torch.Tensor, keep: int, seed: tor
     if rows == 0:
         return out
     block_m = max(16, triton.next_power_of_2(m))
+    seed_in_tensor = seed is not None
     _semantic_topk_kernel[(rows,)](
-        q_cls, k, seed, out,
+        q_cls, k, seed.reshape(()) if seed_in_tensor else out, int(seed_int) & 0xFFFFFFFF, out,
         *q_cls.stride(), *k.stride(),
         m, n, keep, heads, d, prefix, d**-0.5,
+        SEED_IN_TENSOR=seed_in_tensor,
         BLOCK_M=block_m,
         BLOCK_D=max(16, triton.next_power_of_2(d)),
         num_warps=8 if block_m * d >= 16384 else 4,
@@ -222,7 +230,9 @@ def _semantic_topk_op(q_cls: torch.Tensor, k: torch.Tensor, keep: int, seed: tor
 
 
 @_semantic_topk_op.register_fake
-def _(q_cls: torch.Tensor, k: torch.Tensor, keep: int, seed: torch.Tensor, prefix: int) -> torch.Tensor:
+def _(
+    q_cls: torch.Tensor, k: torch.Tensor, keep: int, seed: torch.Tensor | None, seed_int: int, prefix: int
+) -> torch.Tensor:
     return k.new_empty(k.shape[0], keep, dtype=torch.int64)
 
 
@@ -264,5 +274,7 @@ def semantic_topk(
         n = k.shape[2] - num_prefix_tokens
         if not 1 <= keep <= n:
             raise ValueError(f"keep must be in [1, {n}], got {keep}")
-        return _semantic_topk_op(q_cls, k, keep, _seed_tensor(seed, k.device), num_prefix_tokens)
+        if isinstance(seed, torch.Tensor):
+            return _semantic_topk_op(q_cls, k, keep, seed.to(device=k.device, dtype=torch.int64), 0, num_prefix_tokens)
+        return _semantic_topk_op(q_cls, k, keep, None, int(seed) & 0xFFFFFFFF, num_prefix_tokens)
     raise ValueError(f"unknown impl {impl!r}; expected 'torch' or 'triton'")

@@ -4,12 +4,18 @@ Every hot-path op the model, masking and losses use goes through this module: at
 top-k, and the token/target gathers. ``set_backend("triton")`` turns the Triton kernels on (GPU, or CPU under
 ``TRITON_INTERPRET=1``); ``"torch"`` (the default) uses the references in :mod:`kernels`, which need neither Triton
 nor a GPU. Training configs set it through ``model.kernels``.
+
+Fallbacks: with the Triton backend on, a call whose inputs a kernel cannot take (tensors on the CPU outside the
+interpreter, an attention head dim other than 16/32/64/128, unequal q/k/v shapes, a dtype other than fp16/bf16/fp32)
+runs the PyTorch reference instead, so a model never fails because of the switch. The choice is made from tensor
+metadata only (no host sync) and logged once per reason at DEBUG level.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
 import os
 from collections.abc import Iterator
 
@@ -36,6 +42,8 @@ __all__ = [
 
 BACKENDS = ("torch", "triton")
 _BACKEND = "torch"
+_LOG = logging.getLogger(__name__)
+_LOGGED: set[str] = set()
 
 # Pure helpers shared by every backend.
 uniform_noise = _st.uniform_noise
@@ -81,23 +89,74 @@ def use_backend(name: str) -> Iterator[None]:
         set_backend(previous)
 
 
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _kernel_device(*tensors: torch.Tensor) -> bool:
+    """Whether Triton kernels can run on these tensors: all on a CUDA device, or all anywhere under the interpreter."""
+    return all(t.is_cuda for t in tensors) or _interpreting()
+
+
+def _fallback(op: str, why: str) -> str:
+    key = f"{op}: {why}"
+    if key not in _LOGGED:
+        _LOGGED.add(key)
+        _LOG.debug("umt.ops.%s runs the PyTorch reference: %s", op, why)
+    return "torch"
+
+
+def _attention_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str:
+    if _BACKEND != "triton":
+        return "torch"
+    if not _kernel_device(q, k, v):
+        return _fallback("attention", "tensors not on a CUDA device")
+    if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
+        return _fallback("attention", "q, k, v shapes differ")
+    if q.shape[-1] not in _fa._HEAD_DIMS:
+        return _fallback("attention", f"head dim {q.shape[-1]} not in {_fa._HEAD_DIMS}")
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return _fallback("attention", f"dtype {q.dtype}")
+    return "triton"
+
+
+def _index_impl(op: str, *tensors: torch.Tensor) -> str:
+    if _BACKEND != "triton":
+        return "torch"
+    if not _kernel_device(*tensors):
+        return _fallback(op, "tensors not on a CUDA device")
+    return "triton"
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Non-causal scaled dot-product attention ``[B, H, N, D] → [B, H, N, D]``."""
-    return _fa.flash_attention(q, k, v, impl=_BACKEND)
+    """Non-causal scaled dot-product attention ``softmax(q kᵀ / sqrt(D)) v``, ``[B, H, N, D] → [B, H, N, D]``.
+
+    Triton backend: :func:`kernels.flash_attention.flash_attention` (FlashAttention-2, fwd + bwd); otherwise, or for
+    inputs it does not take, PyTorch SDPA.
+    """
+    return _fa.flash_attention(q, k, v, impl=_attention_impl(q, k, v))
 
 
 def semantic_topk(
     q_cls: torch.Tensor, k: torch.Tensor, keep: int, seed: int | torch.Tensor, num_prefix_tokens: int = 1
 ) -> torch.Tensor:
-    """Kept patch indices ``[R, K]`` (sorted) from the CLS query ``[R, H, D]`` and keys ``[R, H, M, D]``."""
-    return _st.semantic_topk(q_cls, k, keep, seed, num_prefix_tokens, impl=_BACKEND)
+    """Kept patch indices ``[R, K]`` (int64, sorted ascending) from the CLS query ``[R, H, D]`` and keys
+    ``[R, H, M, D]`` (M = ``num_prefix_tokens`` + N): Gumbel-top-k on the head-averaged CLS attention.
+
+    Both backends give the same indices for the same seed (counter-based noise, :func:`uniform_noise`).
+    """
+    return _st.semantic_topk(q_cls, k, keep, seed, num_prefix_tokens, impl=_index_impl("semantic_topk", q_cls, k))
 
 
 def gather_tokens(x: torch.Tensor, idx: torch.Tensor, pos_embed: torch.Tensor | None = None) -> torch.Tensor:
-    """``[B, M, C]`` gathered at ``idx [B, K]`` (+ ``pos_embed [M, C]`` at the same rows) → ``[B, K, C]``."""
-    return _tg.gather_tokens(x, idx, pos_embed, impl=_BACKEND)
+    """``[B, M, C]`` gathered at ``idx [B, K]`` (+ ``pos_embed [M, C]`` at the same rows) → ``[B, K, C]``.
+
+    Differentiable in ``x`` and ``pos_embed``; the Triton backward assumes unique indices per row (every mask is).
+    """
+    tensors = (x, idx) if pos_embed is None else (x, idx, pos_embed)
+    return _tg.gather_tokens(x, idx, pos_embed, impl=_index_impl("gather_tokens", *tensors))
 
 
 def gather_targets(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """``[L, B, M, C]`` gathered at ``idx [B, K]`` → ``[L, B, K, C]``."""
-    return _tg.gather_targets(t, idx, impl=_BACKEND)
+    """``[L, B, M, C]`` gathered at ``idx [B, K]`` → ``[L, B, K, C]`` (all L layers in one launch with Triton)."""
+    return _tg.gather_targets(t, idx, impl=_index_impl("gather_targets", t, idx))
