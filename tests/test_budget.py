@@ -187,3 +187,18 @@ def test_allreduce_model() -> None:
     # A slow link leaves the all-reduce exposed past the backward: efficiency drops below 1.
     slow = scaling.model_step("umt_l16", 300.0, 32, 1.0)
     assert slow["exposed_s"] > 0 and slow["efficiency"] < 0.5
+
+
+@pytest.mark.parametrize("model,arch", [("umt_b16", "umt_vit_base_patch16_224"), ("umt_l16", "umt_vit_large_patch16_224")])
+def test_trainable_params_match_the_model(model: str, arch: str) -> None:
+    """The all-reduce model's parameter count equals the trainer's student + UMA heads (built on the meta device)."""
+    import torch
+
+    timm = pytest.importorskip("timm")
+    umt_model = pytest.importorskip("umt.model")
+    spec = UMT_SPECS[model]
+    with torch.device("meta"):
+        student = timm.create_model(arch, num_classes=0)
+        heads = umt_model.UMAHeads(spec.student.width, spec.teacher_dim, spec.align_layers)
+    n = sum(p.numel() for m in (student, heads) for p in m.parameters() if p.requires_grad)
+    assert scaling.trainable_params(spec) == n
