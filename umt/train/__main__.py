@@ -1,0 +1,84 @@
+"""``python -m umt.train`` / ``umt-train``: parse, build the trainer, run, tear down (works under torchrun)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import umt  # noqa: F401 - torchvision shim before timm/open_clip
+from umt.train.config import ConfigError, apply_overrides
+from umt.train.recipes import RECIPES, get_recipe
+
+log = logging.getLogger("umt.train")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="umt-train", description="UMT stage-1 pre-training (student ViT, CLIP teacher).")
+    p.add_argument("--recipe", required=True, choices=sorted(RECIPES), help="named config (umt.train.recipes)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override a config field (repeatable), e.g. --set optim.lr=1e-4 --set data.shards=DIR")
+    p.add_argument("--run-dir", default=None, help="run directory (default runs/<recipe>)")
+    p.add_argument("--resume", default=None, help="'auto' (newest checkpoint in the run dir) or a checkpoint path")
+    p.add_argument("--export", default=None, metavar="OUT.safetensors",
+                   help="after training, export the student backbone to this safetensors file")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    return p
+
+
+def _ensure_demo_shards(shards: str) -> None:
+    """The demo reads the embedded sample shards; build them when absent (umt.data.ensure_sample_shards)."""
+    if (Path(shards) / "manifest.json").is_file():
+        return
+    from umt.data import ensure_sample_shards  # provided by the data issue
+
+    ensure_sample_shards(shards)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point. Returns the process exit code (2 for a bad config)."""
+    args = _parser().parse_args(argv)
+    rank = int(os.environ.get("RANK", 0))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"%(asctime)s [rank{rank}] %(name)s %(levelname)s: %(message)s")
+    try:
+        cfg = apply_overrides(get_recipe(args.recipe), args.overrides)
+    except ConfigError as e:
+        print(f"umt-train: config error: {e}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        import json
+
+        from umt.train.config import config_to_dict
+
+        print(json.dumps(config_to_dict(cfg), indent=2))
+        return 0
+    if args.recipe == "demo" and not cfg.synthetic_data and rank == 0:
+        _ensure_demo_shards(cfg.data.shards)
+    from umt.train.trainer import Trainer
+
+    run_dir = Path(args.run_dir or Path("runs") / args.recipe)
+    trainer = Trainer(cfg, run_dir, resume=args.resume, recipe=args.recipe)
+    try:
+        summary = trainer.fit()
+        if args.export and trainer.rt.is_main:
+            from umt.train.export import export_student
+
+            meta = {"arch": cfg.model.student, "num_frames": str(cfg.data.num_frames),
+                    "img_size": str(cfg.data.input_size), "step": str(trainer.step)}
+            export_student(trainer.model.student, args.export, meta)
+            summary["export"] = args.export
+    finally:
+        trainer.close()
+    if rank == 0:
+        print(f"first logged loss {summary['first_loss']:.4f}, last logged loss {summary['last_loss']:.4f} "
+              f"after {summary['steps']} steps ({summary['skipped_steps']} skipped); run dir: {summary['run_dir']}")
+        if summary.get("export"):
+            print(f"student backbone exported to {summary['export']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

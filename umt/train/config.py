@@ -1,0 +1,307 @@
+"""Typed, nested training configuration (torchtitan style): one dataclass per component, checked on creation.
+
+``TrainConfig`` is the root; recipes (:mod:`umt.train.recipes`) are functions returning one, and the CLI edits it
+with ``--set section.field=value`` through :func:`apply_overrides`, which rejects unknown keys and ill-typed values
+with a message naming the valid fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from umt.data.config import DataConfig
+from umt.masking import MASK_KINDS
+
+__all__ = ["ModelConfig", "MaskConfig", "OptimConfig", "CheckpointConfig", "LogConfig", "TrainConfig",
+           "apply_overrides", "config_to_dict", "config_from_dict", "ConfigError"]
+
+
+class ConfigError(ValueError):
+    """A bad configuration or override (unknown key, ill-typed value, inconsistent fields)."""
+
+
+@dataclass
+class ModelConfig:
+    """Student, teacher and kernels."""
+
+    student: str = "umt_vit_base_patch16_224"
+    """timm name of the student (``umt_vit_{base,large,tiny,pico}_patch16_224``)."""
+    drop_path: float = 0.1
+    """Drop path rate of the last student block (linear ramp from 0); 0.1 for B, 0.2 for L (DESIGN.md)."""
+    align_layers: int = 6
+    """L: last student/teacher blocks aligned by the UMA loss (6)."""
+    teacher: str = "ViT-B-16"
+    """open_clip model name of the teacher (``ViT-B-16``, ``ViT-L-14``) or ``umt-tiny-clip``."""
+    teacher_image_size: int = 224
+    """Teacher input side in pixels (224 for B/16, 196 for L/14: a 14×14 grid either way)."""
+    teacher_weights: str = ""
+    """Local CLIP weights file (OpenAI ``.pt`` or open_clip checkpoint); empty → random init, loudly."""
+    teacher_quick_gelu: bool = True
+    """QuickGELU in the teacher (OpenAI CLIP weights need it)."""
+    teacher_input_norm: str = "imagenet"
+    """``imagenet``: feed the ImageNet-normalised video as is (official UMT); ``clip``: renormalise to CLIP's."""
+    kernels: str = "torch"
+    """``torch`` (PyTorch references) or ``triton`` (the project's kernels), via :func:`umt.ops.set_backend`."""
+    compile: bool = False
+    """``torch.compile`` the student (GPU)."""
+
+    def __post_init__(self) -> None:
+        if self.kernels not in ("torch", "triton"):
+            raise ConfigError(f"model.kernels must be 'torch' or 'triton', got {self.kernels!r}")
+        if self.teacher_input_norm not in ("imagenet", "clip"):
+            raise ConfigError(f"model.teacher_input_norm must be 'imagenet' or 'clip', got {self.teacher_input_norm!r}")
+        if not 0.0 <= self.drop_path < 1.0:
+            raise ConfigError(f"model.drop_path must be in [0, 1), got {self.drop_path}")
+        if self.align_layers < 1:
+            raise ConfigError(f"model.align_layers must be >= 1, got {self.align_layers}")
+
+
+@dataclass
+class MaskConfig:
+    """Which student tokens stay visible (DESIGN.md, "Semantic masking")."""
+
+    kind: str = "semantic"
+    """``semantic`` (teacher CLS attention, Gumbel-top-k), ``tube`` or ``random``."""
+    ratio: float = 0.8
+    """Masked fraction per frame: keep ``N − int(ratio·N)`` (40 of 196)."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in MASK_KINDS:
+            raise ConfigError(f"mask.kind must be one of {MASK_KINDS}, got {self.kind!r}")
+        if not 0.0 <= self.ratio < 1.0:
+            raise ConfigError(f"mask.ratio must be in [0, 1), got {self.ratio}")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and the LR schedule (DESIGN.md, "Recipe")."""
+
+    lr: float = 1.5e-4
+    """Peak LR per 256 clips; the actual peak is ``lr · global_batch / 256``."""
+    min_lr: float = 1e-5
+    """Final LR of the cosine per 256 clips (scaled like ``lr``)."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.05
+    """Decoupled weight decay, not applied to biases and 1-D parameters (norms)."""
+    epochs: int = 200
+    warmup_epochs: float = 40.0
+    """Linear warm-up from 0 over this many epochs, then cosine decay to ``min_lr``."""
+    max_steps: int = 0
+    """If > 0, stop after this many optimizer steps (the schedule still spans ``epochs``)."""
+    clip_grad: float = 0.0
+    """Max global grad norm; 0 disables clipping (the paper recipe does not clip)."""
+    impl: str = "auto"
+    """``auto`` (torch fused AdamW), ``fused``, ``foreach`` or ``apex`` (apex FusedAdam when importable)."""
+    max_nonfinite: int = 20
+    """Stop training after this many consecutive non-finite steps (each one is skipped)."""
+
+    def __post_init__(self) -> None:
+        if self.impl not in ("auto", "fused", "foreach", "apex"):
+            raise ConfigError(f"optim.impl must be auto|fused|foreach|apex, got {self.impl!r}")
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise ConfigError(f"need 0 <= optim.min_lr <= optim.lr and lr > 0, got lr={self.lr}, min_lr={self.min_lr}")
+        if self.epochs < 1 or not 0 <= self.warmup_epochs <= self.epochs:
+            raise ConfigError(f"need epochs >= 1 and 0 <= warmup_epochs <= epochs, got {self.epochs}, "
+                              f"{self.warmup_epochs}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {self.betas}")
+        if self.clip_grad < 0 or self.max_steps < 0 or self.max_nonfinite < 1:
+            raise ConfigError("optim.clip_grad and optim.max_steps must be >= 0, optim.max_nonfinite >= 1")
+
+
+@dataclass
+class CheckpointConfig:
+    """Checkpoints under ``<run_dir>/checkpoints``."""
+
+    every_steps: int = 1000
+    """Write a checkpoint every N optimizer steps (and always at the end); 0: only at the end."""
+    keep_last: int = 3
+    """Keep the newest K checkpoints."""
+
+    def __post_init__(self) -> None:
+        if self.every_steps < 0 or self.keep_last < 1:
+            raise ConfigError("checkpoint.every_steps must be >= 0 and checkpoint.keep_last >= 1")
+
+
+@dataclass
+class LogConfig:
+    """Metrics, TensorBoard and the progress bar."""
+
+    every_steps: int = 20
+    """Log (and host-sync) every N steps."""
+    tensorboard: bool = True
+    progress: bool = True
+    """tqdm progress bar on rank 0."""
+
+    def __post_init__(self) -> None:
+        if self.every_steps < 1:
+            raise ConfigError(f"log.every_steps must be >= 1, got {self.every_steps}")
+
+
+@dataclass
+class TrainConfig:
+    """Root config of a stage-1 run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    seed: int = 0
+    """Base seed of init, drop path and masks (per-step seeds derive from it, the step and the rank)."""
+    device: str = "auto"
+    """``auto`` (CUDA when available), ``cuda`` or ``cpu``."""
+    precision: str = "auto"
+    """``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``bf16`` or ``fp32``."""
+    synthetic_data: bool = False
+    """Random seeded videos (:class:`umt.data.synthetic.SyntheticVideoLoader`) instead of shards."""
+    synthetic_samples: int = 1024
+    """Virtual dataset size with ``synthetic_data``."""
+
+    def __post_init__(self) -> None:
+        self.check(require_data=False)
+
+    def check(self, require_data: bool = True) -> None:
+        """Cross-field checks (on creation, after overrides, and with ``require_data`` at trainer start).
+
+        Raises:
+            ConfigError: inconsistent fields.
+        """
+        if self.device not in ("auto", "cuda", "cpu"):
+            raise ConfigError(f"device must be auto|cuda|cpu, got {self.device!r}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ConfigError(f"precision must be auto|bf16|fp32, got {self.precision!r}")
+        if require_data and not self.synthetic_data and not self.data.shards:
+            raise ConfigError("data.shards is empty: name a shard directory or set synthetic_data=true")
+        if self.data.input_size % 16:
+            raise ConfigError(f"data.input_size must be a multiple of the patch size 16, got {self.data.input_size}")
+        grid = self.data.input_size // 16
+        if self.model.teacher_image_size % grid:
+            raise ConfigError(f"model.teacher_image_size {self.model.teacher_image_size} must give the student's "
+                              f"{grid}×{grid} grid (input_size {self.data.input_size} / 16)")
+        if self.synthetic_data and self.synthetic_samples < self.data.batch_size:
+            raise ConfigError("synthetic_samples must be >= data.batch_size")
+
+
+_SECTIONS = ("data", "model", "mask", "optim", "checkpoint", "log")
+
+
+def _field_names(obj: Any) -> list[str]:
+    return [f.name for f in dataclasses.fields(obj)]
+
+
+def _parse_value(text: str, tp: Any, key: str) -> Any:
+    """Parse ``text`` as type ``tp`` (int, float, bool, str, tuple[...], X | None)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if text.lower() in ("none", "null"):
+            return None
+        return _parse_value(text, args[0], key)
+    if tp is bool:
+        low = text.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: expected a bool (true/false), got {text!r}")
+    if tp is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"{key}: expected an int, got {text!r}") from None
+    if tp is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(f"{key}: expected a float, got {text!r}") from None
+    if tp is str:
+        return text
+    if origin is tuple:
+        args = typing.get_args(tp)
+        parts = [p for p in text.strip("()[] ").split(",") if p.strip()]
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_parse_value(p.strip(), args[0], key) for p in parts)
+        if len(parts) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} comma-separated values, got {text!r}")
+        return tuple(_parse_value(p.strip(), a, key) for p, a in zip(parts, args))
+    raise ConfigError(f"{key}: cannot parse type {tp}")
+
+
+def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
+    """Apply ``section.field=value`` (or root ``field=value``) overrides and re-run every check.
+
+    Returns:
+        A new :class:`TrainConfig`.
+
+    Raises:
+        ConfigError: malformed override, unknown section/field (the message lists the valid ones), ill-typed value,
+            or a failed check.
+    """
+    data = config_to_dict(cfg)
+    root_hints = typing.get_type_hints(TrainConfig)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form section.field=value")
+        key, value = item.split("=", 1)
+        key = key.strip()
+        parts = key.split(".")
+        if len(parts) == 1:
+            valid = [n for n in _field_names(cfg) if n not in _SECTIONS]
+            if parts[0] not in valid:
+                raise ConfigError(f"unknown key {key!r}; sections: {list(_SECTIONS)}, root fields: {valid}")
+            data[parts[0]] = _parse_value(value, root_hints[parts[0]], key)
+            continue
+        if len(parts) != 2 or parts[0] not in _SECTIONS:
+            raise ConfigError(f"unknown key {key!r}; valid sections: {list(_SECTIONS)}")
+        section = getattr(cfg, parts[0])
+        names = _field_names(section)
+        if parts[1] not in names:
+            raise ConfigError(f"unknown field {key!r}; valid fields of {parts[0]!r}: {names}")
+        hints = typing.get_type_hints(type(section))
+        data[parts[0]][parts[1]] = _parse_value(value, hints[parts[1]], key)
+    out = config_from_dict(data)
+    out.check(require_data=True)
+    return out
+
+
+def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """JSON-able nested dict (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def _build(cls: type, d: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = _field_names(cls)
+    unknown = sorted(set(d) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown fields {unknown} in {where}; valid fields: {names}")
+    kwargs = {}
+    for k, v in d.items():
+        tp = hints[k]
+        if typing.get_origin(tp) is tuple and isinstance(v, list):
+            v = tuple(v)
+        kwargs[k] = v
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{where}: {e}") from e
+
+
+def config_from_dict(d: dict[str, Any]) -> TrainConfig:
+    """Inverse of :func:`config_to_dict`.
+
+    Raises:
+        ConfigError: unknown fields or failed checks.
+    """
+    d = dict(d)
+    sections = {s: (_build(typing.get_type_hints(TrainConfig)[s], d.pop(s, {}), s)) for s in _SECTIONS}
+    return _build(TrainConfig, {**d, **sections}, "root")

@@ -1,0 +1,72 @@
+"""Export the pre-trained student backbone to safetensors for downstream fine-tuning.
+
+The file holds the student's state dict (no UMA heads, no teacher; the fixed position table is rebuilt from the size
+arguments) and metadata naming the timm architecture and sizes. Load it with::
+
+    timm.create_model("umt_vit_base_patch16_224", pretrained=True,
+                      pretrained_cfg_overlay={"file": "student.safetensors"}, num_frames=8)
+
+CLI: ``python -m umt.train.export CHECKPOINT OUT.safetensors`` (or ``umt-train ... --export OUT``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+__all__ = ["export_student", "export_checkpoint", "main"]
+
+
+def export_student(student: torch.nn.Module, out: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """Write ``student.state_dict()`` (contiguous CPU tensors) to ``out`` atomically.
+
+    Returns:
+        ``out`` as a Path.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().to("cpu").contiguous() for k, v in student.state_dict().items()}
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    save_file(sd, str(tmp), metadata={"format": "pt", **(metadata or {})})
+    tmp.replace(out)
+    return out
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
+    """Export the student backbone of a trainer checkpoint (``step_*.pt``) to safetensors.
+
+    Raises:
+        KeyError: not a trainer checkpoint.
+    """
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    sd = {k[len("student."):]: v for k, v in state["model"].items() if k.startswith("student.")}
+    if not sd:
+        raise KeyError(f"{checkpoint} holds no student weights")
+    data = state["config"]["data"]
+    meta = {"arch": state["student"], "num_frames": str(data["num_frames"]), "img_size": str(data["input_size"]),
+            "step": str(state["step"]), "config": json.dumps(state["config"])}
+
+    class _Holder(torch.nn.Module):
+        def state_dict(self, *a, **k):  # type: ignore[override]
+            return sd
+
+    return export_student(_Holder(), out, meta)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m umt.train.export CHECKPOINT OUT``."""
+    p = argparse.ArgumentParser(prog="python -m umt.train.export", description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint", help="trainer checkpoint (run_dir/checkpoints/step_*.pt)")
+    p.add_argument("out", help="output .safetensors path")
+    a = p.parse_args(argv)
+    path = export_checkpoint(a.checkpoint, a.out)
+    print(f"exported student backbone to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

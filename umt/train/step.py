@@ -1,0 +1,196 @@
+"""Building blocks of a stage-1 run shared by the trainer and ``benchmarks/bench_step.py``: model/teacher/optimizer
+builders, the LR schedule, and :class:`StageOneStep`, one training step in named phases.
+
+A step never waits on the host: masks are seeded by host integers, the non-finite check is a device-side flag
+consumed by the fused AdamW kernel (``found_inf``: the update and the step count are skipped on device), and the
+skip counters stay on the device until a logging step reads them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from typing import Any
+
+import timm
+import torch
+import torch.nn as nn
+
+import umt.model  # noqa: F401 - registers the umt_vit_* names in timm
+from umt import masking, ops
+from umt.flops import UMTSpec, ViTSpec
+from umt.losses import uma_loss
+from umt.model import CLIPTeacher, TeacherOutput, UMTPretrain
+from umt.train.config import ConfigError, OptimConfig, TrainConfig
+
+__all__ = ["build_models", "build_optimizer", "build_scheduler", "lr_multiplier", "param_groups", "peak_lr",
+           "StageOneStep", "umt_spec", "autocast_context"]
+
+log = logging.getLogger(__name__)
+
+
+def build_models(cfg: TrainConfig, device: torch.device) -> tuple[UMTPretrain, CLIPTeacher]:
+    """Student + UMA heads (trainable) and the frozen teacher, on ``device`` (fp32 weights).
+
+    Raises:
+        ConfigError: the teacher's patch grid does not match the student's.
+    """
+    d, m = cfg.data, cfg.model
+    student = timm.create_model(m.student, num_frames=d.num_frames, img_size=d.input_size,
+                                drop_path_rate=m.drop_path, align_layers=m.align_layers)
+    teacher = CLIPTeacher(m.teacher, m.teacher_image_size, m.teacher_weights or None, m.teacher_quick_gelu,
+                          m.align_layers, m.teacher_input_norm, video_mean=d.mean, video_std=d.std)
+    if m.teacher_image_size // teacher.patch_size != d.input_size // student.patch_size:
+        raise ConfigError(f"teacher grid {m.teacher_image_size}/{teacher.patch_size} != student grid "
+                          f"{d.input_size}/{student.patch_size}: set model.teacher_image_size")
+    model = UMTPretrain(student, teacher.output_dim)
+    return model.to(device), teacher.to(device)
+
+
+def umt_spec(cfg: TrainConfig, model: UMTPretrain, teacher: CLIPTeacher) -> UMTSpec:
+    """FLOP-model spec (:mod:`umt.flops`) of this run's sizes, for MFU."""
+    s = model.student
+    tv = teacher.visual
+    return UMTSpec(
+        student=ViTSpec(s.embed_dim, len(s.blocks), s.patch_size),
+        teacher=ViTSpec(tv.transformer.width, len(tv.transformer.resblocks), teacher.patch_size),
+        teacher_dim=teacher.output_dim, teacher_size=teacher.image_size, num_frames=cfg.data.num_frames,
+        input_size=cfg.data.input_size, mask_ratio=cfg.mask.ratio, align_layers=s.align_layers)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two AdamW groups: weight decay on ≥2-D weights, none on biases and 1-D parameters (norms, q/v biases)."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def peak_lr(cfg: TrainConfig, world_size: int) -> tuple[float, float]:
+    """``(peak, min)`` LR scaled by global batch / 256 (global batch = batch·num_sample·world)."""
+    scale = cfg.data.batch_size * cfg.data.num_sample * world_size / 256.0
+    return cfg.optim.lr * scale, cfg.optim.min_lr * scale
+
+
+def build_optimizer(model: nn.Module, ocfg: OptimConfig, lr: float, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW with :func:`param_groups`: torch's fused kernel (``auto``/``fused``), ``foreach``, or apex FusedAdam.
+
+    Raises:
+        ImportError: ``impl="apex"`` without apex.
+    """
+    groups = param_groups(model, ocfg.weight_decay)
+    if ocfg.impl == "apex":
+        from apex.optimizers import FusedAdam  # type: ignore[import-not-found]
+
+        return FusedAdam(groups, lr=lr, betas=ocfg.betas, adam_w_mode=True)
+    fused = ocfg.impl in ("auto", "fused")
+    return torch.optim.AdamW(groups, lr=lr, betas=ocfg.betas, fused=fused, foreach=None if fused else True)
+
+
+def lr_multiplier(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """LR / peak at ``step``: linear warm-up from 0, then cosine from 1 to ``min_ratio`` (official UMT
+    ``cosine_scheduler``, per step)."""
+    if step < warmup_steps:
+        return step / max(warmup_steps, 1)
+    progress = min(1.0, (step - warmup_steps) / max(total_steps - warmup_steps, 1))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int,
+                    lr: float, min_lr: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """``LambdaLR`` over optimizer steps with :func:`lr_multiplier` (warm-up and cosine in epochs × steps/epoch)."""
+    warmup = int(round(cfg.optim.warmup_epochs * steps_per_epoch))
+    total = cfg.optim.epochs * steps_per_epoch
+    ratio = min_lr / lr
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(s, warmup, total, ratio))
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """bf16 autocast where ``dtype`` is set, else a no-op."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class StageOneStep:
+    """One UMT stage-1 step, in phases: teacher → mask → student forward/backward → optimizer.
+
+    Args:
+        model: :class:`UMTPretrain`, possibly DDP-wrapped.
+        teacher: the frozen teacher (never wrapped).
+        optimizer, scheduler: from :func:`build_optimizer` / :func:`build_scheduler`.
+        cfg: the run config.
+        device: compute device; ``amp_dtype``: autocast dtype (bf16) or None for fp32.
+    """
+
+    def __init__(self, model: nn.Module, teacher: CLIPTeacher, optimizer: torch.optim.Optimizer,
+                 scheduler: Any, cfg: TrainConfig, device: torch.device, amp_dtype: torch.dtype | None) -> None:
+        self.model, self.teacher, self.optimizer, self.scheduler = model, teacher, optimizer, scheduler
+        self.cfg, self.device, self.amp_dtype = cfg, device, amp_dtype
+        grid = cfg.data.input_size // 16
+        self.tokens_per_frame = grid * grid
+        self.keep = masking.keep_per_frame(self.tokens_per_frame, cfg.mask.ratio)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.skip_native = isinstance(optimizer, torch.optim.AdamW) and bool(optimizer.defaults.get("fused"))
+        #: Device-side counters: all skipped steps, and the current run of consecutive skipped steps.
+        self.skipped = torch.zeros((), dtype=torch.int64, device=device)
+        self.consecutive = torch.zeros((), dtype=torch.int64, device=device)
+
+    def teacher_forward(self, video: torch.Tensor) -> TeacherOutput:
+        """Frozen teacher on ``video [B, 3, T, H, W]`` (bf16 autocast on GPU)."""
+        with torch.no_grad(), autocast_context(self.device, self.amp_dtype):
+            return self.teacher(video)
+
+    def make_mask(self, tout: TeacherOutput, video: torch.Tensor, seed: int) -> torch.Tensor:
+        """Kept positions ``[B, T·K]`` (sorted) for this step's mask kind."""
+        b, _, t = video.shape[:3]
+        with torch.no_grad():
+            return masking.make_mask(self.cfg.mask.kind, batch=b, frames=t, tokens_per_frame=self.tokens_per_frame,
+                                     keep=self.keep, seed=seed, q_cls=tout.q_cls, k=tout.k, device=video.device)
+
+    def forward_backward(self, video: torch.Tensor, idx: torch.Tensor, tout: TeacherOutput) -> torch.Tensor:
+        """Student forward, UMA loss against the gathered targets, backward. Returns the detached loss (0-dim)."""
+        target = ops.gather_targets(tout.targets, idx)  # [L, B, K, C_t]
+        with autocast_context(self.device, self.amp_dtype):
+            pred = self.model(video, idx)  # [L, B, K, C_t]
+        loss = uma_loss(pred, target)
+        loss.backward()
+        return loss.detach()
+
+    def optimizer_step(self) -> torch.Tensor:
+        """Clip (optional), skip on a non-finite global grad norm without a host sync, step, schedule.
+
+        With DDP the gradients are already averaged, so every rank sees the same norm and skips alike.
+
+        Returns:
+            0-dim bool tensor: the update was applied.
+        """
+        grads = [p.grad for p in self.params if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads, foreach=True)  # 0-dim, on device
+        ok = torch.isfinite(norm)
+        if self.cfg.optim.clip_grad > 0:
+            torch.nn.utils.clip_grads_with_norm_(self.params, self.cfg.optim.clip_grad, norm, foreach=True)
+        if self.skip_native:
+            # The fused AdamW kernel skips params, moments and step count where found_inf != 0 (on device).
+            self.optimizer.found_inf = (~ok).float()
+        else:
+            # Fallback: zero the gradients of a bad step (moments still decay once; documented difference).
+            zero = torch.zeros((), device=norm.device)
+            for g in grads:
+                g.copy_(torch.where(ok, torch.nan_to_num(g, 0.0, 0.0, 0.0), zero))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        bad = (~ok).to(torch.int64)
+        self.skipped += bad
+        self.consecutive.mul_(bad).add_(bad)
+        return ok
+
+    def __call__(self, video: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One full step. Returns ``(loss, applied)`` as device tensors (no sync)."""
+        tout = self.teacher_forward(video)
+        idx = self.make_mask(tout, video, seed)
+        loss = self.forward_backward(video, idx, tout)
+        return loss, self.optimizer_step()

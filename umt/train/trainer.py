@@ -1,0 +1,302 @@
+"""The stage-1 trainer: distributed setup, precision, the step loop, checkpoints and logging.
+
+The loop reads top to bottom: next batch (timed as data wait) → :class:`~umt.train.step.StageOneStep` → counters
+on the device → on logging steps only, one host sync to read loss/skip counters and write metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from umt import ops
+from umt.flops import PEAK_BF16_TFLOPS, train_flops_per_clip
+from umt.masking import step_seed
+from umt.train import checkpoint as ckpt
+from umt.train.config import TrainConfig, config_to_dict
+from umt.train.step import (StageOneStep, build_models, build_optimizer, build_scheduler, peak_lr, umt_spec)
+
+__all__ = ["Runtime", "Trainer", "init_runtime", "NonFiniteError", "build_data_loader"]
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive non-finite steps: training stopped."""
+
+
+@dataclass
+class Runtime:
+    """Process placement: rank/world from torchrun's environment, device, autocast dtype."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    amp_dtype: torch.dtype | None
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_runtime(cfg: TrainConfig) -> Runtime:
+    """Read torchrun's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``, pick the device, init the process group (NCCL on
+    GPU, gloo on CPU) when there are several processes.
+
+    Raises:
+        RuntimeError: ``device="cuda"`` without a GPU.
+    """
+    rank = int(os.environ.get("RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if want_cuda and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda but no CUDA GPU is available")
+    device = torch.device("cuda", local) if want_cuda else torch.device("cpu")
+    if want_cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if want_cuda else "gloo", device_id=device if want_cuda else None)
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    return Runtime(rank, world, local, device, torch.bfloat16 if bf16 else None)
+
+
+def build_data_loader(cfg: TrainConfig, rt: Runtime) -> Any:
+    """The shard loader (:func:`umt.data.build_loader`) or, with ``synthetic_data``, the synthetic one."""
+    if cfg.synthetic_data:
+        from umt.data.synthetic import SyntheticVideoLoader
+
+        return SyntheticVideoLoader(cfg.data, rank=rt.rank, world_size=rt.world_size, device=rt.device,
+                                    num_samples=cfg.synthetic_samples)
+    from umt.data import build_loader
+
+    return build_loader(cfg.data, rank=rt.rank, world_size=rt.world_size, device=rt.device)
+
+
+def _peak_tflops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, val in PEAK_BF16_TFLOPS.items():
+        if key in name:
+            return val
+    return None
+
+
+def _peak_mem_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
+class Trainer:
+    """One stage-1 run.
+
+    Args:
+        cfg: the resolved config.
+        run_dir: run directory (config.json, metrics.jsonl, TensorBoard events, checkpoints/).
+        resume: None, ``"auto"`` (newest complete checkpoint in ``run_dir/checkpoints``, if any) or a path.
+        recipe: recipe name, recorded in config.json.
+    """
+
+    def __init__(self, cfg: TrainConfig, run_dir: str | Path, resume: str | None = None, recipe: str = "") -> None:
+        cfg.check(require_data=True)
+        self.cfg, self.run_dir, self.recipe = cfg, Path(run_dir), recipe
+        self.rt = rt = init_runtime(cfg)
+        ops.set_backend(cfg.model.kernels)
+        torch.manual_seed(cfg.seed)  # identical init on every rank (DDP also broadcasts from rank 0)
+        self.model, self.teacher = build_models(cfg, rt.device)
+        self.spec = umt_spec(cfg, self.model, self.teacher)
+        self.loader = build_data_loader(cfg, rt)
+        self.steps_per_epoch = len(self.loader)
+        if self.steps_per_epoch < 1:
+            raise ValueError("the loader yields no batch per epoch: fewer clips than world_size × batch_size")
+        self.lr, self.min_lr = peak_lr(cfg, rt.world_size)
+        self.optimizer = build_optimizer(self.model, cfg.optim, self.lr, rt.device)
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch, self.lr, self.min_lr)
+        self.total_steps = cfg.optim.epochs * self.steps_per_epoch
+        if cfg.optim.max_steps:
+            self.total_steps = min(self.total_steps, cfg.optim.max_steps)
+        net: torch.nn.Module = self.model
+        if rt.distributed:
+            net = DDP(self.model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+        if cfg.model.compile:
+            net = torch.compile(net)
+        self.net = net
+        self.step_fn = StageOneStep(net, self.teacher, self.optimizer, self.scheduler, cfg, rt.device, rt.amp_dtype)
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.resumed_from: Path | None = None
+        if resume:
+            self._resume(resume)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.tb = None
+        self.logged: list[dict[str, Any]] = []
+        if rt.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._write_config()
+            if cfg.log.tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(self.run_dir / "tb"))
+
+    # ----------------------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: weights, optimizer, scheduler, RNG, step, data position."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "rng": ckpt.rng_state(), "step": self.step,
+                "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                "skipped": int(self.step_fn.skipped), "consecutive_skipped": int(self.step_fn.consecutive),
+                "config": config_to_dict(self.cfg), "student": self.cfg.model.student,
+                "world_size": self.rt.world_size}
+
+    def _resume(self, resume: str) -> None:
+        path = ckpt.latest_checkpoint(self.run_dir / "checkpoints") if resume == "auto" else Path(resume)
+        if path is None:
+            log.info("resume=auto: no checkpoint in %s, starting fresh", self.run_dir / "checkpoints")
+            return
+        state = ckpt.load_checkpoint(path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        ckpt.set_rng_state(state["rng"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.step_fn.skipped.fill_(state.get("skipped", 0))
+        self.step_fn.consecutive.fill_(state.get("consecutive_skipped", 0))
+        self.resumed_from = path
+        log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch, self.batch_in_epoch)
+
+    def _write_config(self) -> None:
+        info = {"recipe": self.recipe, "config": config_to_dict(self.cfg), "world_size": self.rt.world_size,
+                "device": str(self.rt.device), "amp_dtype": str(self.rt.amp_dtype), "peak_lr": self.lr,
+                "min_lr": self.min_lr, "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
+                "teacher_random_init": self.teacher.random_init,
+                "flops_per_clip": train_flops_per_clip(self.spec),
+                "resumed_from": str(self.resumed_from) if self.resumed_from else None}
+        tmp = self.run_dir / "config.json.tmp"
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
+        tmp.replace(self.run_dir / "config.json")
+
+    def save(self) -> Path | None:
+        """Checkpoint on rank 0 (others wait at a barrier)."""
+        path = None
+        if self.rt.is_main:
+            path = ckpt.save_checkpoint(self.ckpt_dir, self.step, self.state_dict(), self.cfg.checkpoint.keep_last)
+            log.info("checkpoint %s", path)
+        if self.rt.distributed:
+            dist.barrier()
+        return path
+
+    # ------------------------------------------------------------------------------------------------ loop
+    def _log(self, loss_sum: torch.Tensor, n_ok: torch.Tensor, n_steps: int, wall: float, wait: float) -> dict:
+        """Host sync (deliberate, logging steps only): average loss over the interval and ranks, write metrics."""
+        stats = torch.stack([loss_sum.float(), n_ok.float()])
+        if self.rt.distributed:
+            dist.all_reduce(stats)
+        loss_sum_v, n_ok_v = stats.tolist()
+        consecutive = int(self.step_fn.consecutive)
+        if consecutive >= self.cfg.optim.max_nonfinite:
+            raise NonFiniteError(f"{consecutive} consecutive steps had a non-finite gradient norm (last at step "
+                                 f"{self.step}); stopping. Lower optim.lr, set optim.clip_grad, or check the data.")
+        clips = n_steps * self.loader.batch_size * self.rt.world_size
+        clips_per_s = clips / max(wall, 1e-9)
+        peak = _peak_tflops(self.rt.device)
+        row = {"step": self.step, "epoch": self.epoch + self.batch_in_epoch / self.steps_per_epoch,
+               "loss": loss_sum_v / n_ok_v if n_ok_v else float("nan"), "lr": self.optimizer.param_groups[0]["lr"],
+               "clips_per_s": clips_per_s, "clips_per_s_per_device": clips_per_s / self.rt.world_size,
+               "data_wait_frac": wait / max(wall, 1e-9),
+               "mfu": (clips_per_s / self.rt.world_size) * train_flops_per_clip(self.spec) / (peak * 1e12)
+               if peak else None,
+               "peak_mem": _peak_mem_bytes(self.rt.device), "skipped_steps": int(self.step_fn.skipped)}
+        if self.rt.is_main:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+            if self.tb is not None:
+                for k, v in row.items():
+                    if k != "step" and v is not None:
+                        self.tb.add_scalar(f"train/{k}", v, self.step)
+        self.logged.append(row)
+        return row
+
+    def fit(self) -> dict[str, Any]:
+        """Train until ``total_steps``; checkpoint every N steps and at the end.
+
+        Returns:
+            ``{"first_loss", "last_loss", "steps", "run_dir", "skipped_steps"}`` from the logged rows of this run.
+
+        Raises:
+            NonFiniteError: ``optim.max_nonfinite`` consecutive skipped steps.
+        """
+        cfg, rt = self.cfg, self.rt
+        from tqdm import tqdm
+
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (rt.is_main and cfg.log.progress),
+                   dynamic_ncols=True, desc="train")
+        self.net.train()
+        loss_sum = torch.zeros((), device=rt.device)
+        n_ok = torch.zeros((), device=rt.device)
+        n_steps, wait = 0, 0.0
+        t_start = time.perf_counter()
+        try:
+            while self.step < self.total_steps:
+                it = self.loader.epoch_iter(self.epoch, self.batch_in_epoch)
+                while self.step < self.total_steps:
+                    t0 = time.perf_counter()
+                    batch = next(it, None)
+                    wait += time.perf_counter() - t0
+                    if batch is None:
+                        break
+                    # Drop path draws from torch's global RNG: reseed it per (step, rank) so resume is exact.
+                    torch.manual_seed(step_seed(cfg.seed, self.step, rt.rank, stream=1))
+                    loss, ok = self.step_fn(batch["video"], step_seed(cfg.seed, self.step, rt.rank))
+                    loss_sum += torch.where(ok, loss, 0.0)
+                    n_ok += ok.float()
+                    n_steps += 1
+                    self.step += 1
+                    self.batch_in_epoch += 1
+                    if self.batch_in_epoch >= self.steps_per_epoch:
+                        self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                    bar.update(1)
+                    last = self.step >= self.total_steps
+                    if self.step % cfg.log.every_steps == 0 or last:
+                        if rt.device.type == "cuda":
+                            torch.cuda.synchronize(rt.device)
+                        row = self._log(loss_sum, n_ok, n_steps, time.perf_counter() - t_start, wait)
+                        bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
+                        loss_sum.zero_()
+                        n_ok.zero_()
+                        n_steps, wait, t_start = 0, 0.0, time.perf_counter()
+                    if cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0 and not last:
+                        self.save()
+                if batch is None and self.batch_in_epoch != 0:
+                    log.warning("loader ended epoch %d after %d of %d batches", self.epoch, self.batch_in_epoch,
+                                self.steps_per_epoch)
+                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+            self.save()
+        finally:
+            bar.close()
+        rows = self.logged
+        return {"first_loss": rows[0]["loss"] if rows else None, "last_loss": rows[-1]["loss"] if rows else None,
+                "steps": self.step, "run_dir": str(self.run_dir), "skipped_steps": int(self.step_fn.skipped)}
+
+    def close(self) -> None:
+        """Release the loader, TensorBoard writer and process group."""
+        self.loader.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.rt.distributed and dist.is_initialized():
+            dist.destroy_process_group()
