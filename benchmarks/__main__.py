@@ -159,7 +159,7 @@ def _summarise(outcome: SuiteOutcome, models: list[str], peak: float | None, ach
                 )
     if "budget" in r:
         res = r["budget"]
-        if not res.rows:
+        if not res.extra["totals"]:
             s.append({"part": "budget", "item": "-", "value": None, "unit": "", "note": res.notes[0] if res.notes else "nothing projected"})
         for model, per_hw in res.extra["totals"].items():
             for hw, total in per_hw.items():
@@ -235,6 +235,8 @@ def run_suite(
 def _budget(outcome: SuiteOutcome, models: list[str], peak: float | None, gpu_name: str) -> BenchResult:
     step = step_rates_from(outcome.results.get("step"), models)
     data, data_label = data_rate_from(outcome.results.get("data"))
+    refs = budget_mod.reference_rows(models)
+    ref_note = "Rows labelled '(reference)' are 32 A100 at a fixed MFU (5.7 % = the released code, 50 % = target), not measurements."
     if not step:
         if "step" in outcome.unavailable:
             reason = outcome.unavailable["step"]
@@ -242,8 +244,15 @@ def _budget(outcome: SuiteOutcome, models: list[str], peak: float | None, gpu_na
             reason = "the step part was not run"
         else:
             reason = "no step rows with model and clips_per_s"
-        return BenchResult(name="budget", notes=[f"No train-step rate measured ({reason}): nothing to project."], extra={"totals": {}, "budget_hours": budget_mod.BUDGET_HOURS, "applicable": outcome.applicable, "gpu": gpu_name})
+        return BenchResult(
+            name="budget",
+            rows=refs,
+            notes=[f"No train-step rate measured ({reason}): nothing measured to project.", ref_note],
+            extra={"totals": {}, "budget_hours": budget_mod.BUDGET_HOURS, "applicable": outcome.applicable, "gpu": gpu_name},
+        )
     res = budget_mod.project(step, data, peak_tflops=peak, gpu_name=gpu_name, applicable=outcome.applicable)
+    res.rows += refs
+    res.notes.append(ref_note)
     res.notes.insert(1, f"Data rate used: {data_label} ({'n/a' if data is None else f'{data:.1f} clips/s'}); step rates: " + ", ".join(f"{m} {v:.2f} clips/s" for m, v in step.items()))
     return res
 

@@ -74,6 +74,7 @@ __all__ = [
     "clips_per_s_from_hours",
     "device_peak_tflops",
     "project",
+    "reference_rows",
     "stage2_flops_per_pair",
     "wall_clock_hours",
     "main",
@@ -339,6 +340,23 @@ def project(
         notes=notes,
         extra={"totals": totals, "budget_hours": BUDGET_HOURS, "applicable": applicable, "gpu": gpu_name},
     )
+
+
+#: Reference MFUs on A100 for :func:`reference_rows`: the released code's 5.7 % (DESIGN.md) and a 50 % target.
+REFERENCE_MFUS = (0.057, 0.5)
+
+
+def reference_rows(models: list[str] | tuple[str, ...]) -> list[dict[str, Any]]:
+    """Budget rows for 32 A100 at the reference MFUs (not measurements): what the budget looks like at the paper
+    code's efficiency and at 50 % MFU. Labelled ``"A100 @x% MFU (reference)"``; :func:`check_failures` ignores them."""
+    out: list[dict[str, Any]] = []
+    for m_fu in REFERENCE_MFUS:
+        rates = {m: a100_equivalent_rate(m_fu, train_flops_per_clip(UMT_SPECS[m])) for m in models}
+        res = project(rates, None, peak_tflops=A100_PEAK_TFLOPS, gpu_name=f"A100 @{m_fu:.1%} MFU (reference)")
+        for row in res.rows:
+            if row["32 GPUs"] != "A100-eq":
+                out.append({**row, "note": "reference, not measured"})
+    return out
 
 
 def check_failures(result: BenchResult) -> list[str]:
