@@ -1,0 +1,109 @@
+"""Flash attention: output, log-sum-exp and every gradient against an fp64 reference.
+
+CPU: the Triton interpreter on tiny shapes (blocks of 16, so ragged tails and several blocks are crossed), fp32,
+fp16 and bf16 (bf16 tiles are upcast inside the kernel there, see the module docstring). GPU: the real sequence
+lengths (64 … 4096 including 197, 320, 1568), head dims 64 and 128, bf16/fp16, poisoned memory, error no worse than
+PyTorch's own SDPA kernel in the same dtype.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels.flash_attention import attention_flops, attention_reference, flash_attention, flash_attention_with_lse
+
+# Relative (Frobenius) error bounds against fp64 in the interpreter: fp32 is exact up to rounding; fp16/bf16 are
+# dominated by rounding P to the input dtype before P·V (unit roundoff 2^-11 and 2^-8).
+_TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b).norm() / b.norm()).item()
+
+
+def _fp64_reference(q, k, v, do):  # noqa: ANN001, ANN202
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    o = attention_reference(q64, k64, v64)
+    grads = torch.autograd.grad(o, (q64, k64, v64), do.double())
+    lse = torch.logsumexp(q64 @ k64.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1)
+    return o.detach(), lse, grads
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize(
+    ("n", "d", "dtype"),
+    [(40, 64, torch.float32), (40, 64, torch.float16), (37, 64, torch.bfloat16), (20, 128, torch.float32), (16, 64, torch.float16)],
+)
+def test_triton_matches_fp64(n: int, d: int, dtype: torch.dtype) -> None:
+    torch.manual_seed(n + d)
+    b, h = 1, 2
+    q, k, v = (torch.randn(b, h, n, d, dtype=dtype, requires_grad=True) for _ in range(3))
+    do = torch.randn(b, h, n, d, dtype=dtype)
+    o, lse = flash_attention_with_lse(q, k, v)
+    assert o.shape == q.shape and o.dtype == dtype and lse.shape == (b, h, n) and lse.dtype == torch.float32
+    grads = torch.autograd.grad(o, (q, k, v), do)
+    o64, lse64, grads64 = _fp64_reference(q, k, v, do)
+    tol = _TOL[dtype]
+    assert _rel(o, o64) < tol
+    assert _rel(lse, lse64) < 1e-6
+    for name, g, g64 in zip("qkv", grads, grads64):
+        assert g.dtype == dtype and g.shape == q.shape
+        assert _rel(g, g64) < 2 * tol, f"d{name}"
+
+
+@pytest.mark.triton
+def test_triton_strided_inputs_from_fused_qkv() -> None:
+    """q, k, v as permuted views of one qkv projection, as the student's attention passes them."""
+    torch.manual_seed(0)
+    b, n, h, d = 2, 23, 2, 32
+    qkv = torch.randn(b, n, 3, h, d, requires_grad=True).permute(2, 0, 3, 1, 4)  # [3, B, H, N, D], strided
+    q, k, v = qkv.unbind(0)
+    out = flash_attention(q, k, v, impl="triton")
+    ref = attention_reference(q, k, v)
+    assert torch.allclose(out, ref, atol=1e-5)
+    g = torch.randn_like(out)
+    (got,) = torch.autograd.grad(out, qkv, g)
+    (want,) = torch.autograd.grad(ref, qkv, g)
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.triton
+def test_triton_rejects_what_it_cannot_run() -> None:
+    x = torch.randn(1, 1, 8, 80)
+    with pytest.raises(ValueError, match="head dim"):
+        flash_attention(x, x, x, impl="triton")
+    with pytest.raises(ValueError, match="shape"):
+        flash_attention(x, x[:, :, :4], x, impl="triton")
+    with pytest.raises(ValueError, match="impl"):
+        flash_attention(x, x, x, impl="flash")
+
+
+def test_attention_flops_formula() -> None:
+    # 4·B·H·N²·D forward; ×3.5 with the backward (Triton fused-attention tutorial's count).
+    assert attention_flops(2, 3, 5, 7) == 4 * 2 * 3 * 25 * 7
+    assert attention_flops(2, 3, 5, 7, backward=True) == 3.5 * 4 * 2 * 3 * 25 * 7
+
+
+@pytest.mark.gpu
+@pytest.mark.triton
+@pytest.mark.parametrize("n", [64, 197, 320, 1568, 4096])
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_real_lengths(n: int, d: int, dtype: torch.dtype) -> None:
+    torch.manual_seed(n)
+    b, h = max(1, 8192 // n), 4
+    q, k, v = (torch.randn(b, h, n, d, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
+    do = torch.randn(b, h, n, d, device="cuda", dtype=dtype)
+    torch.empty(16 * b * h * n * d, device="cuda").fill_(float("nan"))  # poison the allocator's free blocks
+    o, lse = flash_attention_with_lse(q, k, v)
+    grads = torch.autograd.grad(o, (q, k, v), do)
+    o64, lse64, grads64 = _fp64_reference(q, k, v, do)
+    # PyTorch's SDPA in the same dtype sets the bar: ours may be at most 2× its error (+ a small floor).
+    so = attention_reference(q, k, v)
+    sgrads = torch.autograd.grad(so, (q, k, v), do)
+    assert torch.isfinite(o).all() and all(torch.isfinite(g).all() for g in grads)
+    assert _rel(o, o64) <= 2 * _rel(so, o64) + 1e-3
+    assert _rel(lse, lse64) < 1e-5
+    for g, sg, g64 in zip(grads, sgrads, grads64):
+        assert _rel(g, g64) <= 2 * _rel(sg, g64) + 1e-3
