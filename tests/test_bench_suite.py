@@ -132,3 +132,18 @@ def test_measure_allreduce_gloo() -> None:
     assert r["world"] == 2 and r["seconds"] > 0
     assert r["busbw_gb_s"] == pytest.approx(r["algbw_gb_s"])  # 2·(n−1)/n = 1 at n = 2
     assert r["algbw_gb_s"] == pytest.approx((1 << 16) / r["seconds"] / 1e9)
+
+
+@pytest.mark.slow
+def test_whole_suite_real_parts_quick(tmp_path: Path) -> None:
+    """The real suite, every part as it exists in the tree (present or not yet written), tiny sizes on CPU."""
+    rc = suite.main(["--quick", "--device", "cpu", "--out", str(tmp_path), "--model", "umt_b16", "--check"])
+    assert rc == 0
+    payload, md = _reports(tmp_path)
+    ran, missing = payload["extra"]["parts"], payload["extra"]["unavailable"]
+    assert set(ran) | set(missing) == set(suite.PARTS) and not set(ran) & set(missing)
+    for part, reason in missing.items():
+        assert reason and f"not available: {reason}" in md
+    for part in ran:
+        assert f"## {part}" in md
+    assert "DO NOT speak to the 6-day / 32-A100 budget" in md
