@@ -628,6 +628,7 @@ def build_shards(
             "samples_per_shard": samples_per_shard,
             "meta_fields": list(META_FIELDS),
             "components": ["mp4", "meta", "json", "cls", "txt"],
+            "codecs": sorted({r["info"]["codec"] for _, r in ordered}),
             "classes": classes,
             "skipped": skipped,
         }
