@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,14 @@ def build_clip(name: str, image_size: int | None = None, quick_gelu: bool = Fals
     return open_clip.model.CLIP(**cfg, quick_gelu=quick_gelu)
 
 
+def _is_torchscript(path: Path) -> bool:
+    """A TorchScript zip archive (as OpenAI released CLIP) holds a ``constants.pkl`` entry."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith("constants.pkl") for n in z.namelist())
+
+
 def load_clip_weights(model: nn.Module, path: str | Path) -> None:
     """Load CLIP weights from a local file into ``model`` (resizing the position table when the size differs).
 
@@ -86,13 +95,10 @@ def load_clip_weights(model: nn.Module, path: str | Path) -> None:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"teacher weights file not found: {path}")
-    try:
-        jit = torch.jit.load(str(path), map_location="cpu")
-    except (RuntimeError, ValueError):
-        jit = None
-    if jit is None:
+    if not _is_torchscript(path):
         open_clip.load_checkpoint(model, str(path), strict=True)
         return
+    jit = torch.jit.load(str(path), map_location="cpu")
     sd = {k: v for k, v in jit.state_dict().items() if k not in ("input_resolution", "context_length", "vocab_size")}
     open_clip.model.resize_pos_embed(sd, model)
     model.load_state_dict(sd, strict=True)
