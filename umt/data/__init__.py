@@ -9,7 +9,14 @@ from typing import Any
 
 from umt.data.config import IMAGENET_MEAN, IMAGENET_STD, UMT_CROP_SCALES, DataConfig
 
-__all__ = ["DataConfig", "IMAGENET_MEAN", "IMAGENET_STD", "UMT_CROP_SCALES", "build_loader"]
+__all__ = [
+    "DataConfig",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "UMT_CROP_SCALES",
+    "build_loader",
+    "ensure_sample_shards",
+]
 
 
 def build_loader(cfg: DataConfig, *, rank: int = 0, world_size: int = 1, device: Any = "cpu") -> Any:
@@ -17,3 +24,10 @@ def build_loader(cfg: DataConfig, *, rank: int = 0, world_size: int = 1, device:
     from umt.data.loader import build_loader as _build
 
     return _build(cfg, rank=rank, world_size=world_size, device=device)
+
+
+def ensure_sample_shards(out_dir: Any = "shards/built/sample", **kwargs: Any) -> Any:
+    """Build shards from the embedded sample clips unless present; returns the directory (see :mod:`umt.data.samples`)."""
+    from umt.data.samples import ensure_sample_shards as _ensure
+
+    return _ensure(out_dir, **kwargs)

