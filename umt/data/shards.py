@@ -194,7 +194,11 @@ def read_manifest(shard_dir: str | Path) -> dict[str, Any]:
 
 
 def _find_videos(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTS and not p.name.startswith("."))
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.suffix.lower() in VIDEO_EXTS and not p.name.startswith(".") and (p.is_file() or p.is_symlink())
+    )
 
 
 def _parse_label(text: str) -> int | str:
@@ -220,7 +224,7 @@ def _read_annotations(path: Path) -> list[tuple[str, int | str | None, str | Non
 
     def add(video: str, label: Any, caption: Any, origin: str) -> None:
         lab = None if label is None or label == "" else _parse_label(str(label))
-        rows.append((str((base / video).resolve()), lab, None if caption is None else str(caption), origin))
+        rows.append((os.path.abspath(base / video), lab, None if caption is None else str(caption), origin))
 
     suffix = path.suffix.lower()
     if suffix in (".json", ".jsonl"):
@@ -283,7 +287,7 @@ def collect_sources(
             skipped.append({"input": str(inp), "reason": "missing file or directory"})
             continue
         for f in files:
-            key = str(f.resolve())
+            key = os.path.abspath(f)  # not resolve(): keep the name a dangling symlink was given
             if key not in found:
                 found[key] = SampleSource(key, None, None, "input")
     names = sorted({str(v) for v in raw_labels.values() if isinstance(v, str)})

@@ -1,0 +1,103 @@
+"""Test helpers for the data pipeline: tiny synthetic clips made with PyAV and cached shard sets.
+
+Clips encode their frame number in their brightness (frame k has grey level ``LEVEL0 + LEVEL_STEP * k`` plus a
+moving bright bar), so a test can tell from decoded pixels which frame it got.
+"""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+LEVEL0, LEVEL_STEP = 16, 10
+
+_CACHE: dict[str, Any] = {}
+
+
+def frame_image(k: int, width: int, height: int) -> np.ndarray:
+    """uint8 [H, W, 3]: flat grey ``LEVEL0 + LEVEL_STEP * k`` (mod 224) with a white bar at x = 2k (mod W)."""
+    img = np.full((height, width, 3), (LEVEL0 + LEVEL_STEP * k) % 224, np.uint8)
+    x = (2 * k) % max(1, width - 4)
+    img[:, x : x + 3] = 255
+    return img
+
+
+def make_clip(
+    path: Path, n_frames: int = 16, width: int = 64, height: int = 48, codec: str = "libx264", fps: int = 25
+) -> Path:
+    """Write a synthetic clip with PyAV (H.264 by default, like typical source footage)."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as out:
+        s = out.add_stream(codec, rate=fps)
+        s.width, s.height = width, height
+        s.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+        if codec == "libx264":
+            s.codec_context.options = {"crf": "10", "preset": "ultrafast"}
+        for k in range(n_frames):
+            f = av.VideoFrame.from_ndarray(frame_image(k, width, height), format="rgb24")
+            f.pts, f.time_base = k, Fraction(1, fps)
+            for p in s.encode(f):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    return path
+
+
+def make_audio_only(path: Path, seconds: float = 0.5) -> Path:
+    """An mp4 holding only an AAC audio stream."""
+    import av
+
+    rate = 16000
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("aac", rate=rate)
+        n = int(seconds * rate)
+        t = np.arange(n) / rate
+        pcm = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]  # [1, n]
+        for i in range(0, n, 1024):
+            fr = av.AudioFrame.from_ndarray(pcm[:, i : i + 1024], format="fltp", layout="mono")
+            fr.sample_rate, fr.pts = rate, i
+            for p in s.encode(fr):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    return path
+
+
+def make_good_set(root: Path, n: int = 8) -> tuple[list[Path], Path]:
+    """``n`` clips of varied size/length plus ``annotations.jsonl`` (label names + captions). Returns (clips, ann)."""
+    clips = []
+    rows = []
+    for i in range(n):
+        w, h = (64, 48) if i % 2 == 0 else (48, 64)
+        p = make_clip(root / f"clip{i:02d}.mp4", n_frames=12 + 3 * i, width=w, height=h)
+        clips.append(p)
+        rows.append({"video": p.name, "label": ["cat", "dog", "eel"][i % 3], "caption": f"synthetic clip {i}"})
+    ann = root / "annotations.jsonl"
+    ann.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return clips, ann
+
+
+def cached(key: str, tmp_path_factory: Any, build: Any) -> Any:
+    """Build something once per test session (``build(tmp_dir)``), shared by all test modules."""
+    if key not in _CACHE:
+        _CACHE[key] = build(tmp_path_factory.mktemp(key))
+    return _CACHE[key]
+
+
+def good_shards(tmp_path_factory: Any, codec: str = "vp9", n: int = 8, samples_per_shard: int = 3) -> Path:
+    """Shards of :func:`make_good_set` (built once per session per codec)."""
+    from umt.data.shards import EncodeSettings, build_shards
+
+    src = cached("src", tmp_path_factory, lambda d: make_good_set(d, n))
+
+    def build(d: Path) -> Path:
+        build_shards([], d, annotations=src[1], settings=EncodeSettings(codec=codec), samples_per_shard=samples_per_shard)
+        return d
+
+    return cached(f"shards_{codec}_{n}_{samples_per_shard}", tmp_path_factory, build)

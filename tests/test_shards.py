@@ -1,0 +1,226 @@
+"""Shard builder: round trip of every field, bad inputs, resume after a crash, determinism, the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.data_utils import cached, good_shards, make_audio_only, make_clip, make_good_set
+from umt.data.reference import decode_frames
+from umt.data.shards import META_BYTES, EncodeSettings, build_shards, decode_meta, encode_meta, read_manifest
+
+
+def _digest_dir(d: Path) -> dict[str, str]:
+    """sha256 of every shard, index and the manifest."""
+    names = sorted(p.name for p in d.iterdir() if p.suffix in (".tar", ".idx") or p.name == "manifest.json")
+    return {n: hashlib.sha256((d / n).read_bytes()).hexdigest() for n in names}
+
+
+def test_meta_roundtrip() -> None:
+    b = encode_meta(frames=120, width=320, height=240, label=3, index=7, fps_milli=29970, duration_ms=4004)
+    assert len(b) == META_BYTES == 32
+    m = decode_meta(b)
+    assert (m["frames"], m["width"], m["height"], m["label"], m["index"], m["fps_milli"]) == (120, 320, 240, 3, 7, 29970)
+    assert decode_meta(encode_meta(frames=9))["label"] == -1  # unlabelled default
+    with pytest.raises(ValueError):
+        decode_meta(b[:-4])
+
+
+def test_round_trip_every_field(tmp_path_factory: pytest.TempPathFactory) -> None:
+    import webdataset as wds
+
+    d = good_shards(tmp_path_factory)
+    clips, ann = cached("src", tmp_path_factory, lambda p: make_good_set(p))
+    rows = {os.path.abspath(ann.parent / json.loads(x)["video"]): json.loads(x) for x in ann.read_text().splitlines()}
+    m = read_manifest(d)
+    assert m["num_samples"] == 8 and [s["samples"] for s in m["shards"]] == [3, 3, 2]
+    assert m["classes"] == ["cat", "dog", "eel"] and m["codecs"] == ["vp9"] and m["skipped"] == []
+    assert m["encoding"]["codec"] == "vp9" and m["encoding"]["gop"] == 8
+    for s in m["shards"]:  # manifest bytes and sha256 describe the files on disk
+        data = (d / s["name"]).read_bytes()
+        assert len(data) == s["bytes"] and hashlib.sha256(data).hexdigest() == s["sha256"]
+
+    urls = [str(d / s["name"]) for s in m["shards"]]
+    seen = []
+    for sample in wds.WebDataset(urls, shardshuffle=False):
+        meta = decode_meta(sample["meta"])
+        info = json.loads(sample["json"])
+        row = rows[info["source"]]
+        assert sample["__key__"] == f"{meta['index']:08d}" and info["index"] == meta["index"]
+        assert m["classes"][int(sample["cls"])] == row["label"] == info["class_name"]
+        assert meta["label"] == int(sample["cls"]) == info["label"]
+        assert sample["txt"].decode() == row["caption"] == info["caption"]
+        src_i = int(Path(info["source"]).stem[-2:])
+        assert meta["frames"] == info["frames"] == 12 + 3 * src_i  # every frame kept, none invented
+        assert (meta["width"], meta["height"]) == ((64, 48) if src_i % 2 == 0 else (48, 64)) == (info["width"], info["height"])
+        assert info["codec"] == "vp9" and info["source_codec"] == "h264" and info["fps"] == 25
+        assert meta["fps_milli"] == 25000 and abs(info["duration"] - meta["frames"] / 25) < 1e-6
+        # the stored video really is those frames: brightness encodes the frame number (tests/data_utils.py)
+        fr = decode_frames(sample["mp4"], [0, meta["frames"] - 1])
+        assert fr.shape == (2, meta["height"], meta["width"], 3)
+        ref = np.stack([np.full(3, (16 + 10 * k) % 224) for k in (0, meta["frames"] - 1)])
+        assert np.abs(np.median(fr.reshape(2, -1, 3), axis=1) - ref).max() <= 6
+        seen.append(meta["index"])
+    assert seen == list(range(8))  # manifest order = shard order
+
+
+def test_index_matches_dali_wds2idx(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    wds2idx = pytest.importorskip("wds2idx")
+    d = good_shards(tmp_path_factory)
+    for tar in sorted(d.glob("*.tar")):
+        out = tmp_path / (tar.stem + ".idx")
+        with wds2idx.IndexCreator(str(tar), str(out), verbose=False) as c:
+            c.create_index()
+        assert out.read_text() == tar.with_suffix(".idx").read_text()
+
+
+def test_bad_inputs_are_skipped_with_reasons(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    good = [make_clip(src / f"good{i}.mp4", n_frames=10) for i in range(2)]
+    (src / "empty.mp4").write_bytes(b"")
+    (src / "notvideo.mp4").write_text("hello, I am text\n" * 50)
+    whole = make_clip(tmp_path / "whole.mp4", n_frames=30).read_bytes()
+    (src / "truncated.mp4").write_bytes(whole[: len(whole) // 2])
+    make_audio_only(src / "audio.mp4")
+    make_clip(src / "short.mp4", n_frames=4)
+    os.symlink(tmp_path / "nowhere.mp4", src / "dangling.mp4")  # unreadable path
+    ann = tmp_path / "labels.csv"
+    ann.write_text("path,label\nin/good0.mp4,0\nin/good1.mp4,1\nin/missing.mp4,2\n")
+    res = build_shards([src, tmp_path / "no_such_dir"], tmp_path / "out", annotations=ann, samples_per_shard=4)
+    reasons = {Path(s["input"]).name: s["reason"] for s in res.skipped}
+    assert res.num_samples == 2
+    assert "empty" in reasons["empty.mp4"]
+    assert "not a readable video" in reasons["notvideo.mp4"]
+    assert "truncated" in reasons["truncated.mp4"] or "not a readable video" in reasons["truncated.mp4"]
+    assert "audio-only" in reasons["audio.mp4"]
+    assert "too short" in reasons["short.mp4"] and "4 frames" in reasons["short.mp4"]
+    assert "missing" in reasons["dangling.mp4"]
+    assert "missing" in reasons["missing.mp4"] and "labels.csv:4" in reasons["missing.mp4"]
+    assert "missing" in reasons["no_such_dir"]
+    assert len(res.skipped) == 8
+    m = read_manifest(tmp_path / "out")
+    assert sorted(Path(s["input"]).name for s in m["skipped"]) == sorted(reasons)
+    assert m["classes"] == []  # integer labels stay integers
+
+
+def test_truncated_faststart_file_is_rejected(tmp_path: Path) -> None:
+    """An mp4 whose index (moov) is intact but whose media data is cut: opens, then runs out of frames."""
+    import av
+
+    src = make_clip(tmp_path / "a.mp4", n_frames=60, width=64, height=48)
+    fs = tmp_path / "fs.mp4"
+    with av.open(str(src)) as i, av.open(str(fs), "w", options={"movflags": "faststart"}) as o:
+        s = o.add_stream_from_template(i.streams.video[0])
+        for p in i.demux(i.streams.video[0]):
+            if p.size:
+                p.stream = s
+                o.mux(p)
+    data = fs.read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[: int(len(data) * 0.6)])
+    res = build_shards([tmp_path / "cut.mp4"], tmp_path / "out")
+    assert res.num_samples == 0 and len(res.skipped) == 1
+    assert "truncated" in res.skipped[0]["reason"] or "decode error" in res.skipped[0]["reason"]
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_resume_after_crash_gives_identical_output(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    clips, ann = cached("src", tmp_path_factory, lambda p: make_good_set(p))
+    ref = good_shards(tmp_path_factory)  # clean build, same inputs/settings/seed
+    out = tmp_path / "out"
+
+    class Crash(RuntimeError):
+        pass
+
+    def crash_after_first(k: int) -> None:
+        if k == 0:
+            raise Crash
+
+    with pytest.raises(Crash):
+        build_shards([], out, annotations=ann, samples_per_shard=3, _after_shard=crash_after_first)
+    assert not (out / "manifest.json").exists()
+    # a half-written shard and a damaged complete one, as a killed process might leave
+    (out / "train-000001.tar.tmp").write_bytes(b"partial")
+    shutil.copy(out / "train-000000.tar", out / "train-000002.tar")  # stale garbage under a final name
+    res = build_shards([], out, annotations=ann, samples_per_shard=3)
+    assert res.encoded == 0  # every input came from the encode cache
+    assert _digest_dir(out) == _digest_dir(ref)
+    assert not list(out.glob("*.tmp"))
+    # a third run is a no-op that rewrites nothing
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")}
+    build_shards([], out, annotations=ann, samples_per_shard=3)
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")} == before
+
+
+def test_determinism_and_seed(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    clips, ann = cached("src", tmp_path_factory, lambda p: make_good_set(p))
+    ref = good_shards(tmp_path_factory)
+    build_shards([], tmp_path / "a", annotations=ann, samples_per_shard=3, workers=2)  # processes: same bytes
+    assert _digest_dir(tmp_path / "a") == _digest_dir(ref)
+    build_shards([], tmp_path / "b", annotations=ann, samples_per_shard=3, seed=1)
+    ma, mb = read_manifest(ref), read_manifest(tmp_path / "b")
+    assert [s["sha256"] for s in ma["shards"]] != [s["sha256"] for s in mb["shards"]]  # another order
+
+
+def test_settings_scale_gop_fps_and_copy(tmp_path: Path) -> None:
+    import av
+
+    src = make_clip(tmp_path / "big.mp4", n_frames=40, width=96, height=72, fps=25)
+    st = EncodeSettings(codec="mjpeg", short_side=36, gop=1, fps_cap=12.5)
+    build_shards([src], tmp_path / "o1", settings=st)
+    from umt.data.reference import ShardIndex
+
+    m = read_manifest(tmp_path / "o1")
+    ix = ShardIndex(tmp_path / "o1", m["shards"])
+    meta = decode_meta(ix.read(0, "meta"))
+    assert (meta["width"], meta["height"]) == (48, 36)  # short side 72 -> 36, 4:3 kept, even
+    assert meta["frames"] == 20 and meta["fps_milli"] == 12500  # every second frame of 40 at 25 fps
+    fr = decode_frames(ix.read(0, "mp4"), [1])
+    assert abs(float(np.median(fr)) - (16 + 10 * 2)) <= 6  # output frame 1 is source frame 2
+    with av.open(__import__("io").BytesIO(ix.read(0, "mp4"))) as c:
+        assert c.streams.video[0].codec_context.name == "mjpeg"
+    build_shards([src], tmp_path / "o2", settings=EncodeSettings(codec="copy"))
+    m2 = read_manifest(tmp_path / "o2")
+    assert m2["codecs"] == ["h264"]
+    ix2 = ShardIndex(tmp_path / "o2", m2["shards"])
+    assert decode_meta(ix2.read(0, "meta"))["frames"] == 40
+    with av.open(str(src)) as c:
+        src_pkts = [bytes(p) for p in c.demux(video=0) if p.size]
+    with av.open(__import__("io").BytesIO(ix2.read(0, "mp4"))) as c:
+        assert [bytes(p) for p in c.demux(video=0) if p.size] == src_pkts  # stream kept bit-exact
+
+
+def test_gop_controls_keyframes(tmp_path: Path) -> None:
+    import av
+    import io
+
+    src = make_clip(tmp_path / "v.mp4", n_frames=24)
+    build_shards([src], tmp_path / "o", settings=EncodeSettings(gop=8))
+    from umt.data.reference import ShardIndex
+
+    m = read_manifest(tmp_path / "o")
+    with av.open(io.BytesIO(ShardIndex(tmp_path / "o", m["shards"]).read(0, "mp4"))) as c:
+        keys = [i for i, p in enumerate(p for p in c.demux(video=0) if p.size) if p.is_keyframe]
+    assert keys == [0, 8, 16]
+
+
+def test_cli_exit_status_and_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from umt.data.cli import main
+
+    make_clip(tmp_path / "in" / "a.mp4", n_frames=9)
+    (tmp_path / "in" / "b.mp4").write_bytes(b"")
+    assert main([str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--quiet", "--codec", "mjpeg"]) == 0
+    text = capsys.readouterr().out
+    assert "1 samples in 1 shards" in text and "1 skipped" in text and "empty file" in text
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.mp4").write_bytes(b"junk")
+    assert main([str(tmp_path / "bad"), "--out", str(tmp_path / "out2"), "--quiet"]) == 1
+    assert "nothing written" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main([str(tmp_path / "in"), "--out", str(blocker / "sub"), "--quiet"]) == 1  # cannot create output
