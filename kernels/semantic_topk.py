@@ -140,7 +140,7 @@ if triton is not None:
         x = x * 0x846CA68B
         return x ^ (x >> 16)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["seed_val"])  # one compiled kernel for every seed value
     def _semantic_topk_kernel(
         q_ptr,  # [R, H, D]
         k_ptr,  # [R, H, M, D]
