@@ -15,6 +15,11 @@ Sequence lengths need not be multiples of the block sizes (197 per teacher frame
 full clips): the last key block is masked to ``-inf`` before the softmax, tail query rows are loaded as zeros and
 never stored. Every loop runs its full blocks unmasked and the one ragged block masked.
 
+On the teacher's last block the log-sum-exp of the CLS row would give the semantic mask its softmax normaliser, but
+that saves no pass: the fused top-k kernel (:mod:`kernels.semantic_topk`) must read the keys anyway to form the
+CLS→patch scores, and its own per-head max/sum over 197 keys costs nothing next to that read. So the mask kernel
+takes ``q_cls`` and ``k`` only, and the teacher's attention may run in any backend.
+
 Inputs: fp16, bf16 (and fp32, computed with TF32 dots on a GPU); head dims 16, 32, 64, 128; any strides. In the
 Triton interpreter (CPU tests) ``tl.dot`` on bf16 is wrong (triton-lang/triton#11584), so there the kernels upcast
 bf16 tiles to fp32 (a compile-time flag, off on a GPU).

@@ -107,3 +107,15 @@ def test_gpu_real_lengths(n: int, d: int, dtype: torch.dtype) -> None:
     assert _rel(lse, lse64) < 1e-5
     for g, sg, g64 in zip(grads, sgrads, grads64):
         assert _rel(g, g64) <= 2 * _rel(sg, g64) + 1e-3
+
+
+@pytest.mark.triton
+def test_triton_attention_traced_by_torch_compile_with_autograd() -> None:
+    """The registered op (fake impl + register_autograd) traces with fullgraph and gives the eager gradients."""
+    torch.manual_seed(4)
+    q, k, v = (torch.randn(1, 1, 20, 16, requires_grad=True) for _ in range(3))
+    fn = torch.compile(lambda q, k, v: flash_attention(q, k, v, impl="triton").sum(), backend="aot_eager", fullgraph=True)
+    got = torch.autograd.grad(fn(q, k, v), (q, k, v))
+    want = torch.autograd.grad(attention_reference(q, k, v).sum(), (q, k, v))
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w, atol=1e-5)
