@@ -61,12 +61,26 @@ def _num(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+#: Row keys read for a clips/s figure, in order (agreed ``clips_per_s``; ``clips/s`` as bench_data writes it).
+_RATE_KEYS = ("clips_per_s", "clips/s")
+
+
+def _rate(row: dict[str, Any]) -> float | None:
+    """The clips/s of a row under any of :data:`_RATE_KEYS`, or None ("n/a")."""
+    return next((v for k in _RATE_KEYS if (v := _num(row.get(k))) is not None), None)
+
+
+def _data_label(row: dict[str, Any]) -> str:
+    """``"<backend> <codec or setting>"`` of a bench_data row, ``n/a`` for missing keys."""
+    return f"{row.get('backend', 'n/a')} {row.get('codec', row.get('setting', 'n/a'))}"
+
+
 def step_rates_from(result: BenchResult | None, models: list[str]) -> dict[str, float]:
     """Per-model train-step clips/s per GPU from a bench_step result: the best row per model (e.g. the faster of
     with and without ``torch.compile``). Rows need ``model`` and ``clips_per_s``; others are ignored."""
     rates: dict[str, float] = {}
     for row in result.rows if result else []:
-        model, rate = row.get("model"), _num(row.get("clips_per_s"))
+        model, rate = row.get("model"), _rate(row)
         if model in models and rate and rate > rates.get(model, 0.0):
             rates[model] = rate
     return rates
@@ -75,16 +89,17 @@ def step_rates_from(result: BenchResult | None, models: list[str]) -> dict[str, 
 def data_rate_from(result: BenchResult | None) -> tuple[float | None, str]:
     """The data pipeline's clips/s per GPU from a bench_data result and a label of the row it came from.
 
-    The best DALI row (the trainer's pipeline) where there is one, else the best row of any backend. Rows need
-    ``clips_per_s``; ``backend`` and ``codec`` label it.
+    The best DALI row (the trainer's pipeline; ``backend`` starting with ``dali``) where there is one, else the
+    best row of any backend. Rows need ``clips_per_s`` (or ``clips/s``); ``backend`` and ``codec`` (or ``setting``)
+    label it.
     """
-    rows = [r for r in (result.rows if result else []) if _num(r.get("clips_per_s"))]
-    dali = [r for r in rows if str(r.get("backend", "")).lower() == "dali"]
+    rows = [r for r in (result.rows if result else []) if _rate(r)]
+    dali = [r for r in rows if str(r.get("backend", "")).lower().startswith("dali")]
     pool = dali or rows
     if not pool:
         return None, "n/a"
-    best = max(pool, key=lambda r: r["clips_per_s"])
-    return float(best["clips_per_s"]), f"{best.get('backend', 'n/a')} {best.get('codec', 'n/a')}"
+    best = max(pool, key=lambda r: _rate(r) or 0.0)
+    return _rate(best), _data_label(best)
 
 
 class SuiteOutcome:
@@ -120,6 +135,25 @@ def _generic_summary(part: str, result: BenchResult) -> list[dict[str, Any]]:
     return out
 
 
+def _kernels_summary(result: BenchResult) -> list[dict[str, Any]]:
+    """The fastest path per (model, op, pass) of bench_kernels rows (``rate``, ``unit``, ``path``, ``us``); rows
+    without those keys fall back to :func:`_generic_summary`."""
+    if not all(_num(r.get("us")) is not None for r in result.rows):
+        return _generic_summary("kernels", result)
+    best: dict[tuple[Any, Any, Any], dict[str, Any]] = {}
+    for row in result.rows:
+        key = (row.get("model"), row.get("op"), row.get("pass"))
+        if key not in best or row["us"] < best[key]["us"]:
+            best[key] = row
+    out = []
+    for (model, op, p), row in best.items():
+        frac, speed = _num(row.get("frac_of_ceiling")), _num(row.get("speedup_vs_a"))
+        note = ", ".join(x for x in (f"path {row.get('path')}", f"{frac:.0%} of ceiling" if frac is not None else "",
+                                      f"{speed:.1f}× vs original" if speed is not None else "") if x)  # fmt: skip
+        out.append({"part": "kernels", "item": f"{model} {op} {p}", "value": _num(row.get("rate")), "unit": row.get("unit", "n/a"), "note": note})
+    return out
+
+
 def _summarise(outcome: SuiteOutcome, models: list[str], peak: float | None, achievable: float | None) -> None:
     s = outcome.summary
     for part, reason in outcome.unavailable.items():
@@ -131,13 +165,12 @@ def _summarise(outcome: SuiteOutcome, models: list[str], peak: float | None, ach
         s.append({"part": "matmul", "item": f"{best['dtype']} {best['size']}³ {best['device']}", "value": best["tflops"], "unit": "TFLOP/s", "note": note})
     if "data" in r:
         for row in r["data"].rows:
-            item = f"{row.get('backend', 'n/a')} {row.get('codec', 'n/a')}"
-            s.append({"part": "data", "item": item, "value": _num(row.get("clips_per_s")), "unit": "clips/s", "note": ""})
+            s.append({"part": "data", "item": _data_label(row), "value": _rate(row), "unit": "clips/s", "note": ""})
     if "kernels" in r:
-        s.extend(_generic_summary("kernels", r["kernels"]))
+        s.extend(_kernels_summary(r["kernels"]))
     if "step" in r:
         for row in r["step"].rows:
-            model, rate = row.get("model"), _num(row.get("clips_per_s"))
+            model, rate = row.get("model"), _rate(row)
             extras = " ".join(f"{k}={v}" for k, v in row.items() if k not in ("model", "clips_per_s", "mfu") and isinstance(v, (str, bool)))
             parts = []
             mfu = _num(row.get("mfu"))

@@ -100,6 +100,9 @@ def test_step_and_data_rate_readers() -> None:
     assert suite.step_rates_from(None, ["umt_b16"]) == {}
     assert suite.data_rate_from(BenchResult("data", rows=[{"clips_per_s": float("nan")}])) == (None, "n/a")
     assert suite.data_rate_from(BenchResult("data", rows=[{"clips_per_s": 4.0}])) == (4.0, "n/a n/a")
+    # bench_data as written: "clips/s", backend "dali (cpu)", the encoding under "setting"; DALI preferred.
+    rows = [{"setting": "vp9 gop 8", "backend": "reference (PyAV)", "clips/s": 9.0}, {"setting": "mjpeg", "backend": "dali (cpu)", "clips/s": 7.0}]
+    assert suite.data_rate_from(BenchResult("data", rows=rows)) == (7.0, "dali (cpu) mjpeg")
 
 
 def test_exit_status_logic() -> None:
