@@ -280,7 +280,11 @@ def _budget(outcome: SuiteOutcome, models: list[str], peak: float | None, gpu_na
         return BenchResult(
             name="budget",
             rows=refs,
-            notes=[f"No train-step rate measured ({reason}): nothing measured to project.", ref_note],
+            notes=[
+                *([] if outcome.applicable else [f"NOT APPLICABLE: run on {gpu_name} at tiny sizes; nothing here speaks to the budget."]),
+                f"No train-step rate measured ({reason}): nothing measured to project.",
+                ref_note,
+            ],
             extra={"totals": {}, "budget_hours": budget_mod.BUDGET_HOURS, "applicable": outcome.applicable, "gpu": gpu_name},
         )
     res = budget_mod.project(step, data, peak_tflops=peak, gpu_name=gpu_name, applicable=outcome.applicable)
