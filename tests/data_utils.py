@@ -97,7 +97,8 @@ def good_shards(tmp_path_factory: Any, codec: str = "vp9", n: int = 8, samples_p
     src = cached("src", tmp_path_factory, lambda d: make_good_set(d, n))
 
     def build(d: Path) -> Path:
-        build_shards([], d, annotations=src[1], settings=EncodeSettings(codec=codec), samples_per_shard=samples_per_shard)
+        st = EncodeSettings(codec=codec)
+        build_shards([], d, annotations=src[1], settings=st, samples_per_shard=samples_per_shard)
         return d
 
     return cached(f"shards_{codec}_{n}_{samples_per_shard}", tmp_path_factory, build)

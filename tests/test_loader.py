@@ -183,7 +183,9 @@ def test_real_sample_clips_through_dali_and_reference(tmp_path_factory: pytest.T
         L = build_loader(_cfg(d, backend, train=False, batch_size=8, input_size=64, num_workers=2))
         assert L.num_samples == 16 and len(L) == 2
         out[backend] = {
-            i: (v, lab) for b in L.epoch_iter(0) for i, v, lab in zip(b["index"].tolist(), b["video"], b["label"].tolist())
+            i: (v, lab)
+            for b in L.epoch_iter(0)
+            for i, v, lab in zip(b["index"].tolist(), b["video"], b["label"].tolist())
         }
         L.close()
     assert sorted(out["dali"]) == list(range(16))

@@ -26,7 +26,8 @@ def test_meta_roundtrip() -> None:
     b = encode_meta(frames=120, width=320, height=240, label=3, index=7, fps_milli=29970, duration_ms=4004)
     assert len(b) == META_BYTES == 32
     m = decode_meta(b)
-    assert (m["frames"], m["width"], m["height"], m["label"], m["index"], m["fps_milli"]) == (120, 320, 240, 3, 7, 29970)
+    got = (m["frames"], m["width"], m["height"], m["label"], m["index"], m["fps_milli"])
+    assert got == (120, 320, 240, 3, 7, 29970)
     assert decode_meta(encode_meta(frames=9))["label"] == -1  # unlabelled default
     with pytest.raises(ValueError):
         decode_meta(b[:-4])
@@ -58,7 +59,8 @@ def test_round_trip_every_field(tmp_path_factory: pytest.TempPathFactory) -> Non
         assert sample["txt"].decode() == row["caption"] == info["caption"]
         src_i = int(Path(info["source"]).stem[-2:])
         assert meta["frames"] == info["frames"] == 12 + 3 * src_i  # every frame kept, none invented
-        assert (meta["width"], meta["height"]) == ((64, 48) if src_i % 2 == 0 else (48, 64)) == (info["width"], info["height"])
+        size = (64, 48) if src_i % 2 == 0 else (48, 64)
+        assert (meta["width"], meta["height"]) == size == (info["width"], info["height"])
         assert info["codec"] == "vp9" and info["source_codec"] == "h264" and info["fps"] == 25
         assert meta["fps_milli"] == 25000 and abs(info["duration"] - meta["frames"] / 25) < 1e-6
         # the stored video really is those frames: brightness encodes the frame number (tests/data_utils.py)

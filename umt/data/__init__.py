@@ -27,7 +27,10 @@ def build_loader(cfg: DataConfig, *, rank: int = 0, world_size: int = 1, device:
 
 
 def ensure_sample_shards(out_dir: Any = "shards/built/sample", **kwargs: Any) -> Any:
-    """Build shards from the embedded sample clips unless present; returns the directory (see :mod:`umt.data.samples`)."""
+    """Build shards from the embedded sample clips unless present; returns the directory.
+
+    See :func:`umt.data.samples.ensure_sample_shards`.
+    """
     from umt.data.samples import ensure_sample_shards as _ensure
 
     return _ensure(out_dir, **kwargs)

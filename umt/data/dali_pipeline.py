@@ -1,4 +1,4 @@
-"""The DALI graph: WebDataset shards → TSN frame indices → video decode → multi-scale crop + flip → resize → normalise.
+"""The DALI graph: shards → TSN frame indices → video decode → multi-scale crop + flip → resize → normalise.
 
 Everything per sample happens inside the graph; Python only builds it once per epoch. The two random decisions are
 the ones written down in :mod:`umt.data.sampling` (same formulas, float32, same order of operations):

@@ -27,13 +27,22 @@ import tarfile
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = [
+from umt.data.encode import (
+    CODECS,
+    DEFAULT_CODEC,
+    DEFAULT_GOP,
+    EncodeSettings,
+    Reject,
+    SampleSource,
+    encode_video,
+)
+
+__all__ = [  # encoding names re-exported from umt.data.encode
     "CODECS",
     "DEFAULT_CODEC",
     "DEFAULT_GOP",
@@ -57,60 +66,7 @@ FORMAT_VERSION = 1
 META_FIELDS = ("frames", "width", "height", "label", "index", "fps_milli", "duration_ms", "version")
 META_BYTES = 4 * len(META_FIELDS)
 
-#: ``--codec`` choices → (PyAV encoder, pixel format, encoder options). VP9 and MJPEG decode on DALI's CPU and GPU
-#: video decoders; H.264 decodes on DALI's GPU path and in the reference backend only (ENVIRONMENT.md).
-CODECS: dict[str, tuple[str, str, dict[str, str]]] = {
-    # realtime/cpu-used 8: ~10x faster to encode than "good" at similar size for ≤320p clips; crf 32 is visually clean
-    # at this size. No lag (realtime) means no hidden alt-ref frames: every packet is one displayed frame.
-    "vp9": ("libvpx-vp9", "yuv420p", {"deadline": "realtime", "cpu-used": "8", "crf": "32", "b": "0"}),
-    "mjpeg": ("mjpeg", "yuvj420p", {"q:v": "4"}),
-    "h264": ("libx264", "yuv420p", {"preset": "veryfast", "crf": "23", "bf": "0"}),
-}
 VIDEO_EXTS = {".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ogv", ".flv", ".wmv", ".3gp"}
-#: Default codec and GOP: chosen from benchmarks/results/*bench_data* (see shards/README.md).
-DEFAULT_CODEC = "vp9"
-DEFAULT_GOP = 8
-
-
-@dataclass(frozen=True)
-class EncodeSettings:
-    """How each input is re-encoded (recorded in the manifest and in the cache key)."""
-
-    codec: str = DEFAULT_CODEC
-    """``vp9``, ``mjpeg``, ``h264`` or ``copy`` (keep the source stream, remuxed into mp4)."""
-    short_side: int = 320
-    """Scale down so that the short side is at most this many pixels (even dimensions)."""
-    gop: int = DEFAULT_GOP
-    """Key frame every ``gop`` frames (1 = all-intra). Ignored by ``copy``."""
-    fps_cap: float | None = None
-    """Drop frames so that the output rate is at most this (frames/s)."""
-    min_frames: int = 8
-    """Reject videos with fewer frames (the sampling needs one per TSN segment)."""
-
-    def __post_init__(self) -> None:
-        if self.codec not in (*CODECS, "copy"):
-            raise ValueError(f"codec must be one of {[*CODECS, 'copy']}, got {self.codec!r}")
-        if self.short_side < 16 or self.gop < 1 or self.min_frames < 1:
-            raise ValueError(f"bad encoding settings {self}")
-        if self.fps_cap is not None and self.fps_cap <= 0:
-            raise ValueError(f"fps_cap must be > 0, got {self.fps_cap}")
-
-    def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
-
-
-@dataclass
-class SampleSource:
-    """One input video and its annotation."""
-
-    path: str
-    """Absolute path of the video file."""
-    label: int | None = None
-    caption: str | None = None
-    origin: str = ""
-    """Where the entry came from (for skip reasons), e.g. ``annotations.csv:12``."""
-
-
 @dataclass
 class BuildResult:
     """What :func:`build_shards` wrote."""
@@ -303,123 +259,6 @@ def collect_sources(
     return [found[k] for k in sorted(found)], classes, skipped
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# probe + re-encode one input (runs in worker processes)
-
-
-class _Reject(Exception):
-    """An input that is skipped, with a human-readable reason."""
-
-
-def _even(x: float) -> int:
-    return max(2, int(round(x / 2.0)) * 2)
-
-
-def _target_size(w: int, h: int, short_side: int) -> tuple[int, int]:
-    s = min(w, h)
-    if s <= short_side:
-        return _even(w) if w % 2 else w, _even(h) if h % 2 else h
-    scale = short_side / s
-    return _even(w * scale), _even(h * scale)
-
-
-def _encode(src: SampleSource, st: EncodeSettings) -> tuple[bytes, dict[str, Any]]:
-    """Decode ``src`` and re-encode it (or remux for ``copy``). Returns (mp4 bytes, info). Raises _Reject."""
-    import av
-
-    path = Path(src.path)
-    if not path.exists():
-        raise _Reject("missing file" + (f" (annotation {src.origin})" if src.origin != "input" else ""))
-    if not os.access(path, os.R_OK):
-        raise _Reject("unreadable: permission denied")
-    if path.stat().st_size == 0:
-        raise _Reject("empty file (0 bytes)")
-    try:
-        inp = av.open(str(path))
-    except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
-        raise _Reject(f"not a readable video container ({type(e).__name__}: {e})") from None
-    with inp:
-        if not inp.streams.video:
-            raise _Reject("no video stream (audio-only)" if inp.streams.audio else "no video stream")
-        vs = inp.streams.video[0]
-        rate = vs.average_rate or vs.guessed_rate or Fraction(25)
-        expected = vs.frames or (int(float(inp.duration) / 1e6 * float(rate)) if inp.duration else 0)
-        src_codec = vs.codec_context.name
-        out_rate = Fraction(rate).limit_denominator(1001)
-        if st.fps_cap is not None and float(out_rate) > st.fps_cap:
-            out_rate = Fraction(st.fps_cap).limit_denominator(1001)
-        buf = io.BytesIO()
-        out = av.open(buf, "w", format="mp4")
-        n_in = n_out = 0
-        width = height = 0
-        next_t = 0.0
-        try:
-            if st.codec == "copy":
-                if st.fps_cap is not None:
-                    raise _Reject("--fps-cap needs re-encoding (not --codec copy)")
-                os_ = out.add_stream_from_template(vs)
-                for pkt in inp.demux(vs):
-                    if pkt.size == 0:
-                        continue
-                    for frame in pkt.decode():  # decode to validate and count; the packet itself is copied
-                        width, height = frame.width, frame.height
-                        n_out += 1
-                    pkt.stream = os_
-                    out.mux(pkt)
-                n_in = n_out
-            else:
-                enc_name, pix_fmt, opts = CODECS[st.codec]
-                ostream = None
-                for frame in inp.decode(vs):
-                    n_in += 1
-                    if st.fps_cap is not None:
-                        t = float(frame.time) if frame.time is not None else n_in / float(rate)
-                        if t + 1e-6 < next_t:
-                            continue
-                        next_t = max(next_t + 1.0 / st.fps_cap, t)
-                    if ostream is None:
-                        width, height = _target_size(frame.width, frame.height, st.short_side)
-                        ostream = out.add_stream(enc_name, rate=out_rate)
-                        ostream.width, ostream.height, ostream.pix_fmt = width, height, pix_fmt
-                        ostream.codec_context.gop_size = st.gop
-                        ostream.codec_context.thread_count = 1  # one process per input: deterministic output
-                        ostream.codec_context.options = {**opts, "keyint_min": str(st.gop)}
-                    # swscale bicubic (PyAV's reformat default is bilinear; bicubic downsizes with less aliasing)
-                    f2 = frame.reformat(width=width, height=height, format=pix_fmt, interpolation="BICUBIC")
-                    f2.pts, f2.time_base = n_out, Fraction(1) / out_rate
-                    for pkt in ostream.encode(f2):
-                        out.mux(pkt)
-                    n_out += 1
-                if ostream is not None:
-                    for pkt in ostream.encode():
-                        out.mux(pkt)
-        except _Reject:
-            raise
-        except (av.FFmpegError, ValueError, OSError) as e:
-            raise _Reject(f"decode error after {n_in} frames, truncated or corrupt ({type(e).__name__}: {e})") from None
-        finally:
-            try:
-                out.close()
-            except Exception:  # noqa: BLE001 - closing a muxer with no stream fails; the reason is reported above
-                pass
-    if n_in == 0:
-        raise _Reject("no decodable video frames")
-    if expected and n_in < 0.9 * expected - 1:
-        raise _Reject(f"truncated: decoded {n_in} of {expected} frames the header announces")
-    if n_out < st.min_frames:
-        raise _Reject(f"too short: {n_out} frames < {st.min_frames} needed for sparse sampling")
-    fps = float(out_rate)
-    info = {
-        "frames": n_out,
-        "width": width,
-        "height": height,
-        "fps": round(fps, 6),
-        "duration": round(n_out / fps, 6),
-        "codec": st.codec if st.codec != "copy" else src_codec,
-        "source_codec": src_codec,
-    }
-    return buf.getvalue(), info
-
 
 def _cache_name(src: SampleSource, st: EncodeSettings) -> str:
     return hashlib.sha256(f"{src.path}\0{st.digest()}".encode()).hexdigest()[:24]
@@ -437,10 +276,10 @@ def _process_one(src: SampleSource, st: EncodeSettings, work: Path) -> dict[str,
         except (json.JSONDecodeError, KeyError):
             pass  # a damaged cache entry is redone
     try:
-        data, info = _encode(src, st)
+        data, info = encode_video(src, st)
         _atomic_write(work / f"{name}.mp4", data)  # video first, then the record that says it is complete
         res = {"ok": True, "cache": name, "info": info}
-    except _Reject as e:
+    except Reject as e:
         res = {"ok": False, "cache": name, "reason": str(e)}
     except Exception as e:  # noqa: BLE001 - bad input must never stop the run; report it
         res = {"ok": False, "cache": name, "reason": f"unexpected error ({type(e).__name__}: {e})"}
