@@ -1,0 +1,174 @@
+"""Stage-1 train-step throughput: clips/s, MFU, and the time split into data wait, teacher forward, masking,
+student forward+backward and optimizer, plus peak memory.
+
+Builds the run with the trainer's own builders (:mod:`umt.train.step`): same models, teacher, masks, loss and
+optimizer step. Protocol (:func:`benchmarks.common.measure`): warm-up steps, then timed whole steps with no sync
+inside a step (clips/s, MFU); the phase split comes from a second timed loop with a device sync between phases
+(so its sum is a little above the whole step).
+
+On a GPU: the paper configs (8 × 224², batch 64, bf16 autocast). On CPU: the real B/L architectures at a reduced
+size (2 frames × 112², batch 1, teacher at 112/98 px) so the numbers exist in minutes; MFU is then not defined
+(no bf16 peak) and GFLOP/s is reported instead.
+
+Usage: ``python -m benchmarks.bench_step [--quick] [--models umt_b16,umt_l16] [--batch-size N] [--device cpu]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import torch
+
+import umt  # noqa: F401 - torchvision shim
+from benchmarks.common import BenchResult, Stats, format_table, measure, write_report
+from umt.data.synthetic import SyntheticVideoLoader
+from umt.flops import train_flops_per_clip
+from umt.train.config import apply_overrides
+from umt.train.recipes import get_recipe
+from umt.train.step import StageOneStep, build_models, build_optimizer, build_scheduler, umt_spec
+from umt.train.trainer import _peak_mem_bytes, _peak_tflops
+
+__all__ = ["run", "main"]
+
+_RECIPE = {"umt_b16": "umt_b16_k710", "umt_l16": "umt_l16_k710"}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _config(model: str, device: torch.device, batch_size: int | None, kernels: str, compile: bool) -> Any:
+    sets = ["synthetic_data=true", f"device={device.type}", f"model.kernels={kernels}",
+            f"model.compile={str(compile).lower()}"]
+    if device.type == "cpu":
+        teacher_px = 98 if model == "umt_l16" else 112  # 7×7 grid for patch 14 / 16
+        sets += ["data.num_frames=2", "data.input_size=112", f"model.teacher_image_size={teacher_px}",
+                 f"data.batch_size={batch_size or 1}"]
+    elif batch_size:
+        sets.append(f"data.batch_size={batch_size}")
+    cfg = apply_overrides(get_recipe(_RECIPE[model]), sets)
+    cfg.synthetic_samples = max(cfg.data.batch_size * 4, 64)
+    return cfg
+
+
+def _bench_one(model: str, device: torch.device, *, quick: bool, batch_size: int | None, kernels: str,
+               compile: bool) -> dict[str, Any]:
+    cfg = _config(model, device, batch_size, kernels, compile)
+    torch.manual_seed(0)
+    net, teacher = build_models(cfg, device)
+    if compile:
+        net = torch.compile(net)
+    opt = build_optimizer(net, cfg.optim, 1e-4, device)
+    sched = build_scheduler(opt, cfg, 100, 1e-4, 1e-5)
+    amp = torch.bfloat16 if device.type == "cuda" else None
+    step = StageOneStep(net, teacher, opt, sched, cfg, device, amp)
+    loader = SyntheticVideoLoader(cfg.data, device=device, num_samples=cfg.synthetic_samples)
+    state = {"it": loader.epoch_iter(0), "seed": 0}
+
+    def next_batch() -> dict[str, torch.Tensor]:
+        b = next(state["it"], None)
+        if b is None:
+            state["it"] = loader.epoch_iter(0)
+            b = next(state["it"])
+        return b
+
+    def whole() -> None:
+        batch = next_batch()
+        state["seed"] += 1
+        step(batch["video"], state["seed"])
+
+    warmup, repeat = (1, 2) if quick else (3, 10)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    total = measure(whole, warmup=warmup, repeat=repeat, device=device)
+
+    phases: dict[str, list[float]] = {k: [] for k in ("data", "teacher", "mask", "student_fwd_bwd", "optimizer")}
+    for _ in range(repeat):
+        _sync(device)
+        t0 = time.perf_counter()
+        batch = next_batch()
+        _sync(device)
+        t1 = time.perf_counter()
+        tout = step.teacher_forward(batch["video"])
+        _sync(device)
+        t2 = time.perf_counter()
+        idx = step.make_mask(tout, batch["video"], 12345)
+        _sync(device)
+        t3 = time.perf_counter()
+        step.forward_backward(batch["video"], idx, tout)
+        _sync(device)
+        t4 = time.perf_counter()
+        step.optimizer_step()
+        _sync(device)
+        t5 = time.perf_counter()
+        for k, a, b in zip(phases, (t0, t1, t2, t3, t4), (t1, t2, t3, t4, t5)):
+            phases[k].append(b - a)
+    med = {k: Stats.of(v).median for k, v in phases.items()}
+    clips = loader.batch_size
+    cps = clips / total.median
+    flops = train_flops_per_clip(umt_spec(cfg, net if not compile else net._orig_mod, teacher))
+    peak = _peak_tflops(device)
+    return {
+        "model": model, "device": device.type,
+        "frames x px": f"{cfg.data.num_frames}x{cfg.data.input_size}", "batch": clips,
+        "step_s": total.median, "step_p10_s": total.p10, "step_p90_s": total.p90,
+        "clips_per_s": cps, "gflop_per_clip": flops / 1e9, "achieved_tflops": cps * flops / 1e12,
+        "mfu": cps * flops / (peak * 1e12) if peak else None,
+        **{f"{k}_ms": v * 1e3 for k, v in med.items()},
+        "peak_mem_gib": _peak_mem_bytes(device) / 2**30, "kernels": kernels,
+    }
+
+
+def run(*, quick: bool = False, models: tuple[str, ...] | list[str] = ("umt_b16", "umt_l16"),
+        device: str | None = None, batch_size: int | None = None, kernels: str = "torch", compile: bool = False,
+        **_ignored: Any) -> BenchResult:
+    """Benchmark the stage-1 step for each of ``models`` (keys of :data:`umt.flops.UMT_SPECS`).
+
+    Args:
+        quick: 1 warm-up + 2 timed steps instead of 3 + 10.
+        device: ``"cuda"``/``"cpu"``; None → CUDA when available.
+        batch_size: clips per step (default 64 on GPU as the recipe, 1 on CPU).
+        kernels: ``umt.ops`` backend.
+        compile: ``torch.compile`` the student.
+
+    Returns:
+        :class:`BenchResult` with one row per model (times in seconds/milliseconds, memory in GiB).
+    """
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    rows = [_bench_one(m, dev, quick=quick, batch_size=batch_size, kernels=kernels, compile=compile) for m in models]
+    notes = [
+        "clips/s and MFU from whole steps without syncs inside; the phase split (ms) from separate steps with a "
+        "device sync between phases.",
+        "FLOPs per clip from umt.flops (DESIGN.md formula) at the sizes actually run.",
+        "data_ms is the synthetic loader (random videos generated on the host), not the shard decoder.",
+    ]
+    if dev.type == "cpu":
+        notes.append("CPU: real B/L architectures at 2 frames × 112² (teacher 112 px for B, 98 px for L), batch 1, "
+                     "fp32; MFU undefined without a bf16 peak. Two shared cores: indicative only.")
+    return BenchResult(name="bench_step", rows=rows, notes=notes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_step", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--models", default="umt_b16,umt_l16")
+    p.add_argument("--device", default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--kernels", default="torch", choices=["torch", "triton"])
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--no-write", action="store_true", help="print only")
+    a = p.parse_args(argv)
+    res = run(quick=a.quick, models=tuple(a.models.split(",")), device=a.device, batch_size=a.batch_size,
+              kernels=a.kernels, compile=a.compile)
+    print(format_table(res.rows))
+    if not a.no_write:
+        for path in write_report(res):
+            print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
