@@ -175,8 +175,11 @@ def _summarise(outcome: SuiteOutcome, models: list[str], peak: float | None, ach
             parts = []
             mfu = _num(row.get("mfu"))
             parts.append(f"MFU {mfu:.1%}" if mfu is not None else "MFU n/a")
-            if rate and model in UMT_SPECS and achievable:
-                parts.append(f"{rate * train_flops_per_clip(UMT_SPECS[model]) / (achievable * 1e12):.1%} of achievable matmul")
+            # FLOPs per clip at the sizes the step actually ran (bench_step's gflop_per_clip; tiny on CPU).
+            gflop = _num(row.get("gflop_per_clip"))
+            flops = gflop * 1e9 if gflop else (train_flops_per_clip(UMT_SPECS[model]) if model in UMT_SPECS else None)
+            if rate and flops and achievable:
+                parts.append(f"{rate * flops / (achievable * 1e12):.1%} of achievable matmul")
             s.append({"part": "step", "item": f"{model} {extras}".strip(), "value": rate, "unit": "clips/s", "note": ", ".join(parts)})
     if "scaling" in r:
         for row in r["scaling"].rows:
