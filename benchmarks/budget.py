@@ -50,6 +50,7 @@ from typing import Any
 from benchmarks.common import BenchResult, format_table
 from umt.flops import (
     PEAK_BF16_TFLOPS,
+    peak_bf16_tflops,
     UMT_SPECS,
     UMTSpec,
     block_flops,
@@ -107,26 +108,10 @@ PAPER_HOURS: dict[tuple[str, int], float | None] = {
 #: The released code's stage-1 UMT-L rate per A100: 131.6 M clips / (104 h × 32).
 PAPER_STAGE1_L_CLIPS_PER_S = STAGE1_CLIPS / (104.0 * 3600 * GPUS)
 
-#: Dense bf16 peaks (TFLOP/s) of variants that :data:`umt.flops.PEAK_BF16_TFLOPS` does not list
-#: (NVIDIA data sheets: H100 PCIe 756, H100 NVL 835; A100 PCIe has the SXM peak, 312).
-_VARIANT_PEAKS = {"H100 PCIE": 756.0, "H100 NVL": 835.0}
-
-
 def device_peak_tflops(name: str | None) -> float | None:
-    """Dense bf16 peak in TFLOP/s of a GPU named like ``torch.cuda.get_device_name()``; None when unknown.
-
-    Example: ``"NVIDIA H100 80GB HBM3"`` → 989.0, ``"NVIDIA A100-SXM4-80GB"`` → 312.0, ``"NVIDIA H100 PCIe"`` → 756.0.
-    """
-    if not name:
-        return None
-    upper = name.upper()
-    for key, peak in _VARIANT_PEAKS.items():
-        if key in upper:
-            return peak
-    for key, peak in PEAK_BF16_TFLOPS.items():
-        if key in upper:
-            return peak
-    return None
+    """Dense bf16 peak in TFLOP/s of a GPU named like ``torch.cuda.get_device_name()``; see
+    :func:`umt.flops.peak_bf16_tflops`, the one table every report uses."""
+    return peak_bf16_tflops(name)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "PEAK_BF16_TFLOPS",
+    "peak_bf16_tflops",
     "ViTSpec",
     "UMTSpec",
     "UMT_SPECS",
@@ -23,8 +24,29 @@ __all__ = [
     "mfu",
 ]
 
-#: Dense bf16 tensor-core peaks in TFLOP/s (vendor data sheets: A100 SXM 312, H100 SXM 989, H200 989).
-PEAK_BF16_TFLOPS: dict[str, float] = {"A100": 312.0, "H100": 989.0, "H200": 989.0}
+#: Dense bf16 tensor-core peaks in TFLOP/s, matched as substrings of the upper-cased device name, most specific
+#: first (NVIDIA data sheets: H100 PCIe 756, H100 NVL 835, H100 SXM 989, H200 989, A100 312 for SXM and PCIe).
+PEAK_BF16_TFLOPS: dict[str, float] = {
+    "H100 PCIE": 756.0,
+    "H100 NVL": 835.0,
+    "H100": 989.0,
+    "H200": 989.0,
+    "A100": 312.0,
+}
+
+
+def peak_bf16_tflops(device_name: str | None) -> float | None:
+    """Dense bf16 peak (TFLOP/s) of a GPU named like ``torch.cuda.get_device_name()``; None when unknown.
+
+    Example: ``"NVIDIA H100 80GB HBM3"`` → 989.0, ``"NVIDIA A100-SXM4-80GB"`` → 312.0, ``"NVIDIA H100 PCIe"`` → 756.0.
+    """
+    if not device_name:
+        return None
+    upper = device_name.upper()
+    for key, peak in PEAK_BF16_TFLOPS.items():
+        if key in upper:
+            return peak
+    return None
 
 
 @dataclass(frozen=True)

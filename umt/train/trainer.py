@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from umt import ops
-from umt.flops import PEAK_BF16_TFLOPS, train_flops_per_clip
+from umt.flops import peak_bf16_tflops, train_flops_per_clip
 from umt.masking import step_seed
 from umt.train import checkpoint as ckpt
 from umt.train.config import TrainConfig, config_to_dict
@@ -91,11 +91,7 @@ def build_data_loader(cfg: TrainConfig, rt: Runtime) -> Any:
 def _peak_tflops(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    for key, val in PEAK_BF16_TFLOPS.items():
-        if key in name:
-            return val
-    return None
+    return peak_bf16_tflops(torch.cuda.get_device_name(device))
 
 
 def _peak_mem_bytes(device: torch.device) -> int:
