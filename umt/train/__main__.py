@@ -20,7 +20,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", required=True, choices=sorted(RECIPES), help="named config (umt.train.recipes)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override a config field (repeatable), e.g. --set optim.lr=1e-4 --set data.shards=DIR")
-    p.add_argument("--run-dir", default=None, help="run directory (default runs/<recipe>)")
+    p.add_argument("--run-dir", default=None,
+                   help="run directory (default: runs/<recipe>, or the first free runs/<recipe>-N when that one "
+                        "already holds checkpoints; with --resume auto, the newest of them)")
     p.add_argument("--resume", default=None, help="'auto' (newest checkpoint in the run dir) or a checkpoint path")
     p.add_argument("--export", default=None, metavar="OUT.safetensors",
                    help="after training, export the student backbone to this safetensors file")
@@ -35,6 +37,19 @@ def _ensure_demo_shards(shards: str) -> None:
     from umt.data import ensure_sample_shards  # provided by the data issue
 
     ensure_sample_shards(shards)
+
+
+def default_run_dir(recipe: str, resume: str | None, root: Path = Path("runs")) -> Path:
+    """``runs/<recipe>`` for a first run; a fresh run never reuses a directory that holds checkpoints (it takes the
+    first free ``runs/<recipe>-N``), and ``--resume auto`` continues the newest of them."""
+    candidates = [root / recipe] + sorted(root.glob(f"{recipe}-[0-9]*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
+    used = [p for p in candidates if any((p / "checkpoints").glob("*.pt"))]
+    if resume:
+        return used[-1] if used else root / recipe
+    n = 0
+    while any(((root / recipe) if n == 0 else root / f"{recipe}-{n}").joinpath("checkpoints").glob("*.pt")):
+        n += 1
+    return root / recipe if n == 0 else root / f"{recipe}-{n}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         _ensure_demo_shards(cfg.data.shards)
     from umt.train.trainer import Trainer
 
-    run_dir = Path(args.run_dir or Path("runs") / args.recipe)
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(args.recipe, args.resume)
+    if not args.resume and any((run_dir / "checkpoints").glob("*.pt")):
+        print(f"umt-train: {run_dir} already holds checkpoints; pass --resume auto to continue that run, or choose "
+              "another --run-dir", file=sys.stderr)
+        return 2
     trainer = Trainer(cfg, run_dir, resume=args.resume, recipe=args.recipe)
     try:
         summary = trainer.fit()
