@@ -73,6 +73,41 @@ def _loader_rate(shards: Path, backend: str, device: str, batch: int, workers: i
     }
 
 
+def _decode_rate(shards: Path, backend: str, device: str, batch: int, workers: int) -> float:
+    """Clips/s of reading + TSN sampling + decoding only (no crop/resize/normalise), one pass over the shards."""
+    import numpy as np
+
+    from umt.data import DataConfig
+    from umt.data.reference import ShardIndex, decode_frames
+    from umt.data.sampling import tsn_indices
+    from umt.data.shards import decode_meta, read_manifest
+
+    m = read_manifest(shards)
+    n = m["num_samples"] // batch * batch
+    if backend == "reference":  # one process: compare per core with DALI's threads / workers
+        ix = ShardIndex(shards, m["shards"])
+        rng = np.random.default_rng(0)
+        t0 = time.perf_counter()
+        for i in range(n):
+            meta = decode_meta(ix.read(i, "meta"))
+            decode_frames(ix.read(i, "mp4"), tsn_indices(meta["frames"], 8, rng.random(8, dtype=np.float32)))
+        return n / (time.perf_counter() - t0) * workers  # scaled to `workers` cores (decode is per-sample parallel)
+    from umt.data.dali_pipeline import build_pipeline
+
+    cfg = DataConfig(shards=str(shards), batch_size=batch, num_workers=workers, train=True)
+    paths = [str(shards / s["name"]) for s in m["shards"]]
+    pipe = build_pipeline(cfg, paths, [p[:-4] + ".idx" for p in paths], shard_id=0, num_shards=1, seed=0,
+                          device_id=0 if device.startswith("cuda") else None, decode_only=True)  # fmt: skip
+    pipe.build()
+    pipe.run()  # warm-up batch
+    t0 = time.perf_counter()
+    for _ in range(n // batch - 1):
+        pipe.run()
+    dt = time.perf_counter() - t0
+    del pipe
+    return (n - batch) / dt
+
+
 def _replicated_annotations(tmp: Path, copies: int, long: bool) -> Path:
     """Symlink the short (2.5-10 s, <= 250 frames) or the long (10 s cuts) sample clips ``copies`` times (distinct
     paths = distinct samples), with their annotations."""
@@ -129,6 +164,7 @@ def run(
                 backends = ["reference"] + (["dali"] if dali_available() and codec in ok_codecs else [])
                 for backend in backends:
                     r = _loader_rate(out, backend, dev, batch, workers, repeat)
+                    dec = _decode_rate(out, backend, dev, batch, workers)
                     decoder = ("mixed" if dev.startswith("cuda") else "cpu") if backend == "dali" else "PyAV"
                     res.rows.append({
                         "clips": f"{clip_set} x{br.num_samples}",
@@ -136,6 +172,7 @@ def run(
                         "backend": f"{backend} ({decoder})",
                         "clips/s": r["steady_clips_s"],
                         "frames/s": r["steady_clips_s"] * 8,
+                        "decode-only clips/s": dec,
                         "epoch clips/s": r["epoch_clips_s"],
                         "epoch start s": r["start_s"],
                         "build videos/s": br.num_samples / build_s,
@@ -150,6 +187,9 @@ def run(
         f"{repeat} timed epochs, medians. clips/s: steady state after each epoch's first batch; epoch clips/s: whole "
         "epochs including 'epoch start s' (DALI pipeline rebuild and first batch; DataLoader worker start for the "
         "reference). frames/s = clips/s x 8 sampled frames (the decoder decodes more: from the previous key frame).",
+        "decode-only clips/s: read + TSN indices + decode, no augmentation (DALI: the same graph cut after the "
+        f"decoder, {workers} threads; reference: PyAV decoding from the start of each clip in one process, x{workers} "
+        "for the cores the loader would use). It isolates the codec/GOP effect from the CPU crop/resize cost.",
         f"Build: {workers} encoder processes (spawned; includes their start-up), videos/s.",
         "Machine shared with other jobs (2 cores for 4 engineers): expect +-30 % noise; compare rows, not absolutes.",
         "H.264 decodes through DALI only with a GPU (mixed); GPU 'mixed' figures need a GPU: none this session.",

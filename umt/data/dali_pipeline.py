@@ -45,6 +45,7 @@ def build_pipeline(
     seed: int,
     device_id: int | None,
     fixed_crop: tuple[int, int] | None = None,
+    decode_only: bool = False,
 ) -> Any:
     """Build (not yet ``build()``) the DALI pipeline for one epoch.
 
@@ -55,6 +56,7 @@ def build_pipeline(
         seed: pipeline seed (reader shuffle and every random op); derive it from (cfg.seed, epoch, rank).
         device_id: CUDA device (``"mixed"`` decoding and GPU augmentation) or None for a CPU-only pipeline.
         fixed_crop: test hook, ``(pair_index, offset_index)`` used instead of random draws (segment centres, no flip).
+        decode_only: benchmark hook: outputs ``(frames [T, H0, W0, 3] uint8, meta)`` right after the decoder.
 
     Returns:
         A ``nvidia.dali.Pipeline`` whose outputs are :func:`output_names` ``(cfg.num_sample)``.
@@ -109,6 +111,8 @@ def build_pipeline(
         # DALI's cast rounds to nearest (ConvertSat): floor first, as the reference's truncation of a positive value
         idx = dmath.min(fn.cast(dmath.floor(pos), dtype=types.INT32), n - 1)  # [T] int32
         frames = fn.decoders.video(enc, device="mixed" if gpu else "cpu", frames=idx)  # [T, H0, W0, 3] uint8
+        if decode_only:
+            return frames, meta
 
         short = fn.cast(dmath.min(w, h), dtype=types.FLOAT)
         outs = []
