@@ -13,7 +13,7 @@ import pytest
 
 from tests.data_utils import cached, good_shards, make_audio_only, make_clip, make_good_set
 from umt.data.reference import decode_frames
-from umt.data.shards import META_BYTES, EncodeSettings, build_shards, decode_meta, encode_meta, read_manifest
+from umt.data.shards import DEFAULT_GOP, META_BYTES, EncodeSettings, build_shards, decode_meta, encode_meta, read_manifest
 
 
 def _digest_dir(d: Path) -> dict[str, str]:
@@ -42,7 +42,7 @@ def test_round_trip_every_field(tmp_path_factory: pytest.TempPathFactory) -> Non
     m = read_manifest(d)
     assert m["num_samples"] == 8 and [s["samples"] for s in m["shards"]] == [3, 3, 2]
     assert m["classes"] == ["cat", "dog", "eel"] and m["codecs"] == ["vp9"] and m["skipped"] == []
-    assert m["encoding"]["codec"] == "vp9" and m["encoding"]["gop"] == 8
+    assert m["encoding"]["codec"] == "vp9" and m["encoding"]["gop"] == DEFAULT_GOP
     for s in m["shards"]:  # manifest bytes and sha256 describe the files on disk
         data = (d / s["name"]).read_bytes()
         assert len(data) == s["bytes"] and hashlib.sha256(data).hexdigest() == s["sha256"]

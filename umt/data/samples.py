@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 from umt.data.shards import DEFAULT_CODEC, EncodeSettings, build_shards, read_manifest
@@ -29,21 +30,24 @@ def ensure_sample_shards(
         FileNotFoundError: the sample clips are missing (not a source checkout).
     """
     out = Path(out_dir)
-    try:
-        m = read_manifest(out)
-        if m["encoding"]["codec"] == codec and m.get("samples_per_shard") == samples_per_shard:
-            return out
-    except FileNotFoundError:
-        pass
     ann = SAMPLES_DIR / "annotations.jsonl"
     if not ann.is_file():
         raise FileNotFoundError(f"{ann} not found: the sample clips ship with the source tree")
+    settings = EncodeSettings(codec=codec)
+    n_clips = sum(1 for line in ann.read_text().splitlines() if line.strip())
+    try:
+        m = read_manifest(out)
+        same = {k: m["encoding"].get(k) for k in asdict(settings)} == asdict(settings)
+        if same and m.get("samples_per_shard") == samples_per_shard and m["num_samples"] + len(m["skipped"]) == n_clips:
+            return out
+    except (FileNotFoundError, KeyError):
+        pass  # absent or stale: (re)build; the builder resumes and replaces stale shards
     log.info("building sample shards (%s) into %s", codec, out)
     res = build_shards(
         [],
         out,
         annotations=ann,
-        settings=EncodeSettings(codec=codec),
+        settings=settings,
         samples_per_shard=samples_per_shard,
         workers=max(1, min(4, os.cpu_count() or 1)),
         seed=0,
