@@ -20,11 +20,10 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from benchmarks.common import BenchResult, format_table, measure, write_report
+from benchmarks.common import BenchResult, format_table, write_report
 
 __all__ = ["SETTINGS", "main", "run"]
 

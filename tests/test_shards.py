@@ -13,7 +13,15 @@ import pytest
 
 from tests.data_utils import cached, good_shards, make_audio_only, make_clip, make_good_set
 from umt.data.reference import decode_frames
-from umt.data.shards import DEFAULT_GOP, META_BYTES, EncodeSettings, build_shards, decode_meta, encode_meta, read_manifest
+from umt.data.shards import (
+    DEFAULT_GOP,
+    META_BYTES,
+    EncodeSettings,
+    build_shards,
+    decode_meta,
+    encode_meta,
+    read_manifest,
+)
 
 
 def _digest_dir(d: Path) -> dict[str, str]:
