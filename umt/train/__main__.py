@@ -31,10 +31,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _ensure_demo_shards(shards: str) -> None:
-    """The demo reads the embedded sample shards; build them when absent (umt.data.ensure_sample_shards)."""
-    if (Path(shards) / "manifest.json").is_file():
-        return
-    from umt.data import ensure_sample_shards  # provided by the data issue
+    """The demo reads the embedded sample shards; (re)build them when absent or stale (a fraction of a ms otherwise)."""
+    from umt.data import ensure_sample_shards
 
     ensure_sample_shards(shards)
 
