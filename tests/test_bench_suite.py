@@ -4,7 +4,6 @@ written reports, and the ``--check`` exit logic."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 import types
 from pathlib import Path
@@ -139,14 +138,15 @@ def test_measure_allreduce_gloo() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("UMT_RUN_SLOW"), reason="about 2-4 min on 2 cores: set UMT_RUN_SLOW=1")
+@pytest.mark.dali
 def test_whole_suite_real_parts_quick(tmp_path: Path) -> None:
-    """The real suite, every part as it exists in the tree (present or not yet written), tiny sizes on CPU."""
+    """The real suite with every part the tree has (all of them now), tiny sizes on CPU (about 2 min on 2 cores)."""
     rc = suite.main(["--quick", "--device", "cpu", "--out", str(tmp_path), "--model", "umt_b16", "--check"])
     assert rc == 0
     payload, md = _reports(tmp_path)
     ran, missing = payload["extra"]["parts"], payload["extra"]["unavailable"]
     assert set(ran) | set(missing) == set(suite.PARTS) and not set(ran) & set(missing)
+    assert not missing, f"parts failed or missing: {missing}"
     for part, reason in missing.items():
         assert reason and f"not available: {reason}" in md
     for part in ran:
