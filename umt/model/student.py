@@ -28,6 +28,7 @@ from timm.layers import DropPath, LayerNorm, Mlp, to_2tuple
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from umt import ops
+from umt.data.config import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["Attention", "Block", "PatchEmbed3D", "UMTStudent", "sincos_pos_table", "STUDENT_ARCHS"]
 
@@ -238,8 +239,8 @@ class UMTStudent(nn.Module):
 def _cfg(**kwargs: Any) -> dict[str, Any]:
     # No hub weights exist for these names: pretrained=True needs pretrained_cfg_overlay={"file": PATH}
     # (a safetensors file written by umt.train.export).
-    return {"num_classes": 0, "input_size": (3, 224, 224), "mean": (0.485, 0.456, 0.406),
-            "std": (0.229, 0.224, 0.225), "first_conv": "patch_embed.proj", "classifier": None, **kwargs}
+    return {"num_classes": 0, "input_size": (3, 224, 224), "mean": IMAGENET_MEAN,
+            "std": IMAGENET_STD, "first_conv": "patch_embed.proj", "classifier": None, **kwargs}
 
 
 default_cfgs = generate_default_cfgs({name: _cfg() for name in STUDENT_ARCHS})

@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from umt import ops
+from umt.data.config import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["CLIPTeacher", "TeacherOutput", "TEACHER_CONFIGS", "build_clip", "load_clip_weights",
            "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD"]
@@ -139,8 +140,8 @@ class CLIPTeacher(nn.Module):
 
     def __init__(self, name: str = "ViT-B-16", image_size: int = 224, weights: str | Path | None = None,
                  quick_gelu: bool = True, align_layers: int = 6, input_norm: str = "imagenet",
-                 video_mean: tuple[float, ...] = (0.485, 0.456, 0.406),
-                 video_std: tuple[float, ...] = (0.229, 0.224, 0.225)) -> None:
+                 video_mean: tuple[float, ...] = IMAGENET_MEAN,
+                 video_std: tuple[float, ...] = IMAGENET_STD) -> None:
         super().__init__()
         if input_norm not in ("imagenet", "clip"):
             raise ValueError(f"input_norm must be 'imagenet' or 'clip', got {input_norm!r}")
