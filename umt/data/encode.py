@@ -17,6 +17,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from umt.data.video import probe_keyframes
+
 __all__ = ["CODECS", "DEFAULT_CODEC", "DEFAULT_GOP", "EncodeSettings", "Reject", "SampleSource", "encode_video"]
 
 #: ``--codec`` choices → (PyAV encoder, pixel format, encoder options). VP9 and MJPEG decode on DALI's CPU and GPU
@@ -182,6 +184,7 @@ def encode_video(src: SampleSource, st: EncodeSettings) -> tuple[bytes, dict[str
     if n_out < st.min_frames:
         raise Reject(f"too short: {n_out} frames < {st.min_frames} needed for sparse sampling")
     fps = float(out_rate)
+    data = buf.getvalue()
     info = {
         "frames": n_out,
         "width": width,
@@ -190,6 +193,8 @@ def encode_video(src: SampleSource, st: EncodeSettings) -> tuple[bytes, dict[str
         "duration": round(n_out / fps, 6),
         "codec": st.codec if st.codec != "copy" else src_codec,
         "source_codec": src_codec,
+        # where a reader can seek: [[frame index, pts], ...] (umt.data.video.decode_sampled); no per-sample probing
+        "keyframes": probe_keyframes(data),
     }
-    return buf.getvalue(), info
+    return data, info
 

@@ -14,17 +14,18 @@ Contract (issue 2)::
 
 With ``num_sample = k`` the k clips of one video are adjacent in the batch (rows ``k*b .. k*b + k - 1``).
 
-Per-rank split: each epoch, rank r reads a disjoint ``1/world_size`` of the samples and together the ranks cover the
-data set (up to the ``num_samples mod world_size`` remainder). DALI: ``fn.readers.webdataset`` with
-``num_shards = world_size`` and ``shard_id = (rank + epoch) % world_size`` (so a rank sees a different part every
-epoch), rebuilt each epoch with seed ``hash(seed, epoch, rank)``; ``start_batch`` runs and discards the first batches
-(exact but not free: one-time cost when resuming). Reference: a global permutation from ``(seed, epoch)`` split into
-contiguous rank blocks; ``start_batch`` slices it (free).
+Per-rank split and order (:func:`umt.data.source.epoch_order`): every epoch a fresh global permutation of the
+samples from ``(seed, epoch)``, split into contiguous rank blocks (the official ``DistributedSampler(shuffle=True)``);
+the ranks cover the data set up to the ``num_samples mod world_size`` remainder. Every random draw of a sample comes
+from ``(seed, epoch, sample index)``, so both backends give the same frames and crops and ``start_batch`` yields
+exactly the tail of the full epoch, for free. Both backends decode only the sampled frames (issue 8).
+
+DALI keeps one pipeline across epochs (the source signals each epoch's end); it is rebuilt only when asked for
+something other than the next epoch from its start (a resume, or an epoch abandoned part-way).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,10 +57,10 @@ def choose_backend(cfg: DataConfig, codecs: list[str], device: torch.device) -> 
     Raises:
         RuntimeError: ``backend="dali"`` but DALI is missing or cannot decode the shards' codec on this device.
     """
-    from umt.data.dali_pipeline import CPU_DECODABLE, GPU_DECODABLE
+    from umt.data.dali_pipeline import GPU_DECODABLE
 
-    ok_codecs = GPU_DECODABLE if device.type == "cuda" else CPU_DECODABLE
-    decodable = bool(codecs) and all(c in ok_codecs for c in codecs)
+    # CPU: the source decodes with PyAV (any codec FFmpeg reads); GPU: DALI's mixed decoder
+    decodable = bool(codecs) and (device.type != "cuda" or all(c in GPU_DECODABLE for c in codecs))
     if cfg.backend == "reference":
         return "reference"
     have = dali_available()
@@ -67,18 +68,13 @@ def choose_backend(cfg: DataConfig, codecs: list[str], device: torch.device) -> 
         if not have:
             raise RuntimeError("data.backend='dali' but nvidia-dali is not installed (pip install '.[dali]')")
         if not decodable:
-            raise RuntimeError(f"DALI cannot decode codecs {codecs} on {device.type} (CPU: VP8/VP9/MJPEG only)")
+            raise RuntimeError(f"DALI's GPU decoder cannot decode codecs {codecs} (it takes {sorted(GPU_DECODABLE)})")
         return "dali"
     choice = "dali" if have and decodable else "reference"
     log.info(
         "data backend: %s (dali installed: %s, shard codecs %s, device %s)", choice, have, codecs, device.type
     )
     return choice
-
-
-def _derive_seed(*parts: int) -> int:
-    h = hashlib.sha256(",".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
 
 
 class VideoLoader:
@@ -105,7 +101,10 @@ class VideoLoader:
         self.backend = choose_backend(cfg, list(self.manifest.get("codecs", [])), self.device)
         self._fixed_crop = _fixed_crop  # test hook: (pair index, offset index), flip off, same in both backends
         self._pipe: Any = None
-        self._ref_index: Any = None
+        self._dali_it: Any = None
+        self._next: tuple[int, int] | None = None  # (epoch, start_batch) the DALI pipeline would deliver next
+        self.pipeline_builds = 0
+        """DALI pipelines built so far (one per loader unless resumed or an epoch is abandoned part-way)."""
 
     def __len__(self) -> int:
         return self._len
@@ -115,57 +114,56 @@ class VideoLoader:
 
     # -- DALI ---------------------------------------------------------------------------------------------------
 
+    def _source(self, epoch: int, start_batch: int, decode: bool) -> Any:
+        from umt.data.source import ClipSource
+
+        return ClipSource(
+            self.shard_dir,
+            self.manifest["shards"],
+            self.cfg,
+            rank=self.rank,
+            world_size=self.world_size,
+            first_epoch=epoch,
+            start_batch=start_batch,
+            decode=decode,
+            fixed_crop=self._fixed_crop,
+        )
+
     def _dali_iter(self, epoch: int, start_batch: int) -> Iterator[dict[str, torch.Tensor]]:
-        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
         from umt.data.dali_pipeline import build_pipeline, output_names
 
-        shards = self.manifest["shards"]
-        paths = [str(self.shard_dir / s["name"]) for s in shards]
-        idx = [str((self.shard_dir / s["name"]).with_suffix(".idx")) for s in shards]
-        self._close_pipe()
-        device_id = (self.device.index or 0) if self.device.type == "cuda" else None
-        self._pipe = build_pipeline(
-            self.cfg,
-            paths,
-            idx,
-            shard_id=(self.rank + epoch) % self.world_size,
-            num_shards=self.world_size,
-            seed=_derive_seed(self.cfg.seed, epoch, self.rank),
-            device_id=device_id,
-            fixed_crop=self._fixed_crop,
-        )
         names = output_names(self.cfg.num_sample)
-        it = DALIGenericIterator(
-            [self._pipe], names, reader_name="Reader", last_batch_policy=LastBatchPolicy.DROP, auto_reset=False
-        )
-        for b in range(self._len):
-            out = next(it)[0]
-            if b < start_batch:
-                continue
-            video = torch.stack([out[n] for n in names[:-1]], 1).flatten(0, 1)  # [B*k, 3, T, S, S]
+        if self._pipe is None or self._next != (epoch, start_batch):
+            self._close_pipe()
+            gpu = self.device.type == "cuda"
+            device_id = (self.device.index or 0) if gpu else None
+            src = self._source(epoch, start_batch, decode=not gpu)
+            self._pipe = build_pipeline(self.cfg, src, device_id=device_id)
+            self._dali_it = DALIGenericIterator([self._pipe], names, auto_reset=False)
+            self.pipeline_builds += 1
+        else:
+            self._dali_it.reset()  # the source's next epoch: ``first_epoch + epoch_idx``
+        self._next = None  # a generator abandoned part-way leaves the pipeline mid-epoch: rebuild next time
+        n = 0
+        for out in self._dali_it:
+            out = out[0]
+            video = torch.stack([out[nm] for nm in names[:-1]], 1).flatten(0, 1)  # [B*k, 3, T, S, S]
             meta = out["meta"].long()  # [B, 8]
+            n += 1
             yield self._finish(video, meta[:, 3], meta[:, 4])
+        if n != self._len - start_batch:
+            raise RuntimeError(f"DALI delivered {n} batches, expected {self._len - start_batch}")
+        self._next = (epoch + 1, 0)
 
     # -- reference ----------------------------------------------------------------------------------------------
 
-    def _ref_order(self, epoch: int) -> np.ndarray:
-        perm = np.random.default_rng([self.cfg.seed, epoch]).permutation(self.num_samples)  # [N]
-        if not self.cfg.train:
-            perm = np.arange(self.num_samples)
-        mine = perm[self.rank * self.per_rank : (self.rank + 1) * self.per_rank]  # [N // W]
-        return mine[: self._len * self.cfg.batch_size]
-
     def _ref_iter(self, epoch: int, start_batch: int) -> Iterator[dict[str, torch.Tensor]]:
-        from umt.data.reference import EpochDataset, ShardIndex
+        from umt.data.reference import EpochDataset
 
-        if self._ref_index is None:
-            self._ref_index = ShardIndex(self.shard_dir, self.manifest["shards"])
         cfg = self.cfg
-        order = self._ref_order(epoch)[start_batch * cfg.batch_size :]
-        ds = EpochDataset(self._ref_index, cfg, order, epoch)
-        if self._fixed_crop is not None:
-            ds.fixed_crop = self._fixed_crop  # type: ignore[attr-defined]
+        ds = EpochDataset(self._source(epoch, start_batch, decode=True))
         dl = torch.utils.data.DataLoader(
             ds,
             batch_size=cfg.batch_size,
@@ -175,9 +173,12 @@ class VideoLoader:
             persistent_workers=False,
             pin_memory=self.device.type == "cuda",
         )
-        for batch in dl:
-            video = batch["video"].flatten(0, 1)  # [B, k, 3, T, S, S] -> [B*k, 3, T, S, S]
-            yield self._finish(video, batch["label"], batch["index"])
+        try:
+            for batch in dl:
+                video = batch["video"].flatten(0, 1)  # [B, k, 3, T, S, S] -> [B*k, 3, T, S, S]
+                yield self._finish(video, batch["label"], batch["index"])
+        finally:
+            ds.source.index.close()
 
     # -- common -------------------------------------------------------------------------------------------------
 
@@ -208,16 +209,14 @@ class VideoLoader:
 
     def _close_pipe(self) -> None:
         if self._pipe is not None:
+            self._dali_it = None
             del self._pipe
             self._pipe = None
+        self._next = None
 
     def close(self) -> None:
-        """Release the DALI pipeline and open shard files."""
+        """Release the DALI pipeline (and its worker processes)."""
         self._close_pipe()
-        if self._ref_index is not None:
-            for f in self._ref_index._files.values():
-                f.close()
-            self._ref_index = None
 
 
 def build_loader(cfg: DataConfig, *, rank: int = 0, world_size: int = 1, device: Any = "cpu") -> VideoLoader:

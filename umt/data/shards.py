@@ -41,6 +41,7 @@ from umt.data.encode import (
     SampleSource,
     encode_video,
 )
+from umt.data.video import probe_keyframes
 
 __all__ = [  # encoding names re-exported from umt.data.encode
     "CODECS",
@@ -425,6 +426,9 @@ def build_shards(
         for j, (s, r) in enumerate(chunk):
             idx = base + j
             info = r["info"]
+            video = (work / f"{r['cache']}.mp4").read_bytes()
+            if "keyframes" not in info:  # cache written before key frames were recorded
+                info = {**info, "keyframes": probe_keyframes(video)}
             meta = {
                 "source": s.path,
                 **info,
@@ -434,7 +438,7 @@ def build_shards(
                 "index": idx,
             }
             comps = {
-                "mp4": (work / f"{r['cache']}.mp4").read_bytes(),
+                "mp4": video,
                 "meta": encode_meta(
                     frames=info["frames"],
                     width=info["width"],

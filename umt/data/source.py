@@ -1,0 +1,255 @@
+"""What both loader backends read for one sample: the epoch's order, the random draws, and the decoded frames.
+
+One definition serves the DALI pipeline (as its external source) and the reference backend (as its Dataset):
+
+* **Order** (:func:`epoch_order`): a fresh global permutation of all samples for every ``(seed, epoch)``, split into
+  contiguous per-rank blocks, as the official code's ``DistributedSampler(shuffle=True)`` does (issue 9, item 7).
+  Evaluation keeps the manifest order.
+* **Draws** (:func:`draw_params`): per sample, from a generator seeded with ``(seed, epoch, sample index)``: TSN
+  positions, crop pair, crop offset and flip. Results depend neither on the number of workers nor on where an epoch
+  was resumed, and tests can observe every draw.
+* **Read + decode** (:func:`read_clip`): the sample's components by random access through the DALI ``.idx`` files,
+  then only the sampled frames, by seeking to key frames (:mod:`umt.data.video`).
+
+Nothing here imports torch or DALI: the DALI external source runs this in worker processes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from umt.data.config import DataConfig
+from umt.data.sampling import FIX_OFFSETS_13, crop_pairs, eval_crop, multiscale_crop, tsn_indices
+from umt.data.shards import META_FIELDS, decode_meta
+from umt.data.video import DecodeStats, decode_sampled
+
+__all__ = [
+    "ClipParams",
+    "ClipSource",
+    "SampleClip",
+    "ShardIndex",
+    "clip_windows",
+    "draw_params",
+    "epoch_order",
+    "read_clip",
+]
+
+
+class ShardIndex:
+    """Random access to samples (in manifest order) through the shards' DALI index files.
+
+    Attributes:
+        entries: per sample, ``(tar path, {ext: (offset, size)})``.
+    """
+
+    def __init__(self, shard_dir: str | Path, shards: Sequence[dict[str, Any]]) -> None:
+        self.entries: list[tuple[str, dict[str, tuple[int, int]]]] = []
+        for sh in shards:
+            tar = Path(shard_dir) / sh["name"]
+            lines = tar.with_suffix(".idx").read_text().splitlines()
+            version, count = lines[0].split()
+            if version != "v1.2":
+                raise ValueError(f"{tar}.idx: unsupported index version {version}")
+            for line in lines[1 : 1 + int(count)]:
+                parts = line.split()
+                comps = {parts[i]: (int(parts[i + 1]), int(parts[i + 2])) for i in range(0, len(parts), 4)}
+                self.entries.append((str(tar), comps))
+        self._files: dict[str, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def read(self, i: int, ext: str) -> bytes:
+        """Bytes of component ``ext`` of sample ``i``.
+
+        Raises:
+            KeyError: the sample has no such component.
+        """
+        tar, comps = self.entries[i]
+        off, size = comps[ext]
+        f = self._files.get(tar)
+        if f is None:  # one handle per tar per process (workers open their own after fork/spawn)
+            f = self._files[tar] = open(tar, "rb")
+        f.seek(off)
+        return f.read(size)
+
+    def close(self) -> None:
+        """Close the open tar files (reopened on the next read)."""
+        for f in self._files.values():
+            f.close()
+        self._files = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"entries": self.entries, "_files": {}}
+
+
+def epoch_order(
+    num_samples: int, *, seed: int, epoch: int, rank: int, world_size: int, batch_size: int, train: bool = True
+) -> np.ndarray:
+    """Sample indices (manifest order) that rank ``rank`` reads in ``epoch``, in reading order.
+
+    Training: a global permutation drawn from ``(seed, epoch)``, rank r taking the r-th contiguous block of
+    ``num_samples // world_size``; evaluation: manifest order, same blocks. Truncated to whole batches.
+
+    Returns:
+        int64 [len(loader) * batch_size].
+    """
+    perm = np.random.default_rng([seed, epoch]).permutation(num_samples) if train else np.arange(num_samples)
+    per_rank = num_samples // world_size
+    mine = perm[rank * per_rank : (rank + 1) * per_rank]  # [N // W]
+    return mine[: (per_rank // batch_size) * batch_size]
+
+
+@dataclass(frozen=True)
+class ClipParams:
+    """The random decisions for one sample: frame positions and, per repeated clip, crop and flip."""
+
+    u: np.ndarray | None
+    """[T] positions in the TSN segments (None: centres)."""
+    crops: tuple[tuple[int, int, bool], ...]
+    """Per clip (``num_sample`` of them): (pair index, offset index, flip); empty in evaluation."""
+
+
+def draw_params(cfg: DataConfig, seed: int, epoch: int, index: int) -> ClipParams:
+    """The draws for sample ``index`` in ``epoch`` (generator seeded with ``(seed, epoch, index)``).
+
+    Training: ``u ~ U[0, 1)`` per segment (float32), crop pair uniform over :func:`crop_pairs` (10 for 4 scales),
+    offset uniform over the 13 fixed positions, flip with probability 0.5 when ``cfg.flip``. Evaluation: no draws.
+    """
+    if not cfg.train:
+        return ClipParams(None, ())
+    rng = np.random.default_rng([seed, epoch, index])
+    u = rng.random(cfg.num_frames, dtype=np.float32)  # [T] in [0, 1)
+    n_pairs = len(crop_pairs(len(cfg.scales)))
+    crops = tuple(
+        (int(rng.integers(n_pairs)), int(rng.integers(len(FIX_OFFSETS_13))), bool(cfg.flip and rng.random() < 0.5))
+        for _ in range(cfg.num_sample)
+    )
+    return ClipParams(u, crops)
+
+
+def clip_windows(cfg: DataConfig, width: int, height: int, params: ClipParams) -> list[tuple[int, int, int, int, bool]]:
+    """Per output clip, the crop window and flip: ``(x, y, crop_w, crop_h, flip)`` in pixels of the stored frames."""
+    if not params.crops:
+        return [(*eval_crop(width, height), False)] * cfg.num_sample
+    return [
+        (*multiscale_crop(width, height, cfg.input_size, cfg.scales, pair, off), flip)
+        for pair, off, flip in params.crops
+    ]
+
+
+@dataclass
+class SampleClip:
+    """One sample as read: decoded frames (or the encoded video), the sampled indices and the crop windows."""
+
+    meta: dict[str, int]
+    """The ``KEY.meta`` fields (frames, width, height, label, index, ...)."""
+    indices: np.ndarray
+    """int32 [T] sampled frame indices."""
+    windows: list[tuple[int, int, int, int, bool]]
+    """Per clip: (x, y, crop_w, crop_h, flip)."""
+    frames: np.ndarray | None = None
+    """uint8 [T, H0, W0, 3] RGB (None when read with ``decode=False``)."""
+    encoded: bytes | None = None
+    """The encoded video (``decode=False``: the GPU decodes it)."""
+    stats: DecodeStats = field(default_factory=DecodeStats)
+
+
+def read_clip(index: ShardIndex, i: int, cfg: DataConfig, params: ClipParams, *, decode: bool = True) -> SampleClip:
+    """Read sample ``i``: meta, sampled indices, crop windows and (``decode``) the sampled frames only.
+
+    Raises:
+        ValueError: the stored video has fewer decodable frames than its meta says.
+    """
+    meta = decode_meta(index.read(i, "meta"))
+    ind = tsn_indices(meta["frames"], cfg.num_frames, params.u)  # [T]
+    windows = clip_windows(cfg, meta["width"], meta["height"], params)
+    video = index.read(i, "mp4")
+    clip = SampleClip(meta, ind, windows)
+    if not decode:
+        clip.encoded = video
+        return clip
+    keyframes = None
+    if "json" in index.entries[i][1]:
+        keyframes = json.loads(index.read(i, "json")).get("keyframes")
+    clip.frames = decode_sampled(video, ind, keyframes, stats=clip.stats)  # [T, H0, W0, 3]
+    return clip
+
+
+class ClipSource:
+    """Per-sample callback for DALI's ``fn.external_source`` (picklable; runs in DALI's worker processes).
+
+    For ``SampleInfo(idx_in_epoch, epoch_idx)`` it reads sample ``order[start + idx_in_epoch]`` of epoch
+    ``first_epoch + epoch_idx`` (``start = start_batch * batch_size`` in the first epoch, 0 after) and returns
+    ``(video, meta, anchor_0, shape_0, flip_0, ..., [indices])``: video is the decoded frames (uint8 [T, H0, W0, 3]),
+    or with ``decode=False`` the encoded bytes (uint8 [bytes]) for DALI's GPU decoder, followed then by the sampled
+    indices (int32 [T]); meta int32 [8]; per clip the window as int32 [2] anchor ``(x, y)``, int32 [2] shape
+    ``(w, h)`` and int32 [] flip.
+    Raises ``StopIteration`` past the epoch's end (DALI's end-of-epoch signal); one pipeline serves every epoch.
+    """
+
+    def __init__(
+        self,
+        shard_dir: str | Path,
+        shards: Sequence[dict[str, Any]],
+        cfg: DataConfig,
+        *,
+        rank: int,
+        world_size: int,
+        first_epoch: int,
+        start_batch: int,
+        decode: bool = True,
+        fixed_crop: tuple[int, int] | None = None,
+    ) -> None:
+        self.index = ShardIndex(shard_dir, shards)
+        self.cfg = cfg
+        self.rank, self.world_size = rank, world_size
+        self.first_epoch, self.start_batch = first_epoch, start_batch
+        self.decode = decode
+        self.fixed_crop = fixed_crop
+        self._orders: dict[int, np.ndarray] = {}
+
+    def order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._orders:
+            self._orders = {
+                epoch: epoch_order(
+                    len(self.index),
+                    seed=self.cfg.seed,
+                    epoch=epoch,
+                    rank=self.rank,
+                    world_size=self.world_size,
+                    batch_size=self.cfg.batch_size,
+                    train=self.cfg.train,
+                )
+            }
+        return self._orders[epoch]
+
+    def params(self, epoch: int, i: int) -> ClipParams:
+        """The draws for sample ``i`` (the fixed-crop test hook: segment centres, one crop, no flip)."""
+        if self.fixed_crop is not None:
+            return ClipParams(None, ((self.fixed_crop[0], self.fixed_crop[1], False),) * self.cfg.num_sample)
+        return draw_params(self.cfg, self.cfg.seed, epoch, i)
+
+    def __call__(self, info: Any) -> tuple[np.ndarray, ...]:
+        epoch = self.first_epoch + info.epoch_idx
+        start = self.start_batch * self.cfg.batch_size if info.epoch_idx == 0 else 0
+        order = self.order(epoch)
+        j = start + info.idx_in_epoch
+        if j >= len(order):
+            raise StopIteration
+        i = int(order[j])
+        clip = read_clip(self.index, i, self.cfg, self.params(epoch, i), decode=self.decode)
+        video = clip.frames if self.decode else np.frombuffer(clip.encoded, np.uint8)  # type: ignore[arg-type]
+        meta = np.array([clip.meta[k] for k in META_FIELDS], np.int32)  # [8]
+        out: list[np.ndarray] = [video, meta]
+        for x, y, w, h, flip in clip.windows:
+            out += [np.array([x, y], np.int32), np.array([w, h], np.int32), np.array(int(flip), np.int32)]
+        if not self.decode:
+            out.append(clip.indices.astype(np.int32))  # for the GPU decoder's ``frames``
+        return tuple(out)
