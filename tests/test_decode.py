@@ -1,0 +1,119 @@
+"""Sampled-frame decoding (issue 8): frame-exact against a full decode, and work proportional to the targets."""
+
+from __future__ import annotations
+
+import io
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.data_utils import frame_image
+from umt.data.video import DecodeStats, decode_sampled, probe_keyframes
+
+
+def _encode(n: int, *, codec: str = "libvpx-vp9", gop: int = 1000, force_key: set[int] | None = None) -> bytes:
+    """An mp4 of ``n`` frames (grey level = frame number) with key frames only where forced (and frame 0)."""
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as out:
+        s = out.add_stream(codec, rate=24)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        s.codec_context.gop_size = gop
+        opts = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"} if "vpx" in codec else {}
+        if codec == "libx264":
+            opts = {"preset": "ultrafast", "bf": "0", "sc_threshold": "0"}
+        s.codec_context.options = {**opts, "keyint_min": str(gop)}
+        for k in range(n):
+            f = av.VideoFrame.from_ndarray(frame_image(k, 64, 48), format="rgb24")
+            f.pts, f.time_base = k, Fraction(1, 24)
+            if force_key and k in force_key:
+                f.pict_type = av.video.frame.PictureType.I
+            for p in s.encode(f):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    return buf.getvalue()
+
+
+def _full_decode(data: bytes) -> np.ndarray:
+    import av
+
+    with av.open(io.BytesIO(data)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])])  # [N, H, W, 3]
+
+
+@pytest.fixture(scope="module")
+def irregular() -> tuple[bytes, np.ndarray]:
+    keys = {0, 5, 6, 23, 40, 41, 77, 99}  # irregular: adjacent key frames, long and short GOPs
+    data = _encode(100, force_key=keys)
+    return data, _full_decode(data)
+
+
+def test_probe_finds_the_forced_key_frames(irregular: tuple[bytes, np.ndarray]) -> None:
+    kf = probe_keyframes(irregular[0])
+    idx = [k for k, _ in kf]
+    assert {0, 5, 6, 23, 40, 41, 77, 99} <= set(idx)  # the encoder may add some, never drop a forced one
+    assert idx == sorted(idx) and len({p for _, p in kf}) == len(kf)
+
+
+def test_seeking_is_frame_exact(irregular: tuple[bytes, np.ndarray]) -> None:
+    data, full = irregular
+    kf = probe_keyframes(data)
+    rng = np.random.default_rng(0)
+    cases = [[99], [0], [98, 99], [5, 6, 7], [24, 25, 26, 39], [76, 77, 78], [40, 40, 3, 99, 0]]
+    cases += [sorted(rng.integers(0, 100, 8).tolist()) for _ in range(20)]
+    cases += [rng.integers(0, 100, 8).tolist() for _ in range(5)]  # unsorted with repeats
+    for ind in cases:
+        for keyframes in (kf, None):  # recorded at build time, or probed now
+            got = decode_sampled(data, ind, keyframes)
+            assert got.shape == (len(ind), 48, 64, 3)
+            assert np.array_equal(got, full[ind]), ind
+
+
+def test_decode_work_follows_targets_not_length() -> None:
+    """Count decoded frames: a late frame costs a GOP at most, not the prefix of the video."""
+    data = _encode(240, gop=8)
+    kf = probe_keyframes(data)
+    st = DecodeStats()
+    decode_sampled(data, [239], kf, stats=st)
+    assert st.decoded <= 8 and st.seeks == 1 and not st.fallback
+    st = DecodeStats()
+    decode_sampled(data, [15 + 30 * i for i in range(8)], kf, stats=st)  # one TSN-like target per 30 frames
+    assert st.decoded <= 8 * 8 and st.decoded < 240 / 3
+    # targets inside one GOP share the work: one seek, decoding runs forward
+    st = DecodeStats()
+    decode_sampled(data, [16, 18, 20, 23], kf, stats=st)
+    assert st.seeks == 1 and st.decoded == 8
+
+
+def test_h264_and_wrong_records_fall_back_exactly() -> None:
+    data = _encode(60, codec="libx264", gop=12)
+    full = _full_decode(data)
+    kf = probe_keyframes(data)
+    assert [k for k, _ in kf][:3] == [0, 12, 24]
+    assert np.array_equal(decode_sampled(data, [59, 13, 0], kf), full[[59, 13, 0]])
+    lying = [[0, kf[0][1]], [30, 12345678]]  # a key frame record whose pts is not in the stream
+    st = DecodeStats()
+    assert np.array_equal(decode_sampled(data, [31, 59], lying, stats=st), full[[31, 59]])
+    assert st.fallback
+    with pytest.raises(ValueError, match="not decodable"):
+        decode_sampled(data, [60], kf)
+
+
+def test_shards_record_key_frames(tmp_path: Path) -> None:
+    """The builder stores each sample's key frames (no per-sample probing at read time), and they are right."""
+    from tests.data_utils import make_clip
+    from umt.data.shards import EncodeSettings, build_shards, read_manifest
+    from umt.data.source import ShardIndex
+
+    src = make_clip(tmp_path / "a.mp4", n_frames=40)
+    out = tmp_path / "shards"
+    build_shards([src], out, settings=EncodeSettings(gop=8))
+    ix = ShardIndex(out, read_manifest(out)["shards"])
+    rec = json.loads(ix.read(0, "json"))["keyframes"]
+    assert rec == probe_keyframes(ix.read(0, "mp4"))
+    assert [k for k, _ in rec][:5] == [0, 8, 16, 24, 32]

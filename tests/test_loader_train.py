@@ -1,0 +1,183 @@
+"""Training-mode loader checks against independent expected values (issues 8, 9 item 7, 16).
+
+The test clip's pixels encode their own coordinates: red = 2·x, green = 40 + 2·y, blue = 20 + 8·frame. A clip's
+output therefore tells which frames, which window and which flip the backend applied, and each is compared with the
+value written out here from the formulas (TSN: ``floor((t + u_t) · N / T)``; window from the drawn pair and offset;
+horizontal flip reverses red only).
+"""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from umt.data import DataConfig
+from umt.data.loader import VideoLoader
+from umt.data.source import draw_params, epoch_order
+
+W0, H0, N_FRAMES = 128, 96, 28
+BACKENDS = ["reference", pytest.param("dali", marks=pytest.mark.dali)]
+
+
+def _pattern(k: int) -> np.ndarray:
+    x = np.arange(W0, dtype=np.int32)[None, :].repeat(H0, 0)
+    y = np.arange(H0, dtype=np.int32)[:, None].repeat(W0, 1)
+    return np.stack([2 * x, 40 + 2 * y, np.full_like(x, 20 + 8 * k)], -1).astype(np.uint8)  # [H, W, 3]
+
+
+@pytest.fixture(scope="module")
+def pattern_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import av
+
+    from umt.data.shards import EncodeSettings, build_shards
+
+    root = tmp_path_factory.mktemp("pattern")
+    for i in range(4):
+        with av.open(str(root / f"p{i}.mp4"), "w") as out:
+            s = out.add_stream("mjpeg", rate=24)
+            s.width, s.height, s.pix_fmt = W0, H0, "yuvj444p"
+            s.codec_context.options = {"q:v": "1"}
+            for k in range(N_FRAMES):
+                f = av.VideoFrame.from_ndarray(_pattern(k), format="rgb24")
+                f.pts, f.time_base = k, Fraction(1, 24)
+                for p in s.encode(f):
+                    out.mux(p)
+            for p in s.encode():
+                out.mux(p)
+    out_dir = root / "shards"
+    build_shards([root], out_dir, settings=EncodeSettings(codec="mjpeg", gop=1), samples_per_shard=2)
+    return out_dir
+
+
+def _expected_window(pair: int, off: int, size: int) -> tuple[int, int, int, int]:
+    """The official multi-scale crop for a 128x96 frame, written out: scales (1, .875, .75, .66) of the short side."""
+    sides = [96, 84, 72, 63]  # int(96 * s); none within 3 px of `size` (48)
+    pairs = [(i, j) for i in range(4) for j in range(4) if abs(i - j) <= 1]  # (height index, width index)
+    grid = [(0, 0), (4, 0), (0, 4), (4, 4), (2, 2), (0, 2), (4, 2), (2, 4), (2, 0), (1, 1), (3, 1), (1, 3), (3, 3)]
+    ch, cw = sides[pairs[pair][0]], sides[pairs[pair][1]]
+    mw, mh = grid[off]
+    return mw * ((W0 - cw) // 4), mh * ((H0 - ch) // 4), cw, ch
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_training_draws_reach_the_pixels(pattern_shards: Path, backend: str) -> None:
+    size, T = 48, 8
+    cfg = DataConfig(
+        shards=str(pattern_shards), backend=backend, batch_size=2, num_workers=1, input_size=size, num_sample=2
+    )
+    L = VideoLoader(cfg)
+    mean = torch.tensor(cfg.mean).view(3, 1, 1, 1) * 255
+    std = torch.tensor(cfg.std).view(3, 1, 1, 1) * 255
+    seen_flip = set()
+    try:
+        for epoch in range(3):
+            for b in L.epoch_iter(epoch):
+                for row in range(b["video"].shape[0]):
+                    i, j = int(b["index"][row]), row % 2
+                    p = draw_params(cfg, cfg.seed, epoch, i)
+                    pix = b["video"][row] * std + mean  # [3, T, S, S] pixel units
+                    # frames: blue level = 20 + 8 * index, index from the TSN formula in float32
+                    want_t = [
+                        min(int((np.float32(t) + p.u[t]) * np.float32(N_FRAMES) / np.float32(T)), N_FRAMES - 1)
+                        for t in range(T)
+                    ]
+                    blue = pix[2].mean(dim=(1, 2))  # [T]
+                    assert torch.allclose(blue, torch.tensor([20.0 + 8 * k for k in want_t]), atol=3), (i, blue)
+                    # window: a linear ramp averages to its value at the window's centre
+                    pair, off, flip = p.crops[j]
+                    x, y, cw, ch = _expected_window(pair, off, size)
+                    assert abs(pix[0].mean() - 2 * (x + (cw - 1) / 2)) < 3, (i, j, "x")
+                    assert abs(pix[1].mean() - (40 + 2 * (y + (ch - 1) / 2))) < 3, (i, j, "y")
+                    # flip: red decreases left to right exactly when flipped; green always grows downwards
+                    left, right = pix[0, :, :, : size // 4].mean(), pix[0, :, :, -size // 4 :].mean()
+                    assert (left > right) == flip, (i, j, "flip")
+                    assert pix[1, :, : size // 4].mean() < pix[1, :, -size // 4 :].mean()
+                    seen_flip.add(flip)
+    finally:
+        L.close()
+    assert seen_flip == {False, True}
+
+
+@pytest.mark.dali
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_dali_matches_reference_in_training_mode(tmp_path_factory: pytest.TempPathFactory, seed: int) -> None:
+    """Random frames, crops and flips: both backends share the draws and the decoder, so only DALI's and torch's
+    bilinear antialiased resize can differ (measured: mean |diff| < 0.1, max ~1 in 0..255 pixel units)."""
+    from tests.data_utils import good_shards
+
+    d = good_shards(tmp_path_factory)
+    out = {}
+    for backend in ("dali", "reference"):
+        cfg = DataConfig(shards=str(d), backend=backend, batch_size=4, num_workers=1, input_size=40, seed=seed)
+        L = VideoLoader(cfg)
+        out[backend] = [(b["index"], b["video"]) for e in (0, 1) for b in L.epoch_iter(e)]
+        L.close()
+    std = torch.tensor(DataConfig().std).view(1, 3, 1, 1, 1) * 255
+    for (ia, va), (ib, vb) in zip(out["dali"], out["reference"]):
+        assert torch.equal(ia, ib)
+        diff = ((va - vb) * std).abs()
+        assert diff.mean() < 0.5 and diff.max() < 4, diff.max()
+
+
+def test_epoch_order_is_a_fresh_global_permutation() -> None:
+    """Issue 9 item 7: the overlap of a global batch's sample set between two epochs is what independent random
+    batches give (about (W*B)^2 / N), not most of the batch as with a fixed shard order read through a small buffer."""
+    N, W, B = 4096, 32, 4
+    def global_batch(epoch: int, k: int) -> set[int]:
+        rows = [epoch_order(N, seed=7, epoch=epoch, rank=r, world_size=W, batch_size=B) for r in range(W)]
+        return {int(x) for o in rows for x in o[k * B : (k + 1) * B]}
+
+    overlaps = [len(global_batch(0, k) & global_batch(1, k)) for k in range(0, 32, 4)]
+    assert np.mean(overlaps) < 3 * (W * B) ** 2 / N  # expectation 4 of 128
+    e0 = [epoch_order(N, seed=7, epoch=0, rank=r, world_size=W, batch_size=B) for r in range(W)]
+    flat = np.concatenate(e0)
+    assert len(set(flat.tolist())) == len(flat) == N  # ranks disjoint and covering
+    assert not np.array_equal(e0[0], epoch_order(N, seed=7, epoch=1, rank=0, world_size=W, batch_size=B))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_loaders_follow_the_epoch_order(tmp_path_factory: pytest.TempPathFactory, backend: str) -> None:
+    from tests.data_utils import good_shards
+
+    d = good_shards(tmp_path_factory)
+    for rank in range(2):
+        cfg = DataConfig(shards=str(d), backend=backend, batch_size=2, num_workers=1, input_size=32, seed=3)
+        L = VideoLoader(cfg, rank=rank, world_size=2)
+        for epoch in (0, 1, 2):
+            got = torch.cat([b["index"] for b in L.epoch_iter(epoch)]).tolist()
+            assert got == epoch_order(8, seed=3, epoch=epoch, rank=rank, world_size=2, batch_size=2).tolist()
+        if backend == "dali":
+            assert L.pipeline_builds == 1  # one pipeline across epochs (issue 8 item 4)
+        L.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_resume_tail_with_repeated_augmentation(tmp_path_factory: pytest.TempPathFactory, backend: str) -> None:
+    """``num_sample=2``: the start-batch offset counts videos (batch_size), not clips (batch_size * num_sample)."""
+    from tests.data_utils import good_shards
+
+    d = good_shards(tmp_path_factory)
+    cfg = DataConfig(shards=str(d), backend=backend, batch_size=2, num_workers=1, input_size=32, num_sample=2)
+    L = VideoLoader(cfg)
+    full = list(L.epoch_iter(5))
+    tail = list(L.epoch_iter(5, start_batch=1))
+    L.close()
+    assert len(full) == 4 and len(tail) == 3
+    want = epoch_order(8, seed=0, epoch=5, rank=0, world_size=1, batch_size=2)[2:]
+    assert torch.cat([b["index"][0::2] for b in tail]).tolist() == want.tolist()
+    for a, b in zip(full[1:], tail):
+        assert torch.equal(a["index"], b["index"]) and torch.equal(a["video"], b["video"])
+
+
+def test_manifest_records_keyframes_json_is_valid(pattern_shards: Path) -> None:
+    from umt.data.shards import read_manifest
+    from umt.data.source import ShardIndex
+
+    ix = ShardIndex(pattern_shards, read_manifest(pattern_shards)["shards"])
+    kf = json.loads(ix.read(0, "json"))["keyframes"]
+    assert [k for k, _ in kf] == list(range(N_FRAMES))  # MJPEG: every frame is a key frame
