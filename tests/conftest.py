@@ -36,6 +36,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         "gpu": None if torch.cuda.is_available() else "needs a CUDA GPU",
         "dali": None if _has("nvidia.dali") else "needs nvidia-dali (pip install '.[dali]')",
         "triton": None if _has("triton") else "needs triton (pip install '.[triton]')",
+        "peers": None if _has("decord") and _has("spdl") else "needs the peer loaders (pip install '.[peers]')",
     }
     for item in items:
         for marker, reason in reasons.items():

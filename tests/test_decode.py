@@ -117,3 +117,33 @@ def test_shards_record_key_frames(tmp_path: Path) -> None:
     rec = json.loads(ix.read(0, "json"))["keyframes"]
     assert rec == probe_keyframes(ix.read(0, "mp4"))
     assert [k for k, _ in rec][:5] == [0, 8, 16, 24, 32]
+
+
+@pytest.mark.gpu
+@pytest.mark.dali
+def test_mixed_decoder_seeks() -> None:
+    """Whether DALI's GPU (mixed) decoder seeks: a late frame alone must cost well under the whole video.
+
+    Timed (a GPU decoder exposes no frame counter); run by ``pytest -m gpu`` on a machine with a GPU.
+    """
+    import time
+
+    from nvidia.dali import fn, pipeline_def
+
+    data = np.frombuffer(_encode(240, gop=8), np.uint8)
+
+    def cost(kwargs: dict) -> float:
+        @pipeline_def(batch_size=1, num_threads=1, device_id=0)
+        def p():  # type: ignore[no-untyped-def]
+            e = fn.external_source(source=lambda: [data], batch=True)
+            return fn.decoders.video(e, device="mixed", **kwargs)
+
+        pipe = p()
+        pipe.build()
+        pipe.run()
+        t0 = time.perf_counter()
+        for _ in range(5):
+            pipe.run()
+        return (time.perf_counter() - t0) / 5
+
+    assert cost({"frames": [239]}) < 0.3 * cost({})
