@@ -265,6 +265,8 @@ def run(
     sources: str | None = None,
     peers: bool = False,
     epochs: int = 2,
+    parts: Sequence[str] = ("matrix", "length"),
+    matrix_clips: int = 16,
 ) -> BenchResult:
     """Measure the matrix, the length rows and, with ``peers``, the peers side by side.
 
@@ -276,7 +278,7 @@ def run(
     dev = device or "cpu"
     res = BenchResult("bench_data")
     have = _peers_available()
-    settings = QUICK if quick else MATRIX
+    settings = (QUICK if quick else MATRIX) if "matrix" in parts else ()
     backends = (["dali"] if dali_available() else []) + ["reference"]
     with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
         files, long_clip = _sources(sources, Path(tmp), quick)
@@ -286,7 +288,7 @@ def run(
         built: dict[tuple[str, int, float | None], Path] = {}
         for codec, gop, fps in settings:
             out = Path(tmp) / _label(codec, gop, fps).replace(" ", "_").replace("<=", "")
-            b = _build(files, out, codec, gop, fps, workers)
+            b = _build(files[:matrix_clips], out, codec, gop, fps, workers)
             built[(codec, gop, fps)] = out
             dw = _decode_work(out, epochs=2)
             backend = backends[0]
@@ -306,20 +308,19 @@ def run(
             logging.warning("%s", res.rows[-1])
         # length: 10 s against 60 s at the default settings (decode work only; augmentation does not depend on it)
         default = (DEFAULT_CODEC, DEFAULT_GOP, None)
-        if long_clip is not None:
-            short_dir = built.get(default) or Path(tmp) / "default"
-            if default not in built:
-                _build(files, short_dir, *default, workers)
+        if long_clip is not None and "length" in parts:
+            short_dir = Path(tmp) / "default_short"
+            _build(files[:matrix_clips], short_dir, *default, workers)
             long_dir = Path(tmp) / "long60"
             _build([long_clip], long_dir, *default, workers)
             a, b2 = _decode_work(short_dir, epochs=2), _decode_work(long_dir, epochs=16)
             for name, d in (("10 s", a), ("60 s", b2)):
                 res.rows.append({"part": "length", "setting": f"{_label(*default)}, {name} clips", "backend": "source",
                                  **d, "x 10 s cost": d["decode CPU-s/clip"] / a["decode CPU-s/clip"]})  # fmt: skip
-        if peers:
-            shards = built.get(default) or Path(tmp) / "default"
-            if default not in built:
-                _build(files, shards, *default, workers)
+        if peers or "peers" in parts:
+            shards = Path(tmp) / "default_all"
+            b = _build(files, shards, *default, workers)
+            logging.warning("peers: %d clips, default storage %s: %s", len(files), _label(*default), b)
             inner = _extract_videos(shards, Path(tmp) / "inner")
             common = {"batch": batch, "workers": workers, "epochs": epochs}
             runs: list[tuple[str, str, dict[str, Any], dict[str, str] | None]] = []
@@ -376,6 +377,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2, help="loader workers / threads (default 2)")
     p.add_argument("--batch", type=int, default=8, help="videos per batch (default 8)")
     p.add_argument("--epochs", type=int, default=2, help="timed epochs per loader (default 2)")
+    p.add_argument("--parts", default="matrix,length", help="comma list of matrix, length, peers (default matrix,length)")
+    p.add_argument("--matrix-clips", type=int, default=16, help="source clips per matrix setting (default 16)")
     p.add_argument("--out", default=None, help="results directory (default benchmarks/results)")
     p.add_argument("--_one", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -385,7 +388,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     os.environ.setdefault("TQDM_DISABLE", "1")
     res = run(quick=args.quick, device=args.device, workers=args.workers, batch=args.batch, sources=args.sources,
-              peers=args.peers, epochs=args.epochs)  # fmt: skip
+              peers=args.peers, epochs=args.epochs, parts=args.parts.split(","),
+              matrix_clips=args.matrix_clips)  # fmt: skip
     print(format_table(res.rows))
     for n in res.notes:
         print(f"- {n}")
