@@ -12,7 +12,7 @@ Three parts (issue 8), each a set of rows in one report:
 * **length** — decode CPU-s per clip for 10 s against 60 s clips at the default settings (target: at most 1.5×).
 
 Every loader runs in its own process; CPU-s counts the whole process tree (workers included) and peak memory is the
-tree's summed RSS, sampled every 50 ms. Inputs: ``--sources DIR`` (see :mod:`benchmarks.sources`: 10 s 720p H.264
+tree's summed proportional set size (PSS), sampled every 50 ms. Inputs: ``--sources DIR`` (see :mod:`benchmarks.sources`: 10 s 720p H.264
 cuts of a real film and a 60 s clip); without it the embedded sample clips (10 s cuts at 480x270).
 
     python -m benchmarks.bench_data --sources benchmarks/.sources --peers [--quick] [--device cuda]
@@ -91,8 +91,23 @@ def _tree_cpu_s(pid: int) -> float:
     return total + ru.ru_utime + ru.ru_stime
 
 
+def _pss(pid: int, page: int) -> int:
+    """Proportional set size in bytes (shared pages split among their users: forked workers are not counted twice);
+    RSS where smaps_rollup is unavailable."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, IndexError, ValueError):
+        pass
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 class _PeakRSS:
-    """Peak of the summed RSS of a process tree, sampled every 50 ms on a thread."""
+    """Peak of the summed proportional set size (PSS) of a process tree, sampled every 50 ms on a thread."""
 
     def __init__(self, pid: int) -> None:
         self.pid, self.peak, self._stop = pid, 0, threading.Event()
@@ -102,13 +117,10 @@ class _PeakRSS:
     def _run(self) -> None:
         page = os.sysconf("SC_PAGE_SIZE")
         while not self._stop.wait(0.05):
-            rss = 0
+            total = 0
             for p in _tree(self.pid):
-                try:
-                    rss += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * page
-                except (OSError, IndexError, ValueError):
-                    continue
-            self.peak = max(self.peak, rss)
+                total += _pss(p, page)
+            self.peak = max(self.peak, total)
 
     def stop(self) -> int:
         self._stop.set()
@@ -357,7 +369,8 @@ def run(
         + (f", and {long_clip.name}" if long_clip else "") + ". Shards re-encode to short side <= 320.",
         f"Loaders: train mode, T={_T}, 224x224, batch {batch}, {workers} workers (DALI: {workers} threads + {workers} "
         f"source processes; peers: torch DataLoader workers), 1 warm-up epoch then {epochs} timed epochs in a fresh "
-        "process. CPU-s/clip counts the whole process tree; peak MiB is its summed RSS.",
+        "process. CPU-s/clip counts the whole process tree; peak MiB is its summed PSS (shared pages split, so forked "
+        "workers are not counted twice).",
         "decoded frames/clip: frames the decoder produced per clip of 8 sampled frames (seek to the key frame at or "
         "before each target, decode forward; shared within a GOP). decode CPU-s/clip: read + draw + decode on one core.",
         "fps<=8: frames dropped at build time to at most 8 frames/s. TSN then draws each of the 8 frames from "
