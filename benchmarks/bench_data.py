@@ -10,6 +10,8 @@ Three parts (issue 8), each a set of rows in one report:
   backends); the official UMT stage-1 loader (decord + PIL, :mod:`benchmarks.peers`) on the raw source videos and on
   the video files inside our shards; SPDL 0.8 likewise when it imports. Ratios against the official loader.
 * **length** — decode CPU-s per clip for 10 s against 60 s clips at the default settings (target: at most 1.5×).
+* **seek** (``--parts seek``) — CPU-s for one early, middle or late frame through DALI's CPU video decoder against
+  our seeking decoder: DALI decodes from the first frame whatever the arguments.
 
 Every loader runs in its own process; CPU-s counts the whole process tree (workers included) and peak memory is the
 tree's summed proportional set size (PSS), sampled every 50 ms. Inputs: ``--sources DIR`` (see :mod:`benchmarks.sources`: 10 s 720p H.264
@@ -203,6 +205,49 @@ def _decode_work(shards: Path, epochs: int = 2) -> dict[str, float]:
     return {"decoded frames/clip": decoded / clips, "decode CPU-s/clip": cpu / clips}
 
 
+def _seek_probe(shards: Path, label: str, reps: int = 3) -> list[dict[str, Any]]:
+    """CPU-s to get one frame (first, middle, last), the 8 TSN centres and all frames of the first sample, through
+    DALI's CPU ``fn.decoders.video`` (``frames=[...]``, ``build_index=True``) and through our seeking decoder."""
+    import numpy as np
+    from nvidia.dali import fn, pipeline_def
+
+    from umt.data.shards import decode_meta, read_manifest
+    from umt.data.source import ShardIndex
+    from umt.data.video import DecodeStats, decode_sampled
+
+    ix = ShardIndex(shards, read_manifest(shards)["shards"])
+    data, n = ix.read(0, "mp4"), decode_meta(ix.read(0, "meta"))["frames"]
+    kf = json.loads(ix.read(0, "json")).get("keyframes")
+    ix.close()
+    arr = np.frombuffer(data, np.uint8)
+    cases = {"frame 0": [0], "middle frame": [n // 2], "last frame": [n - 1],
+             "8 TSN centres": [int((i + 0.5) * n / 8) for i in range(8)], f"all {n} frames": list(range(n))}  # fmt: skip
+    rows = []
+    for name, frames in cases.items():
+
+        @pipeline_def(batch_size=1, num_threads=1, device_id=None, exec_dynamic=True)
+        def pipe() -> Any:
+            e = fn.external_source(source=lambda: [arr], batch=True)
+            return fn.decoders.video(e, device="cpu", frames=frames, build_index=True)
+
+        p = pipe()
+        p.build()
+        p.run()
+        t0 = time.process_time()
+        for _ in range(reps):
+            p.run()
+        dali_s = (time.process_time() - t0) / reps
+        del p
+        st = DecodeStats()
+        t0 = time.process_time()
+        for _ in range(reps):
+            decode_sampled(data, frames, kf, stats=st)
+        ours_s = (time.process_time() - t0) / reps
+        rows.append({"part": "seek", "setting": f"{label}, {name}", "backend": "DALI cpu vs ours (PyAV seek)",
+                     "DALI CPU-s": dali_s, "ours CPU-s": ours_s, "ours decoded frames": st.decoded / reps})  # fmt: skip
+    return rows
+
+
 def _build(files: Sequence[Path], out: Path, codec: str, gop: int, fps: float | None, workers: int) -> dict[str, Any]:
     from umt.data.shards import EncodeSettings, build_shards
 
@@ -318,6 +363,11 @@ def run(
                 **{k: b[k] for k in ("KiB/clip", "x source bytes", "build videos/s/core")},
             })  # fmt: skip
             logging.warning("%s", res.rows[-1])
+        if "seek" in parts:
+            for gop in (1, 8, 32):
+                out = Path(tmp) / f"seek_gop{gop}"
+                _build(files[:1], out, "vp9", gop, None, 1)
+                res.rows += _seek_probe(out, _label("vp9", gop, None))
         # length: 10 s against 60 s at the default settings (decode work only; augmentation does not depend on it)
         default = (DEFAULT_CODEC, DEFAULT_GOP, None)
         if long_clip is not None and "length" in parts:
@@ -390,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2, help="loader workers / threads (default 2)")
     p.add_argument("--batch", type=int, default=8, help="videos per batch (default 8)")
     p.add_argument("--epochs", type=int, default=2, help="timed epochs per loader (default 2)")
-    p.add_argument("--parts", default="matrix,length", help="comma list of matrix, length, peers (default matrix,length)")
+    p.add_argument("--parts", default="matrix,length", help="comma list of matrix, length, peers, seek (default matrix,length)")
     p.add_argument("--matrix-clips", type=int, default=16, help="source clips per matrix setting (default 16)")
     p.add_argument("--out", default=None, help="results directory (default benchmarks/results)")
     p.add_argument("--_one", default=None, help=argparse.SUPPRESS)

@@ -24,10 +24,9 @@ from typing import Any
 from umt.data.config import DataConfig
 from umt.data.source import ClipSource
 
-__all__ = ["CPU_DECODABLE", "GPU_DECODABLE", "build_pipeline", "output_names"]
+__all__ = ["GPU_DECODABLE", "build_pipeline", "output_names"]
 
-#: Codecs per device. CPU: anything FFmpeg decodes (PyAV, seeking); GPU: what DALI's mixed decoder accepts.
-CPU_DECODABLE = None  # no restriction
+#: Codecs DALI's mixed (GPU) decoder accepts; on CPU the source decodes anything FFmpeg reads (PyAV).
 GPU_DECODABLE = frozenset({"vp8", "vp9", "mjpeg", "h264", "hevc", "av1", "mpeg4"})
 
 

@@ -3,7 +3,7 @@
 Sparse (TSN) sampling takes T = 8 frames from a video of N frames. Decoding from the first frame to the last target
 costs O(N) frames; seeking costs O(T x GOP) frames, whatever the video's length (issue 8). DALI 2.4's CPU video
 decoder decodes from the first frame even with ``build_index=True`` and all-intra input (measured:
-``benchmarks/results/2026-11-22_bench_data_seek_cpu.md``), so every CPU path decodes here, with PyAV (FFmpeg).
+``benchmarks/results/2026-11-22_bench_data_seek_cpu.md``, ``python -m benchmarks.bench_data --parts seek``), so every CPU path decodes here, with PyAV (FFmpeg).
 
 The key frames of a stored video are recorded at build time (``keyframes``: ``[[frame index, pts], ...]`` in the
 sample's ``KEY.json``, see :func:`probe_keyframes`), so nothing is probed per sample; for older shards without the
