@@ -149,7 +149,8 @@ class VideoLoader:
         n = 0
         for out in self._dali_it:
             out = out[0]
-            video = torch.stack([out[nm] for nm in names[:-1]], 1).flatten(0, 1)  # [B*k, 3, T, S, S]
+            clips = [out[nm] for nm in names[:-1]]  # k x [B, 3, T, S, S]
+            video = clips[0] if len(clips) == 1 else torch.stack(clips, 1).flatten(0, 1)  # [B*k, 3, T, S, S]
             meta = out["meta"].long()  # [B, 8]
             n += 1
             yield self._finish(video, meta[:, 3], meta[:, 4])

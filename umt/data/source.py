@@ -187,7 +187,8 @@ class ClipSource:
 
     For ``SampleInfo(idx_in_epoch, epoch_idx)`` it reads sample ``order[start + idx_in_epoch]`` of epoch
     ``first_epoch + epoch_idx`` (``start = start_batch * batch_size`` in the first epoch, 0 after) and returns
-    ``(video, meta, anchor_0, shape_0, flip_0, ..., [indices])``: video is the decoded frames (uint8 [T, H0, W0, 3]),
+    ``(video, meta, anchor_0, shape_0, flip_0, ..., [indices])``: video is the decoded frames cut to the union of
+    the clips' crop windows (uint8 [T, h, w, 3]; anchors relative to it),
     or with ``decode=False`` the encoded bytes (uint8 [bytes]) for DALI's GPU decoder, followed then by the sampled
     indices (int32 [T]); meta int32 [8]; per clip the window as int32 [2] anchor ``(x, y)``, int32 [2] shape
     ``(w, h)`` and int32 [] flip.
@@ -245,11 +246,19 @@ class ClipSource:
             raise StopIteration
         i = int(order[j])
         clip = read_clip(self.index, i, self.cfg, self.params(epoch, i), decode=self.decode)
-        video = clip.frames if self.decode else np.frombuffer(clip.encoded, np.uint8)  # type: ignore[arg-type]
         meta = np.array([clip.meta[k] for k in META_FIELDS], np.int32)  # [8]
+        x0 = y0 = 0
+        if self.decode:
+            # hand DALI only the union of the clips' windows: less to copy through shared memory and to slice
+            x0, y0 = min(w[0] for w in clip.windows), min(w[1] for w in clip.windows)
+            x1 = max(w[0] + w[2] for w in clip.windows)
+            y1 = max(w[1] + w[3] for w in clip.windows)
+            video = np.ascontiguousarray(clip.frames[:, y0:y1, x0:x1])  # type: ignore[index]  # [T, y1-y0, x1-x0, 3]
+        else:
+            video = np.frombuffer(clip.encoded, np.uint8)  # type: ignore[arg-type]
         out: list[np.ndarray] = [video, meta]
         for x, y, w, h, flip in clip.windows:
-            out += [np.array([x, y], np.int32), np.array([w, h], np.int32), np.array(int(flip), np.int32)]
+            out += [np.array([x - x0, y - y0], np.int32), np.array([w, h], np.int32), np.array(int(flip), np.int32)]
         if not self.decode:
             out.append(clip.indices.astype(np.int32))  # for the GPU decoder's ``frames``
         return tuple(out)
