@@ -23,7 +23,7 @@ from umt import ops
 from umt.flops import peak_bf16_tflops, train_flops_per_clip
 from umt.masking import step_seed
 from umt.train import checkpoint as ckpt
-from umt.train.config import TrainConfig, config_to_dict
+from umt.train.config import TrainConfig, accumulation_steps, config_to_dict
 from umt.train.step import (StageOneStep, build_models, build_optimizer, build_scheduler, peak_lr, umt_spec)
 
 __all__ = ["Runtime", "Trainer", "init_runtime", "NonFiniteError", "build_data_loader"]
@@ -118,11 +118,19 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # identical init on every rank (DDP also broadcasts from rank 0)
         self.model, self.teacher = build_models(cfg, rt.device)
         self.spec = umt_spec(cfg, self.model, self.teacher)
+        #: micro-batches per optimizer step (gradient accumulation up to ``optim.global_batch``)
+        self.accum = accumulation_steps(cfg, rt.world_size)
         self.loader = build_data_loader(cfg, rt)
-        self.steps_per_epoch = len(self.loader)
+        self.steps_per_epoch = len(self.loader) // self.accum  # optimizer steps; a partial last group is dropped
         if self.steps_per_epoch < 1:
-            raise ValueError("the loader yields no batch per epoch: fewer clips than world_size × batch_size")
+            raise ValueError(f"the loader yields {len(self.loader)} batches per epoch, fewer than the {self.accum} "
+                             "micro-batches of one optimizer step (world_size × batch_size × accumulation clips)")
+        #: loader batches consumed per epoch (``batch_in_epoch`` counts these)
+        self.batches_per_epoch = self.steps_per_epoch * self.accum
         self.lr, self.min_lr = peak_lr(cfg, rt.world_size)
+        log.info("global batch %d = %d per rank × %d ranks × %d accumulation steps (peak lr %.3g)",
+                 cfg.data.batch_size * rt.world_size * self.accum, cfg.data.batch_size, rt.world_size, self.accum,
+                 self.lr)
         self.optimizer = build_optimizer(self.model, cfg.optim, self.lr, rt.device)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch, self.lr, self.min_lr)
         self.total_steps = cfg.optim.epochs * self.steps_per_epoch
@@ -180,6 +188,8 @@ class Trainer:
         info = {"recipe": self.recipe, "config": config_to_dict(self.cfg), "world_size": self.rt.world_size,
                 "device": str(self.rt.device), "amp_dtype": str(self.rt.amp_dtype), "peak_lr": self.lr,
                 "min_lr": self.min_lr, "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
+                "accum_steps": self.accum,
+                "global_batch": self.cfg.data.batch_size * self.rt.world_size * self.accum,
                 "teacher_random_init": self.teacher.random_init,
                 "flops_per_clip": train_flops_per_clip(self.spec),
                 "resumed_from": str(self.resumed_from) if self.resumed_from else None}
@@ -208,16 +218,17 @@ class Trainer:
         if consecutive >= self.cfg.optim.max_nonfinite:
             raise NonFiniteError(f"{consecutive} consecutive steps had a non-finite gradient norm (last at step "
                                  f"{self.step}); stopping. Lower optim.lr, set optim.clip_grad, or check the data.")
-        clips = n_steps * self.loader.batch_size * self.rt.world_size
+        clips = n_steps * self.loader.batch_size * self.rt.world_size * self.accum
         clips_per_s = clips / max(wall, 1e-9)
         peak = _peak_tflops(self.rt.device)
-        row = {"step": self.step, "epoch": self.epoch + self.batch_in_epoch / self.steps_per_epoch,
+        row = {"step": self.step, "epoch": self.epoch + self.batch_in_epoch / self.batches_per_epoch,
                "loss": loss_sum_v / n_ok_v if n_ok_v else float("nan"), "lr": self.optimizer.param_groups[0]["lr"],
                "clips_per_s": clips_per_s, "clips_per_s_per_device": clips_per_s / self.rt.world_size,
                "data_wait_frac": wait / max(wall, 1e-9),
                "mfu": (clips_per_s / self.rt.world_size) * train_flops_per_clip(self.spec) / (peak * 1e12)
                if peak else None,
-               "peak_mem": _peak_mem_bytes(self.rt.device), "skipped_steps": int(self.step_fn.skipped)}
+               "peak_mem": _peak_mem_bytes(self.rt.device), "skipped_steps": int(self.step_fn.skipped),
+               "accum_steps": self.accum}
         if self.rt.is_main:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
@@ -252,19 +263,27 @@ class Trainer:
                 it = self.loader.epoch_iter(self.epoch, self.batch_in_epoch)
                 while self.step < self.total_steps:
                     t0 = time.perf_counter()
-                    batch = next(it, None)
+                    videos = []
+                    for _ in range(self.accum):  # the micro-batches of one optimizer step
+                        batch = next(it, None) if self.batch_in_epoch + len(videos) < self.batches_per_epoch else None
+                        if batch is None:
+                            break
+                        videos.append(batch["video"])
                     wait += time.perf_counter() - t0
-                    if batch is None:
+                    if len(videos) < self.accum:
+                        batch = None  # end of epoch (a partial group of micro-batches is dropped)
                         break
                     # Drop path draws from torch's global RNG: reseed it per (step, rank) so resume is exact.
                     torch.manual_seed(step_seed(cfg.seed, self.step, rt.rank, stream=1))
-                    loss, ok = self.step_fn(batch["video"], step_seed(cfg.seed, self.step, rt.rank))
+                    # One mask seed per micro-batch; with no accumulation it is the step's seed.
+                    seeds = [step_seed(cfg.seed, self.step * self.accum + i, rt.rank) for i in range(self.accum)]
+                    loss, ok = self.step_fn(videos, seeds)
                     loss_sum += torch.where(ok, loss, 0.0)
                     n_ok += ok.float()
                     n_steps += 1
                     self.step += 1
-                    self.batch_in_epoch += 1
-                    if self.batch_in_epoch >= self.steps_per_epoch:
+                    self.batch_in_epoch += self.accum
+                    if self.batch_in_epoch >= self.batches_per_epoch:
                         self.epoch, self.batch_in_epoch = self.epoch + 1, 0
                     bar.update(1)
                     last = self.step >= self.total_steps
@@ -278,9 +297,11 @@ class Trainer:
                         n_steps, wait, t_start = 0, 0.0, time.perf_counter()
                     if cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0 and not last:
                         self.save()
+                    if self.batch_in_epoch == 0:
+                        break  # epoch done: the next one gets a fresh iterator (leftover batches are dropped)
                 if batch is None and self.batch_in_epoch != 0:
                     log.warning("loader ended epoch %d after %d of %d batches", self.epoch, self.batch_in_epoch,
-                                self.steps_per_epoch)
+                                self.batches_per_epoch)
                     self.epoch, self.batch_in_epoch = self.epoch + 1, 0
             self.save()
         finally:
