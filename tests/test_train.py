@@ -211,3 +211,34 @@ def test_teacher_precision_setting() -> None:
     got = step.teacher_forward(video)
     assert got.targets.dtype == torch.float32
     torch.testing.assert_close(got.targets, teacher(video).targets, rtol=0, atol=0)  # fp32 teacher, bit-exact
+
+
+def test_resume_auto_skips_unreadable_checkpoints(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 9 item 4: a truncated newest checkpoint is skipped (warning names it) and training continues from the
+    newest readable one; an explicit unreadable --resume PATH is a one-line error naming the file."""
+    from umt.train.__main__ import main
+
+    run = tmp_path / "r"
+    tr = Trainer(_tiny("optim.max_steps=3", "checkpoint.every_steps=1", "checkpoint.keep_last=3"), run)
+    tr.fit()
+    tr.close()
+    newest = run / "checkpoints" / "step_00000003.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # truncated: torch's "failed reading zip archive"
+    with caplog.at_level("WARNING"):
+        resumed = Trainer(_tiny("optim.max_steps=4", "checkpoint.keep_last=1"), run, resume="auto")
+    assert resumed.step == 2 and resumed.resumed_from == run / "checkpoints" / "step_00000002.pt"
+    assert "step_00000003.pt" in caplog.text
+    resumed.fit()
+    resumed.close()
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == ["step_00000003.pt.unreadable", "step_00000004.pt"]  # the bad one kept aside, never deleted
+
+    bad = run / "checkpoints" / "step_00000003.pt.unreadable"
+    args = ["--recipe", "demo", "--run-dir", str(tmp_path / "x"), "--resume", str(bad), *sum((["--set", o] for o in
+            [*TINY, "optim.max_steps=1"]), [])]
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(bad) in err and "unreadable" in err
+    assert "Traceback" not in err

@@ -51,7 +51,8 @@ def default_run_dir(recipe: str, resume: str | None, root: Path = Path("runs")) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point. Returns the process exit code (2 for a bad config)."""
+    """Entry point. Returns the process exit code (2 for a bad config, a used run directory or an unreadable
+    ``--resume`` checkpoint)."""
     args = _parser().parse_args(argv)
     rank = int(os.environ.get("RANK", 0))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
@@ -77,7 +78,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"umt-train: {run_dir} already holds checkpoints; pass --resume auto to continue that run, or choose "
               "another --run-dir", file=sys.stderr)
         return 2
-    trainer = Trainer(cfg, run_dir, resume=args.resume, recipe=args.recipe)
+    from umt.train.checkpoint import CheckpointError
+
+    try:
+        trainer = Trainer(cfg, run_dir, resume=args.resume, recipe=args.recipe)
+    except CheckpointError as e:
+        print(f"umt-train: cannot resume: {e}", file=sys.stderr)
+        return 2
+    except ConfigError as e:
+        print(f"umt-train: config error: {e}", file=sys.stderr)
+        return 2
     try:
         summary = trainer.fit()
         if args.export and trainer.rt.is_main:

@@ -106,7 +106,12 @@ class Trainer:
     Args:
         cfg: the resolved config.
         run_dir: run directory (config.json, metrics.jsonl, TensorBoard events, checkpoints/).
-        resume: None, ``"auto"`` (newest complete checkpoint in ``run_dir/checkpoints``, if any) or a path.
+        resume: None, ``"auto"`` (newest readable checkpoint in ``run_dir/checkpoints``, if any; unreadable ones are
+            skipped with a warning) or a path.
+
+    Raises:
+        umt.train.checkpoint.CheckpointError: ``resume`` names a missing or unreadable checkpoint.
+        ConfigError: ``optim.global_batch`` does not divide into micro-batches.
         recipe: recipe name, recorded in config.json.
     """
 
@@ -169,11 +174,20 @@ class Trainer:
                 "world_size": self.rt.world_size}
 
     def _resume(self, resume: str) -> None:
-        path = ckpt.latest_checkpoint(self.run_dir / "checkpoints") if resume == "auto" else Path(resume)
-        if path is None:
-            log.info("resume=auto: no checkpoint in %s, starting fresh", self.run_dir / "checkpoints")
-            return
-        state = ckpt.load_checkpoint(path)
+        """Load ``resume`` (a path) or, for ``"auto"``, the newest readable checkpoint of the run.
+
+        Raises:
+            ckpt.CheckpointError: an explicit path that is missing or unreadable (``auto`` skips those instead).
+        """
+        if resume == "auto":
+            found = ckpt.load_latest_checkpoint(self.run_dir / "checkpoints", rename=self.rt.is_main)
+            if found is None:
+                log.info("resume=auto: no readable checkpoint in %s, starting fresh", self.run_dir / "checkpoints")
+                return
+            path, state = found
+        else:
+            path = Path(resume)
+            state = ckpt.load_checkpoint(path)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
