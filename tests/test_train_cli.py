@@ -29,3 +29,48 @@ def test_fresh_run_into_a_used_run_dir_is_refused(tmp_path: Path, capsys) -> Non
     assert code == 2
     assert "--resume auto" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoints"]  # nothing written
+
+
+def test_demo_never_writes_into_a_user_shard_dir(tmp_path: Path, tmp_path_factory, monkeypatch, capsys) -> None:
+    """Issue 9 item 2: ``--recipe demo --set data.shards=DIR`` trains on DIR read-only; the sample is only ever built
+    into its own default location."""
+    import hashlib
+    import shutil
+
+    import pytest
+
+    import umt.train.trainer as trainer_mod
+    from tests.data_utils import good_shards
+    from umt.data.samples import ensure_sample_shards
+    from umt.data.shards import ShardDirError
+
+    user = tmp_path / "mine"
+    shutil.copytree(good_shards(tmp_path_factory), user)  # the user's own 8-sample data set
+
+    def digest() -> dict[str, str]:
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(user.iterdir())}
+
+    before = digest()
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    class FakeTrainer:  # stop right where training would start: what matters is what was written before it
+        def __init__(self, cfg, run_dir, resume=None, recipe=""):
+            seen["shards"] = cfg.data.shards
+            raise Stop
+
+    monkeypatch.setattr(trainer_mod, "Trainer", FakeTrainer)
+    monkeypatch.chdir(tmp_path)  # the default sample location is relative: keep it inside tmp_path
+    with pytest.raises(Stop):
+        main(["--recipe", "demo", "--set", f"data.shards={user}", "--run-dir", str(tmp_path / "run")])
+    assert seen["shards"] == str(user) and digest() == before
+    assert not (tmp_path / "shards").exists()  # and nothing was built anywhere else either
+    with pytest.raises(ShardDirError, match="another data set"):
+        ensure_sample_shards(user)
+    assert digest() == before
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    assert main(["--recipe", "demo", "--set", f"data.shards={empty}", "--run-dir", str(tmp_path / "run")]) == 2
+    assert "no shards" in capsys.readouterr().err and list(empty.iterdir()) == []

@@ -30,11 +30,22 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _ensure_demo_shards(shards: str) -> None:
-    """The demo reads the embedded sample shards; (re)build them when absent or stale (a fraction of a ms otherwise)."""
-    from umt.data import ensure_sample_shards
+def _ensure_demo_shards(shards: str) -> str | None:
+    """The demo reads the embedded sample shards: (re)build them when absent or stale, but only in their own default
+    location. A directory the user named is never written to: it is trained on as it is (read-only).
 
-    ensure_sample_shards(shards)
+    Returns:
+        None when training can go on, else a one-line error (the named directory holds no data set).
+    """
+    from umt.data.samples import DEFAULT_SAMPLE_SHARDS, ensure_sample_shards
+
+    if Path(shards).resolve() == Path(DEFAULT_SAMPLE_SHARDS).resolve():
+        ensure_sample_shards(DEFAULT_SAMPLE_SHARDS)
+        return None
+    if not (Path(shards) / "manifest.json").is_file():
+        return (f"{shards} holds no shards (no manifest.json); build them with tools/make_shards.py, or leave "
+                f"data.shards at the demo's {DEFAULT_SAMPLE_SHARDS}, where the demo builds its sample itself")
+    return None
 
 
 def default_run_dir(recipe: str, resume: str | None, root: Path = Path("runs")) -> Path:
@@ -70,7 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(config_to_dict(cfg), indent=2))
         return 0
     if args.recipe == "demo" and not cfg.synthetic_data and rank == 0:
-        _ensure_demo_shards(cfg.data.shards)
+        problem = _ensure_demo_shards(cfg.data.shards)
+        if problem:
+            print(f"umt-train: {problem}", file=sys.stderr)
+            return 2
     from umt.train.trainer import Trainer
 
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(args.recipe, args.resume)
