@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["CheckpointError", "save_checkpoint", "latest_checkpoint", "load_checkpoint", "load_latest_checkpoint",
+__all__ = ["CheckpointError", "run_dir_in_use", "save_checkpoint", "latest_checkpoint", "load_checkpoint", "load_latest_checkpoint",
            "rng_state", "set_rng_state"]
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,13 @@ _NAME = re.compile(r"^step_(\d{8})\.pt$")
 class CheckpointError(RuntimeError):
     """A checkpoint file that is missing or cannot be read (truncated, corrupt, not a trainer checkpoint); the
     message names the file."""
+
+
+def run_dir_in_use(run_dir: str | Path) -> bool:
+    """The directory holds (part of) a run: a checkpoint, metrics or a config. A fresh run must not mix into it."""
+    run_dir = Path(run_dir)
+    return (any((run_dir / "checkpoints").glob("*.pt")) or (run_dir / "metrics.jsonl").exists()
+            or (run_dir / "config.json").exists())
 
 
 def rng_state() -> dict[str, Any]:

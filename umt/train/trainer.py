@@ -111,12 +111,16 @@ class Trainer:
 
     Raises:
         umt.train.checkpoint.CheckpointError: ``resume`` names a missing or unreadable checkpoint.
+        FileExistsError: a fresh run (no ``resume``) into a directory that holds a run.
         ConfigError: ``optim.global_batch`` does not divide into micro-batches.
         recipe: recipe name, recorded in config.json.
     """
 
     def __init__(self, cfg: TrainConfig, run_dir: str | Path, resume: str | None = None, recipe: str = "") -> None:
         cfg.check(require_data=True)
+        if not resume and ckpt.run_dir_in_use(run_dir):  # a fresh run never appends to another run's files
+            raise FileExistsError(f"{run_dir} already holds a run (checkpoints, metrics or config): resume it "
+                                  "(resume='auto') or choose another run directory")
         self.cfg, self.run_dir, self.recipe = cfg, Path(run_dir), recipe
         self.rt = rt = init_runtime(cfg)
         ops.set_backend(cfg.model.kernels)
