@@ -390,3 +390,12 @@ def test_append_adds_shards_and_deduplicates(tmp_path: Path, capsys: pytest.Capt
     assert res.added == 0 and len(res.duplicates) == 3 and read_manifest(out)["num_samples"] == 4
     with pytest.raises(ShardDirError, match="encoding"):
         build_shards([tmp_path / "c"], out, settings=EncodeSettings(codec="vp9"), mode="append")
+
+
+def test_a_build_with_nothing_usable_leaves_no_blocking_state(tmp_path: Path) -> None:
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.mp4").write_bytes(b"junk")
+    res = build_shards([tmp_path / "bad"], tmp_path / "out")
+    assert res.num_samples == 0 and not (tmp_path / "out").exists()  # created by it, removed again
+    good = make_clip(tmp_path / "good" / "g.mp4", n_frames=9)
+    assert build_shards([good], tmp_path / "out", settings=MJPEG).num_samples == 1  # not refused as "interrupted"

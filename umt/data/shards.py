@@ -561,6 +561,7 @@ def _build(
     import time
 
     t0 = time.perf_counter()
+    created = not out.exists()
     work = out / ".work"
     work.mkdir(parents=True, exist_ok=True)
     if not (out / ".build.json").is_file() or existing is not None:
@@ -741,8 +742,14 @@ def _build(
         (out / ".build.json").unlink(missing_ok=True)
         if not keep_cache:
             shutil.rmtree(work, ignore_errors=True)
-    elif (out / "manifest.json").is_file():
-        (out / "manifest.json").unlink()  # its shards were removed above; a stale manifest would lie
+    else:  # nothing usable: leave no half-built directory behind that would block the next build
+        (out / "manifest.json").unlink(missing_ok=True)  # its shards were removed above; a stale one would lie
+        prog_path.unlink(missing_ok=True)
+        (out / ".build.json").unlink(missing_ok=True)
+        if not keep_cache:
+            shutil.rmtree(work, ignore_errors=True)
+        if created and not any(out.iterdir()):
+            out.rmdir()
     return result
 
 
