@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["CheckpointError", "run_dir_in_use", "save_checkpoint", "latest_checkpoint", "load_checkpoint", "load_latest_checkpoint",
-           "rng_state", "set_rng_state"]
+__all__ = ["CheckpointError", "run_dir_in_use", "save_checkpoint", "latest_checkpoint", "load_checkpoint",
+           "load_latest_checkpoint", "rng_state", "set_rng_state"]
 
 log = logging.getLogger(__name__)
 
