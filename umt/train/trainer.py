@@ -280,22 +280,26 @@ class Trainer:
             while self.step < self.total_steps:
                 it = self.loader.epoch_iter(self.epoch, self.batch_in_epoch)
                 while self.step < self.total_steps:
-                    t0 = time.perf_counter()
-                    videos = []
-                    for _ in range(self.accum):  # the micro-batches of one optimizer step
-                        batch = next(it, None) if self.batch_in_epoch + len(videos) < self.batches_per_epoch else None
+                    # The micro-batches of one optimizer step, each trained on as it arrives (only one is held).
+                    losses: list[torch.Tensor] = []
+                    for i in range(self.accum):
+                        t0 = time.perf_counter()
+                        batch = next(it, None) if self.batch_in_epoch + i < self.batches_per_epoch else None
+                        wait += time.perf_counter() - t0
                         if batch is None:
                             break
-                        videos.append(batch["video"])
-                    wait += time.perf_counter() - t0
-                    if len(videos) < self.accum:
-                        batch = None  # end of epoch (a partial group of micro-batches is dropped)
+                        if i == 0:  # drop path draws from torch's global RNG: reseed per (step, rank), exact resume
+                            torch.manual_seed(step_seed(cfg.seed, self.step, rt.rank, stream=1))
+                        # one mask seed per micro-batch; with no accumulation it is the step's seed
+                        seed = step_seed(cfg.seed, self.step * self.accum + i, rt.rank)
+                        losses.append(self.step_fn.micro_step(batch["video"], seed, scale=1.0 / self.accum,
+                                                              sync=i == self.accum - 1))
+                    if len(losses) < self.accum:  # the loader ended early: drop a partial group's gradients
+                        self.optimizer.zero_grad(set_to_none=True)
+                        batch = None
                         break
-                    # Drop path draws from torch's global RNG: reseed it per (step, rank) so resume is exact.
-                    torch.manual_seed(step_seed(cfg.seed, self.step, rt.rank, stream=1))
-                    # One mask seed per micro-batch; with no accumulation it is the step's seed.
-                    seeds = [step_seed(cfg.seed, self.step * self.accum + i, rt.rank) for i in range(self.accum)]
-                    loss, ok = self.step_fn(videos, seeds)
+                    loss = losses[0] if self.accum == 1 else torch.stack(losses).mean()
+                    ok = self.step_fn.optimizer_step()
                     loss_sum += torch.where(ok, loss, 0.0)
                     n_ok += ok.float()
                     n_steps += 1
