@@ -1,7 +1,10 @@
 """The stage-1 trainer: distributed setup, precision, the step loop, checkpoints and logging.
 
-The loop reads top to bottom: next batch (timed as data wait) → :class:`~umt.train.step.StageOneStep` → counters
-on the device → on logging steps only, one host sync to read loss/skip counters and write metrics.
+The loop reads top to bottom: per optimizer step, ``accum`` micro-batches (each: next batch, timed as data wait →
+:meth:`~umt.train.step.StageOneStep.micro_step`, DDP ``no_sync`` on all but the last; ``accum`` = 1 unless
+``optim.global_batch`` asks for more) → optimizer step → counters on the device → on logging steps only, one host
+sync to read loss/skip counters and write metrics. ``step`` counts optimizer steps, ``batch_in_epoch`` loader
+batches.
 """
 
 from __future__ import annotations
