@@ -184,12 +184,31 @@ def command_line() -> str:
     return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
 
 
+def _free_report_paths(out: Path, stem: str) -> tuple[Path, Path]:
+    """``(stem.json, stem.md)``, or with the first suffix ``-2``, ``-3``, ... whose pair is free; the .json name is
+    created empty with ``O_EXCL`` to reserve it."""
+    n = 1
+    while True:
+        s = stem if n == 1 else f"{stem}-{n}"
+        json_path, md_path = out / f"{s}.json", out / f"{s}.md"
+        if not md_path.exists():
+            try:
+                os.close(os.open(json_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+                return json_path, md_path
+            except FileExistsError:
+                pass
+        n += 1
+
+
 def write_report(
     result: BenchResult, out_dir: str | Path | None = None, command: str | None = None, info: dict | None = None
 ) -> tuple[Path, Path]:
     """Write ``<date>_<name>_<device>.json`` and ``.md`` under ``out_dir`` (default ``benchmarks/results``).
 
-    The markdown names the date, hardware, versions and exact command, then holds the table and notes.
+    The markdown names the date, hardware, versions and exact command, then holds the table and notes. A report never
+    replaces another: a second run of the same benchmark on the same day and device writes
+    ``<date>_<name>_<device>-2.json``/``.md`` (then ``-3``, ...); the name is reserved atomically (``O_EXCL``), so
+    concurrent runs do not collide either (issue 9).
 
     Returns:
         ``(json_path, md_path)``.
@@ -200,9 +219,8 @@ def write_report(
     command = command or command_line()
     now = _dt.datetime.now(_dt.timezone.utc)
     device = re.sub(r"[^A-Za-z0-9]+", "-", info.get("gpu") or "cpu").strip("-").lower()
-    stem = f"{now:%Y-%m-%d}_{result.name}_{device}"
+    json_path, md_path = _free_report_paths(out, f"{now:%Y-%m-%d}_{result.name}_{device}")
     payload = {"date": now.isoformat(timespec="seconds"), "command": command, "hardware": info, **asdict(result)}
-    json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
     tmp = json_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     tmp.replace(json_path)

@@ -62,3 +62,15 @@ def test_cli_rejects_bad_set(capsys) -> None:
     assert "valid fields" in capsys.readouterr().err
     assert main(["--recipe", "demo", "--set", "optim.lr=0.5", "--print-config"]) == 0
     assert '"lr": 0.5' in capsys.readouterr().out
+
+
+def test_recipe_epochs_documented_and_global_batch_fixed() -> None:
+    from umt.train.config import accumulation_steps
+
+    b = get_recipe("umt_b16_k710")
+    assert b.optim.epochs == 200 and "201" in (RECIPES["umt_b16_k710"].__doc__ or "")  # paper 200, scripts 201
+    assert b.optim.global_batch == 2048
+    assert [accumulation_steps(b, w) for w in (8, 16, 32)] == [4, 2, 1]
+    assert peak_lr(b, 8) == peak_lr(b, 32)  # same optimisation on 8 or 32 GPUs
+    with pytest.raises(ConfigError, match="multiple"):
+        accumulation_steps(b, 6)

@@ -31,6 +31,8 @@ def test_ddp_gradients_match_single_process(tmp_path: Path) -> None:
         r = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert r["n_params"] > 10 and r["max_abs_diff"] < 1e-5, r
         assert r["max_abs_grad"] > 1e-4  # the comparison is not between zeros
+        assert r["accum_max_abs_diff"] < 1e-5, r  # 2 ranks × 2 micro-batches of 1 = one batch of 4
+        assert r["allreduce_after_first"] == 0 and r["allreduce_total"] > 0, r  # no_sync on the first micro-batch
 
 
 @pytest.mark.dist
@@ -80,6 +82,33 @@ def _worker(out: Path) -> None:
     diffs = [(p.grad - q.grad).abs().max().item() for p, q in zip(model.parameters(), ref.parameters())]
     result = {"n_params": len(diffs), "max_abs_diff": max(diffs),
               "max_abs_grad": max(q.grad.abs().max().item() for q in ref.parameters()), "world": world}
+
+    # Gradient accumulation (issue 9 item 8): 2 micro-batches of 1 per rank through StageOneStep; DDP all-reduces only
+    # on the last one (no_sync before), and the result equals the single-process gradient of the batch of 4.
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    from umt.train.step import StageOneStep, build_optimizer
+
+    acc_model = copy.deepcopy(ref)
+    acc_model.zero_grad(set_to_none=True)
+    acc = DDP(acc_model)
+    calls = [0]
+
+    def counting_hook(state, bucket):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        return allreduce_hook(state, bucket)
+
+    acc.register_comm_hook(None, counting_hook)
+    step = StageOneStep(acc, teacher, build_optimizer(acc_model, cfg.optim, 1e-3, torch.device("cpu")), None, cfg,
+                        torch.device("cpu"), None)
+    mine = list(range(rank * 2, rank * 2 + 2))
+    for i, j in enumerate(mine):
+        step.micro_step(video[j : j + 1], 0, idx=idx[j : j + 1], scale=0.5, sync=i == 1)
+        if i == 0:
+            result["allreduce_after_first"] = calls[0]
+    result["allreduce_total"] = calls[0]
+    result["accum_max_abs_diff"] = max((p.grad - q.grad).abs().max().item()
+                                       for p, q in zip(acc_model.parameters(), ref.parameters()))
     (out / f"rank{rank}.json").write_text(json.dumps(result))
     dist.destroy_process_group()
 

@@ -77,3 +77,10 @@ def test_export_loads_through_timm(tmp_path) -> None:
     torch.testing.assert_close(loaded.forward_features(video), s.forward_features(video))
     fresh = timm.create_model("umt_vit_pico_patch16_224", **SMALL)
     assert not torch.equal(fresh.blocks[0].attn.qkv.weight, s.blocks[0].attn.qkv.weight)
+
+
+def test_uma_head_layernorm_eps_matches_official() -> None:
+    from umt.model.heads import UMAHeads
+
+    heads = UMAHeads(96, 64, 2)
+    assert [n.eps for n in heads.norm] == [1e-6, 1e-6]  # official norm_layer eps (issue 9), torch default is 1e-5

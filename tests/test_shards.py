@@ -119,7 +119,7 @@ def test_bad_inputs_are_skipped_with_reasons(tmp_path: Path) -> None:
     assert m["classes"] == []  # integer labels stay integers
 
 
-def test_truncated_faststart_file_is_rejected(tmp_path: Path) -> None:
+def _cut_faststart_mp4(tmp_path: Path) -> Path:
     """An mp4 whose index (moov) is intact but whose media data is cut: opens, then runs out of frames."""
     import av
 
@@ -133,10 +133,51 @@ def test_truncated_faststart_file_is_rejected(tmp_path: Path) -> None:
                 o.mux(p)
     data = fs.read_bytes()
     (tmp_path / "cut.mp4").write_bytes(data[: int(len(data) * 0.6)])
-    res = build_shards([tmp_path / "cut.mp4"], tmp_path / "out")
-    assert res.num_samples == 0 and len(res.skipped) == 1
-    assert "truncated" in res.skipped[0]["reason"] or "decode error" in res.skipped[0]["reason"]
-    assert not (tmp_path / "out" / "manifest.json").exists()
+    return tmp_path / "cut.mp4"
+
+
+def test_truncated_inputs_are_packed_with_a_warning(tmp_path: Path) -> None:
+    """Issue 9 item 3: a truncated but decodable input (an AVI whose header announces 60 frames, cut to about half; an
+    mp4 cut after its index) is packed with the frames that decode, its true frame count and a manifest warning;
+    ``on_truncated="skip"`` rejects it as before."""
+    import av
+
+    whole = make_clip(tmp_path / "src" / "whole.avi", n_frames=60, codec="mjpeg").read_bytes()
+    avi = tmp_path / "in" / "cut.avi"
+    avi.parent.mkdir()
+    avi.write_bytes(whole[: len(whole) // 2])
+    with av.open(str(avi)) as c:
+        assert c.streams.video[0].frames == 60  # the header still announces every frame
+        decodable = 0
+        try:
+            for _ in c.decode(video=0):
+                decodable += 1
+        except av.FFmpegError:
+            pass
+    assert 8 <= decodable < 40
+    mp4 = _cut_faststart_mp4(tmp_path / "in")
+    res = build_shards([avi, mp4], tmp_path / "out", settings=EncodeSettings(codec="mjpeg"))
+    assert res.num_samples == 2 and res.skipped == []
+    m = read_manifest(tmp_path / "out")
+    assert sorted(Path(w["input"]).name for w in m["warnings"]) == ["cut.avi", "cut.mp4"]
+    assert all(w["warning"].startswith("truncated") for w in m["warnings"]) and len(res.warnings) == 2
+    from umt.data.reference import ShardIndex
+
+    ix = ShardIndex(tmp_path / "out", m["shards"])
+    frames = {}
+    for i in range(2):
+        info = json.loads(ix.read(i, "json"))
+        meta = decode_meta(ix.read(i, "meta"))
+        assert meta["frames"] == info["frames"] and info["warnings"]
+        fr = decode_frames(ix.read(i, "mp4"), [meta["frames"] - 1])  # the last packed frame really decodes
+        assert abs(float(np.median(fr)) - (16 + 10 * (meta["frames"] - 1)) % 224) <= 6
+        frames[Path(info["source"]).name] = meta["frames"]
+    assert frames["cut.avi"] in (decodable, decodable - 1)
+
+    res = build_shards([avi, mp4], tmp_path / "skip", settings=EncodeSettings(codec="mjpeg", on_truncated="skip"))
+    assert res.num_samples == 0 and len(res.skipped) == 2
+    assert all("truncated" in s["reason"] for s in res.skipped)
+    assert not (tmp_path / "skip" / "manifest.json").exists()
 
 
 def test_resume_after_crash_gives_identical_output(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
@@ -234,3 +275,127 @@ def test_cli_exit_status_and_summary(tmp_path: Path, capsys: pytest.CaptureFixtu
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert main([str(tmp_path / "in"), "--out", str(blocker / "sub"), "--quiet"]) == 1  # cannot create output
+
+
+def _two_clip_dirs(tmp_path: Path) -> tuple[Path, Path]:
+    for name in ("a", "b"):
+        for i in range(2):
+            make_clip(tmp_path / name / f"{name}{i}.mp4", n_frames=9 + i + (2 if name == "b" else 0))  # distinct bytes
+    return tmp_path / "a", tmp_path / "b"
+
+
+MJPEG = EncodeSettings(codec="mjpeg")
+
+
+def test_existing_directory_is_refused_resumed_or_replaced_atomically(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 9 items 1 and 5: another data set is never silently replaced; the same build resumes or is a no-op;
+    --overwrite swaps only a complete new set in; a finished build leaves only the data set behind."""
+    from umt.data.cli import main
+    from umt.data.shards import ShardDirError
+
+    a, b = _two_clip_dirs(tmp_path)
+    out = tmp_path / "out"
+    build_shards([a], out, settings=MJPEG, samples_per_shard=1)
+    names = sorted(p.name for p in out.iterdir())  # item 5: no .work cache, no resume records left
+    assert names == ["manifest.json", "sources.jsonl", "train-000000.idx", "train-000000.tar", "train-000001.idx",
+                     "train-000001.tar"]
+    before = _digest_dir(out)
+    with pytest.raises(ShardDirError, match="--overwrite"):
+        build_shards([b], out, settings=MJPEG, samples_per_shard=1)
+    with pytest.raises(ShardDirError):  # same inputs, other settings: another data set too
+        build_shards([a], out, settings=EncodeSettings(codec="mjpeg", gop=4), samples_per_shard=1)
+    capsys.readouterr()
+    assert main([str(b), "--out", str(out), "--quiet", "--codec", "mjpeg", "--samples-per-shard", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(out) in err and "--append" in err
+    assert _digest_dir(out) == before
+    again = build_shards([a], out, settings=MJPEG, samples_per_shard=1)  # the same build: a no-op
+    assert again.already_built and again.num_samples == 2 and _digest_dir(out) == before
+
+    # a directory with the user's own files is refused in every mode, and nothing of theirs is touched
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    for mode in ("new", "overwrite", "append"):
+        with pytest.raises(ShardDirError, match="no data set"):
+            build_shards([a], user, settings=MJPEG, mode=mode)
+    assert [p.name for p in user.iterdir()] == ["notes.txt"]
+
+    # --overwrite: the old set stays complete and readable until the new one is; then it is swapped in
+    seen = []
+
+    def old_still_there(k: int) -> None:
+        m = read_manifest(out)
+        seen.append(m["num_samples"] == 2 and all((out / s["name"]).is_file() for s in m["shards"])
+                    and _digest_dir(out) == before)
+
+    res = build_shards([b], out, settings=MJPEG, samples_per_shard=1, mode="overwrite", _after_shard=old_still_there)
+    assert seen == [True, True] and res.out_dir == out
+    m = read_manifest(out)
+    srcs = [json.loads(x)["source"] for x in (out / "sources.jsonl").read_text().splitlines()]
+    assert m["num_samples"] == 2 and sorted(Path(p).parent.name for p in srcs) == ["b", "b"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no staging left
+
+
+def test_interrupted_build_resumes_only_with_the_same_inputs(tmp_path: Path) -> None:
+    from umt.data.shards import ShardDirError
+
+    a, b = _two_clip_dirs(tmp_path)
+    out = tmp_path / "out"
+
+    def crash(k: int) -> None:
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        build_shards([a], out, settings=MJPEG, samples_per_shard=1, _after_shard=crash)
+    with pytest.raises(ShardDirError, match="interrupted"):
+        build_shards([b], out, settings=MJPEG, samples_per_shard=1)
+    with pytest.raises(ShardDirError, match="interrupted"):
+        build_shards([b], out, settings=MJPEG, samples_per_shard=1, mode="append")
+    res = build_shards([a], out, settings=MJPEG, samples_per_shard=1, keep_cache=True)
+    assert res.num_samples == 2 and res.encoded == 0  # resumed from the cache
+    assert (out / ".work").is_dir() and not (out / ".progress.json").exists()  # keep_cache keeps only the cache
+
+
+def test_append_adds_shards_and_deduplicates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 9 item 1 (--append): new inputs become further shards, the manifest covers both, inputs already in the
+    set (same path, or same content under another name) are left out and reported; the cache is not needed."""
+    from umt.data.cli import main
+    from umt.data.shards import ShardDirError
+
+    a, b = _two_clip_dirs(tmp_path)
+    shutil.copy(a / "a0.mp4", b / "copy_of_a0.mp4")
+    out = tmp_path / "out"
+    build_shards([a], out, settings=MJPEG, samples_per_shard=1)
+    old = read_manifest(out)
+    assert not (out / ".work").exists()
+    capsys.readouterr()
+    assert main([str(b), str(a), "--out", str(out), "--append", "--quiet", "--codec", "mjpeg",
+                 "--samples-per-shard", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "appended 2 new" in text and "3 already in the data set" in text
+    m = read_manifest(out)
+    assert m["num_samples"] == 4 and m["shards"][:2] == old["shards"]  # the old shards untouched
+    assert [s["name"] for s in m["shards"]] == [f"train-{k:06d}.tar" for k in range(4)]
+    rows = [json.loads(x) for x in (out / "sources.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in rows] == [0, 1, 2, 3]
+    assert sorted(Path(r["source"]).name for r in rows) == ["a0.mp4", "a1.mp4", "b0.mp4", "b1.mp4"]
+    from umt.data.reference import ShardIndex
+
+    ix = ShardIndex(out, m["shards"])
+    assert [decode_meta(ix.read(i, "meta"))["index"] for i in range(4)] == [0, 1, 2, 3]
+    assert len(m["build"]["appends"]) == 1 and m["build"]["appends"][0]["duplicates"] == 3
+    res = build_shards([b], out, settings=MJPEG, samples_per_shard=1, mode="append")  # again: nothing new
+    assert res.added == 0 and len(res.duplicates) == 3 and read_manifest(out)["num_samples"] == 4
+    with pytest.raises(ShardDirError, match="encoding"):
+        build_shards([tmp_path / "c"], out, settings=EncodeSettings(codec="vp9"), mode="append")
+
+
+def test_a_build_with_nothing_usable_leaves_no_blocking_state(tmp_path: Path) -> None:
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.mp4").write_bytes(b"junk")
+    res = build_shards([tmp_path / "bad"], tmp_path / "out")
+    assert res.num_samples == 0 and not (tmp_path / "out").exists()  # created by it, removed again
+    good = make_clip(tmp_path / "good" / "g.mp4", n_frames=9)
+    assert build_shards([good], tmp_path / "out", settings=MJPEG).num_samples == 1  # not refused as "interrupted"

@@ -70,3 +70,28 @@ def test_clip_renormalisation_and_resize() -> None:
         CLIPTeacher("umt-tiny-clip", image_size=32, input_norm="bogus")
     with pytest.raises(FileNotFoundError):
         CLIPTeacher("umt-tiny-clip", image_size=32, weights="/nonexistent.pt")
+
+
+def test_position_table_and_frames_resized_bicubic_without_antialias(tmp_path) -> None:
+    """Issue 9: the official UMT code shrinks CLIP-L/14's 16×16 table to 14×14 and the frames 224 → 196 with
+    ``F.interpolate(mode="bicubic", align_corners=False)`` and no antialiasing; so must we (downsizing, where
+    antialiasing changes the values)."""
+    torch.manual_seed(0)
+    big = build_clip("umt-tiny-clip", image_size=80).eval()  # 5×5 grid
+    path = tmp_path / "clip80.pt"
+    torch.save(big.state_dict(), path)
+    t = CLIPTeacher("umt-tiny-clip", image_size=64, weights=path, quick_gelu=False, align_layers=1)  # 4×4
+    old = big.visual.positional_embedding.detach()
+    grid = old[1:].reshape(1, 5, 5, -1).permute(0, 3, 1, 2)
+    want = F.interpolate(grid, size=(4, 4), mode="bicubic", align_corners=False)
+    want_aa = F.interpolate(grid, size=(4, 4), mode="bicubic", align_corners=False, antialias=True)
+    got = t.visual.positional_embedding.detach()
+    torch.testing.assert_close(got[0], old[0])  # CLS row kept
+    torch.testing.assert_close(got[1:], want.permute(0, 2, 3, 1).reshape(16, -1))
+    assert not torch.allclose(got[1:], want_aa.permute(0, 2, 3, 1).reshape(16, -1), atol=1e-4)
+
+    video = torch.randn(1, 3, 2, 80, 80)  # 80 px frames → the teacher's 64 px
+    frames = video.transpose(1, 2).reshape(2, 3, 80, 80)
+    small = F.interpolate(frames, size=(64, 64), mode="bicubic", align_corners=False)
+    ref = t(small.reshape(1, 2, 3, 64, 64).transpose(1, 2))
+    torch.testing.assert_close(t(video).targets, ref.targets)

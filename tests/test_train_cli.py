@@ -29,3 +29,87 @@ def test_fresh_run_into_a_used_run_dir_is_refused(tmp_path: Path, capsys) -> Non
     assert code == 2
     assert "--resume auto" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoints"]  # nothing written
+
+
+def test_demo_never_writes_into_a_user_shard_dir(tmp_path: Path, tmp_path_factory, monkeypatch, capsys) -> None:
+    """Issue 9 item 2: ``--recipe demo --set data.shards=DIR`` trains on DIR read-only; the sample is only ever built
+    into its own default location."""
+    import hashlib
+    import shutil
+
+    import pytest
+
+    import umt.train.trainer as trainer_mod
+    from tests.data_utils import good_shards
+    from umt.data.samples import ensure_sample_shards
+    from umt.data.shards import ShardDirError
+
+    user = tmp_path / "mine"
+    shutil.copytree(good_shards(tmp_path_factory), user)  # the user's own 8-sample data set
+
+    def digest() -> dict[str, str]:
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(user.iterdir())}
+
+    before = digest()
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    class FakeTrainer:  # stop right where training would start: what matters is what was written before it
+        def __init__(self, cfg, run_dir, resume=None, recipe=""):
+            seen["shards"] = cfg.data.shards
+            raise Stop
+
+    monkeypatch.setattr(trainer_mod, "Trainer", FakeTrainer)
+    monkeypatch.chdir(tmp_path)  # the default sample location is relative: keep it inside tmp_path
+    with pytest.raises(Stop):
+        main(["--recipe", "demo", "--set", f"data.shards={user}", "--run-dir", str(tmp_path / "run")])
+    assert seen["shards"] == str(user) and digest() == before
+    assert not (tmp_path / "shards").exists()  # and nothing was built anywhere else either
+    with pytest.raises(ShardDirError, match="another data set"):
+        ensure_sample_shards(user)
+    assert digest() == before
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    assert main(["--recipe", "demo", "--set", f"data.shards={empty}", "--run-dir", str(tmp_path / "run")]) == 2
+    assert "no shards" in capsys.readouterr().err and list(empty.iterdir()) == []
+
+
+def test_writers_never_clobber(tmp_path: Path, capsys) -> None:
+    """Issue 9 item 6: a fresh run never mixes into a directory holding metrics/config only; exports refuse an
+    existing file without the explicit flag; benchmark reports of the same day get new names."""
+    import pytest
+    import torch
+
+    from benchmarks.common import BenchResult, hardware_info, write_report
+    from umt.train.export import export_student
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 1}\n')  # a run that died before its first checkpoint
+    assert main(["--recipe", "demo", "--run-dir", str(tmp_path / "run"), "--set", "synthetic_data=true"]) == 2
+    assert "--resume auto" in capsys.readouterr().err
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == '{"step": 1}\n'
+    assert default_run_dir("demo", None, tmp_path) == tmp_path / "demo"
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "config.json").write_text("{}")
+    assert default_run_dir("demo", None, tmp_path) == tmp_path / "demo-1"
+
+    out = tmp_path / "student.safetensors"
+    out.write_bytes(b"precious")
+    with pytest.raises(FileExistsError):
+        export_student(torch.nn.Linear(2, 2), out)
+    assert out.read_bytes() == b"precious"
+    assert main(["--recipe", "demo", "--run-dir", str(tmp_path / "r2"), "--export", str(out),
+                 "--set", "synthetic_data=true"]) == 2
+    assert "--export-overwrite" in capsys.readouterr().err and not (tmp_path / "r2").exists()
+    export_student(torch.nn.Linear(2, 2), out, overwrite=True)
+    assert out.read_bytes() != b"precious"
+
+    info = hardware_info()
+    paths = [write_report(BenchResult(name="twice", rows=[{"run": i}]), tmp_path / "rep", info=info) for i in (1, 2)]
+    (j1, m1), (j2, m2) = paths
+    assert len({j1, m1, j2, m2}) == 4 and j2.stem == j1.stem + "-2" and m2.stem == m1.stem + "-2"
+    import json
+
+    assert [json.loads(j.read_text())["rows"] for j in (j1, j2)] == [[{"run": 1}], [{"run": 2}]]

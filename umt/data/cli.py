@@ -7,7 +7,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from umt.data.shards import CODECS, DEFAULT_CODEC, DEFAULT_GOP, EncodeSettings, build_shards, iter_reasons
+from umt.data.shards import (CODECS, DEFAULT_CODEC, DEFAULT_GOP, EncodeSettings, ShardDirError, build_shards,
+                             iter_reasons)
 
 __all__ = ["main", "parser"]
 
@@ -19,13 +20,27 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="video files and/or directories (searched recursively)")
-    p.add_argument("--out", required=True, help="output directory (re-running into it resumes)")
+    p.add_argument("--out", required=True,
+                   help="output directory: new or empty; re-running the same command into it resumes (or does "
+                        "nothing when complete); a directory holding another data set is refused unless --overwrite "
+                        "or --append is given, one holding files make_shards did not write always")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--overwrite", action="store_true",
+                      help="replace the data set in --out: the new one is built beside it and swapped in when complete")
+    mode.add_argument("--append", action="store_true",
+                      help="add INPUTs to the data set in --out as further shards (same encoding settings); inputs "
+                           "already in it (same path or same file content) are left out and reported")
+    p.add_argument("--keep-cache", action="store_true",
+                   help="keep --out/.work (the per-input encode cache) after a complete build; deleted by default")
     p.add_argument("--annotations", help="Kinetics CSV (path,label | path label) or WebVid JSON/JSONL (video, caption)")
     p.add_argument("--codec", default=DEFAULT_CODEC, choices=[*CODECS, "copy"], help="output codec (copy: keep stream)")
     p.add_argument("--short-side", type=int, default=320, help="scale so the short side is at most this (px)")
     p.add_argument("--gop", type=int, default=DEFAULT_GOP, help="key frame interval in frames (1 = all-intra)")
     p.add_argument("--fps-cap", type=float, default=None, help="drop frames above this rate (frames/s)")
     p.add_argument("--min-frames", type=int, default=8, help="skip videos with fewer frames")
+    p.add_argument("--on-truncated", choices=["pack", "skip"], default="pack",
+                   help="inputs with fewer decodable frames than their header announces: pack what decodes (with "
+                        "--min-frames, the true frame count and a warning in the manifest) or skip them")
     p.add_argument("--samples-per-shard", type=int, default=256)
     p.add_argument("--workers", type=int, default=1, help="encoding processes")
     p.add_argument("--seed", type=int, default=0, help="shuffle seed (same inputs + seed = same shards)")
@@ -43,7 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         settings = EncodeSettings(
-            codec=args.codec, short_side=args.short_side, gop=args.gop, fps_cap=args.fps_cap, min_frames=args.min_frames
+            codec=args.codec, short_side=args.short_side, gop=args.gop, fps_cap=args.fps_cap,
+            min_frames=args.min_frames, on_truncated=args.on_truncated,
         )
         res = build_shards(
             args.inputs,
@@ -55,7 +71,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             split=args.split,
             progress=not args.quiet,
+            mode="overwrite" if args.overwrite else "append" if args.append else "new",
+            keep_cache=args.keep_cache,
         )
+    except ShardDirError as e:
+        print(f"make_shards: error: {e}", file=sys.stderr)
+        return 2
     except OSError as e:
         print(f"make_shards: error: cannot write output: {e}", file=sys.stderr)
         return 1
@@ -63,15 +84,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"make_shards: error: {e}", file=sys.stderr)
         return 2
     total_bytes = sum(s["bytes"] for s in res.shards)
+    if res.already_built:
+        print(f"{res.out_dir} already holds this data set (same inputs and settings): nothing to do")
     print(
         f"{res.num_samples} samples in {len(res.shards)} shards ({total_bytes / 2**20:.1f} MiB) -> {res.out_dir}; "
-        f"{len(res.skipped)} skipped; {res.encoded} encoded this run in {res.seconds:.1f} s"
+        f"{len(res.skipped)} skipped; {len(res.warnings)} packed with a warning; "
+        f"{res.encoded} encoded this run in {res.seconds:.1f} s"
     )
+    if args.append:
+        print(f"  appended {res.added or 0} new samples; {len(res.duplicates)} already in the data set, left out")
+        for d in res.duplicates[:20]:
+            print(f"    {d['input']}: {d['reason']}")
+    for reason, n in sorted(iter_reasons({"reason": w["warning"]} for w in res.warnings).items()):
+        print(f"  warning {n:5d}: {reason}")
+    for w in res.warnings[:20]:
+        print(f"    {w['input']}: {w['warning']}")
     for reason, n in sorted(iter_reasons(res.skipped).items()):
         print(f"  skipped {n:5d}: {reason}")
     for s in res.skipped[:20]:
         print(f"    {s['input']}: {s['reason']}")
-    if res.num_samples == 0:
+    if res.num_samples == 0 and not args.append:
         print("make_shards: error: no usable video was found; nothing written", file=sys.stderr)
         return 1
     return 0

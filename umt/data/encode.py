@@ -53,10 +53,16 @@ class EncodeSettings:
     """Drop frames so that the output rate is at most this (frames/s)."""
     min_frames: int = 8
     """Reject videos with fewer frames (the sampling needs one per TSN segment)."""
+    on_truncated: str = "pack"
+    """A truncated input (fewer frames decode than its header announces, or decoding stops at damaged data):
+    ``pack`` keeps the frames that decode when there are at least ``min_frames`` of them, with the true frame count
+    and a warning in ``info["warnings"]``; ``skip`` rejects it."""
 
     def __post_init__(self) -> None:
         if self.codec not in (*CODECS, "copy"):
             raise ValueError(f"codec must be one of {[*CODECS, 'copy']}, got {self.codec!r}")
+        if self.on_truncated not in ("pack", "skip"):
+            raise ValueError(f"on_truncated must be 'pack' or 'skip', got {self.on_truncated!r}")
         if self.short_side < 16 or self.gop < 1 or self.min_frames < 1:
             raise ValueError(f"bad encoding settings {self}")
         if self.fps_cap is not None and self.fps_cap <= 0:
@@ -99,7 +105,14 @@ def _target_size(w: int, h: int, short_side: int) -> tuple[int, int]:
 
 
 def encode_video(src: SampleSource, st: EncodeSettings) -> tuple[bytes, dict[str, Any]]:
-    """Decode ``src`` and re-encode it (or remux for ``copy``). Returns (mp4 bytes, info). Raises Reject."""
+    """Decode ``src`` and re-encode it (or remux for ``copy``). Returns (mp4 bytes, info).
+
+    A truncated input is packed with what decodes (``info["frames"]`` the true count, ``info["warnings"]`` saying
+    why) unless ``st.on_truncated == "skip"``.
+
+    Raises:
+        Reject: an unusable input (the message is the reason).
+    """
     import av
 
     path = Path(src.path)
@@ -128,6 +141,8 @@ def encode_video(src: SampleSource, st: EncodeSettings) -> tuple[bytes, dict[str
         n_in = n_out = 0
         width = height = 0
         next_t = 0.0
+        ostream = None
+        warnings: list[str] = []
         try:
             if st.codec == "copy":
                 if st.fps_cap is not None:
@@ -171,7 +186,16 @@ def encode_video(src: SampleSource, st: EncodeSettings) -> tuple[bytes, dict[str
         except Reject:
             raise
         except (av.FFmpegError, ValueError, OSError) as e:
-            raise Reject(f"decode error after {n_in} frames, truncated or corrupt ({type(e).__name__}: {e})") from None
+            reason = f"decode error after {n_in} frames, truncated or corrupt ({type(e).__name__}: {e})"
+            if st.on_truncated == "skip" or n_out < st.min_frames:
+                raise Reject(reason) from None
+            try:  # keep what decoded: flush the encoder's delayed frames
+                for pkt in ostream.encode() if ostream is not None else ():
+                    out.mux(pkt)
+            except (av.FFmpegError, ValueError, OSError):
+                raise Reject(reason) from None
+            warnings.append(f"truncated: decoding stopped after {n_in} frames ({type(e).__name__}); "
+                            f"kept the {n_out} frames before it")
         finally:
             try:
                 out.close()
@@ -179,10 +203,13 @@ def encode_video(src: SampleSource, st: EncodeSettings) -> tuple[bytes, dict[str
                 pass
     if n_in == 0:
         raise Reject("no decodable video frames")
-    if expected and n_in < 0.9 * expected - 1:
-        raise Reject(f"truncated: decoded {n_in} of {expected} frames the header announces")
+    if expected and n_in < 0.9 * expected - 1 and not warnings:
+        if st.on_truncated == "skip":
+            raise Reject(f"truncated: decoded {n_in} of {expected} frames the header announces")
+        warnings.append(f"truncated: decoded {n_in} of {expected} frames the header announces")
     if n_out < st.min_frames:
-        raise Reject(f"too short: {n_out} frames < {st.min_frames} needed for sparse sampling")
+        raise Reject(f"too short: {n_out} frames < {st.min_frames} needed for sparse sampling"
+                     + (f" ({warnings[0]})" if warnings else ""))
     fps = float(out_rate)
     data = buf.getvalue()
     info = {
@@ -196,5 +223,7 @@ def encode_video(src: SampleSource, st: EncodeSettings) -> tuple[bytes, dict[str
         # where a reader can seek: [[frame index, pts], ...] (umt.data.video.decode_sampled); no per-sample probing
         "keyframes": probe_keyframes(data),
     }
+    if warnings:  # only then: a clean input's info (and its sample's JSON) is unchanged
+        info["warnings"] = warnings
     return data, info
 

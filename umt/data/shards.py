@@ -4,15 +4,19 @@ Output in ``out_dir`` (format documented in ``shards/README.md``)::
 
     {split}-{index:06d}.tar      WebDataset shard; per sample KEY.mp4, KEY.meta, KEY.json, KEY.cls?, KEY.txt?
     {split}-{index:06d}.idx      DALI index of the tar (the ``wds2idx`` v1.2 format)
-    manifest.json                num_samples, shards (name, samples, bytes, sha256), encoding, classes, skipped
-    .work/                       per-input encode cache (resume), deletable once the manifest exists
-    .progress.json               shards already complete (name → sha256 and plan hash), for resume
+    manifest.json                num_samples, shards (name, samples, bytes, sha256), encoding, classes, skipped,
+                                 warnings (samples packed with one, e.g. truncated inputs), build (key, inputs, appends)
+    sources.jsonl                per sample: index, source path, sha256 of the source file (``append`` de-duplicates)
+    .work/                       while building: per-input encode cache (resume); deleted with the manifest written
+    .progress.json, .build.json  while building: shards already complete, and the build's key, for resume
 
 Pipeline: collect inputs → probe + re-encode each on ``workers`` processes (results cached in ``.work`` under a hash
 of the source path and encoding settings, written to a temporary name and renamed) → shuffle the good samples with
 ``seed`` → pack ``samples_per_shard`` per tar, each written to a temporary name, indexed and renamed → manifest.
 Everything after the encode step is a pure function of (inputs, settings, seed), so a re-run after an interruption
 reuses the cache, keeps complete shards whose sha256 matches, rewrites the rest and produces byte-identical output.
+A re-run after completion is a no-op (the manifest's build key matches). What :func:`build_shards` does with a
+directory that already holds something (refuse, ``overwrite``, ``append``) is in its docstring.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import io
 import json
 import logging
 import os
+import re
+import shutil
 import tarfile
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -51,6 +57,7 @@ __all__ = [  # encoding names re-exported from umt.data.encode
     "BuildResult",
     "EncodeSettings",
     "SampleSource",
+    "ShardDirError",
     "build_shards",
     "collect_sources",
     "decode_meta",
@@ -80,6 +87,14 @@ class BuildResult:
     encoded: int = 0
     """Inputs encoded in this run (the rest came from the resume cache)."""
     seconds: float = 0.0
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+    """Samples packed with a warning in this run (``{input, index, warning}``; e.g. truncated inputs)."""
+    duplicates: list[dict[str, str]] = field(default_factory=list)
+    """``append``: inputs left out because the data set already holds them (``{input, reason}``)."""
+    added: int | None = None
+    """Samples written by this run (``append``: the new ones; None when nothing was built)."""
+    already_built: bool = False
+    """The directory already held this exact data set; nothing was done."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -266,20 +281,30 @@ def _cache_name(src: SampleSource, st: EncodeSettings) -> str:
 
 
 def _process_one(src: SampleSource, st: EncodeSettings, work: Path) -> dict[str, Any]:
-    """Encode one input into the cache (or reuse it). Returns ``{"ok", "cache", "reason"?, "info"?, "encoded"}``."""
+    """Encode one input into the cache (or reuse it).
+
+    Returns:
+        ``{"ok", "cache", "reason"?, "info"?, "source_sha256"?, "encoded"}``.
+    """
     name = _cache_name(src, st)
     res_path = work / f"{name}.json"
     if res_path.is_file():
         try:
             res = json.loads(res_path.read_text())
             if not res["ok"] or (work / f"{name}.mp4").is_file():
+                if res["ok"] and "source_sha256" not in res:
+                    try:
+                        res["source_sha256"] = _sha256(Path(src.path))
+                    except OSError:
+                        res["source_sha256"] = None
                 return {**res, "encoded": False}
         except (json.JSONDecodeError, KeyError):
             pass  # a damaged cache entry is redone
     try:
         data, info = encode_video(src, st)
         _atomic_write(work / f"{name}.mp4", data)  # video first, then the record that says it is complete
-        res = {"ok": True, "cache": name, "info": info}
+        # content hash of the source: --append recognises an input already in the set under another name
+        res = {"ok": True, "cache": name, "info": info, "source_sha256": _sha256(Path(src.path))}
     except Reject as e:
         res = {"ok": False, "cache": name, "reason": str(e)}
     except Exception as e:  # noqa: BLE001 - bad input must never stop the run; report it
@@ -315,6 +340,76 @@ def _write_shard(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> tup
     return path.stat().st_size, sha
 
 
+class ShardDirError(ValueError):
+    """The output directory holds something :func:`build_shards` must not replace or mix with: another data set
+    (built from other inputs or settings), an interrupted build of one, or files it did not write. The message is one
+    line that says what is there and which option (``overwrite`` / ``append``) or directory to choose instead."""
+
+
+#: Names :func:`build_shards` writes in an output directory (anything else there is the user's and is never touched).
+_OURS = re.compile(
+    r"^(manifest\.json|sources\.jsonl|\.build\.json|\.progress\.json|\.work)(\.tmp)?$|^[^/]+-\d{6}\.(tar|idx)(\.tmp)?$"
+)
+
+
+def _dir_state(out: Path) -> str:
+    """``absent``, ``empty``, ``finished`` (a manifest of ours), ``partial`` (an interrupted build) or ``foreign``.
+
+    Raises:
+        ShardDirError: ``out`` exists and is not a directory.
+    """
+    if not out.exists():
+        return "absent"
+    if not out.is_dir():
+        raise ShardDirError(f"{out} exists and is not a directory")
+    names = [p.name for p in out.iterdir()]
+    if not names:
+        return "empty"
+    if (out / "manifest.json").is_file():
+        try:
+            if read_manifest(out).get("format") == "umt-webdataset":
+                return "finished"
+        except (json.JSONDecodeError, AttributeError):
+            pass
+        return "foreign"
+    if any(n in (".build.json", ".progress.json", ".work") for n in names) and all(_OURS.match(n) for n in names):
+        return "partial"
+    return "foreign"
+
+
+def _foreign_names(out: Path) -> list[str]:
+    return sorted(p.name for p in out.iterdir() if not _OURS.match(p.name))
+
+
+def _build_key(sources: Sequence[SampleSource], classes: Sequence[str], skipped: Sequence[dict[str, str]],
+               st: EncodeSettings, seed: int, samples_per_shard: int, split: str) -> str:
+    """What a build is a pure function of: same key = same data set (a re-run resumes or is a no-op)."""
+    spec = [FORMAT_VERSION, st.digest(), seed, samples_per_shard, split, list(classes),
+            [(s.path, s.label, s.caption) for s in sources], sorted(s["input"] for s in skipped)]
+    return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:32]
+
+
+def _result_from_manifest(out: Path, m: dict[str, Any]) -> BuildResult:
+    return BuildResult(out, m["num_samples"], m["shards"], m.get("skipped", []), m.get("classes", []),
+                       warnings=m.get("warnings", []), already_built=True)
+
+
+def _read_sources(out: Path, m: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per sample ``{"index", "source", "sha256"}`` of a finished set: ``sources.jsonl``, or (sets built before it
+    existed) the samples' JSON components read from the tars (headers are skipped over, not read)."""
+    path = out / "sources.jsonl"
+    if path.is_file():
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for s in m["shards"]:
+        with tarfile.open(out / s["name"]) as tf:
+            for ti in tf:
+                if ti.name.endswith(".json"):
+                    info = json.loads(tf.extractfile(ti).read())  # type: ignore[union-attr]
+                    rows.append({"index": info["index"], "source": info["source"], "sha256": None})
+    return rows
+
+
 def build_shards(
     inputs: Sequence[str | Path],
     out_dir: str | Path,
@@ -326,45 +421,183 @@ def build_shards(
     seed: int = 0,
     split: str = "train",
     progress: bool = False,
+    mode: str = "new",
+    keep_cache: bool = False,
     _after_shard: Callable[[int], None] | None = None,
 ) -> BuildResult:
     """Build WebDataset shards from videos (see the module docstring for the layout and resume semantics).
+
+    What happens to ``out_dir`` (issue 9):
+
+    - absent or empty: a new data set is built there.
+    - ``mode="new"`` (default): a finished or interrupted build of the *same* inputs and settings is completed
+      (resume) or left as is (no-op); any other data set of ours is refused with :class:`ShardDirError`.
+    - ``mode="overwrite"``: the new set is built in a sibling directory (``.{name}.overwrite``) and swapped in only
+      when complete, so the old set stays readable until then; the old set is then deleted.
+    - ``mode="append"``: the new inputs become further shards (numbered after the existing ones, sample indices
+      continuing), the manifest covers both; inputs already in the set (same source path, or same file content by
+      sha256) are left out and reported in :attr:`BuildResult.duplicates`. Needs the same encoding settings and split.
+    - A directory holding files this function did not write is refused in every mode (nothing of the user's is ever
+      deleted or moved).
+
+    Once the manifest is written the encode cache ``.work/`` and the resume records are deleted (``keep_cache``
+    keeps the cache); neither resume, a no-op re-run nor ``append`` needs them.
 
     Args:
         inputs: video files and/or directories (searched recursively).
         out_dir: output directory (created).
         annotations: Kinetics-style CSV/TXT or WebVid-style JSON/JSONL (see :func:`collect_sources`).
-        settings: re-encoding settings.
+        settings: re-encoding settings (``on_truncated`` decides about truncated inputs).
         samples_per_shard: samples per tar (the last one holds the rest).
         workers: encoding processes (1 = in this process).
         seed: shuffles samples across shards; same inputs + settings + seed give byte-identical shards.
         split: shard name prefix.
         progress: show a tqdm progress bar.
+        mode: ``new``, ``overwrite`` or ``append`` (above).
+        keep_cache: keep ``.work/`` (the per-input encode cache) after a complete build.
         _after_shard: test hook called with the shard number after each shard is complete.
 
     Returns:
         :class:`BuildResult`; the manifest is written only when at least one sample was usable.
 
     Raises:
+        ShardDirError: ``out_dir`` holds another data set, an interrupted build of one, or files that are not ours
+            (the message says which option or directory to use instead).
         OSError: the output directory cannot be created or written.
         ValueError: bad arguments or a malformed annotation file.
     """
-    import time
-
-    t0 = time.perf_counter()
     st = settings or EncodeSettings()
     if samples_per_shard < 1 or workers < 1:
         raise ValueError("samples_per_shard and workers must be >= 1")
     if not split or "/" in split or "." in split:
         raise ValueError(f"bad split name {split!r}")
+    if mode not in ("new", "overwrite", "append"):
+        raise ValueError(f"mode must be 'new', 'overwrite' or 'append', got {mode!r}")
     out = Path(out_dir)
+    sources, classes, skipped = collect_sources(inputs, annotations)
+    key = _build_key(sources, classes, skipped, st, seed, samples_per_shard, split)
+    opts = dict(st=st, samples_per_shard=samples_per_shard, workers=workers, seed=seed, split=split,
+                progress=progress, keep_cache=keep_cache, _after_shard=_after_shard,
+                origin={"inputs": [str(i) for i in inputs], "annotations": None if annotations is None
+                        else os.path.abspath(annotations)})
+    state = _dir_state(out)
+    if state == "foreign":
+        names = _foreign_names(out)
+        raise ShardDirError(f"{out} is not empty and holds no data set of make_shards ({', '.join(names[:3])}"
+                            f"{', ...' if len(names) > 3 else ''}); choose a new or empty --out directory")
+    if mode == "append" and state == "partial":
+        raise ShardDirError(f"{out} holds an interrupted build: finish it by re-running its command, or replace it "
+                            "with --overwrite, before appending")
+    if mode == "append" and state == "finished":
+        return _build(out, sources, classes, skipped, key, existing=read_manifest(out), **opts)
+    if mode == "overwrite" and state in ("finished", "partial"):
+        return _overwrite(out, sources, classes, skipped, key, **opts)
+    if state == "finished":
+        m = read_manifest(out)
+        if m.get("build", {}).get("key") == key:
+            log.info("%s already holds this data set (same inputs and settings): nothing to do", out)
+            return _result_from_manifest(out, m)
+        raise ShardDirError(f"{out} already holds a data set built from other inputs or settings "
+                            f"({m['num_samples']} samples); pass --overwrite to replace it, --append to add these "
+                            "inputs to it, or choose another --out")
+    if state == "partial":
+        build = out / ".build.json"
+        if not build.is_file() or json.loads(build.read_text()).get("key") != key:
+            raise ShardDirError(f"{out} holds an interrupted build of other inputs or settings; re-run that command "
+                                "to finish it, pass --overwrite to replace it, or choose another --out")
+    return _build(out, sources, classes, skipped, key, **opts)
+
+
+def _overwrite(out: Path, sources: list[SampleSource], classes: list[str], skipped: list[dict[str, str]], key: str,
+               **opts: Any) -> BuildResult:
+    """Build in ``.{name}.overwrite`` beside ``out`` (resuming an interrupted one of the same key), then swap."""
+    foreign = _foreign_names(out)
+    if foreign:
+        raise ShardDirError(f"{out} also holds files make_shards did not write ({', '.join(foreign[:3])}); move "
+                            "them away before --overwrite, or choose another --out")
+    stage = out.parent / f".{out.name}.overwrite"
+    st_state = _dir_state(stage)
+    if st_state == "foreign":
+        raise ShardDirError(f"{stage} (the staging directory of --overwrite) holds files that are not ours")
+    if st_state in ("finished", "partial"):
+        build = stage / ".build.json"
+        if not build.is_file() or json.loads(build.read_text()).get("key") != key:
+            shutil.rmtree(stage)  # an abandoned staging build of other inputs (ours only, checked above)
+    res = _build(stage, sources, classes, skipped, key, **opts)
+    if not res.num_samples:
+        shutil.rmtree(stage)
+        log.warning("no usable input: %s left as it was", out)
+        res.out_dir = out
+        return res
+    old = out.parent / f".{out.name}.old"
+    if old.exists():
+        shutil.rmtree(old)  # a previous swap interrupted after its rename (ours: it was our out_dir)
+    os.replace(out, old)
+    os.replace(stage, out)
+    shutil.rmtree(old)
+    log.info("replaced the data set in %s", out)
+    res.out_dir = out
+    return res
+
+
+def _build(
+    out: Path,
+    sources: list[SampleSource],
+    classes: list[str],
+    skipped: list[dict[str, str]],
+    key: str,
+    *,
+    st: EncodeSettings,
+    samples_per_shard: int,
+    workers: int,
+    seed: int,
+    split: str,
+    progress: bool,
+    keep_cache: bool,
+    origin: dict[str, Any],
+    existing: dict[str, Any] | None = None,
+    _after_shard: Callable[[int], None] | None = None,
+) -> BuildResult:
+    """Encode, pack and write the manifest into ``out`` (new set, resume, or an append to ``existing``)."""
+    import time
+
+    t0 = time.perf_counter()
+    created = not out.exists()
     work = out / ".work"
     work.mkdir(parents=True, exist_ok=True)
-    sources, classes, skipped = collect_sources(inputs, annotations)
+    if not (out / ".build.json").is_file() or existing is not None:
+        _atomic_write(out / ".build.json", json.dumps({"key": key, "append": existing is not None}).encode())
     for stale in out.glob("*.tmp"):  # leftovers of an interrupted run
         stale.unlink()
     for stale in work.glob("*.tmp"):
         stale.unlink()
+
+    duplicates: list[dict[str, str]] = []
+    old_rows: list[dict[str, Any]] = []
+    if existing is not None:
+        enc = {k: existing["encoding"].get(k) for k in asdict(st)}
+        if enc != asdict(st) or existing.get("split", split) != split:
+            raise ShardDirError(f"{out}: --append needs the existing set's encoding and split "
+                                f"({existing['encoding']}, split {existing.get('split')!r}); got {asdict(st)}, "
+                                f"split {split!r}")
+        old_classes = list(existing.get("classes", []))
+        if bool(old_classes) != bool(classes) and any(s.label is not None for s in sources) and existing["num_samples"]:
+            raise ShardDirError(f"{out}: --append cannot mix class-name labels with integer labels")
+        if classes:  # map the new class names onto the existing list, new names after the old ones
+            merged = old_classes + [c for c in classes if c not in old_classes]
+            remap = {i: merged.index(c) for i, c in enumerate(classes)}
+            for s in sources:
+                s.label = None if s.label is None else remap[s.label]
+            classes = merged
+        old_rows = _read_sources(out, existing)
+        known_paths = {r["source"] for r in old_rows}
+        fresh = []
+        for s in sources:
+            if s.path in known_paths:
+                duplicates.append({"input": s.path, "reason": "already in the data set (same path)"})
+            else:
+                fresh.append(s)
+        sources = fresh
 
     results: dict[int, dict[str, Any]] = {}
     bar = None
@@ -391,28 +624,44 @@ def build_shards(
         bar.close()
 
     good: list[tuple[SampleSource, dict[str, Any]]] = []
+    seen_hashes = {r["sha256"] for r in old_rows if r.get("sha256")}
     for i, s in enumerate(sources):
         r = results[i]
-        if r["ok"]:
-            good.append((s, r))
-        else:
+        if not r["ok"]:
             skipped.append({"input": s.path, "reason": r["reason"]})
+            continue
+        if existing is not None:
+            h = r.get("source_sha256")
+            if h in seen_hashes:
+                duplicates.append({"input": s.path, "reason": "already in the data set (same content)"})
+                continue
+            seen_hashes.add(h)
+        good.append((s, r))
     encoded = sum(1 for r in results.values() if r["encoded"])
 
     order = np.random.default_rng(seed).permutation(len(good))  # [num_samples] manifest order
     ordered = [good[j] for j in order]
+    first_shard = len(existing["shards"]) if existing else 0
+    first_index = existing["num_samples"] if existing else 0
     n_shards = (len(ordered) + samples_per_shard - 1) // samples_per_shard
     prog_path = out / ".progress.json"
     done: dict[str, Any] = json.loads(prog_path.read_text()) if prog_path.is_file() else {}
-    wanted = {f"{split}-{k:06d}.tar" for k in range(n_shards)}
+    wanted = {f"{split}-{k:06d}.tar" for k in range(first_shard + n_shards)}
     for old in list(out.glob(f"{split}-*.tar")) + list(out.glob(f"{split}-*.idx")):
         if old.with_suffix(".tar").name not in wanted:
             old.unlink()
-    shards: list[dict[str, Any]] = []
-    for k in range(n_shards):
+    shards: list[dict[str, Any]] = list(existing["shards"]) if existing else []
+    warnings: list[dict[str, Any]] = list(existing.get("warnings", [])) if existing else []
+    new_rows: list[dict[str, Any]] = []
+    for j in range(n_shards):
+        k = first_shard + j
         name = f"{split}-{k:06d}.tar"
-        chunk = ordered[k * samples_per_shard : (k + 1) * samples_per_shard]
-        base = k * samples_per_shard
+        chunk = ordered[j * samples_per_shard : (j + 1) * samples_per_shard]
+        base = first_index + j * samples_per_shard
+        for i, (s, r) in enumerate(chunk):
+            new_rows.append({"index": base + i, "source": s.path, "sha256": r.get("source_sha256")})
+            for w in r["info"].get("warnings", []):
+                warnings.append({"input": s.path, "index": base + i, "warning": w})
         plan = hashlib.sha256(
             json.dumps([st.digest(), base, [(r["cache"], s.label, s.caption) for s, r in chunk]]).encode()
         ).hexdigest()
@@ -423,8 +672,8 @@ def build_shards(
                 shards.append({"name": name, "samples": len(chunk), "bytes": rec["bytes"], "sha256": rec["sha256"]})
                 continue
         samples = []
-        for j, (s, r) in enumerate(chunk):
-            idx = base + j
+        for i, (s, r) in enumerate(chunk):
+            idx = base + i
             info = r["info"]
             video = (work / f"{r['cache']}.mp4").read_bytes()
             if "keyframes" not in info:  # cache written before key frames were recorded
@@ -462,26 +711,49 @@ def build_shards(
         if _after_shard is not None:
             _after_shard(k)
 
-    result = BuildResult(out, len(ordered), shards, skipped, classes, encoded, time.perf_counter() - t0)
-    if ordered:
+    all_skipped = (list(existing.get("skipped", [])) if existing else []) + skipped
+    total = first_index + len(ordered)
+    result = BuildResult(out, total, shards, skipped, classes, encoded, time.perf_counter() - t0,
+                         warnings=[w for w in warnings if w["index"] >= first_index], duplicates=duplicates,
+                         added=len(ordered))
+    if total:
+        build = dict(existing["build"]) if existing and "build" in existing else {"key": key, **origin}
+        if existing is not None:
+            build["appends"] = [*build.get("appends", []), {**origin, "samples": len(ordered),
+                                                             "duplicates": len(duplicates)}]
         manifest = {
             "format": "umt-webdataset",
             "version": FORMAT_VERSION,
             "split": split,
-            "num_samples": len(ordered),
+            "num_samples": total,
             "shards": shards,
             "encoding": {**asdict(st), "container": "mp4"},
-            "seed": seed,
-            "samples_per_shard": samples_per_shard,
+            "seed": seed if existing is None else existing.get("seed", seed),
+            "samples_per_shard": samples_per_shard if existing is None else existing.get("samples_per_shard"),
             "meta_fields": list(META_FIELDS),
             "components": ["mp4", "meta", "json", "cls", "txt"],
-            "codecs": sorted({r["info"]["codec"] for _, r in ordered}),
+            "codecs": sorted({r["info"]["codec"] for _, r in ordered} | set(existing["codecs"] if existing else [])),
             "classes": classes,
-            "skipped": skipped,
+            "skipped": all_skipped,
+            "warnings": warnings,
+            "build": build,
         }
+        rows = old_rows + new_rows
+        _atomic_write(out / "sources.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
         _atomic_write(out / "manifest.json", json.dumps(manifest, indent=1).encode())
-    elif (out / "manifest.json").is_file():
-        (out / "manifest.json").unlink()  # its shards were removed above; a stale manifest would lie
+        # The data set is complete: only it stays (the cache on request). Resume and append never need these.
+        prog_path.unlink(missing_ok=True)
+        (out / ".build.json").unlink(missing_ok=True)
+        if not keep_cache:
+            shutil.rmtree(work, ignore_errors=True)
+    else:  # nothing usable: leave no half-built directory behind that would block the next build
+        (out / "manifest.json").unlink(missing_ok=True)  # its shards were removed above; a stale one would lie
+        prog_path.unlink(missing_ok=True)
+        (out / ".build.json").unlink(missing_ok=True)
+        if not keep_cache:
+            shutil.rmtree(work, ignore_errors=True)
+        if created and not any(out.iterdir()):
+            out.rmdir()
     return result
 
 

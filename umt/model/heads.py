@@ -16,12 +16,13 @@ class UMAHeads(nn.Module):
 
     The caller passes the student's last-L-block outputs already through its final LayerNorm; the heads add the
     visible tokens' position embedding again, project, normalise and L2-normalise. Thrown away after pre-training.
+    The LayerNorms use eps 1e-6 like the official code's ``norm_layer`` (issue 9), not torch's default 1e-5.
     """
 
     def __init__(self, student_dim: int, teacher_dim: int, num_layers: int = 6) -> None:
         super().__init__()
         self.proj = nn.ModuleList(nn.Linear(student_dim, teacher_dim) for _ in range(num_layers))
-        self.norm = nn.ModuleList(nn.LayerNorm(teacher_dim) for _ in range(num_layers))
+        self.norm = nn.ModuleList(nn.LayerNorm(teacher_dim, eps=1e-6) for _ in range(num_layers))
         for lin in self.proj:
             nn.init.xavier_uniform_(lin.weight)
             nn.init.zeros_(lin.bias)

@@ -1,7 +1,9 @@
 """Frozen CLIP teacher for UMT stage 1 (DESIGN.md, "Teacher"), built from open_clip's own modules.
 
-UMT-B uses open_clip ``ViT-B-16`` at 224 px; UMT-L uses ``ViT-L-14`` at 196 px (its 16×16 position table resized
-bicubically to 14×14 by open_clip's ``resize_pos_embed`` while loading). Both give a 14×14 grid matching the student.
+UMT-B uses open_clip ``ViT-B-16`` at 224 px; UMT-L uses ``ViT-L-14`` at 196 px: its 16×16 position table is resized
+to 14×14 while loading and the 224 px frames are resized to 196 px on the device, both bicubic *without* antialiasing
+(``F.interpolate(mode="bicubic", align_corners=False)``), as the official UMT code does (issue 9; open_clip's own
+``resize_pos_embed`` antialiases). Both give a 14×14 grid matching the student.
 Weights come from a local file the user names: an OpenAI CLIP TorchScript ``.pt`` or an open_clip checkpoint
 (``.pt``/``.bin``/``.safetensors``), loaded with open_clip's loaders. Without a file the teacher is randomly
 initialised and :attr:`CLIPTeacher.random_init` is True (the trainer logs a loud warning and records it).
@@ -29,7 +31,7 @@ from umt import ops
 from umt.data.config import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["CLIPTeacher", "TeacherOutput", "TEACHER_CONFIGS", "build_clip", "load_clip_weights",
-           "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD"]
+           "resize_pos_embed", "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD"]
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +85,37 @@ def _is_torchscript(path: Path) -> bool:
         return any(n.endswith("constants.pkl") for n in z.namelist())
 
 
+def resize_pos_embed(state_dict: dict[str, torch.Tensor], model: nn.Module) -> None:
+    """Resize ``visual.positional_embedding`` ``[1 + g0², C]`` in ``state_dict`` to ``model``'s grid, in place.
+
+    The CLS row is kept; the g0×g0 grid is resized bicubically with ``align_corners=False`` and no antialiasing, as the
+    official UMT code resizes CLIP-L/14's 16×16 table to 14×14 (issue 9). No-op when the sizes already match.
+    """
+    key = "visual.positional_embedding"
+    old = state_dict.get(key)
+    grid = getattr(model.visual, "grid_size", None)
+    if old is None or grid is None:
+        return
+    gh, gw = (grid, grid) if isinstance(grid, int) else tuple(grid)
+    if old.shape[0] == 1 + gh * gw:
+        return
+    g0 = int(round((old.shape[0] - 1) ** 0.5))
+    if g0 * g0 != old.shape[0] - 1:
+        raise RuntimeError(f"{key} of shape {tuple(old.shape)} is not a square grid plus a CLS row")
+    cls, table = old[:1], old[1:]  # [1, C], [g0², C]
+    table = table.reshape(1, g0, g0, -1).permute(0, 3, 1, 2).float()  # [1, C, g0, g0]
+    table = F.interpolate(table, size=(gh, gw), mode="bicubic", align_corners=False, antialias=False)
+    table = table.permute(0, 2, 3, 1).reshape(gh * gw, -1).to(old.dtype)  # [gh·gw, C]
+    log.info("teacher position table resized from %dx%d to %dx%d (bicubic, no antialias)", g0, g0, gh, gw)
+    state_dict[key] = torch.cat([cls, table], dim=0)
+
+
 def load_clip_weights(model: nn.Module, path: str | Path) -> None:
     """Load CLIP weights from a local file into ``model`` (resizing the position table when the size differs).
 
     OpenAI TorchScript archives (``ViT-B-16.pt`` as released) are opened with ``torch.jit.load``; everything else
-    goes through ``open_clip.load_checkpoint`` (plain/``state_dict``/``module.``-prefixed state dicts, safetensors).
+    goes through open_clip's state-dict reader (plain/``state_dict``/``module.``-prefixed state dicts, safetensors).
+    The position table is resized by :func:`resize_pos_embed` (official UMT: bicubic, no antialiasing).
 
     Raises:
         FileNotFoundError: no such file.
@@ -96,12 +124,18 @@ def load_clip_weights(model: nn.Module, path: str | Path) -> None:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"teacher weights file not found: {path}")
-    if not _is_torchscript(path):
-        open_clip.load_checkpoint(model, str(path), strict=True)
-        return
-    jit = torch.jit.load(str(path), map_location="cpu")
-    sd = {k: v for k, v in jit.state_dict().items() if k not in ("input_resolution", "context_length", "vocab_size")}
-    open_clip.model.resize_pos_embed(sd, model)
+    if _is_torchscript(path):
+        jit = torch.jit.load(str(path), map_location="cpu")
+        sd = {k: v for k, v in jit.state_dict().items()
+              if k not in ("input_resolution", "context_length", "vocab_size")}
+    else:
+        sd = open_clip.factory.load_state_dict(str(path), device="cpu")
+        sd = open_clip.factory.convert_state_dict(model, sd)
+        if "logit_scale" in sd and model.logit_scale.ndim != sd["logit_scale"].ndim:
+            sd["logit_scale"] = sd["logit_scale"].reshape(model.logit_scale.shape)
+        sd.pop("text.transformer.embeddings.position_ids", None)
+    resize_pos_embed(sd, model)  # ours first: open_clip's resize (antialiased) is then a no-op
+    open_clip.model.resize_text_pos_embed(sd, model)
     model.load_state_dict(sd, strict=True)
 
 
@@ -206,7 +240,8 @@ class CLIPTeacher(nn.Module):
         frames = video.transpose(1, 2).reshape(bsz * t, 3, h, w)  # [R, 3, H, W], R = B·T (b-major)
         frames = frames * self.norm_a.to(frames.dtype) + self.norm_b.to(frames.dtype)
         if (h, w) != (self.image_size, self.image_size):
-            frames = F.interpolate(frames, size=(self.image_size, self.image_size), mode="bilinear",
+            # bicubic, no antialias: the official UMT code's 224 → 196 resize for the CLIP-L/14 teacher (issue 9)
+            frames = F.interpolate(frames, size=(self.image_size, self.image_size), mode="bicubic",
                                    align_corners=False)  # [R, 3, S, S]
         v = self.visual
         x = v.conv1(frames.to(v.conv1.weight.dtype) if not torch.is_autocast_enabled() else frames)  # [R, C, g, g]

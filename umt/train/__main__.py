@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import umt  # noqa: F401 - torchvision shim before timm/open_clip
+from umt.train.checkpoint import run_dir_in_use
 from umt.train.config import ConfigError, apply_overrides
 from umt.train.recipes import RECIPES, get_recipe
 
@@ -25,33 +26,48 @@ def _parser() -> argparse.ArgumentParser:
                         "already holds checkpoints; with --resume auto, the newest of them)")
     p.add_argument("--resume", default=None, help="'auto' (newest checkpoint in the run dir) or a checkpoint path")
     p.add_argument("--export", default=None, metavar="OUT.safetensors",
-                   help="after training, export the student backbone to this safetensors file")
+                   help="after training, export the student backbone to this safetensors file (refused before "
+                        "training starts when it exists, unless --export-overwrite)")
+    p.add_argument("--export-overwrite", action="store_true", help="let --export replace an existing file")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     return p
 
 
-def _ensure_demo_shards(shards: str) -> None:
-    """The demo reads the embedded sample shards; (re)build them when absent or stale (a fraction of a ms otherwise)."""
-    from umt.data import ensure_sample_shards
+def _ensure_demo_shards(shards: str) -> str | None:
+    """The demo reads the embedded sample shards: (re)build them when absent or stale, but only in their own default
+    location. A directory the user named is never written to: it is trained on as it is (read-only).
 
-    ensure_sample_shards(shards)
+    Returns:
+        None when training can go on, else a one-line error (the named directory holds no data set).
+    """
+    from umt.data.samples import DEFAULT_SAMPLE_SHARDS, ensure_sample_shards
+
+    if Path(shards).resolve() == Path(DEFAULT_SAMPLE_SHARDS).resolve():
+        ensure_sample_shards(DEFAULT_SAMPLE_SHARDS)
+        return None
+    if not (Path(shards) / "manifest.json").is_file():
+        return (f"{shards} holds no shards (no manifest.json); build them with tools/make_shards.py, or leave "
+                f"data.shards at the demo's {DEFAULT_SAMPLE_SHARDS}, where the demo builds its sample itself")
+    return None
 
 
 def default_run_dir(recipe: str, resume: str | None, root: Path = Path("runs")) -> Path:
-    """``runs/<recipe>`` for a first run; a fresh run never reuses a directory that holds checkpoints (it takes the
-    first free ``runs/<recipe>-N``), and ``--resume auto`` continues the newest of them."""
+    """``runs/<recipe>`` for a first run; a fresh run never reuses a directory that holds a run (checkpoints,
+    metrics or config: it takes the first free ``runs/<recipe>-N``), and ``--resume auto`` continues the newest run
+    with checkpoints."""
     candidates = [root / recipe] + sorted(root.glob(f"{recipe}-[0-9]*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
-    used = [p for p in candidates if any((p / "checkpoints").glob("*.pt"))]
+    with_ckpt = [p for p in candidates if any((p / "checkpoints").glob("*.pt"))]
     if resume:
-        return used[-1] if used else root / recipe
+        return with_ckpt[-1] if with_ckpt else root / recipe
     n = 0
-    while any(((root / recipe) if n == 0 else root / f"{recipe}-{n}").joinpath("checkpoints").glob("*.pt")):
+    while run_dir_in_use((root / recipe) if n == 0 else root / f"{recipe}-{n}"):
         n += 1
     return root / recipe if n == 0 else root / f"{recipe}-{n}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point. Returns the process exit code (2 for a bad config)."""
+    """Entry point. Returns the process exit code (2 for a bad config, a used run directory or an unreadable
+    ``--resume`` checkpoint)."""
     args = _parser().parse_args(argv)
     rank = int(os.environ.get("RANK", 0))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
@@ -69,15 +85,31 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(config_to_dict(cfg), indent=2))
         return 0
     if args.recipe == "demo" and not cfg.synthetic_data and rank == 0:
-        _ensure_demo_shards(cfg.data.shards)
+        problem = _ensure_demo_shards(cfg.data.shards)
+        if problem:
+            print(f"umt-train: {problem}", file=sys.stderr)
+            return 2
     from umt.train.trainer import Trainer
 
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(args.recipe, args.resume)
-    if not args.resume and any((run_dir / "checkpoints").glob("*.pt")):
-        print(f"umt-train: {run_dir} already holds checkpoints; pass --resume auto to continue that run, or choose "
-              "another --run-dir", file=sys.stderr)
+    if not args.resume and run_dir_in_use(run_dir):
+        print(f"umt-train: {run_dir} already holds a run (checkpoints, metrics or config); pass --resume auto to "
+              "continue that run, or choose another --run-dir", file=sys.stderr)
         return 2
-    trainer = Trainer(cfg, run_dir, resume=args.resume, recipe=args.recipe)
+    if args.export and Path(args.export).exists() and not args.export_overwrite:
+        print(f"umt-train: --export {args.export} already exists; choose another path or pass --export-overwrite",
+              file=sys.stderr)
+        return 2
+    from umt.train.checkpoint import CheckpointError
+
+    try:
+        trainer = Trainer(cfg, run_dir, resume=args.resume, recipe=args.recipe)
+    except CheckpointError as e:
+        print(f"umt-train: cannot resume: {e}", file=sys.stderr)
+        return 2
+    except ConfigError as e:
+        print(f"umt-train: config error: {e}", file=sys.stderr)
+        return 2
     try:
         summary = trainer.fit()
         if args.export and trainer.rt.is_main:
@@ -85,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
             meta = {"arch": cfg.model.student, "num_frames": str(cfg.data.num_frames),
                     "img_size": str(cfg.data.input_size), "step": str(trainer.step)}
-            export_student(trainer.model.student, args.export, meta)
+            export_student(trainer.model.student, args.export, meta, overwrite=args.export_overwrite)
             summary["export"] = args.export
     finally:
         trainer.close()

@@ -1,11 +1,14 @@
 """Atomic checkpoints with rotation: ``<run_dir>/checkpoints/step_XXXXXXXX.pt``.
 
-A checkpoint is written to ``*.pt.tmp`` then renamed, so a file named ``step_*.pt`` is always complete; resume
-``auto`` picks the newest such file.
+A checkpoint is written to ``*.pt.tmp`` then renamed, so a file named ``step_*.pt`` is complete when written; resume
+``auto`` picks the newest one that loads (:func:`load_latest_checkpoint`). A file damaged later (a full disk, a copy
+cut short) is skipped with a warning naming it and renamed to ``*.pt.unreadable``, so that rotation never counts it
+as one of the newest and deletes a good checkpoint in its place; it is never deleted.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import re
@@ -15,9 +18,24 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["save_checkpoint", "latest_checkpoint", "load_checkpoint", "rng_state", "set_rng_state"]
+__all__ = ["CheckpointError", "run_dir_in_use", "save_checkpoint", "latest_checkpoint", "load_checkpoint",
+           "load_latest_checkpoint", "rng_state", "set_rng_state"]
+
+log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^step_(\d{8})\.pt$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that is missing or cannot be read (truncated, corrupt, not a trainer checkpoint); the
+    message names the file."""
+
+
+def run_dir_in_use(run_dir: str | Path) -> bool:
+    """The directory holds (part of) a run: a checkpoint, metrics or a config. A fresh run must not mix into it."""
+    run_dir = Path(run_dir)
+    return (any((run_dir / "checkpoints").glob("*.pt")) or (run_dir / "metrics.jsonl").exists()
+            or (run_dir / "config.json").exists())
 
 
 def rng_state() -> dict[str, Any]:
@@ -68,5 +86,43 @@ def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint` onto the CPU (trusted file: it holds RNG states)."""
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """Load a checkpoint written by :func:`save_checkpoint` onto the CPU (trusted file: it holds RNG states).
+
+    Raises:
+        CheckpointError: the file is missing, unreadable (e.g. truncated: torch's "failed reading zip archive") or
+            not a trainer checkpoint; the one-line message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - torch.load raises RuntimeError, EOFError, UnpicklingError, ... alike
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: {first})") from e
+    missing = [k for k in ("model", "optimizer", "scheduler", "rng", "step") if not isinstance(state, dict)
+               or k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is not a trainer checkpoint (missing {missing})")
+    return state
+
+
+def load_latest_checkpoint(ckpt_dir: str | Path, rename: bool = True) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint in ``ckpt_dir`` that loads, and its state; None when there is none.
+
+    Unreadable ones newer than it are skipped with a warning naming each and, with ``rename`` (rank 0 only), renamed
+    to ``*.pt.unreadable`` (kept, out of rotation's way).
+    """
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return None
+    for path in sorted((p for p in ckpt_dir.iterdir() if _NAME.match(p.name)), reverse=True):
+        try:
+            return path, load_checkpoint(path)
+        except CheckpointError as e:
+            aside = path.with_name(path.name + ".unreadable")
+            log.warning("resume=auto: skipping %s%s; trying the next newest", e,
+                        f"; renamed to {aside.name}" if rename else "")
+            if rename:
+                os.replace(path, aside)
+    return None

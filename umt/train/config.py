@@ -18,7 +18,7 @@ from umt.data.config import DataConfig
 from umt.masking import MASK_KINDS
 
 __all__ = ["ModelConfig", "MaskConfig", "OptimConfig", "CheckpointConfig", "LogConfig", "TrainConfig",
-           "apply_overrides", "config_to_dict", "config_from_dict", "ConfigError"]
+           "accumulation_steps", "apply_overrides", "config_to_dict", "config_from_dict", "ConfigError"]
 
 
 class ConfigError(ValueError):
@@ -43,6 +43,10 @@ class ModelConfig:
     """Local CLIP weights file (OpenAI ``.pt`` or open_clip checkpoint); empty → random init, loudly."""
     teacher_quick_gelu: bool = True
     """QuickGELU in the teacher (OpenAI CLIP weights need it)."""
+    teacher_precision: str = "bf16"
+    """Teacher autocast dtype in mixed-precision runs: ``bf16`` (default; the authors' autocast teacher), ``fp16``
+    (the official code's dtype) or ``fp32`` (no autocast, for fidelity checks). An fp32 run (``precision``, the CPU
+    default) runs the teacher in fp32 whatever this says."""
     teacher_input_norm: str = "imagenet"
     """``imagenet``: feed the ImageNet-normalised video as is (official UMT); ``clip``: renormalise to CLIP's."""
     kernels: str = "torch"
@@ -53,6 +57,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.kernels not in ("torch", "triton"):
             raise ConfigError(f"model.kernels must be 'torch' or 'triton', got {self.kernels!r}")
+        if self.teacher_precision not in ("bf16", "fp16", "fp32"):
+            raise ConfigError(f"model.teacher_precision must be bf16|fp16|fp32, got {self.teacher_precision!r}")
         if self.teacher_input_norm not in ("imagenet", "clip"):
             raise ConfigError(f"model.teacher_input_norm must be 'imagenet' or 'clip', got {self.teacher_input_norm!r}")
         if not 0.0 <= self.drop_path < 1.0:
@@ -93,6 +99,11 @@ class OptimConfig:
     """Linear warm-up from 0 over this many epochs, then cosine decay to ``min_lr``."""
     max_steps: int = 0
     """If > 0, stop after this many optimizer steps (the schedule still spans ``epochs``)."""
+    global_batch: int = 0
+    """Clips per optimizer step over all ranks (before ``num_sample`` repetition). 0: ``batch_size × world_size``,
+    no accumulation. Otherwise each step accumulates gradients over ``global_batch / (batch_size × world_size)``
+    micro-batches (DDP ``no_sync`` on all but the last), and the LR scales with ``global_batch``; it must divide
+    exactly (see :func:`accumulation_steps`)."""
     clip_grad: float = 0.0
     """Max global grad norm; 0 disables clipping (the paper recipe does not clip)."""
     impl: str = "auto"
@@ -110,6 +121,8 @@ class OptimConfig:
                               f"{self.warmup_epochs}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {self.betas}")
+        if self.global_batch < 0:
+            raise ConfigError(f"optim.global_batch must be >= 0 (0: no accumulation), got {self.global_batch}")
         if self.clip_grad < 0 or self.max_steps < 0 or self.max_nonfinite < 1:
             raise ConfigError("optim.clip_grad and optim.max_steps must be >= 0, optim.max_nonfinite >= 1")
 
@@ -187,6 +200,23 @@ class TrainConfig:
                               f"{grid}×{grid} grid (input_size {self.data.input_size} / 16)")
         if self.synthetic_data and self.synthetic_samples < self.data.batch_size:
             raise ConfigError("synthetic_samples must be >= data.batch_size")
+
+
+def accumulation_steps(cfg: TrainConfig, world_size: int) -> int:
+    """Micro-batches per optimizer step: ``optim.global_batch / (data.batch_size × world_size)`` (1 when
+    ``global_batch`` is 0).
+
+    Raises:
+        ConfigError: ``global_batch`` is not a positive multiple of ``batch_size × world_size``.
+    """
+    per_pass = cfg.data.batch_size * world_size
+    gb = cfg.optim.global_batch
+    if gb == 0:
+        return 1
+    if gb % per_pass:
+        raise ConfigError(f"optim.global_batch {gb} is not a multiple of data.batch_size {cfg.data.batch_size} × "
+                          f"{world_size} ranks = {per_pass}; change data.batch_size or set optim.global_batch=0")
+    return gb // per_pass
 
 
 _SECTIONS = ("data", "model", "mask", "optim", "checkpoint", "log")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -21,13 +22,19 @@ from safetensors.torch import save_file
 __all__ = ["export_student", "export_checkpoint", "main"]
 
 
-def export_student(student: torch.nn.Module, out: str | Path, metadata: dict[str, str] | None = None) -> Path:
+def export_student(student: torch.nn.Module, out: str | Path, metadata: dict[str, str] | None = None,
+                   overwrite: bool = False) -> Path:
     """Write ``student.state_dict()`` (contiguous CPU tensors) to ``out`` atomically.
 
     Returns:
         ``out`` as a Path.
+
+    Raises:
+        FileExistsError: ``out`` exists and ``overwrite`` is False (an export never silently replaces a file).
     """
     out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; choose another output path or pass overwrite (--overwrite)")
     out.parent.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().to("cpu").contiguous() for k, v in student.state_dict().items()}
     tmp = out.with_suffix(out.suffix + ".tmp")
@@ -36,12 +43,15 @@ def export_student(student: torch.nn.Module, out: str | Path, metadata: dict[str
     return out
 
 
-def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
+def export_checkpoint(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """Export the student backbone of a trainer checkpoint (``step_*.pt``) to safetensors.
 
     Raises:
         KeyError: not a trainer checkpoint.
+        FileExistsError: ``out`` exists and ``overwrite`` is False.
     """
+    if Path(out).exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; choose another output path or pass --overwrite")
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     sd = {k[len("student."):]: v for k, v in state["model"].items() if k.startswith("student.")}
     if not sd:
@@ -54,16 +64,21 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
         def state_dict(self, *a, **k):  # type: ignore[override]
             return sd
 
-    return export_student(_Holder(), out, meta)
+    return export_student(_Holder(), out, meta, overwrite=overwrite)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m umt.train.export CHECKPOINT OUT``."""
+    """``python -m umt.train.export CHECKPOINT OUT [--overwrite]``; returns the exit status (2: OUT exists)."""
     p = argparse.ArgumentParser(prog="python -m umt.train.export", description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", help="trainer checkpoint (run_dir/checkpoints/step_*.pt)")
-    p.add_argument("out", help="output .safetensors path")
+    p.add_argument("out", help="output .safetensors path (refused when it exists, unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     a = p.parse_args(argv)
-    path = export_checkpoint(a.checkpoint, a.out)
+    try:
+        path = export_checkpoint(a.checkpoint, a.out, overwrite=a.overwrite)
+    except FileExistsError as e:
+        print(f"export: error: {e}", file=sys.stderr)
+        return 2
     print(f"exported student backbone to {path}")
     return 0
 

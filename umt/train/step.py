@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import timm
@@ -22,10 +23,10 @@ from umt import masking, ops
 from umt.flops import UMTSpec, ViTSpec
 from umt.losses import uma_loss
 from umt.model import CLIPTeacher, TeacherOutput, UMTPretrain
-from umt.train.config import ConfigError, OptimConfig, TrainConfig
+from umt.train.config import ConfigError, OptimConfig, TrainConfig, accumulation_steps
 
 __all__ = ["build_models", "build_optimizer", "build_scheduler", "lr_multiplier", "param_groups", "peak_lr",
-           "StageOneStep", "umt_spec", "autocast_context"]
+           "StageOneStep", "umt_spec", "autocast_context", "teacher_autocast_dtype"]
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,14 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 
 def peak_lr(cfg: TrainConfig, world_size: int) -> tuple[float, float]:
-    """``(peak, min)`` LR scaled by global batch / 256 (global batch = batch·num_sample·world)."""
-    scale = cfg.data.batch_size * cfg.data.num_sample * world_size / 256.0
+    """``(peak, min)`` LR scaled by global batch / 256, global batch = batch·world·accumulation·num_sample
+    (``optim.global_batch``·num_sample when set): the same on 8 or 32 GPUs for the same ``global_batch``.
+
+    Raises:
+        ConfigError: ``optim.global_batch`` is not a multiple of batch × world (:func:`accumulation_steps`).
+    """
+    clips = cfg.data.batch_size * world_size * accumulation_steps(cfg, world_size)
+    scale = clips * cfg.data.num_sample / 256.0
     return cfg.optim.lr * scale, cfg.optim.min_lr * scale
 
 
@@ -108,27 +115,50 @@ def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoc
 
 
 def autocast_context(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    """bf16 autocast where ``dtype`` is set, else a no-op."""
+    """Autocast to ``dtype`` (bf16/fp16) where it is set, else a no-op."""
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+_TEACHER_DTYPES: dict[str, torch.dtype | None] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+def teacher_autocast_dtype(teacher_precision: str, amp_dtype: torch.dtype | None) -> torch.dtype | None:
+    """The teacher's autocast dtype: ``model.teacher_precision`` in a mixed-precision run (``amp_dtype`` set), fp32
+    (None) in an fp32 run.
+
+    Raises:
+        ConfigError: unknown precision name.
+    """
+    if teacher_precision not in _TEACHER_DTYPES:
+        raise ConfigError(f"teacher precision must be one of {sorted(_TEACHER_DTYPES)}, got {teacher_precision!r}")
+    return None if amp_dtype is None else _TEACHER_DTYPES[teacher_precision]
+
+
 class StageOneStep:
-    """One UMT stage-1 step, in phases: teacher → mask → student forward/backward → optimizer.
+    """One UMT stage-1 optimizer step, in phases: per micro-batch (teacher → mask → student forward/backward), then
+    the optimizer.
+
+    With several micro-batches (gradient accumulation, ``optim.global_batch``) each one's loss is scaled by
+    1/micro-batches, so the summed gradient is that of the mean loss over the whole step's clips: equal-sized
+    micro-batches give the gradient of one big batch. A DDP model skips the gradient all-reduce (``no_sync``) on
+    all but the last micro-batch.
 
     Args:
         model: :class:`UMTPretrain`, possibly DDP-wrapped.
         teacher: the frozen teacher (never wrapped).
         optimizer, scheduler: from :func:`build_optimizer` / :func:`build_scheduler`.
         cfg: the run config.
-        device: compute device; ``amp_dtype``: autocast dtype (bf16) or None for fp32.
+        device: compute device; ``amp_dtype``: the student's autocast dtype (bf16) or None for fp32; the teacher
+            uses :func:`teacher_autocast_dtype` (``model.teacher_precision``).
     """
 
     def __init__(self, model: nn.Module, teacher: CLIPTeacher, optimizer: torch.optim.Optimizer,
                  scheduler: Any, cfg: TrainConfig, device: torch.device, amp_dtype: torch.dtype | None) -> None:
         self.model, self.teacher, self.optimizer, self.scheduler = model, teacher, optimizer, scheduler
         self.cfg, self.device, self.amp_dtype = cfg, device, amp_dtype
+        self.teacher_dtype = teacher_autocast_dtype(cfg.model.teacher_precision, amp_dtype)
         grid = cfg.data.input_size // 16
         self.tokens_per_frame = grid * grid
         self.keep = masking.keep_per_frame(self.tokens_per_frame, cfg.mask.ratio)
@@ -139,8 +169,8 @@ class StageOneStep:
         self.consecutive = torch.zeros((), dtype=torch.int64, device=device)
 
     def teacher_forward(self, video: torch.Tensor) -> TeacherOutput:
-        """Frozen teacher on ``video [B, 3, T, H, W]`` (bf16 autocast on GPU)."""
-        with torch.no_grad(), autocast_context(self.device, self.amp_dtype):
+        """Frozen teacher on ``video [B, 3, T, H, W]`` (autocast to :attr:`teacher_dtype`, bf16 on GPU by default)."""
+        with torch.no_grad(), autocast_context(self.device, self.teacher_dtype):
             return self.teacher(video)
 
     def make_mask(self, tout: TeacherOutput, video: torch.Tensor, seed: int) -> torch.Tensor:
@@ -150,14 +180,31 @@ class StageOneStep:
             return masking.make_mask(self.cfg.mask.kind, batch=b, frames=t, tokens_per_frame=self.tokens_per_frame,
                                      keep=self.keep, seed=seed, q_cls=tout.q_cls, k=tout.k, device=video.device)
 
-    def forward_backward(self, video: torch.Tensor, idx: torch.Tensor, tout: TeacherOutput) -> torch.Tensor:
-        """Student forward, UMA loss against the gathered targets, backward. Returns the detached loss (0-dim)."""
+    def forward_backward(self, video: torch.Tensor, idx: torch.Tensor, tout: TeacherOutput,
+                         scale: float = 1.0) -> torch.Tensor:
+        """Student forward, UMA loss against the gathered targets, backward of ``scale · loss`` (gradients add up
+        over micro-batches). Returns the detached, unscaled loss (0-dim)."""
         target = ops.gather_targets(tout.targets, idx)  # [L, B, K, C_t]
         with autocast_context(self.device, self.amp_dtype):
             pred = self.model(video, idx)  # [L, B, K, C_t]
         loss = uma_loss(pred, target)
-        loss.backward()
+        (loss * scale if scale != 1.0 else loss).backward()
         return loss.detach()
+
+    def micro_step(self, video: torch.Tensor, seed: int, *, idx: torch.Tensor | None = None, scale: float = 1.0,
+                   sync: bool = True) -> torch.Tensor:
+        """Teacher, mask (``idx [B, T·K]`` when given, else drawn with ``seed``), forward and backward of one
+        micro-batch, accumulating into ``.grad``. ``sync=False`` skips DDP's gradient all-reduce (``no_sync``).
+
+        Returns:
+            The detached loss of this micro-batch (0-dim, unscaled).
+        """
+        tout = self.teacher_forward(video)
+        if idx is None:
+            idx = self.make_mask(tout, video, seed)
+        no_sync = getattr(self.model, "no_sync", None)
+        with no_sync() if (not sync and no_sync is not None) else contextlib.nullcontext():
+            return self.forward_backward(video, idx, tout, scale)
 
     def optimizer_step(self) -> torch.Tensor:
         """Clip (optional), skip on a non-finite global grad norm without a host sync, step, schedule.
@@ -188,9 +235,19 @@ class StageOneStep:
         self.consecutive.mul_(bad).add_(bad)
         return ok
 
-    def __call__(self, video: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """One full step. Returns ``(loss, applied)`` as device tensors (no sync)."""
-        tout = self.teacher_forward(video)
-        idx = self.make_mask(tout, video, seed)
-        loss = self.forward_backward(video, idx, tout)
+    def __call__(self, video: torch.Tensor | Sequence[torch.Tensor],
+                 seed: int | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step over one batch ``[B, 3, T, H, W]`` or a sequence of equal-sized micro-batches (one
+        mask seed each). Returns ``(mean loss, applied)`` as device tensors (no sync).
+
+        Raises:
+            ValueError: different numbers of micro-batches and seeds.
+        """
+        videos = [video] if isinstance(video, torch.Tensor) else list(video)
+        seeds = [seed] if isinstance(seed, int) else list(seed)
+        if len(videos) != len(seeds) or not videos:
+            raise ValueError(f"got {len(videos)} micro-batches and {len(seeds)} seeds")
+        n = len(videos)
+        losses = [self.micro_step(v, s, scale=1.0 / n, sync=i == n - 1) for i, (v, s) in enumerate(zip(videos, seeds))]
+        loss = losses[0] if n == 1 else torch.stack(losses).mean()
         return loss, self.optimizer_step()

@@ -1,7 +1,10 @@
 """The stage-1 trainer: distributed setup, precision, the step loop, checkpoints and logging.
 
-The loop reads top to bottom: next batch (timed as data wait) → :class:`~umt.train.step.StageOneStep` → counters
-on the device → on logging steps only, one host sync to read loss/skip counters and write metrics.
+The loop reads top to bottom: per optimizer step, ``accum`` micro-batches (each: next batch, timed as data wait →
+:meth:`~umt.train.step.StageOneStep.micro_step`, DDP ``no_sync`` on all but the last; ``accum`` = 1 unless
+``optim.global_batch`` asks for more) → optimizer step → counters on the device → on logging steps only, one host
+sync to read loss/skip counters and write metrics. ``step`` counts optimizer steps, ``batch_in_epoch`` loader
+batches.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from umt import ops
 from umt.flops import peak_bf16_tflops, train_flops_per_clip
 from umt.masking import step_seed
 from umt.train import checkpoint as ckpt
-from umt.train.config import TrainConfig, config_to_dict
+from umt.train.config import TrainConfig, accumulation_steps, config_to_dict
 from umt.train.step import (StageOneStep, build_models, build_optimizer, build_scheduler, peak_lr, umt_spec)
 
 __all__ = ["Runtime", "Trainer", "init_runtime", "NonFiniteError", "build_data_loader"]
@@ -106,23 +109,40 @@ class Trainer:
     Args:
         cfg: the resolved config.
         run_dir: run directory (config.json, metrics.jsonl, TensorBoard events, checkpoints/).
-        resume: None, ``"auto"`` (newest complete checkpoint in ``run_dir/checkpoints``, if any) or a path.
+        resume: None, ``"auto"`` (newest readable checkpoint in ``run_dir/checkpoints``, if any; unreadable ones are
+            skipped with a warning) or a path.
+
+    Raises:
+        umt.train.checkpoint.CheckpointError: ``resume`` names a missing or unreadable checkpoint.
+        FileExistsError: a fresh run (no ``resume``) into a directory that holds a run.
+        ConfigError: ``optim.global_batch`` does not divide into micro-batches.
         recipe: recipe name, recorded in config.json.
     """
 
     def __init__(self, cfg: TrainConfig, run_dir: str | Path, resume: str | None = None, recipe: str = "") -> None:
         cfg.check(require_data=True)
+        if not resume and ckpt.run_dir_in_use(run_dir):  # a fresh run never appends to another run's files
+            raise FileExistsError(f"{run_dir} already holds a run (checkpoints, metrics or config): resume it "
+                                  "(resume='auto') or choose another run directory")
         self.cfg, self.run_dir, self.recipe = cfg, Path(run_dir), recipe
         self.rt = rt = init_runtime(cfg)
         ops.set_backend(cfg.model.kernels)
         torch.manual_seed(cfg.seed)  # identical init on every rank (DDP also broadcasts from rank 0)
         self.model, self.teacher = build_models(cfg, rt.device)
         self.spec = umt_spec(cfg, self.model, self.teacher)
+        #: micro-batches per optimizer step (gradient accumulation up to ``optim.global_batch``)
+        self.accum = accumulation_steps(cfg, rt.world_size)
         self.loader = build_data_loader(cfg, rt)
-        self.steps_per_epoch = len(self.loader)
+        self.steps_per_epoch = len(self.loader) // self.accum  # optimizer steps; a partial last group is dropped
         if self.steps_per_epoch < 1:
-            raise ValueError("the loader yields no batch per epoch: fewer clips than world_size × batch_size")
+            raise ValueError(f"the loader yields {len(self.loader)} batches per epoch, fewer than the {self.accum} "
+                             "micro-batches of one optimizer step (world_size × batch_size × accumulation clips)")
+        #: loader batches consumed per epoch (``batch_in_epoch`` counts these)
+        self.batches_per_epoch = self.steps_per_epoch * self.accum
         self.lr, self.min_lr = peak_lr(cfg, rt.world_size)
+        log.info("global batch %d = %d per rank × %d ranks × %d accumulation steps (peak lr %.3g)",
+                 cfg.data.batch_size * rt.world_size * self.accum, cfg.data.batch_size, rt.world_size, self.accum,
+                 self.lr)
         self.optimizer = build_optimizer(self.model, cfg.optim, self.lr, rt.device)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch, self.lr, self.min_lr)
         self.total_steps = cfg.optim.epochs * self.steps_per_epoch
@@ -161,11 +181,20 @@ class Trainer:
                 "world_size": self.rt.world_size}
 
     def _resume(self, resume: str) -> None:
-        path = ckpt.latest_checkpoint(self.run_dir / "checkpoints") if resume == "auto" else Path(resume)
-        if path is None:
-            log.info("resume=auto: no checkpoint in %s, starting fresh", self.run_dir / "checkpoints")
-            return
-        state = ckpt.load_checkpoint(path)
+        """Load ``resume`` (a path) or, for ``"auto"``, the newest readable checkpoint of the run.
+
+        Raises:
+            ckpt.CheckpointError: an explicit path that is missing or unreadable (``auto`` skips those instead).
+        """
+        if resume == "auto":
+            found = ckpt.load_latest_checkpoint(self.run_dir / "checkpoints", rename=self.rt.is_main)
+            if found is None:
+                log.info("resume=auto: no readable checkpoint in %s, starting fresh", self.run_dir / "checkpoints")
+                return
+            path, state = found
+        else:
+            path = Path(resume)
+            state = ckpt.load_checkpoint(path)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -180,6 +209,8 @@ class Trainer:
         info = {"recipe": self.recipe, "config": config_to_dict(self.cfg), "world_size": self.rt.world_size,
                 "device": str(self.rt.device), "amp_dtype": str(self.rt.amp_dtype), "peak_lr": self.lr,
                 "min_lr": self.min_lr, "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
+                "accum_steps": self.accum,
+                "global_batch": self.cfg.data.batch_size * self.rt.world_size * self.accum,
                 "teacher_random_init": self.teacher.random_init,
                 "flops_per_clip": train_flops_per_clip(self.spec),
                 "resumed_from": str(self.resumed_from) if self.resumed_from else None}
@@ -208,16 +239,17 @@ class Trainer:
         if consecutive >= self.cfg.optim.max_nonfinite:
             raise NonFiniteError(f"{consecutive} consecutive steps had a non-finite gradient norm (last at step "
                                  f"{self.step}); stopping. Lower optim.lr, set optim.clip_grad, or check the data.")
-        clips = n_steps * self.loader.batch_size * self.rt.world_size
+        clips = n_steps * self.loader.batch_size * self.rt.world_size * self.accum
         clips_per_s = clips / max(wall, 1e-9)
         peak = _peak_tflops(self.rt.device)
-        row = {"step": self.step, "epoch": self.epoch + self.batch_in_epoch / self.steps_per_epoch,
+        row = {"step": self.step, "epoch": self.epoch + self.batch_in_epoch / self.batches_per_epoch,
                "loss": loss_sum_v / n_ok_v if n_ok_v else float("nan"), "lr": self.optimizer.param_groups[0]["lr"],
                "clips_per_s": clips_per_s, "clips_per_s_per_device": clips_per_s / self.rt.world_size,
                "data_wait_frac": wait / max(wall, 1e-9),
                "mfu": (clips_per_s / self.rt.world_size) * train_flops_per_clip(self.spec) / (peak * 1e12)
                if peak else None,
-               "peak_mem": _peak_mem_bytes(self.rt.device), "skipped_steps": int(self.step_fn.skipped)}
+               "peak_mem": _peak_mem_bytes(self.rt.device), "skipped_steps": int(self.step_fn.skipped),
+               "accum_steps": self.accum}
         if self.rt.is_main:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
@@ -251,20 +283,32 @@ class Trainer:
             while self.step < self.total_steps:
                 it = self.loader.epoch_iter(self.epoch, self.batch_in_epoch)
                 while self.step < self.total_steps:
-                    t0 = time.perf_counter()
-                    batch = next(it, None)
-                    wait += time.perf_counter() - t0
-                    if batch is None:
+                    # The micro-batches of one optimizer step, each trained on as it arrives (only one is held).
+                    losses: list[torch.Tensor] = []
+                    for i in range(self.accum):
+                        t0 = time.perf_counter()
+                        batch = next(it, None) if self.batch_in_epoch + i < self.batches_per_epoch else None
+                        wait += time.perf_counter() - t0
+                        if batch is None:
+                            break
+                        if i == 0:  # drop path draws from torch's global RNG: reseed per (step, rank), exact resume
+                            torch.manual_seed(step_seed(cfg.seed, self.step, rt.rank, stream=1))
+                        # one mask seed per micro-batch; with no accumulation it is the step's seed
+                        seed = step_seed(cfg.seed, self.step * self.accum + i, rt.rank)
+                        losses.append(self.step_fn.micro_step(batch["video"], seed, scale=1.0 / self.accum,
+                                                              sync=i == self.accum - 1))
+                    if len(losses) < self.accum:  # the loader ended early: drop a partial group's gradients
+                        self.optimizer.zero_grad(set_to_none=True)
+                        batch = None
                         break
-                    # Drop path draws from torch's global RNG: reseed it per (step, rank) so resume is exact.
-                    torch.manual_seed(step_seed(cfg.seed, self.step, rt.rank, stream=1))
-                    loss, ok = self.step_fn(batch["video"], step_seed(cfg.seed, self.step, rt.rank))
+                    loss = losses[0] if self.accum == 1 else torch.stack(losses).mean()
+                    ok = self.step_fn.optimizer_step()
                     loss_sum += torch.where(ok, loss, 0.0)
                     n_ok += ok.float()
                     n_steps += 1
                     self.step += 1
-                    self.batch_in_epoch += 1
-                    if self.batch_in_epoch >= self.steps_per_epoch:
+                    self.batch_in_epoch += self.accum
+                    if self.batch_in_epoch >= self.batches_per_epoch:
                         self.epoch, self.batch_in_epoch = self.epoch + 1, 0
                     bar.update(1)
                     last = self.step >= self.total_steps
@@ -278,9 +322,11 @@ class Trainer:
                         n_steps, wait, t_start = 0, 0.0, time.perf_counter()
                     if cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0 and not last:
                         self.save()
+                    if self.batch_in_epoch == 0:
+                        break  # epoch done: the next one gets a fresh iterator (leftover batches are dropped)
                 if batch is None and self.batch_in_epoch != 0:
                     log.warning("loader ended epoch %d after %d of %d batches", self.epoch, self.batch_in_epoch,
-                                self.steps_per_epoch)
+                                self.batches_per_epoch)
                     self.epoch, self.batch_in_epoch = self.epoch + 1, 0
             self.save()
         finally:
