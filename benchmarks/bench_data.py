@@ -248,6 +248,36 @@ def _seek_probe(shards: Path, label: str, reps: int = 3) -> list[dict[str, Any]]
     return rows
 
 
+def _psnr(shards: Path, probes: int = 6) -> float:
+    """Mean PSNR (dB, RGB) of the first stored clip against its source file (``KEY.json``'s ``source``) scaled to the stored size (bicubic), over
+    ``probes`` frames matched by time (fps caps drop frames)."""
+    import io
+
+    import av
+    import numpy as np
+
+    from umt.data.shards import decode_meta, read_manifest
+    from umt.data.source import ShardIndex
+
+    ix = ShardIndex(shards, read_manifest(shards)["shards"])
+    meta = decode_meta(ix.read(0, "meta"))
+    source = json.loads(ix.read(0, "json"))["source"]
+    with av.open(io.BytesIO(ix.read(0, "mp4"))) as c:
+        stored = [f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])]
+    ix.close()
+    with av.open(str(source)) as c:
+        src = [(float(f.time), f) for f in c.decode(c.streams.video[0])]
+    fps = meta["fps_milli"] / 1000
+    out = []
+    for j in np.linspace(0, len(stored) - 1, probes).astype(int):
+        t = j / fps
+        f = min(src, key=lambda x: abs(x[0] - t))[1]
+        ref = f.reformat(width=meta["width"], height=meta["height"], format="rgb24", interpolation="BICUBIC")
+        mse = np.mean((ref.to_ndarray().astype(np.float64) - stored[j]) ** 2)
+        out.append(10 * np.log10(255.0**2 / max(mse, 1e-10)))
+    return float(np.mean(out))
+
+
 def _build(files: Sequence[Path], out: Path, codec: str, gop: int, fps: float | None, workers: int) -> dict[str, Any]:
     from umt.data.shards import EncodeSettings, build_shards
 
@@ -324,6 +354,7 @@ def run(
     epochs: int = 2,
     parts: Sequence[str] = ("matrix", "length"),
     matrix_clips: int = 16,
+    only: str | None = None,
 ) -> BenchResult:
     """Measure the matrix, the length rows and, with ``peers``, the peers side by side.
 
@@ -336,6 +367,8 @@ def run(
     res = BenchResult("bench_data")
     have = _peers_available()
     settings = (QUICK if quick else MATRIX) if "matrix" in parts else ()
+    if only:  # e.g. "h264 gop 8,mjpeg": settings whose label starts with one of these
+        settings = tuple(x for x in settings if any(_label(*x).startswith(o.strip()) for o in only.split(",")))
     backends = (["dali"] if dali_available() else []) + ["reference"]
     with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
         files, long_clip = _sources(sources, Path(tmp), quick)
@@ -348,6 +381,7 @@ def run(
             b = _build(files[:matrix_clips], out, codec, gop, fps, workers)
             built[(codec, gop, fps)] = out
             dw = _decode_work(out, epochs=2)
+            psnr = _psnr(out)
             backend = backends[0]
             r = _run_child({"kind": "ours", "backend": backend, "shards": str(out), "batch": batch,
                             "workers": workers, "epochs": epochs, "device": dev})  # fmt: skip
@@ -361,6 +395,7 @@ def run(
                 **dw,
                 "decode clips/s/core": 1.0 / dw["decode CPU-s/clip"],
                 **{k: b[k] for k in ("KiB/clip", "x source bytes", "build videos/s/core")},
+                "PSNR dB": psnr,
             })  # fmt: skip
             logging.warning("%s", res.rows[-1])
         if "seek" in parts:
@@ -425,7 +460,8 @@ def run(
         "before each target, decode forward; shared within a GOP). decode CPU-s/clip: read + draw + decode on one core.",
         "fps<=8: frames dropped at build time to at most 8 frames/s. TSN then draws each of the 8 frames from "
         "duration x 8 / 8 candidates per segment (a 10 s clip: 10 per segment instead of 30 at 24 frames/s).",
-        "x source bytes: shard bytes over the source files' bytes (target <= 0.7 for typical source video).",
+        "x source bytes: shard bytes over the source files' bytes (target <= 0.7 for typical source video). PSNR dB: "
+        "the first stored clip against its source scaled to the stored size (bicubic), 6 frames matched by time.",
         "Machine shared with other jobs: compare rows of one run, not absolutes across runs.",
     ]
     return res
@@ -441,6 +477,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=8, help="videos per batch (default 8)")
     p.add_argument("--epochs", type=int, default=2, help="timed epochs per loader (default 2)")
     p.add_argument("--parts", default="matrix,length", help="comma list of matrix, length, peers, seek (default matrix,length)")
+    p.add_argument("--only", default=None, help='matrix settings whose label starts with one of these, e.g. "h264 gop 8,mjpeg"')
     p.add_argument("--matrix-clips", type=int, default=16, help="source clips per matrix setting (default 16)")
     p.add_argument("--out", default=None, help="results directory (default benchmarks/results)")
     p.add_argument("--_one", default=None, help=argparse.SUPPRESS)
@@ -452,7 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TQDM_DISABLE", "1")
     res = run(quick=args.quick, device=args.device, workers=args.workers, batch=args.batch, sources=args.sources,
               peers=args.peers, epochs=args.epochs, parts=args.parts.split(","),
-              matrix_clips=args.matrix_clips)  # fmt: skip
+              matrix_clips=args.matrix_clips, only=args.only)  # fmt: skip
     print(format_table(res.rows))
     for n in res.notes:
         print(f"- {n}")

@@ -90,9 +90,11 @@ def cached(key: str, tmp_path_factory: Any, build: Any) -> Any:
     return _CACHE[key]
 
 
-def good_shards(tmp_path_factory: Any, codec: str = "vp9", n: int = 8, samples_per_shard: int = 3) -> Path:
+def good_shards(tmp_path_factory: Any, codec: str | None = None, n: int = 8, samples_per_shard: int = 3) -> Path:
     """Shards of :func:`make_good_set` (built once per session per codec)."""
-    from umt.data.shards import EncodeSettings, build_shards
+    from umt.data.shards import DEFAULT_CODEC, EncodeSettings, build_shards
+
+    codec = codec or DEFAULT_CODEC
 
     src = cached("src", tmp_path_factory, lambda d: make_good_set(d, n))
 

@@ -14,6 +14,7 @@ import pytest
 from tests.data_utils import cached, good_shards, make_audio_only, make_clip, make_good_set
 from umt.data.reference import decode_frames
 from umt.data.shards import (
+    DEFAULT_CODEC,
     DEFAULT_GOP,
     META_BYTES,
     EncodeSettings,
@@ -49,8 +50,8 @@ def test_round_trip_every_field(tmp_path_factory: pytest.TempPathFactory) -> Non
     rows = {os.path.abspath(ann.parent / json.loads(x)["video"]): json.loads(x) for x in ann.read_text().splitlines()}
     m = read_manifest(d)
     assert m["num_samples"] == 8 and [s["samples"] for s in m["shards"]] == [3, 3, 2]
-    assert m["classes"] == ["cat", "dog", "eel"] and m["codecs"] == ["vp9"] and m["skipped"] == []
-    assert m["encoding"]["codec"] == "vp9" and m["encoding"]["gop"] == DEFAULT_GOP
+    assert m["classes"] == ["cat", "dog", "eel"] and m["codecs"] == [DEFAULT_CODEC] and m["skipped"] == []
+    assert m["encoding"]["codec"] == DEFAULT_CODEC and m["encoding"]["gop"] == DEFAULT_GOP
     for s in m["shards"]:  # manifest bytes and sha256 describe the files on disk
         data = (d / s["name"]).read_bytes()
         assert len(data) == s["bytes"] and hashlib.sha256(data).hexdigest() == s["sha256"]
@@ -69,7 +70,7 @@ def test_round_trip_every_field(tmp_path_factory: pytest.TempPathFactory) -> Non
         assert meta["frames"] == info["frames"] == 12 + 3 * src_i  # every frame kept, none invented
         size = (64, 48) if src_i % 2 == 0 else (48, 64)
         assert (meta["width"], meta["height"]) == size == (info["width"], info["height"])
-        assert info["codec"] == "vp9" and info["source_codec"] == "h264" and info["fps"] == 25
+        assert info["codec"] == DEFAULT_CODEC and info["source_codec"] == "h264" and info["fps"] == 25
         assert meta["fps_milli"] == 25000 and abs(info["duration"] - meta["frames"] / 25) < 1e-6
         # the stored video really is those frames: brightness encodes the frame number (tests/data_utils.py)
         fr = decode_frames(sample["mp4"], [0, meta["frames"] - 1])
@@ -250,14 +251,19 @@ def test_gop_controls_keyframes(tmp_path: Path) -> None:
     import av
     import io
 
-    src = make_clip(tmp_path / "v.mp4", n_frames=24)
-    build_shards([src], tmp_path / "o", settings=EncodeSettings(gop=8))
-    from umt.data.reference import ShardIndex
+    from umt.data.source import ShardIndex
 
-    m = read_manifest(tmp_path / "o")
-    with av.open(io.BytesIO(ShardIndex(tmp_path / "o", m["shards"]).read(0, "mp4"))) as c:
-        keys = [i for i, p in enumerate(p for p in c.demux(video=0) if p.size) if p.is_keyframe]
-    assert keys == [0, 8, 16]
+    src = make_clip(tmp_path / "v.mp4", n_frames=24)
+    for codec in ("vp9", "h264"):
+        out = tmp_path / codec
+        build_shards([src], out, settings=EncodeSettings(codec=codec, gop=8))
+        m = read_manifest(out)
+        with av.open(io.BytesIO(ShardIndex(out, m["shards"]).read(0, "mp4"))) as c:
+            keys = [i for i, p in enumerate(p for p in c.demux(video=0) if p.size) if p.is_keyframe]
+        if codec == "vp9":
+            assert keys == [0, 8, 16]
+        else:  # x264 adds key frames at scene cuts (every frame of this clip is one), never fewer than the GOP's
+            assert {0, 8, 16} <= set(keys)
 
 
 def test_cli_exit_status_and_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -21,23 +21,30 @@ from umt.data.video import probe_keyframes
 
 __all__ = ["CODECS", "DEFAULT_CODEC", "DEFAULT_GOP", "EncodeSettings", "Reject", "SampleSource", "encode_video"]
 
-#: ``--codec`` choices → (PyAV encoder, pixel format, encoder options). VP9 and MJPEG decode on DALI's CPU and GPU
-#: video decoders; H.264 decodes on DALI's GPU path and in the reference backend only (ENVIRONMENT.md).
+#: ``--codec`` choices → (PyAV encoder, pixel format, encoder options). Every codec decodes on every CPU path (PyAV,
+#: seeking to key frames); DALI's GPU (mixed) decoder takes all three. Quality settings land near the same fidelity
+#: (PSNR 38-39 dB against the source scaled to 568x320, a 10 s 720p real clip; bench_data's "PSNR dB" column).
 CODECS: dict[str, tuple[str, str, dict[str, str]]] = {
     # realtime/cpu-used 8: ~10x faster to encode than "good" at similar size for ≤320p clips; crf 32 is visually clean
     # at this size. No lag (realtime) means no hidden alt-ref frames: every packet is one displayed frame.
     "vp9": ("libvpx-vp9", "yuv420p", {"deadline": "realtime", "cpu-used": "8", "crf": "32", "b": "0"}),
-    "mjpeg": ("mjpeg", "yuvj420p", {"q:v": "4"}),
+    # a fixed quantiser (the encoder ignores "q:v"; without qmin/qmax it runs at its default bit rate, ~32 dB)
+    "mjpeg": ("mjpeg", "yuvj420p", {"qmin": "5", "qmax": "5"}),
+    # no B-frames: presentation order = decode order. Scene cuts may add key frames (recorded, so readers seek to
+    # them too); turning scene-cut detection off (sc_threshold 0) made x264's output vary between identical builds.
     "h264": ("libx264", "yuv420p", {"preset": "veryfast", "crf": "23", "bf": "0"}),
 }
 
-#: Default codec and GOP, chosen from benchmarks/results/2026-11-22_bench_data_cpu.md (DALI CPU decoder, real clips,
-#: T = 8): VP9 is the only offered codec that DALI decodes on both CPU and GPU and is the smallest of the
-#: CPU-decodable ones. GOP 32 against GOP 8 decoded faster (decode-only 40 vs 36 clips/s on the short clips, 17.4 vs
-#: 14.2 on the 10 s clips) at 0.55x the bytes (180 vs 318 KiB/clip short, 515 vs 937 long); all-intra was 5.7x the
-#: bytes and 3.4x slower. Key frames are expensive and DALI's decoder gains little from seeking over 8-frame GOPs.
-DEFAULT_CODEC = "vp9"
-DEFAULT_GOP = 32
+#: Default codec and GOP, chosen with the seeking decoders (benchmarks/results/2026-11-22_bench_data_matrix_cpu.md:
+#: 16 real 10 s 720p H.264 clips, T = 8). H.264 with a key frame every 8 frames decodes 35 frames per clip of 8 samples
+#: (28 clips/s per core, decode only) at 0.56x the source bytes and 38 dB; VP9 GOP 8 needs 1.3x the CPU at 0.67x the
+#: bytes; the former default VP9 GOP 32 decodes 92 frames per clip (2x the CPU). Shorter GOPs or all-intra at native
+#: frame rate exceed 0.7x the source bytes. MJPEG capped at 8 frames/s decodes exactly the 8 sampled frames (4-5x
+#: faster) but narrows TSN's choice to 8 frames/s; it is the opt-in for CPU-bound training (--codec mjpeg --fps-cap 8).
+#: On a GPU, H.264 is NVDEC's most widely supported codec.
+DEFAULT_CODEC = "h264"
+DEFAULT_GOP = 8
+
 
 @dataclass(frozen=True)
 class EncodeSettings:
@@ -130,6 +137,7 @@ def encode_video(src: SampleSource, st: EncodeSettings) -> tuple[bytes, dict[str
         if not inp.streams.video:
             raise Reject("no video stream (audio-only)" if inp.streams.audio else "no video stream")
         vs = inp.streams.video[0]
+        vs.thread_type = "NONE"  # frame-threaded decoding made the encoded output vary run to run
         rate = vs.average_rate or vs.guessed_rate or Fraction(25)
         expected = vs.frames or (int(float(inp.duration) / 1e6 * float(rate)) if inp.duration else 0)
         src_codec = vs.codec_context.name
@@ -176,6 +184,9 @@ def encode_video(src: SampleSource, st: EncodeSettings) -> tuple[bytes, dict[str
                         ostream.codec_context.options = {**opts, "keyint_min": str(st.gop)}
                     # swscale bicubic (PyAV's reformat default is bilinear; bicubic downsizes with less aliasing)
                     f2 = frame.reformat(width=width, height=height, format=pix_fmt, interpolation="BICUBIC")
+                    # a fresh, tightly packed frame: x264's output varied run to run with the reformatted frame
+                    # (its buffer padding is uninitialised), which broke byte-identical rebuilds
+                    f2 = av.VideoFrame.from_ndarray(f2.to_ndarray(), format=pix_fmt)
                     f2.pts, f2.time_base = n_out, Fraction(1) / out_rate
                     for pkt in ostream.encode(f2):
                         out.mux(pkt)
