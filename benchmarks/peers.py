@@ -62,14 +62,18 @@ def _pil_augment(frames: np.ndarray, size: int, rng: random.Random) -> torch.Ten
     return ((v - mean) / std).permute(1, 0, 2, 3)  # [3, T, S, S]
 
 
-class OfficialUMTDataset(torch.utils.data.Dataset):
-    """The official stage-1 loader's per-sample work (decord + PIL), one clip per video."""
+class _VideoFiles(torch.utils.data.Dataset):
+    """One clip of ``num_frames`` at ``size``² per video file; per-item draws seeded by (seed, item)."""
 
     def __init__(self, files: Sequence[str | Path], num_frames: int = 8, size: int = 224, seed: int = 0) -> None:
         self.files, self.t, self.size, self.seed = [str(f) for f in files], num_frames, size, seed
 
     def __len__(self) -> int:
         return len(self.files)
+
+
+class OfficialUMTDataset(_VideoFiles):
+    """The official stage-1 loader's per-sample work (decord + PIL), one clip per video."""
 
     def __getitem__(self, i: int) -> torch.Tensor:
         import decord
@@ -105,14 +109,8 @@ def spdl_env() -> dict[str, str]:
     return {**os.environ, "LD_LIBRARY_PATH": f"{out}:{libs}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
 
 
-class SPDLDataset(torch.utils.data.Dataset):
+class SPDLDataset(_VideoFiles):
     """SPDL's sampled decode (key-frame seeking), then the official crop/flip/normalise in torch."""
-
-    def __init__(self, files: Sequence[str | Path], num_frames: int = 8, size: int = 224, seed: int = 0) -> None:
-        self.files, self.t, self.size, self.seed = [str(f) for f in files], num_frames, size, seed
-
-    def __len__(self) -> int:
-        return len(self.files)
 
     def __getitem__(self, i: int) -> torch.Tensor:
         import spdl.io
