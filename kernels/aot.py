@@ -113,7 +113,7 @@ def _recording(module: Any, names: tuple[str, ...]) -> Iterator[list[tuple[Any, 
 def _cfg_label(kw: dict) -> str:
     if "BLOCK_N" in kw:
         return f"{kw['BLOCK_M']}x{kw['BLOCK_N']} w{kw.get('num_warps', 4)} s{kw.get('num_stages', 3)}"
-    blocks = "x".join(str(kw[k]) for k in sorted(kw) if k.startswith("BLOCK_"))
+    blocks = ",".join(f"{k}={kw[k]}" for k in sorted(kw) if k.startswith("BLOCK_"))
     return f"{blocks} w{kw.get('num_warps', 4)}"
 
 
