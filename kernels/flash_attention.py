@@ -20,7 +20,15 @@ that saves no pass: the fused top-k kernel (:mod:`kernels.semantic_topk`) must r
 CLS→patch scores, and its own per-head max/sum over 197 keys costs nothing next to that read. So the mask kernel
 takes ``q_cls`` and ``k`` only, and the teacher's attention may run in any backend.
 
-Inputs: fp16, bf16 (and fp32, computed with TF32 dots on a GPU); head dims 16, 32, 64, 128; any strides. In the
+Layout and launch: ``o`` is written token-major, ``[B, N, H, D]``, so the head merge before the output projection
+is a view; ``lse``/``δ`` are contiguous ``[B, H, N]`` (the backward indexes them as ``bh·N + n``). Every kernel runs
+on a 1-D grid of ``B·H·ceil(N / block)`` programs (axis 0: no 65,535 cap on B·H). Tiles are not autotuned: one
+config is pinned per (kernel, N, D, dtype, arch) (:func:`pick_config`), recorded (:func:`chosen_configs`) and
+re-pinnable (:func:`pin_configs`), so a resumed run sums in the same order; the candidates and the pinned table are
+checked ahead of time for sm_90 and sm_80 (``tests/test_kernels_aot.py``, ``benchmarks/kernel_resources.py``).
+
+Inputs: fp16, bf16 (and fp32, computed with TF32 dots on a GPU); head dims 16, 32, 64, 128 (128 refused on sm_80,
+where every backward tile spills); any strides. In the
 Triton interpreter (CPU tests) ``tl.dot`` on bf16 is wrong (triton-lang/triton#11584), so there the kernels upcast
 bf16 tiles to fp32 (a compile-time flag, off on a GPU).
 """
@@ -40,7 +48,21 @@ except ImportError:  # pragma: no cover - exercised on installs without the trit
     triton = None
     tl = None
 
-__all__ = ["attention_flops", "attention_reference", "flash_attention", "flash_attention_with_lse"]
+__all__ = [
+    "CANDIDATES",
+    "KernelConfig",
+    "attention_flops",
+    "attention_reference",
+    "chosen_configs",
+    "config_key",
+    "flash_attention",
+    "flash_attention_with_lse",
+    "grid_size",
+    "pick_config",
+    "pin_configs",
+    "target_arch",
+    "unsupported_reason",
+]
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _HEAD_DIMS = (16, 32, 64, 128)
