@@ -164,6 +164,32 @@ def test_grid_puts_batch_times_heads_on_axis_0() -> None:
     for block in (16, 32, 64, 128):
         grid = fa.grid_size(512 * 8, 16, 197, block)
         assert len(grid) == 1 and grid[0] == 512 * 8 * 16 * -(-197 // block) and grid[0] < 2**31
+    # The grids the wrappers actually launch (recorded around the real kernels in the interpreter).
+    grids: list[tuple] = []
+    names = ("_attn_fwd_kernel", "_attn_bwd_delta_kernel", "_attn_bwd_kv_kernel", "_attn_bwd_q_kernel")
+    real = {n: getattr(fa, n) for n in names}
+
+    class _Spy:
+        def __init__(self, kernel) -> None:  # noqa: ANN001
+            self.kernel = kernel
+
+        def __getitem__(self, grid):  # noqa: ANN001, ANN204
+            grids.append(grid)
+            return self.kernel[grid]
+
+    b, h, n = 3, 2, 37
+    q = torch.randn(b, h, n, 16, requires_grad=True)
+    try:
+        for name in names:
+            setattr(fa, name, _Spy(real[name]))
+        o = flash_attention(q, q, q, impl="triton")
+        o.sum().backward()
+    finally:
+        for name in names:
+            setattr(fa, name, real[name])
+    assert len(grids) == 4
+    assert all(len(g) == 1 and g[0] == b * h * -(-n // 16) for g in grids), grids
+    assert torch.allclose(o, attention_reference(q, q, q), atol=1e-5)
 
 
 @pytest.mark.triton
