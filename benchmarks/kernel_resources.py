@@ -21,13 +21,14 @@ import argparse
 import datetime as _dt
 import json
 import re
+import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS_DIR, BenchResult, command_line, format_table, hardware_info, hardware_label
+from benchmarks.common import RESULTS_DIR, BenchResult, format_table, hardware_info, hardware_label
 
 __all__ = ["main", "report_path", "run", "summarise"]
 
@@ -167,6 +168,11 @@ def write(result: BenchResult, out_dir: Path, command: str) -> tuple[Path, Path]
     return json_path, md_path
 
 
+def _command(argv: list[str]) -> str:
+    """The command as typed (``python -m benchmarks.kernel_resources …``; sys.argv[0] would be the file path)."""
+    return " ".join(["python", "-m", "benchmarks.kernel_resources", *map(shlex.quote, argv)])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="the representative subset only")
@@ -176,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(quick=a.quick, jobs=a.jobs)
     print(format_table([g for g in result.rows if g["pinned"]], _COLUMNS))
     print("\n".join(result.notes))
-    json_path, md_path = write(result, a.out, command_line())
+    json_path, md_path = write(result, a.out, _command(sys.argv[1:] if argv is None else argv))
     print(f"wrote {md_path} and {json_path}")
     return 1 if any(g["error"] for g in result.rows) else 0
 
