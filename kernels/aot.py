@@ -290,7 +290,8 @@ def compile_launch(launch: Launch, cache_dir: Path) -> dict[str, Any]:
     Returns:
         A row: op, shape, dtype, arch, config, pinned, ``registers``, ``spill_stores``, ``spill_loads``,
         ``stack_bytes``, ``shared`` (bytes), ``smem_limit``, ``wgmma`` (bool), ``mma`` (``wgmma``/``mma``/``none``),
-        ``num_warps``, ``blocks_per_sm``, ``occupancy``, ``compile_s``; or the same keys with ``error`` set.
+        ``num_warps``, ``blocks_per_sm``, ``occupancy``, ``narrow_loads`` (scalar 1-/2-byte global loads in the PTX),
+        ``compile_s``; or the same keys with ``error`` set.
     """
     import triton
     from triton.backends.compiler import GPUTarget
@@ -317,7 +318,9 @@ def compile_launch(launch: Launch, cache_dir: Path) -> dict[str, Any]:
     shared = int(compiled.metadata.shared)
     blocks, occ = occupancy(launch.arch, res["registers"], options.num_warps, shared)
     mma = "wgmma" if "wgmma.mma_async" in ptx else ("mma" if "mma.sync" in ptx else "none")
+    narrow = len(re.findall(r"ld\.global(?:\.[a-z]+)*\.[bsu](?:8|16)\b", ptx))  # scalar 1-/2-byte loads
     row.update(res, shared=shared, wgmma=mma == "wgmma", mma=mma, blocks_per_sm=blocks, occupancy=round(occ, 4),
+               narrow_loads=narrow,
                compile_s=round(time.perf_counter() - t0, 3), error=None)
     return row
 
