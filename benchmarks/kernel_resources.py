@@ -104,11 +104,13 @@ def run(*, quick: bool = False, jobs: int = 2) -> BenchResult:
     errors = [g for g in table if g["error"]]
     scope = "representative subset" if quick else "every candidate config at every real shape and dtype"
     notes = [
-        f"{len(matrix['rows'])} launches ({scope}), {len(table)} distinct (op, target, dtype, D, config) rows; compiled in {wall:.0f} s "
+        f"{len(matrix['rows'])} launches ({scope}), {len(table)} distinct (op, target, dtype, D, config) rows; "
+        f"compiled in {wall:.0f} s "
         f"with {jobs} processes (Triton's cache dir reused where warm).",
         f"ptxas {_ptxas_version()} (bundled with triton), flags as Triton's: -lineinfo -v --regAllocOptLevel=2 "
         "--gpu-name=sm_90a | sm_80.",
-        f"Pinned configs (what the wrappers launch): {len(pinned)} rows, max {max((g['regs'] for g in pinned), default=0)} "
+        f"Pinned configs (what the wrappers launch): {len(pinned)} rows, "
+        f"max {max((g['regs'] for g in pinned), default=0)} "
         f"registers, {sum(1 for g in pinned if g['spill_B'])} with spills, max shared memory "
         f"{max((g['smem_KiB'] for g in pinned), default=0):.0f} KiB.",
         f"Candidates that spill: {sum(1 for g in table if g['spill_B'])}; over the shared-memory limit: "

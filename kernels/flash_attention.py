@@ -412,7 +412,8 @@ def pick_config(kernel: str, n: int, d: int, dtype: torch.dtype, arch: str) -> K
         return _INTERPRETER_CONFIG
     cfg = _PINNED.get((kernel, arch, d, torch.empty((), dtype=dtype).element_size()))
     if cfg is None:
-        raise ValueError(f"no {kernel} attention config for head dim {d} in {dtype} on {arch}: {unsupported_reason(d, arch)}")
+        why = unsupported_reason(d, arch)
+        raise ValueError(f"no {kernel} attention config for head dim {d} in {dtype} on {arch}: {why}")
     return cfg
 
 

@@ -100,7 +100,7 @@ def test_capture_refuses_to_run_under_the_interpreter() -> None:
 
 
 def test_occupancy_formula() -> None:
-    # 128 regs × 256 threads = 32,768 regs per block → 2 blocks by registers; 64 KiB smem + 1 KiB → 3 by smem on sm_90.
+    # 128 regs × 256 threads = 32,768 regs per block → 2 blocks by registers (64 KiB + 1 KiB smem → 3 by smem).
     assert aot.occupancy("sm90", 128, 8, 64 * 1024) == (2, 0.25)
     assert aot.occupancy("sm80", 255, 4, 0)[0] == 2  # 255 → 256 regs/thread: 32,768 per 4-warp block
     assert aot.occupancy("sm80", 32, 4, 200 * 1024)[0] == 0  # does not fit

@@ -6,9 +6,9 @@ top-k, and the token/target gathers. ``set_backend("triton")`` turns the Triton 
 nor a GPU. Training configs set it through ``model.kernels``.
 
 Fallbacks: with the Triton backend on, a call whose inputs a kernel cannot take (tensors on the CPU outside the
-interpreter, an attention head dim other than 16/32/64/128 (or 128 on sm_80, where its tiles spill), unequal q/k/v shapes, a dtype other than fp16/bf16/fp32)
-runs the PyTorch reference instead, so a model never fails because of the switch. The choice is made from tensor
-metadata only (no host sync) and logged once per reason at DEBUG level.
+interpreter, an attention head dim other than 16/32/64/128 (or 128 on sm_80, where its tiles spill), unequal q/k/v
+shapes, a dtype other than fp16/bf16/fp32) runs the PyTorch reference instead, so a model never fails because of the
+switch. The choice is made from tensor metadata only (no host sync) and logged once per reason at DEBUG level.
 """
 
 from __future__ import annotations
