@@ -88,8 +88,8 @@ def _ptxas_version() -> str:
 
 
 def run(*, quick: bool = False, jobs: int = 2) -> BenchResult:
-    """Compile the matrix and return its summary table (rows as in :func:`summarise`; the raw per-launch rows in
-    ``extra["launches"]``).
+    """Compile the matrix and return its summary table (rows as in :func:`summarise`; per-launch rows are folded
+    into them, worst figures kept).
 
     Raises:
         RuntimeError: the compile subprocess failed.
@@ -119,7 +119,7 @@ def run(*, quick: bool = False, jobs: int = 2) -> BenchResult:
         "spill_B = spill stores + spill loads (bytes per thread); occupancy is theoretical (see the module docstring).",
     ]
     return BenchResult(name="kernel_resources", rows=table, notes=notes,
-                       extra={"launches": matrix["rows"], "wall_s": round(wall, 1), "quick": quick})
+                       extra={"launches": len(matrix["rows"]), "wall_s": round(wall, 1), "quick": quick})
 
 
 def report_path(out_dir: Path, stem: str) -> Path:
