@@ -26,7 +26,7 @@ except ImportError:  # pragma: no cover - exercised on installs without the trit
     triton = None
     tl = None
 
-__all__ = ["uniform_noise", "gumbel_topk", "cls_attention", "semantic_topk", "semantic_topk_reference"]
+__all__ = ["bits_to_unit", "uniform_noise", "gumbel_topk", "cls_attention", "semantic_topk", "semantic_topk_reference"]
 
 _MASK32 = 0xFFFFFFFF
 # lowbias32 constants (C. Wellons, "Prospecting for hash functions", 2018).
@@ -59,8 +59,8 @@ def uniform_noise(seed: int | torch.Tensor, rows: int, cols: int, device: torch.
         device: where to compute.
 
     Returns:
-        float32 tensor ``[rows, cols]``; element (r, c) depends only on ``(seed, r * cols + c)``, with 24 random
-        bits: ``(h >> 8) + 0.5) / 2**24``.
+        float32 tensor ``[rows, cols]``; element (r, c) depends only on ``(seed, r * cols + c)``: 23 random bits
+        of the hash h, see :func:`bits_to_unit`.
     """
     counter = torch.arange(rows * cols, device=device, dtype=torch.int64)
     if isinstance(seed, torch.Tensor):
@@ -68,8 +68,18 @@ def uniform_noise(seed: int | torch.Tensor, rows: int, cols: int, device: torch.
     else:
         key = _hash32((int(seed) & _MASK32) ^ _GOLDEN)  # Python int: the same bits, no host→device copy
     bits = _hash32((counter & _MASK32) ^ key)
-    u = ((bits >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
-    return u.view(rows, cols)
+    return bits_to_unit(bits).view(rows, cols)
+
+
+def bits_to_unit(bits: torch.Tensor) -> torch.Tensor:
+    """32-bit hashes (int64 in [0, 2**32)) → float32 in the open interval (0, 1), exactly.
+
+    ``u = (2·(h >> 9) + 1) / 2**24``: the odd integers 1 … 2**24 − 1 over 2**24, all exact in float32 (24-bit
+    significand), so ``2**-24 <= u <= 1 − 2**-24`` and the Gumbel noise ``-log(-log u)`` is always finite. (The
+    former ``((h >> 8) + 0.5) / 2**24`` rounds to 1.0 when ``h >> 8 == 2**24 − 1``, once per 2**24 draws: an
+    infinite score; issue 10.) The kernel computes the same expression in uint32.
+    """
+    return (((bits >> 9) << 1) | 1).to(torch.float32) * (1.0 / (1 << 24))
 
 
 def gumbel_topk(logits: torch.Tensor, keep: int, seed: int | torch.Tensor) -> torch.Tensor:
@@ -186,7 +196,7 @@ if triton is not None:
         key = _hash32_tl(seed.to(tl.uint32) ^ 0x9E3779B9)
         counter = (row.to(tl.int64) * N + col) & 0xFFFFFFFF
         bits = _hash32_tl(counter.to(tl.uint32) ^ key)
-        u = ((bits >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
+        u = (((bits >> 9) << 1) | 1).to(tl.float32) * (1.0 / 16777216.0)  # exact, in (0, 1): bits_to_unit
         score = tl.log(tl.maximum(p, 1e-30)) - tl.log(-tl.log(u))  # log p + Gumbel
         score = tl.where(valid, score, float("-inf"))
         # Pack (order-preserving int32 image of the float score, column) into unique int64 keys, so that one sort

@@ -88,3 +88,19 @@ def test_gpu_real_shapes(c: int, c_t: int) -> None:
     assert torch.allclose(got[1], want[1], rtol=1e-5, atol=1e-5)  # fp32 atomics: summation order differs
     torch.empty(2 * layers * b * m * c_t, device="cuda").fill_(float("nan"))
     assert torch.equal(gather_targets(t, idx, impl="triton"), gather_targets_reference(t, idx))
+
+
+def test_patch_embedding_output_is_contiguous_and_equals_conv3d() -> None:
+    """The patch embedding feeds token_gather a contiguous [B, M, C] (the Conv3d's flattened output had strides
+    (C·M, 1, M): scalar strided loads in the gather; issue 10), with the Conv3d's own result."""
+    from umt.model.student import PatchEmbed3D
+
+    torch.manual_seed(2)
+    pe = PatchEmbed3D(patch_size=4, tubelet_size=1, in_chans=3, embed_dim=10)
+    video = torch.randn(2, 3, 3, 8, 12)  # [B, 3, T, H, W] → M = 3·2·3 = 18
+    x = pe(video)
+    assert x.shape == (2, 18, 10) and x.is_contiguous()
+    want = pe.proj(video).flatten(2).transpose(1, 2)  # [B, M, C], T-major
+    assert torch.allclose(x, want, atol=1e-5)
+    pe2 = PatchEmbed3D(patch_size=4, tubelet_size=3, in_chans=3, embed_dim=10)  # tubelets of 3 frames
+    assert torch.allclose(pe2(video), pe2.proj(video).flatten(2).transpose(1, 2), atol=1e-5)

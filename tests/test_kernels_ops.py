@@ -98,3 +98,25 @@ def test_kernels_import_without_triton_and_without_cuda_init() -> None:
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root)}
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root, timeout=120)
     assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-2000:]
+
+
+@pytest.mark.triton
+def test_kernel_configs_round_trip_for_resume() -> None:
+    """What a run records (ops.kernel_configs, saved in checkpoints and <run_dir>/kernel_configs.json) pins the
+    same configs in a new process (ops.pin_kernel_configs on resume)."""
+    import json
+
+    import kernels.flash_attention as fa
+
+    a = torch.randn(1, 2, 18, 16)
+    with ops.use_backend("triton"):
+        ops.attention(a, a, a)
+    recorded = json.loads(json.dumps(ops.kernel_configs()))
+    key = fa.config_key("fwd", 18, 16, torch.float32, "interpreter")
+    assert recorded[key] == fa._INTERPRETER_CONFIG.as_dict()
+    changed = {key: {**recorded[key], "block_n": 32}}
+    try:
+        ops.pin_kernel_configs(changed)
+        assert fa.pick_config("fwd", 18, 16, torch.float32, "interpreter").block_n == 32
+    finally:
+        fa._OVERRIDES.pop(key, None)

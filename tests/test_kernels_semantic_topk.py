@@ -171,3 +171,60 @@ def test_gpu_real_shapes_no_host_sync(heads: int, dtype: torch.dtype) -> None:
     # float32 rounding in a different summation order may swap a boundary pair in a rare row; never more.
     assert (idx != ref).any(-1).float().mean().item() < 0.01
     assert torch.equal(vis, x.gather(1, flat[..., None].expand(-1, -1, 768)) + pos[flat])
+
+
+# ------------------------------------------------------------------------ noise conversion at the edges (issue 10)
+
+
+def _inverse_hash32(x: int) -> int:
+    """Inverse of lowbias32 (each xorshift and odd multiply is a bijection on 32-bit words)."""
+    m = 0xFFFFFFFF
+    x ^= x >> 16
+    x = (x * pow(0x846CA68B, -1, 2**32)) & m
+    x ^= (x >> 15) ^ (x >> 30)
+    x = (x * pow(0x7FEB352D, -1, 2**32)) & m
+    return x ^ (x >> 16)
+
+
+def _seed_with_all_ones_first_draw() -> int:
+    """A seed whose draw (row 0, col 0) hashes to 0xFFFFFFFF, the draw the old conversion rounded to u = 1.0."""
+    key = _inverse_hash32(0xFFFFFFFF)  # bits(0) = hash(0 ^ key)
+    return _inverse_hash32(key) ^ 0x9E3779B9  # key = hash(seed ^ golden)
+
+
+def test_inverse_hash_finds_the_extreme_draw() -> None:
+    from kernels.semantic_topk import _hash32
+
+    for x in (0, 1, 12345, 0xFFFFFFFF):
+        assert _hash32(_inverse_hash32(x)) == x
+    seed = _seed_with_all_ones_first_draw()
+    key = _hash32((seed & 0xFFFFFFFF) ^ 0x9E3779B9)
+    assert _hash32(0 ^ key) == 0xFFFFFFFF
+
+
+def test_uniform_noise_never_reaches_one_or_zero() -> None:
+    """The extreme hashes map to 2**-24 and 1 - 2**-24 exactly; the old ((h >> 8) + 0.5) / 2**24 gave 1.0."""
+    from kernels.semantic_topk import bits_to_unit
+
+    u = bits_to_unit(torch.tensor([0, 1, 2**32 - 1], dtype=torch.int64))
+    assert u.dtype == torch.float32
+    assert u.tolist() == [2.0**-24, 2.0**-24, 1.0 - 2.0**-24]
+    noise = uniform_noise(_seed_with_all_ones_first_draw(), 1, 4)
+    assert 0.0 < noise[0, 0].item() < 1.0 and noise[0, 0].item() == 1.0 - 2.0**-24
+    assert bool(torch.isfinite(-torch.log(-torch.log(noise))).all())
+
+
+@pytest.mark.triton
+def test_triton_extreme_draw_gives_finite_noise() -> None:
+    """A patch with ~zero attention whose noise draw is the largest hash: with u = 1.0 its Gumbel noise was +inf
+    and the patch was always kept; with the exact conversion it is dropped, in the kernel as in the reference."""
+    seed = _seed_with_all_ones_first_draw()
+    n, d = 15, 16
+    q = torch.zeros(1, 1, d)
+    q[..., 0] = 4.0
+    k = torch.zeros(1, 1, 1 + n, d)
+    k[:, :, 1 + 0, 0] = -50.0  # patch 0 (counter 0): attention ~ e^-50
+    ref = semantic_topk_reference(q, k, 3, seed)
+    got = semantic_topk(q, k, 3, seed, impl="triton")
+    assert torch.equal(got, ref)
+    assert not bool((got == 0).any()), "the extreme draw made patch 0's noise infinite"

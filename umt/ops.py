@@ -6,9 +6,9 @@ top-k, and the token/target gathers. ``set_backend("triton")`` turns the Triton 
 nor a GPU. Training configs set it through ``model.kernels``.
 
 Fallbacks: with the Triton backend on, a call whose inputs a kernel cannot take (tensors on the CPU outside the
-interpreter, an attention head dim other than 16/32/64/128, unequal q/k/v shapes, a dtype other than fp16/bf16/fp32)
-runs the PyTorch reference instead, so a model never fails because of the switch. The choice is made from tensor
-metadata only (no host sync) and logged once per reason at DEBUG level.
+interpreter, an attention head dim other than 16/32/64/128 (or 128 on sm_80, where its tiles spill), unequal q/k/v
+shapes, a dtype other than fp16/bf16/fp32) runs the PyTorch reference instead, so a model never fails because of the
+switch. The choice is made from tensor metadata only (no host sync) and logged once per reason at DEBUG level.
 """
 
 from __future__ import annotations
@@ -29,10 +29,12 @@ __all__ = [
     "BACKENDS",
     "attention",
     "backend",
+    "kernel_configs",
     "cls_attention",
     "gather_targets",
     "gather_tokens",
     "gumbel_topk",
+    "pin_kernel_configs",
     "semantic_topk",
     "set_backend",
     "triton_available",
@@ -71,6 +73,18 @@ def set_backend(name: str) -> None:
     if name == "triton" and not triton_available():
         raise RuntimeError("the Triton backend needs triton and a CUDA GPU (or TRITON_INTERPRET=1 for tests)")
     _BACKEND = name
+
+
+def kernel_configs() -> dict[str, dict[str, int]]:
+    """The attention kernel configurations launched in this process, by
+    :func:`kernels.flash_attention.config_key` (written to the run directory for exact resume)."""
+    return _fa.chosen_configs()
+
+
+def pin_kernel_configs(configs: dict[str, dict[str, int]]) -> None:
+    """Pin attention kernel configurations recorded by a run (see :func:`kernel_configs`), so a resumed run launches
+    the same tiles, hence sums in the same order, even if the built-in table changed in between."""
+    _fa.pin_configs(configs)
 
 
 def backend() -> str:
@@ -113,8 +127,9 @@ def _attention_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str:
         return _fallback("attention", "tensors not on a CUDA device")
     if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
         return _fallback("attention", "q, k, v shapes differ")
-    if q.shape[-1] not in _fa._HEAD_DIMS:
-        return _fallback("attention", f"head dim {q.shape[-1]} not in {_fa._HEAD_DIMS}")
+    reason = _fa.unsupported_reason(q.shape[-1], _fa.target_arch(q.device))  # head dim, and D=128 on sm_80
+    if reason is not None:
+        return _fallback("attention", reason)
     if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         return _fallback("attention", f"dtype {q.dtype}")
     return "triton"
@@ -130,6 +145,9 @@ def _index_impl(op: str, *tensors: torch.Tensor) -> str:
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Non-causal scaled dot-product attention ``softmax(q kᵀ / sqrt(D)) v``, ``[B, H, N, D] → [B, H, N, D]``.
+
+    With the Triton kernel the result is a view of ``[B, N, H, D]`` memory, so ``o.transpose(1, 2).reshape(B, N, C)``
+    (the head merge every caller does) copies nothing; SDPA's flash path on CUDA returns the same layout.
 
     Triton backend: :func:`kernels.flash_attention.flash_attention` (FlashAttention-2, fwd + bwd); otherwise, or for
     inputs it does not take, PyTorch SDPA.

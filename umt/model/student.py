@@ -59,7 +59,14 @@ def sincos_pos_table(num_positions: int, dim: int) -> torch.Tensor:
 
 
 class PatchEmbed3D(nn.Module):
-    """Conv3d patch embedding, kernel = stride = (tubelet, patch, patch): ``[B, 3, T, H, W] → [B, T·h·w, C]``."""
+    """Conv3d patch embedding, kernel = stride = (tubelet, patch, patch): ``[B, 3, T, H, W] → [B, T·h·w, C]``.
+
+    Kernel = stride makes the convolution a matmul over non-overlapping patches, computed as one: patchify (a
+    permuted copy of the input), then ``F.linear`` with the Conv3d's weight, so the output is contiguous
+    ``[B, M, C]``. (The Conv3d output ``[B, C, T, h, w]`` flattened and transposed has strides ``(C·M, 1, M)``:
+    the token gather then reads each channel with a stride of M elements, scalar 2-byte loads; issue 10.) The
+    parameters stay those of ``proj`` (a Conv3d), so checkpoints are unchanged.
+    """
 
     def __init__(self, patch_size: int = 16, tubelet_size: int = 1, in_chans: int = 3, embed_dim: int = 768) -> None:
         super().__init__()
@@ -67,8 +74,11 @@ class PatchEmbed3D(nn.Module):
         self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=k, stride=k)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.proj(x)  # [B, C, T, h, w]
-        return x.flatten(2).transpose(1, 2)  # [B, T·h·w, C], T-major
+        b, c_in, t, h, w = x.shape
+        tt, p, _ = self.proj.kernel_size
+        x = x.view(b, c_in, t // tt, tt, h // p, p, w // p, p)  # [B, 3, T', t, h, p, w, p]
+        x = x.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, -1, c_in * tt * p * p)  # [B, T'·h·w, 3·t·p·p], T-major
+        return F.linear(x, self.proj.weight.flatten(1), self.proj.bias)  # [B, M, C], contiguous
 
 
 class Attention(nn.Module):
@@ -95,8 +105,8 @@ class Attention(nn.Module):
             bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])  # [3C]
         qkv = F.linear(x, self.qkv.weight, bias)  # [B, N, 3C]
         qkv = qkv.view(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)  # [3, B, H, N, D]
-        x = ops.attention(qkv[0], qkv[1], qkv[2])  # [B, H, N, D]
-        x = x.transpose(1, 2).reshape(b, n, c)  # [B, N, C]
+        x = ops.attention(qkv[0], qkv[1], qkv[2])  # [B, H, N, D], memory [B, N, H, D] with the Triton kernel
+        x = x.transpose(1, 2).reshape(b, n, c)  # [B, N, C]: a view (no copy) of the kernel's token-major output
         return self.proj_drop(self.proj(x))
 
 

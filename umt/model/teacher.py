@@ -219,7 +219,7 @@ class CLIPTeacher(nn.Module):
         qkv = F.linear(blk.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)  # [R, M, 3C]
         qkv = qkv.view(r, m, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)  # [3, R, H, M, D]
         q, k, v = qkv.unbind(0)
-        o = ops.attention(q, k, v).transpose(1, 2).reshape(r, m, c)  # [R, M, C]
+        o = ops.attention(q, k, v).transpose(1, 2).reshape(r, m, c)  # [R, M, C]; a view with the Triton kernel
         x = x + blk.ls_1(attn.out_proj(o))
         x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
         return x, q, k

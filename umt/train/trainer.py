@@ -178,7 +178,7 @@ class Trainer:
                 "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                 "skipped": int(self.step_fn.skipped), "consecutive_skipped": int(self.step_fn.consecutive),
                 "config": config_to_dict(self.cfg), "student": self.cfg.model.student,
-                "world_size": self.rt.world_size}
+                "world_size": self.rt.world_size, "kernel_configs": ops.kernel_configs()}
 
     def _resume(self, resume: str) -> None:
         """Load ``resume`` (a path) or, for ``"auto"``, the newest readable checkpoint of the run.
@@ -202,6 +202,7 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.step_fn.skipped.fill_(state.get("skipped", 0))
         self.step_fn.consecutive.fill_(state.get("consecutive_skipped", 0))
+        ops.pin_kernel_configs(state.get("kernel_configs", {}))  # the same kernel tiles: bit-exact resume
         self.resumed_from = path
         log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch, self.batch_in_epoch)
 
@@ -223,6 +224,7 @@ class Trainer:
         path = None
         if self.rt.is_main:
             path = ckpt.save_checkpoint(self.ckpt_dir, self.step, self.state_dict(), self.cfg.checkpoint.keep_last)
+            (self.run_dir / "kernel_configs.json").write_text(json.dumps(ops.kernel_configs(), indent=2) + "\n")
             log.info("checkpoint %s", path)
         if self.rt.distributed:
             dist.barrier()
