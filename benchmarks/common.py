@@ -180,8 +180,14 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None =
 
 
 def command_line() -> str:
-    """The exact command that is running, shell-quoted."""
-    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
+    """The exact command that is running, shell-quoted (``python -m pkg.mod`` for a module run with ``-m``)."""
+    argv = list(sys.argv)
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name and argv and argv[0].endswith(".py"):
+        name = spec.name[: -len(".__main__")] if spec.name.endswith(".__main__") else spec.name
+        argv[0:1] = ["-m", name]
+    return " ".join(shlex.quote(a) for a in ["python", *argv])
 
 
 def _free_report_paths(out: Path, stem: str) -> tuple[Path, Path]:
