@@ -23,7 +23,7 @@ __all__ = ["CODECS", "DEFAULT_CODEC", "DEFAULT_GOP", "EncodeSettings", "Reject",
 
 #: ``--codec`` choices → (PyAV encoder, pixel format, encoder options). Every codec decodes on every CPU path (PyAV,
 #: seeking to key frames); DALI's GPU (mixed) decoder takes all three. Quality settings land near the same fidelity
-#: (PSNR 38-39 dB against the source scaled to 568x320, a 10 s 720p real clip; bench_data's "PSNR dB" column).
+#: (PSNR 37-38 dB against the source scaled to 568x320, 10 s 720p real clips; bench_data's "PSNR dB" column).
 CODECS: dict[str, tuple[str, str, dict[str, str]]] = {
     # realtime/cpu-used 8: ~10x faster to encode than "good" at similar size for ≤320p clips; crf 32 is visually clean
     # at this size. No lag (realtime) means no hidden alt-ref frames: every packet is one displayed frame.
@@ -37,7 +37,7 @@ CODECS: dict[str, tuple[str, str, dict[str, str]]] = {
 
 #: Default codec and GOP, chosen with the seeking decoders (benchmarks/results/2026-11-22_bench_data_matrix_cpu.md:
 #: 16 real 10 s 720p H.264 clips, T = 8). H.264 with a key frame every 8 frames decodes 35 frames per clip of 8 samples
-#: (28 clips/s per core, decode only) at 0.56x the source bytes and 38 dB; VP9 GOP 8 needs 1.3x the CPU at 0.67x the
+#: (28 clips/s per core, decode only) at 0.56x the source bytes and 37 dB; VP9 GOP 8 needs 1.3x the CPU at 0.67x the
 #: bytes; the former default VP9 GOP 32 decodes 92 frames per clip (2x the CPU). Shorter GOPs or all-intra at native
 #: frame rate exceed 0.7x the source bytes. MJPEG capped at 8 frames/s decodes exactly the 8 sampled frames (4-5x
 #: faster) but narrows TSN's choice to 8 frames/s; it is the opt-in for CPU-bound training (--codec mjpeg --fps-cap 8).
