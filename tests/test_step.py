@@ -1,0 +1,180 @@
+"""``umt.train.step`` piece by piece, on a tiny model, against values written down by hand (issue 16): the schedule
+``build_scheduler`` builds, the LR scaling, the optimizer variants, clipping, the mask kinds the step draws, the loss
+it returns and the update it applies. Fast (no trainer, no files): these are also the mutation tests of step.py."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from umt.flops import ViTSpec
+from umt.train.config import apply_overrides
+from umt.train.recipes import get_recipe
+from umt.train.step import (StageOneStep, autocast_context, build_models, build_optimizer, build_scheduler,
+                            lr_multiplier, param_groups, peak_lr, umt_spec)
+
+CPU = torch.device("cpu")
+TINY = ["synthetic_data=true", "synthetic_samples=8", "data.batch_size=2", "data.num_frames=2", "data.input_size=32",
+        "model.teacher_image_size=32", "model.drop_path=0.0", "optim.epochs=4", "optim.warmup_epochs=1",
+        "mask.ratio=0.5"]
+
+
+def _cfg(*extra: str):
+    return apply_overrides(get_recipe("demo"), [*TINY, *extra])
+
+
+def _step(*extra: str, steps_per_epoch: int = 4) -> StageOneStep:
+    cfg = _cfg(*extra)
+    torch.manual_seed(0)
+    model, teacher = build_models(cfg, CPU)
+    lr, min_lr = peak_lr(cfg, 1)
+    opt = build_optimizer(model, cfg.optim, lr, CPU)
+    sched = build_scheduler(opt, cfg, steps_per_epoch, lr, min_lr)
+    return StageOneStep(model, teacher, opt, sched, cfg, CPU, None)
+
+
+def _video(seed: int = 0, b: int = 2) -> torch.Tensor:
+    return torch.randn(b, 3, 2, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def _grad_norm(params: list[torch.Tensor]) -> float:
+    return math.sqrt(sum(float((p.grad.double() ** 2).sum()) for p in params if p.grad is not None))
+
+
+# ------------------------------------------------------------------------------------------------ numbers
+
+
+def test_build_scheduler_matches_a_table() -> None:
+    """1.5 warm-up epochs × 4 steps = 6 warm-up *steps*; 4 epochs = 16 steps; floor 1e-4 / 1e-3 = 0.1."""
+    cfg = _cfg("optim.warmup_epochs=1.5")
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.SGD([p], lr=1e-3)
+    sched = build_scheduler(opt, cfg, 4, 1e-3, 1e-4)
+    table = {0: 0.0, 1: 1 / 6, 3: 0.5, 6: 1.0, 11: 0.55, 16: 0.1, 18: 0.1}  # 11: cos(π · 5/10) = 0
+    for s in range(19):
+        if s in table:
+            assert opt.param_groups[0]["lr"] == pytest.approx(1e-3 * table[s], rel=1e-9, abs=1e-15), s
+        opt.step()
+        sched.step()
+    assert lr_multiplier(8, 6, 16, 0.1) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 0.2)))
+    assert lr_multiplier(0, 0, 10, 0.2) == pytest.approx(1.0)  # no warm-up: the peak at step 0
+
+
+def test_peak_lr_scales_with_global_batch_in_clips() -> None:
+    cfg = _cfg("data.num_sample=2", "optim.lr=1e-3", "optim.min_lr=1e-4")
+    lr, min_lr = peak_lr(cfg, world_size=4)  # 2 videos × 2 clips × 4 ranks = 16 clips
+    assert lr == pytest.approx(1e-3 * 16 / 256) and min_lr == pytest.approx(1e-4 * 16 / 256)
+
+
+@pytest.mark.parametrize("impl,fused,foreach", [("auto", True, None), ("fused", True, None), ("foreach", False, True)])
+def test_build_optimizer_variants(impl: str, fused: bool, foreach: bool | None) -> None:
+    cfg = _cfg(f"optim.impl={impl}", "optim.betas=0.8,0.9", "optim.weight_decay=0.07")
+    m = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    m[1].weight.requires_grad_(False)  # frozen parameters are left out
+    opt = build_optimizer(m, cfg.optim, 0.5, CPU)
+    assert isinstance(opt, torch.optim.AdamW)
+    assert bool(opt.defaults["fused"]) == fused and opt.defaults["foreach"] == foreach
+    assert opt.defaults["betas"] == (0.8, 0.9) and opt.defaults["lr"] == 0.5
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.07 and no_decay["weight_decay"] == 0.0
+    assert decay["params"] == [m[0].weight] and no_decay["params"] == [m[0].bias, m[1].bias]
+    assert param_groups(m, 0.07)[0]["params"] == [m[0].weight]
+
+
+def test_umt_spec_names_the_run_sizes() -> None:
+    s = _step()
+    spec = umt_spec(s.cfg, s.model, s.teacher)
+    assert spec.student == ViTSpec(96, 4, 16) and spec.teacher == ViTSpec(64, 4, 16)
+    assert (spec.teacher_dim, spec.teacher_size, spec.num_frames, spec.input_size) == (64, 32, 2, 32)
+    assert spec.mask_ratio == 0.5 and spec.align_layers == 2
+
+
+def test_autocast_context() -> None:
+    lin = torch.nn.Linear(4, 4)
+    with autocast_context(CPU, torch.bfloat16):
+        assert lin(torch.randn(2, 4)).dtype == torch.bfloat16
+    with autocast_context(CPU, None):
+        assert lin(torch.randn(2, 4)).dtype == torch.float32
+
+
+# --------------------------------------------------------------------------------------------------- phases
+
+
+def test_keep_count_and_mask_kinds() -> None:
+    for kind in ("semantic", "tube", "random"):
+        s = _step(f"mask.kind={kind}")
+        assert s.tokens_per_frame == 4 and s.keep == 2  # 32 px / 16 = 2×2 tokens, ratio 0.5
+        video = _video()
+        tout = s.teacher_forward(video)
+        idx = s.make_mask(tout, video, seed=3)  # [B, T·K]
+        assert idx.shape == (2, 4) and idx.dtype == torch.int64 and (idx[:, 1:] > idx[:, :-1]).all()
+        if kind == "tube":
+            assert torch.equal(idx[:, 2:] - 4, idx[:, :2])  # the same spatial set in both frames
+        if kind == "semantic":
+            assert torch.equal(idx // 4, torch.tensor([[0, 0, 1, 1]] * 2))  # K per frame
+        assert torch.equal(idx, s.make_mask(tout, video, seed=3))
+    # random: over seeds, some clip keeps 3 tokens of one frame (impossible for semantic/tube)
+    s = _step("mask.kind=random")
+    tout = s.teacher_forward(_video())
+    per_frame = [(s.make_mask(tout, _video(), seed) // 4).eq(0).sum(1) for seed in range(20)]
+    assert any(bool((c != 2).any()) for c in per_frame)
+
+
+def test_teacher_forward_is_frozen_and_loss_is_the_hand_uma() -> None:
+    s = _step()
+    video = _video(1)
+    tout = s.teacher_forward(video)
+    assert not tout.targets.requires_grad and tout.targets.shape == (2, 2, 8, 64)
+    idx = s.make_mask(tout, video, seed=5)
+    with torch.no_grad():
+        pred = s.model(video, idx)  # [L, B, K, C]
+    target = torch.stack([tout.targets[:, b, idx[b]] for b in range(2)], dim=1)  # [L, B, K, C], gathered by hand
+    want = (2 - 2 * (F.normalize(pred, dim=-1) * target).sum(-1)).mean()
+    loss = s.forward_backward(video, idx, tout)
+    assert not loss.requires_grad
+    torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-6)
+    assert all(p.grad is not None for p in s.params) and _grad_norm(s.params) > 0
+
+
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\(\)` has been overridden")
+@pytest.mark.parametrize("clip", [0.0, 1e-3])
+def test_clip_grad_bounds_the_norm_the_optimizer_sees(clip: float) -> None:
+    s = _step(f"optim.clip_grad={clip}", "optim.impl=foreach")
+    video = _video(2)
+    tout = s.teacher_forward(video)
+    s.forward_backward(video, s.make_mask(tout, video, seed=1), tout)
+    raw = _grad_norm(s.params)
+    seen: list[float] = []
+    inner = s.optimizer.step
+    s.optimizer.step = lambda *a, **k: (seen.append(_grad_norm(s.params)), inner(*a, **k))[1]  # type: ignore
+    assert bool(s.optimizer_step())
+    assert raw > 10 * 1e-3
+    if clip:
+        assert seen[0] == pytest.approx(clip, rel=1e-4)  # clipped to exactly the bound
+    else:
+        assert seen[0] == pytest.approx(raw, rel=1e-6)  # untouched
+    assert all(p.grad is None for p in s.params)  # zeroed (set to None) for the next step
+
+
+def test_full_step_updates_schedules_and_counts() -> None:
+    s = _step("optim.warmup_epochs=0")
+    before = [p.detach().clone() for p in s.params]
+    lr0 = s.optimizer.param_groups[0]["lr"]
+    loss, ok = s(_video(3), seed=9)
+    assert bool(ok) and math.isfinite(float(loss))
+    assert int(s.skipped) == 0 and int(s.consecutive) == 0
+    assert s.optimizer.param_groups[0]["lr"] < lr0  # one cosine step taken
+    assert all(not torch.equal(p, q) for p, q in zip(s.params, before) if p.ndim > 1)
+    # Two bad steps in a row, then a good one: counters 1, 2, then the run resets.
+    for expect in (1, 2):
+        video = _video(4)
+        tout = s.teacher_forward(video)
+        s.forward_backward(video, s.make_mask(tout, video, seed=1), tout)
+        s.params[0].grad.fill_(float("inf"))
+        assert not bool(s.optimizer_step())
+        assert int(s.skipped) == expect and int(s.consecutive) == expect
+    _, ok = s(_video(5), seed=2)
+    assert bool(ok) and int(s.skipped) == 2 and int(s.consecutive) == 0
