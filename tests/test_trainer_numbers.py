@@ -89,5 +89,6 @@ def test_nonfinite_step_is_skipped_and_weights_stay_unchanged(tmp_path: Path, im
         _, ok = sf(next(it)["video"], seed=7)
         assert bool(ok) and int(sf.consecutive) == 0 and int(sf.skipped) == 1
         assert any(not torch.equal(p, q) for p, q in zip(sf.params, before))
+        assert all(torch.isfinite(p).all() for p in sf.params)  # no NaN was left behind in the moments either
     finally:
         tr.close()
