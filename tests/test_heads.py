@@ -57,3 +57,15 @@ def test_uma_heads_match_a_hand_written_formula() -> None:
 def test_uma_heads_layernorm_eps_is_official() -> None:
     model = _tiny_pretrain()
     assert [n.eps for n in model.heads.norm] == [1e-6, 1e-6]
+
+
+def test_uma_heads_default_count_and_dtype_follow_the_features() -> None:
+    from umt.model import UMAHeads
+
+    heads = UMAHeads(8, 4)
+    assert len(heads.proj) == len(heads.norm) == 6  # one per aligned layer, 6 by default (DESIGN.md)
+    heads = heads.to(torch.bfloat16)
+    feats = torch.randn(6, 2, 3, 8, dtype=torch.bfloat16)
+    pos = torch.randn(2, 3, 8)  # the student's fp32 sin-cos table, cast to the features' dtype
+    out = heads(feats, pos)
+    assert out.dtype == torch.bfloat16 and out.shape == (6, 2, 3, 4)
