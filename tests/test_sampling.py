@@ -88,8 +88,13 @@ def test_crop_snap_and_clamp_by_hand() -> None:
     assert multiscale_crop(300, 229, 224, SCALES, 0, 4) == (2 * (71 // 4), 0, 229, 229)
     # Portrait frames: the offsets move along y. 240 × 320, pair (1, 2): h = 210, w = 180; offset (3, 1).
     assert multiscale_crop(240, 320, 224, SCALES, 4, 10) == (3 * (60 // 4), 1 * (110 // 4), 180, 210)
+    assert multiscale_crop(300, 227, 224, SCALES, 0, 0) == (0, 0, 227, 227)  # |227 − 224| = 3: not within 3 px
+    assert multiscale_crop(300, 221, 224, SCALES, 0, 0) == (0, 0, 221, 221)
+    assert multiscale_crop(300, 222, 224, SCALES, 0, 0) == (0, 0, 224, 222)  # 222 snaps to 224 > H: h clamped
     # Short side 222 snaps to 224, wider than the 222-px frame: the crop width is clamped to the frame.
     assert multiscale_crop(222, 300, 224, (1.0,), 0, 0) == (0, 0, 222, 224)
+    # The 5-offset table (no more_fix_crop): index 3 is the lower right corner.
+    assert multiscale_crop(320, 240, 224, SCALES, 4, 3, offsets=FIX_OFFSETS_5) == (140, 28, 180, 210)
     assert eval_crop(320, 240) == (40, 0, 240, 240)
     assert eval_crop(240, 330) == (0, 44, 240, 240)  # 2 · (90 // 4)
     assert eval_crop(64, 64) == (0, 0, 64, 64)
