@@ -46,3 +46,28 @@ def test_keep_per_frame_by_hand() -> None:
     with pytest.raises(ValueError):
         masking.keep_per_frame(4, 1.0)
     assert masking.keep_per_frame(1, 0.0) == 1
+
+
+@pytest.mark.parametrize("kind", ["tube", "random"])
+def test_masks_are_drawn_on_the_requested_device(kind: str) -> None:
+    """The meta device stands in for a GPU on a CPU machine: a mask drawn on the host would land on "cpu"."""
+    idx = masking.make_mask(kind, batch=2, frames=2, tokens_per_frame=4, keep=2, seed=1, device="meta")
+    assert idx.device.type == "meta" and idx.shape == (2, 4)
+    fn = masking.tube_mask if kind == "tube" else masking.random_mask
+    assert fn(2, 2, 4, 2, 1, device="meta").device.type == "meta"
+
+
+def test_make_mask_passes_every_argument_through() -> None:
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(6, 2, 8, generator=g), torch.randn(6, 2, 1 + 9, 8, generator=g)  # B·T = 3·2, N = 9
+    want = masking.semantic_mask(q, k, 3, 2, 4, seed=11)
+    got = masking.make_mask("semantic", batch=3, frames=2, tokens_per_frame=9, keep=4, seed=11, q_cls=q, k=k)
+    assert torch.equal(got, want) and got.shape == (3, 8)
+    assert torch.equal(masking.make_mask("tube", batch=3, frames=2, tokens_per_frame=9, keep=4, seed=11),
+                       masking.tube_mask(3, 2, 9, 4, 11))
+    assert torch.equal(masking.make_mask("random", batch=3, frames=2, tokens_per_frame=9, keep=4, seed=11),
+                       masking.random_mask(3, 2, 9, 4, 11))
+    with pytest.raises(ValueError):
+        masking.make_mask("semantic", batch=3, frames=2, tokens_per_frame=9, keep=4, seed=11, q_cls=q)
+    with pytest.raises(ValueError):
+        masking.make_mask("semantic", batch=3, frames=2, tokens_per_frame=9, keep=4, seed=11, k=k)
