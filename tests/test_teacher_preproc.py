@@ -146,3 +146,24 @@ def test_openai_torchscript_archive_is_resized_like_a_checkpoint(tmp_path: Path)
     assert a.visual.positional_embedding.shape == (17, 64)
     torch.testing.assert_close(a.visual.positional_embedding, b.visual.positional_embedding, rtol=0, atol=0)
     torch.testing.assert_close(a.visual.conv1.weight, clip.visual.conv1.weight, rtol=0, atol=0)
+
+
+def test_teacher_defaults_are_umt_b() -> None:
+    """The defaults build UMT-B's teacher: CLIP ViT-B/16 at 224 px, QuickGELU, 6 target layers, ImageNet input."""
+    from open_clip.transformer import QuickGELU
+
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        t = CLIPTeacher()
+    assert (t.name, t.image_size, t.align_layers, t.input_norm) == ("ViT-B-16", 224, 6, "imagenet")
+    assert (t.output_dim, t.patch_size, t.num_heads) == (512, 16, 12) and t.random_init
+    assert t.visual.positional_embedding.shape == (197, 768)
+    assert isinstance(t.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)
+    tiny = CLIPTeacher("umt-tiny-clip", image_size=32, align_layers=1)
+    assert torch.equal(tiny.norm_a, torch.ones(1, 3, 1, 1)) and torch.equal(tiny.norm_b, torch.zeros(1, 3, 1, 1))
+    assert not any(p.requires_grad for p in tiny.parameters()) and not tiny.training
+    with pytest.raises(ValueError):
+        CLIPTeacher("umt-tiny-clip", image_size=32, align_layers=5)  # 4 blocks
+    with pytest.raises(ValueError):
+        CLIPTeacher("umt-tiny-clip", image_size=32, align_layers=0)
+    with pytest.raises(ValueError):
+        CLIPTeacher("no-such-model", image_size=32, align_layers=1)
