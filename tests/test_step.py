@@ -139,7 +139,7 @@ def test_teacher_forward_is_frozen_and_loss_is_the_hand_uma() -> None:
     assert all(p.grad is not None for p in s.params) and _grad_norm(s.params) > 0
 
 
-@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\(\)` has been overridden")
+@pytest.mark.filterwarnings(r"ignore:Seems like `optimizer.step\(\)` has been overridden")
 @pytest.mark.parametrize("clip", [0.0, 1e-3])
 def test_clip_grad_bounds_the_norm_the_optimizer_sees(clip: float) -> None:
     s = _step(f"optim.clip_grad={clip}", "optim.impl=foreach")
@@ -178,3 +178,96 @@ def test_full_step_updates_schedules_and_counts() -> None:
         assert int(s.skipped) == expect and int(s.consecutive) == expect
     _, ok = s(_video(5), seed=2)
     assert bool(ok) and int(s.skipped) == 2 and int(s.consecutive) == 0
+
+
+# ------------------------------------------------------------------------------------------------- builders
+
+
+def test_build_models_maps_every_field(tmp_path) -> None:  # noqa: ANN001
+    from open_clip.transformer import QuickGELU
+
+    from umt.model import build_clip
+
+    clip = build_clip("umt-tiny-clip", image_size=32, quick_gelu=True)
+    weights = tmp_path / "tiny.pt"
+    torch.save({"state_dict": clip.state_dict()}, weights)
+    cfg = _cfg("model.drop_path=0.3", "model.align_layers=3", "model.teacher_quick_gelu=true",
+               "model.teacher_input_norm=clip", f"model.teacher_weights={weights}", "data.mean=0.5,0.5,0.5",
+               "data.std=0.25,0.25,0.25")
+    model, teacher = build_models(cfg, torch.device("meta"))
+    s = model.student
+    assert all(p.device.type == "meta" for p in model.parameters())
+    assert all(p.device.type == "meta" for p in teacher.parameters())
+    assert s.grid == (2, 2, 2) and s.align_layers == 3 and len(model.heads.proj) == 3
+    assert s.blocks[-1].drop_path1.drop_prob == pytest.approx(0.3)  # the ramp ends at model.drop_path
+    assert model.heads.proj[0].out_features == 64  # teacher output dim
+    assert teacher.align_layers == 3 and teacher.image_size == 32 and teacher.input_norm == "clip"
+    assert not teacher.random_init and teacher.name == "umt-tiny-clip"
+    assert isinstance(teacher.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)
+    # The teacher renormalises from the video's normalisation (data.mean/std) to CLIP's: x·a + b.
+    _, cpu_teacher = build_models(cfg, CPU)
+    from umt.model.teacher import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+    a = torch.tensor([0.25 / c for c in OPENAI_CLIP_STD]).view(1, 3, 1, 1)
+    b = torch.tensor([(0.5 - m) / c for m, c in zip(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)]).view(1, 3, 1, 1)
+    torch.testing.assert_close(cpu_teacher.norm_a, a)
+    torch.testing.assert_close(cpu_teacher.norm_b, b)
+    torch.testing.assert_close(cpu_teacher.visual.conv1.weight, clip.visual.conv1.weight)
+
+
+def test_build_models_rejects_a_grid_mismatch() -> None:
+    from umt.train.config import ConfigError
+
+    cfg = _cfg("data.input_size=32", "model.teacher_image_size=32")
+    cfg.model.teacher_image_size = 48  # past the config check: 3×3 teacher grid vs the student's 2×2
+    with pytest.raises(ConfigError, match="grid"):
+        build_models(cfg, torch.device("meta"))
+
+
+def test_scheduler_rounding_and_all_warmup_edges() -> None:
+    cfg = _cfg("optim.warmup_epochs=0.4")  # 0.4 × 4 = 1.6 → 2 warm-up steps (rounded, not floored)
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = build_scheduler(opt, cfg, 4, 1.0, 0.1)
+    opt.step()
+    sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5)
+    # Warm-up spanning the whole run: at its end the LR is the floor, not a half-way cosine.
+    assert lr_multiplier(11, 10, 10, 0.1) == pytest.approx(0.1)
+    assert lr_multiplier(10, 10, 10, 0.1) == pytest.approx(1.0)
+
+
+def test_apex_optimizer_is_built_with_adamw_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    calls: list[tuple] = []
+    fake = types.ModuleType("apex.optimizers")
+    fake.FusedAdam = lambda groups, **kw: calls.append((groups, kw)) or "fused-adam"  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "apex", types.ModuleType("apex"))
+    monkeypatch.setitem(sys.modules, "apex.optimizers", fake)
+    cfg = _cfg("optim.impl=apex", "optim.betas=0.8,0.9", "optim.weight_decay=0.07")
+    m = torch.nn.Linear(3, 4)
+    assert build_optimizer(m, cfg.optim, 0.5, CPU) == "fused-adam"
+    (groups, kw), = calls
+    assert kw == {"lr": 0.5, "betas": (0.8, 0.9), "adam_w_mode": True}
+    assert groups[0]["params"] == [m.weight] and groups[0]["weight_decay"] == 0.07
+    assert groups[1]["params"] == [m.bias] and groups[1]["weight_decay"] == 0.0
+
+
+def test_step_wiring_fused_vs_foreach_and_bf16() -> None:
+    fused = _step("optim.impl=fused")
+    assert fused.skip_native and not _step("optim.impl=foreach").skip_native
+    assert fused.params == [p for p in fused.model.parameters()]
+    cfg = _cfg()
+    torch.manual_seed(0)
+    model, teacher = build_models(cfg, CPU)
+    opt = build_optimizer(model, cfg.optim, 1e-3, CPU)
+    s = StageOneStep(model, teacher, opt, build_scheduler(opt, cfg, 4, 1e-3, 1e-4), cfg, CPU, torch.bfloat16)
+    video = _video(6)
+    tout = s.teacher_forward(video)
+    assert tout.targets.dtype == torch.bfloat16  # the teacher ran under bf16 autocast
+    dtypes: list[torch.dtype] = []
+    model.heads.proj[0].register_forward_hook(lambda m, a, out: dtypes.append(out.dtype))
+    loss = s.forward_backward(video, s.make_mask(tout, video, 1), tout)
+    assert dtypes == [torch.bfloat16] and loss.dtype == torch.float32
