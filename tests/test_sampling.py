@@ -45,6 +45,9 @@ def test_tsn_train_positions_by_hand() -> None:
     # u just below 1 rounds (float32) to the segment's end: the last frame is clamped to N − 1.
     assert tsn_indices(3, 8, np.full(8, 0.99999994, np.float32)).tolist() == [0, 0, 1, 1, 1, 2, 2, 2]
     assert tsn_indices(8, 8, np.full(8, 0.99999994, np.float32)).tolist() == [0, 2, 3, 4, 5, 6, 7, 7]
+    # u arrives as Python floats (float64): rounded to float32 first, as the DALI graph holds it. 0.99999999 is 1.0
+    # in float32, so every position lands on the next segment's start (float64 arithmetic would floor to i).
+    assert tsn_indices(8, 8, [0.99999999] * 8).tolist() == [1, 2, 3, 4, 5, 6, 7, 7]
     with pytest.raises(ValueError):
         tsn_indices(0, 8)
     with pytest.raises(ValueError):
@@ -55,6 +58,9 @@ def test_crop_tables_by_hand() -> None:
     # (height index, width index) with |i − j| <= 1, row-major: the official order.
     assert crop_pairs(4) == [(0, 0), (0, 1), (1, 0), (1, 1), (1, 2), (2, 1), (2, 2), (2, 3), (3, 2), (3, 3)]
     assert crop_pairs(3, max_distort=2) == [(i, j) for i in range(3) for j in range(3)]
+    fh2, fw2 = crop_size_table(SCALES[:3], max_distort=2)  # every pair of 3 scales
+    np.testing.assert_array_equal(fh2, np.float32([1, 1, 1, .875, .875, .875, .75, .75, .75]))
+    np.testing.assert_array_equal(fw2, np.float32([1, .875, .75] * 3))
     fh, fw = crop_size_table(SCALES)
     assert fh.dtype == np.float32 and fw.dtype == np.float32
     np.testing.assert_array_equal(fh, np.float32([1, 1, .875, .875, .875, .75, .75, .75, .66, .66]))
