@@ -127,6 +127,7 @@ def test_position_table_downsized_bicubic_without_antialias(tmp_path: Path) -> N
     torch.testing.assert_close(t.visual.positional_embedding, _resize_table(pos, 4, 3), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 def test_openai_torchscript_archive_is_resized_like_a_checkpoint(tmp_path: Path) -> None:
     """The OpenAI-style TorchScript path resizes the table as the open_clip checkpoint path does."""
     torch.manual_seed(6)
@@ -167,3 +168,98 @@ def test_teacher_defaults_are_umt_b() -> None:
         CLIPTeacher("umt-tiny-clip", image_size=32, align_layers=0)
     with pytest.raises(ValueError):
         CLIPTeacher("no-such-model", image_size=32, align_layers=1)
+
+
+# ------------------------------------------------------------------------------------- loading (mutation survivors)
+
+
+def _noisy_clip(size: int = 32) -> torch.nn.Module:
+    """A tiny CLIP with every parameter perturbed: non-zero attention biases, norms away from (1, 0)."""
+    torch.manual_seed(7)
+    clip = build_clip("umt-tiny-clip", image_size=size).eval()
+    with torch.no_grad():
+        for p in clip.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return clip
+
+
+def test_targets_match_open_clip_with_every_weight_perturbed(tmp_path: Path) -> None:
+    clip = _noisy_clip()
+    path = tmp_path / "noisy.pt"
+    torch.save(clip.state_dict(), path)
+    t = CLIPTeacher("umt-tiny-clip", image_size=32, weights=path, quick_gelu=False, align_layers=2)
+    frames = torch.randn(2, 3, 32, 32)
+    out = t(frames.view(1, 2, 3, 32, 32).transpose(1, 2))  # B=1, T=2
+    ref = clip.visual.forward_intermediates(frames, indices=2, normalize_intermediates=True, intermediates_only=True,
+                                            output_fmt="NLC")["image_intermediates"]
+    ref = torch.stack([F.normalize(r @ clip.visual.proj, dim=-1) for r in ref])  # [2, 2, 4, C]
+    torch.testing.assert_close(out.targets, ref.reshape(2, 1, 8, 64), rtol=1e-4, atol=1e-5)
+
+
+def test_safetensors_and_strict_loading(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    clip = _noisy_clip()
+    sd = {k: v.contiguous() for k, v in clip.state_dict().items()}
+    st = tmp_path / "clip.safetensors"  # not a zip archive: must not be taken for TorchScript
+    save_file(sd, str(st))
+    t = CLIPTeacher("umt-tiny-clip", image_size=32, weights=st, quick_gelu=False, align_layers=1)
+    torch.testing.assert_close(t.visual.proj, clip.visual.proj, rtol=0, atol=0)
+    partial = tmp_path / "partial.pt"
+    torch.save({k: v for k, v in sd.items() if k != "visual.proj"}, partial)
+    with pytest.raises(RuntimeError):  # strict: a missing tensor is an error, not a silently random projection
+        CLIPTeacher("umt-tiny-clip", image_size=32, weights=partial, quick_gelu=False, align_layers=1)
+
+
+def _trace(clip: torch.nn.Module, path: Path, size: int) -> Path:
+    mask = clip._buffers.pop("attn_mask")  # OpenAI's archives hold no attn_mask buffer: trace it as a constant
+    clip.attn_mask = mask
+    traced = torch.jit.trace(clip, (torch.randn(1, 3, size, size), torch.zeros(1, 16, dtype=torch.long)),
+                             strict=False, check_trace=False)
+    traced.save(str(path))
+    return path
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_openai_archive_extra_entries_dropped_and_strict(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from umt.model import teacher as teacher_mod
+
+    clip = _noisy_clip()
+    for name, value in (("input_resolution", 32), ("context_length", 16), ("vocab_size", 64)):
+        clip.__dict__.pop(name, None)  # open_clip keeps two of them as plain ints
+        clip.register_buffer(name, torch.tensor(value))  # as in OpenAI's released archives
+    archive = _trace(clip, tmp_path / "openai.pt", 32)
+    t = CLIPTeacher("umt-tiny-clip", image_size=32, weights=archive, quick_gelu=False, align_layers=1)
+    torch.testing.assert_close(t.visual.proj, clip.visual.proj, rtol=0, atol=0)
+    # An archive of a 2-block tower does not fit the 4-block teacher: strict load fails loudly.
+    cfg = dict(teacher_mod.TEACHER_CONFIGS["umt-tiny-clip"])
+    cfg["vision_cfg"] = {**cfg["vision_cfg"], "layers": 2}
+    monkeypatch.setitem(teacher_mod.TEACHER_CONFIGS, "umt-tiny-2l", cfg)
+    small = _trace(build_clip("umt-tiny-2l", image_size=32).eval(), tmp_path / "small.pt", 32)
+    with pytest.raises(RuntimeError):
+        CLIPTeacher("umt-tiny-clip", image_size=32, weights=small, quick_gelu=False, align_layers=1)
+
+
+def test_build_clip_leaves_the_config_table_alone_and_drops_custom_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    from umt.model import teacher as teacher_mod
+
+    build_clip("umt-tiny-clip", image_size=48)
+    assert teacher_mod.TEACHER_CONFIGS["umt-tiny-clip"]["vision_cfg"]["image_size"] == 224  # a copy was edited
+    monkeypatch.setitem(teacher_mod.TEACHER_CONFIGS, "umt-tiny-custom",
+                        {**teacher_mod.TEACHER_CONFIGS["umt-tiny-clip"], "custom_text": True})
+    assert build_clip("umt-tiny-custom").visual.output_dim == 64  # open_clip's CLIP takes no custom_text argument
+
+
+def test_non_batch_first_towers_are_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    from umt.model import teacher as teacher_mod
+
+    real = teacher_mod.build_clip
+
+    def seq_first(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        clip = real(*a, **k)
+        clip.visual.transformer.batch_first = False
+        return clip
+
+    monkeypatch.setattr(teacher_mod, "build_clip", seq_first)
+    with pytest.raises(ValueError, match="batch_first"):
+        CLIPTeacher("umt-tiny-clip", image_size=32, quick_gelu=False, align_layers=1)
