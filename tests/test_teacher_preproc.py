@@ -162,6 +162,8 @@ def test_teacher_defaults_are_umt_b() -> None:
     tiny = CLIPTeacher("umt-tiny-clip", image_size=32, align_layers=1)
     assert torch.equal(tiny.norm_a, torch.ones(1, 3, 1, 1)) and torch.equal(tiny.norm_b, torch.zeros(1, 3, 1, 1))
     assert not any(p.requires_grad for p in tiny.parameters()) and not tiny.training
+    assert "norm_a" not in tiny.state_dict() and "norm_b" not in tiny.state_dict()  # derived, never checkpointed
+    assert CLIPTeacher("umt-tiny-clip", image_size=32, align_layers=4).align_layers == 4  # every block
     with pytest.raises(ValueError):
         CLIPTeacher("umt-tiny-clip", image_size=32, align_layers=5)  # 4 blocks
     with pytest.raises(ValueError):
