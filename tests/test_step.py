@@ -271,3 +271,19 @@ def test_step_wiring_fused_vs_foreach_and_bf16() -> None:
     model.heads.proj[0].register_forward_hook(lambda m, a, out: dtypes.append(out.dtype))
     loss = s.forward_backward(video, s.make_mask(tout, video, 1), tout)
     assert dtypes == [torch.bfloat16] and loss.dtype == torch.float32
+
+
+@pytest.mark.parametrize("impl", ["fused", "foreach"])
+def test_skipped_step_leaves_weights_unchanged(impl: str) -> None:
+    """After good steps (non-zero moments and LR), a step with an inf gradient moves no weight on either path."""
+    s = _step(f"optim.impl={impl}", "optim.warmup_epochs=0")
+    for seed in range(2):
+        assert bool(s(_video(seed), seed=seed)[1])
+    video = _video(7)
+    tout = s.teacher_forward(video)
+    s.forward_backward(video, s.make_mask(tout, video, seed=1), tout)
+    s.params[-1].grad.view(-1)[0] = float("inf")
+    before = [p.detach().clone() for p in s.params]
+    assert not bool(s.optimizer_step())
+    assert all(torch.equal(p, q) for p, q in zip(s.params, before))
+    assert bool(s(_video(8), seed=3)[1]) and all(torch.isfinite(p).all() for p in s.params)
