@@ -287,3 +287,26 @@ def test_skipped_step_leaves_weights_unchanged(impl: str) -> None:
     assert not bool(s.optimizer_step())
     assert all(torch.equal(p, q) for p, q in zip(s.params, before))
     assert bool(s(_video(8), seed=3)[1]) and all(torch.isfinite(p).all() for p in s.params)
+
+
+def test_counters_and_masks_live_on_the_step_device() -> None:
+    """The meta device stands in for a GPU: counters and tube/random masks are made there, not on the host."""
+    from types import SimpleNamespace
+
+    cfg = _cfg("mask.kind=tube")
+    model, teacher = build_models(cfg, torch.device("meta"))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
+    meta = torch.device("meta")
+    s = StageOneStep(model, teacher, opt, None, cfg, meta, None)
+    for c in (s.skipped, s.consecutive):
+        assert c.device.type == "meta" and c.dtype == torch.int64 and c.shape == ()
+    idx = s.make_mask(SimpleNamespace(q_cls=None, k=None), torch.empty(2, 3, 2, 32, 32, device=meta), seed=1)
+    assert idx.device.type == "meta" and idx.shape == (2, 4)
+    cpu = _step()
+    assert cpu.skipped.dtype == torch.int64 and cpu.consecutive.dtype == torch.int64
+
+
+def test_autocast_context_uses_the_given_dtype() -> None:
+    lin = torch.nn.Linear(4, 4)
+    with autocast_context(CPU, torch.float16):  # not the CPU default (bf16): the dtype must be passed through
+        assert lin(torch.randn(2, 4)).dtype == torch.float16
