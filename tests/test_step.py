@@ -222,6 +222,9 @@ def test_build_models_rejects_a_grid_mismatch() -> None:
     cfg.model.teacher_image_size = 48  # past the config check: 3×3 teacher grid vs the student's 2×2
     with pytest.raises(ConfigError, match="grid"):
         build_models(cfg, torch.device("meta"))
+    # 34 px at patch 16 is still a 2×2 grid (the patch conv floors): accepted, the grids are compared in patches.
+    _, teacher = build_models(_cfg("model.teacher_image_size=34"), torch.device("meta"))
+    assert teacher.image_size == 34
 
 
 def test_scheduler_rounding_and_all_warmup_edges() -> None:
