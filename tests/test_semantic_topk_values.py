@@ -97,17 +97,23 @@ def test_semantic_topk_reference_by_hand() -> None:
     k2 = torch.cat([k[:, :, :1], k], dim=2)  # [4, 2, 12, 8]
     idx = semantic_topk_reference(q, k2, 3, 9, num_prefix_tokens=2)
     assert idx.max() < 10 and idx.shape == (4, 3)
+    p2 = _cls_attention_by_hand(q.double().numpy(), k2.double().numpy(), 2)
+    score2 = np.log(p2) - np.log(-np.log(_noise(9, 4, 10)))
+    want2 = np.sort(np.argsort(-score2, axis=1)[:, :3], axis=1)
+    np.testing.assert_array_equal(idx.numpy(), want2)
+    np.testing.assert_array_equal(semantic_topk(q, k2, 3, 9, num_prefix_tokens=2).numpy(), want2)
 
 
 def test_semantic_topk_argument_checks() -> None:
     q, k = torch.randn(2, 2, 8), torch.randn(2, 2, 5, 8)
     with pytest.raises(ValueError, match="unknown impl"):
         semantic_topk(q, k, 2, 0, impl="cuda")
-    with pytest.raises(ValueError):
+    # The Triton path checks its arguments before any launch (so these run without a kernel).
+    with pytest.raises(ValueError, match="keep must be"):
         semantic_topk(q, k, 5, 0, impl="triton")  # 4 patches: keep 5 is out of range
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="keep must be"):
         semantic_topk(q, k, 0, 0, impl="triton")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="expected q_cls"):
         semantic_topk(q[:, :1], k, 2, 0, impl="triton")  # head count differs
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="expected q_cls"):
         semantic_topk(q, k[0], 2, 0, impl="triton")  # keys not 4-D
