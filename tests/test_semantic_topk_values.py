@@ -79,6 +79,7 @@ def test_gumbel_topk_by_hand() -> None:
     np.testing.assert_array_equal(got.numpy(), want)
     np.testing.assert_array_equal(gumbel_topk(logits.to(torch.bfloat16), 3, seed=42).numpy(), want)  # any dtype
     assert gumbel_topk(logits, 8, seed=1).tolist() == [list(range(8))] * 2
+    np.testing.assert_array_equal(gumbel_topk(logits, 1, seed=42).numpy(), np.argmax(perturbed, axis=1)[:, None])
     for bad in (0, 9):
         with pytest.raises(ValueError):
             gumbel_topk(logits, bad, seed=1)
