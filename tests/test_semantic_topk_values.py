@@ -39,6 +39,9 @@ def test_uniform_noise_bits_pinned(seed: int) -> None:
     np.testing.assert_array_equal(got.double().numpy(), want)
     if seed >= 0:
         np.testing.assert_array_equal(uniform_noise(torch.tensor(seed), 3, 7).double().numpy(), want)
+    if 0 <= seed < 2**31:  # an int32 seed tensor is widened before the 32-bit mask, not wrapped
+        np.testing.assert_array_equal(uniform_noise(torch.tensor(seed, dtype=torch.int32), 3, 7).double().numpy(),
+                                      want)
 
 
 def test_uniform_noise_on_the_requested_device() -> None:
