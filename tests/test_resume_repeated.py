@@ -56,7 +56,6 @@ def _record_indices(tr: Trainer) -> list[list[int]]:
     return seen
 
 
-@pytest.mark.slow  # three short trainer runs on real shards: ~10 s on 2 cores
 def test_trainer_resume_tail_with_num_sample_2(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
     d = good_shards(tmp_path_factory)
     base = ["data.backend=reference", f"data.shards={d}", "data.batch_size=2", "data.num_sample=2",
