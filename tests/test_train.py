@@ -94,14 +94,11 @@ def test_nonfinite_steps_are_skipped_then_stop(tmp_path: Path) -> None:
 
 
 def test_demo_recipe_on_real_sample_shards(tmp_path: Path) -> None:
-    data = pytest.importorskip("umt.data")
-    if not hasattr(data, "ensure_sample_shards"):
-        pytest.skip("umt.data.ensure_sample_shards is not there yet (data issue)")
-    try:
-        from umt.data import loader  # noqa: F401
-    except ImportError:
-        pytest.skip("umt.data.loader is not there yet (data issue)")
-    shards = data.ensure_sample_shards(tmp_path / "sample")
+    # Our own modules: a renamed API or a broken import fails here (issue 16), it never turns into a skip.
+    from umt.data import ensure_sample_shards
+    from umt.data import loader  # noqa: F401
+
+    shards = ensure_sample_shards(tmp_path / "sample")
     cfg = apply_overrides(get_recipe("demo"), [f"data.shards={shards}", "optim.max_steps=3", "log.every_steps=1",
                                                "log.progress=false", "data.num_workers=1"])
     tr = Trainer(cfg, tmp_path / "demo")

@@ -219,15 +219,22 @@ class StageOneStep:
         ok = torch.isfinite(norm)
         if self.cfg.optim.clip_grad > 0:
             torch.nn.utils.clip_grads_with_norm_(self.params, self.cfg.optim.clip_grad, norm, foreach=True)
+        saved = None
         if self.skip_native:
             # The fused AdamW kernel skips params, moments and step count where found_inf != 0 (on device).
             self.optimizer.found_inf = (~ok).float()
         else:
-            # Fallback: zero the gradients of a bad step (moments still decay once; documented difference).
+            # Fallback: zero the gradients of a bad step, and put the weights back after the step (weight decay and
+            # the moments would still move them); the moments still decay once (documented difference).
             zero = torch.zeros((), device=norm.device)
             for g in grads:
                 g.copy_(torch.where(ok, torch.nan_to_num(g, 0.0, 0.0, 0.0), zero))
+            saved = [p.detach().clone() for p in self.params]
         self.optimizer.step()
+        if saved is not None:
+            with torch.no_grad():
+                for p, s in zip(self.params, saved):
+                    p.copy_(torch.where(ok, p, s))
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         bad = (~ok).to(torch.int64)
