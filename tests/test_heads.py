@@ -53,7 +53,6 @@ def test_uma_heads_match_a_hand_written_formula() -> None:
         torch.testing.assert_close(got[j], want, rtol=0, atol=5e-5)
 
 
-@pytest.mark.xfail(strict=True, reason="pending i9: UMA heads' LayerNorm eps 1e-6 (official UMT), torch default now")
 def test_uma_heads_layernorm_eps_is_official() -> None:
     model = _tiny_pretrain()
     assert [n.eps for n in model.heads.norm] == [1e-6, 1e-6]

@@ -50,7 +50,6 @@ def test_imagenet_input_norm_feeds_the_video_as_is() -> None:
     torch.testing.assert_close(_conv1_input(t, video), video.transpose(1, 2).flatten(0, 1), rtol=0, atol=0)
 
 
-@pytest.mark.xfail(strict=True, reason="pending i9: the teacher's frame resize (224 → 196) becomes bicubic")
 def test_frame_resize_is_bicubic() -> None:
     torch.manual_seed(2)
     video = torch.randn(1, 3, 2, 64, 64)
@@ -109,18 +108,12 @@ def test_position_table_resize_keeps_cls_rows_and_columns(tmp_path: Path) -> Non
         assert (grid[0] - grid[-1]).abs().max() > 0.1  # ...and still varies along y
 
 
-_PENDING_RESIZE = pytest.mark.xfail(strict=True, reason="pending i9: position-table resize bicubic without antialias "
-                                    "(official UMT-L, 16×16 → 14×14); open_clip's loader antialiases (a = -0.5 kernel)")
-
-
-@_PENDING_RESIZE
 def test_position_table_upsized_bicubic(tmp_path: Path) -> None:
     pos, path = _saved(tmp_path, 48)  # 3×3 grid
     t = CLIPTeacher("umt-tiny-clip", image_size=64, weights=path, quick_gelu=False, align_layers=1)  # 4×4
     torch.testing.assert_close(t.visual.positional_embedding, _resize_table(pos, 3, 4), rtol=1e-5, atol=1e-6)
 
 
-@_PENDING_RESIZE
 def test_position_table_downsized_bicubic_without_antialias(tmp_path: Path) -> None:
     pos, path = _saved(tmp_path, 64)  # 4×4 grid
     t = CLIPTeacher("umt-tiny-clip", image_size=48, weights=path, quick_gelu=False, align_layers=1)  # 3×3
