@@ -26,7 +26,8 @@ def _lowbias32(x: np.ndarray) -> np.ndarray:
 def _noise(seed: int, rows: int, cols: int) -> np.ndarray:
     key = _lowbias32(np.array([(seed % 2**32) ^ 0x9E3779B9], np.uint64))[0]
     bits = _lowbias32(np.arange(rows * cols, dtype=np.uint64) % 2**32 ^ np.uint64(key))
-    u = ((bits >> np.uint32(8)).astype(np.float32) + np.float32(0.5)) * np.float32(1 / 2**24)  # float32, as specified
+    # exact in float32 and inside (0, 1): (2 * (bits >> 9) + 1) * 2^-24 (issue 10: the old (x + 0.5) * 2^-24 reached 1.0)
+    u = (np.uint32(2) * (bits >> np.uint32(9)) + np.uint32(1)).astype(np.float32) * np.float32(2.0**-24)
     return u.astype(np.float64).reshape(rows, cols)
 
 
