@@ -147,3 +147,19 @@ def test_mixed_decoder_seeks() -> None:
         return (time.perf_counter() - t0) / 5
 
     assert cost({"frames": [239]}) < 0.3 * cost({})
+
+
+def test_probed_key_frames_seek_and_fallbacks_decode_exactly_the_prefix() -> None:
+    data = _encode(60, gop=8)
+    full = _full_decode(data)
+    st = DecodeStats()
+    assert np.array_equal(decode_sampled(data, [57], None, stats=st), full[[57]])  # probed now, then seeking
+    assert st.seeks == 1 and not st.fallback and st.decoded <= 8
+    for records in ([], [[5, 12345]]):  # nothing to seek to / no key frame at 0: decode from the first frame
+        st = DecodeStats()
+        assert np.array_equal(decode_sampled(data, [40, 3], records, stats=st), full[[40, 3]])
+        assert st.fallback and st.seeks == 0 and st.decoded == 41  # frames 0..40, then stop
+    with pytest.raises(ValueError, match=">= 0"):
+        decode_sampled(data, [-1])
+    with pytest.raises(ValueError, match="non-empty"):
+        decode_sampled(data, [])

@@ -181,3 +181,17 @@ def test_manifest_records_keyframes_json_is_valid(pattern_shards: Path) -> None:
     ix = ShardIndex(pattern_shards, read_manifest(pattern_shards)["shards"])
     kf = json.loads(ix.read(0, "json"))["keyframes"]
     assert [k for k, _ in kf] == list(range(N_FRAMES))  # MJPEG: every frame is a key frame
+
+
+def test_eval_order_and_draws_follow_their_definitions() -> None:
+    """Evaluation reads manifest order in rank blocks; training draws come from the documented generator."""
+    assert epoch_order(10, seed=1, epoch=3, rank=1, world_size=2, batch_size=2, train=False).tolist() == [5, 6, 7, 8]
+    assert epoch_order(10, seed=1, epoch=3, rank=0, world_size=3, batch_size=3, train=True).shape == (3,)
+    cfg = DataConfig(num_frames=8, num_sample=2)
+    p = draw_params(cfg, 4, 2, 9)
+    rng = np.random.default_rng([4, 2, 9])
+    u = rng.random(8, dtype=np.float32)
+    assert p.u.dtype == np.float32 and np.array_equal(p.u, u)
+    assert p.crops[0] == (int(rng.integers(10)), int(rng.integers(13)), bool(rng.random() < 0.5))
+    assert len(p.crops) == 2 and draw_params(DataConfig(train=False), 4, 2, 9) == draw_params(DataConfig(train=False), 0, 0, 0)
+    assert draw_params(DataConfig(train=False), 4, 2, 9).crops == ()
