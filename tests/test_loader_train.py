@@ -68,8 +68,9 @@ def _expected_window(pair: int, off: int, size: int) -> tuple[int, int, int, int
 def test_training_draws_reach_the_pixels(pattern_shards: Path, backend: str) -> None:
     size, T = 48, 8
     cfg = DataConfig(
-        shards=str(pattern_shards), backend=backend, batch_size=2, num_workers=1, input_size=size, num_sample=2
-    )
+        shards=str(pattern_shards), backend=backend, batch_size=2, num_workers=0, input_size=size, num_sample=2
+    )  # in-process: DataLoader without workers, DALI's source without worker processes (the parallel path is tested
+    # by the tests below)
     L = VideoLoader(cfg)
     mean = torch.tensor(cfg.mean).view(3, 1, 1, 1) * 255
     std = torch.tensor(cfg.std).view(3, 1, 1, 1) * 255
@@ -162,7 +163,7 @@ def test_resume_tail_with_repeated_augmentation(tmp_path_factory: pytest.TempPat
     from tests.data_utils import good_shards
 
     d = good_shards(tmp_path_factory)
-    cfg = DataConfig(shards=str(d), backend=backend, batch_size=2, num_workers=1, input_size=32, num_sample=2)
+    cfg = DataConfig(shards=str(d), backend=backend, batch_size=2, num_workers=0, input_size=32, num_sample=2)
     L = VideoLoader(cfg)
     full = list(L.epoch_iter(5))
     tail = list(L.epoch_iter(5, start_batch=1))

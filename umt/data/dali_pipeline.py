@@ -78,12 +78,12 @@ def build_pipeline(cfg: DataConfig, source: ClipSource, *, device_id: int | None
         py_start_method=start_method,
     )
     def pipe() -> Any:
+        parallel = {"parallel": True, "prefetch_queue_depth": 2} if workers > 0 else {}  # 0: in this process
         outs = fn.external_source(
             source=source,
             num_outputs=n_out,
             batch=False,
-            parallel=workers > 0,
-            prefetch_queue_depth=2,
+            **parallel,
             dtype=dtypes,
             ndim=ndims,
             layout=layouts,
