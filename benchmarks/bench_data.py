@@ -185,8 +185,8 @@ def _run_child(spec: dict[str, Any], env: dict[str, str] | None = None) -> dict[
 def _decode_work(shards: Path, epochs: int = 2) -> dict[str, float]:
     """Frames decoded per clip and decode CPU-s per clip on one core: read + TSN draws + seeking decode, no crop."""
     from umt.data import DataConfig
-    from umt.data.source import ClipSource
     from umt.data.shards import read_manifest
+    from umt.data.source import ClipSource, read_clip
 
     m = read_manifest(shards)
     cfg = DataConfig(shards=str(shards), batch_size=1, num_workers=0)
@@ -195,8 +195,6 @@ def _decode_work(shards: Path, epochs: int = 2) -> dict[str, float]:
     for e in range(epochs):
         src = ClipSource(shards, m["shards"], cfg, rank=0, world_size=1, first_epoch=e, start_batch=0)
         for i in src.order(e):
-            from umt.data.source import read_clip
-
             c = read_clip(src.index, int(i), cfg, src.params(e, int(i)))
             decoded += c.stats.decoded
             clips += 1

@@ -35,14 +35,15 @@ CODECS: dict[str, tuple[str, str, dict[str, str]]] = {
     "h264": ("libx264", "yuv420p", {"preset": "veryfast", "crf": "23", "bf": "0"}),
 }
 
-#: Default codec and GOP, chosen with the seeking decoders (benchmarks/results/2026-11-22_bench_data_matrix_cpu.md:
-#: 16 real 10 s 720p H.264 clips, T = 8). H.264 with a key frame every 8 frames decodes 35 frames per clip of 8 samples
-#: (28 clips/s per core, decode only) at 0.56x the source bytes and 37 dB; VP9 GOP 8 needs 1.3x the CPU at 0.67x the
-#: bytes; the former default VP9 GOP 32 decodes 92 frames per clip (2x the CPU). Shorter GOPs or all-intra at native
-#: frame rate exceed 0.7x the source bytes. MJPEG capped at 8 frames/s decodes exactly the 8 sampled frames (4-5x
-#: faster) but narrows TSN's choice to 8 frames/s; it is the opt-in for CPU-bound training (--codec mjpeg --fps-cap 8).
-#: On a GPU, H.264 is NVDEC's most widely supported codec.
-DEFAULT_CODEC = "h264"
+#: Default codec and GOP, chosen with the seeking decoders (benchmarks/results/2026-11-22_bench_data_matrix_cpu.md and
+#: ..._peers_cpu.md: 16 real 10 s 720p H.264 clips, T = 8). VP9 with a key frame every 8 frames decodes 35 frames per
+#: clip of 8 samples (22 clips/s per core, decode only) at 0.66x the source bytes and 37 dB; the former default VP9
+#: GOP 32 decodes 111 frames per clip (2x the CPU). H.264 GOP 8 is faster still (32 frames, 0.78x the decode CPU, 0.56x
+#: the bytes) but x264's output was not byte-identical between builds in different processes in our tests, which
+#: breaks the builder's determinism and resume guarantees; it stays an option (--codec h264). Shorter GOPs or
+#: all-intra at native frame rate exceed 0.7x the source bytes. MJPEG decodes exactly the 8 sampled frames (fastest)
+#: at 2.5x (native) or 0.84x (fps <= 8) the bytes at equal quality.
+DEFAULT_CODEC = "vp9"
 DEFAULT_GOP = 8
 
 
