@@ -186,14 +186,14 @@ def _decode_work(shards: Path, epochs: int = 2) -> dict[str, float]:
     """Frames decoded per clip and decode CPU-s per clip on one core: read + TSN draws + seeking decode, no crop."""
     from umt.data import DataConfig
     from umt.data.shards import read_manifest
-    from umt.data.source import ClipSource, read_clip
+    from umt.data.source import ClipSource, ShardIndex, read_clip
 
     m = read_manifest(shards)
     cfg = DataConfig(shards=str(shards), batch_size=1, num_workers=0)
     decoded = clips = 0
     t0 = time.process_time()
     for e in range(epochs):
-        src = ClipSource(shards, m["shards"], cfg, rank=0, world_size=1, first_epoch=e, start_batch=0)
+        src = ClipSource(ShardIndex(shards, m["shards"]), cfg, rank=0, world_size=1, first_epoch=e, start_batch=0)
         for i in src.order(e):
             c = read_clip(src.index, int(i), cfg, src.params(e, int(i)))
             decoded += c.stats.decoded

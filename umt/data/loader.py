@@ -102,6 +102,7 @@ class VideoLoader:
         self._fixed_crop = _fixed_crop  # test hook: (pair index, offset index), flip off, same in both backends
         self._pipe: Any = None
         self._dali_it: Any = None
+        self._index: Any = None  # umt.data.source.ShardIndex, built on first use
         self._next: tuple[int, int] | None = None  # (epoch, start_batch) the DALI pipeline would deliver next
         self.pipeline_builds = 0
         """DALI pipelines built so far (one per loader unless resumed or an epoch is abandoned part-way)."""
@@ -117,9 +118,12 @@ class VideoLoader:
     def _source(self, epoch: int, start_batch: int, decode: bool) -> Any:
         from umt.data.source import ClipSource
 
+        if self._index is None:  # parse the .idx files once, not per epoch
+            from umt.data.source import ShardIndex
+
+            self._index = ShardIndex(self.shard_dir, self.manifest["shards"])
         return ClipSource(
-            self.shard_dir,
-            self.manifest["shards"],
+            self._index,
             self.cfg,
             rank=self.rank,
             world_size=self.world_size,
@@ -216,8 +220,10 @@ class VideoLoader:
         self._next = None
 
     def close(self) -> None:
-        """Release the DALI pipeline (and its worker processes)."""
+        """Release the DALI pipeline (and its worker processes) and the open shard files."""
         self._close_pipe()
+        if self._index is not None:
+            self._index.close()
 
 
 def build_loader(cfg: DataConfig, *, rank: int = 0, world_size: int = 1, device: Any = "cpu") -> VideoLoader:

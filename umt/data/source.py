@@ -11,7 +11,8 @@ One definition serves the DALI pipeline (as its external source) and the referen
 * **Read + decode** (:func:`read_clip`): the sample's components by random access through the DALI ``.idx`` files,
   then only the sampled frames, by seeking to key frames (:mod:`umt.data.video`).
 
-Nothing here imports torch or DALI: the DALI external source runs this in worker processes.
+Nothing here imports DALI or uses torch (importing :mod:`umt` loads torch for its compatibility shim): the DALI
+external source runs this in worker processes.
 """
 
 from __future__ import annotations
@@ -185,6 +186,8 @@ def read_clip(index: ShardIndex, i: int, cfg: DataConfig, params: ClipParams, *,
 class ClipSource:
     """Per-sample callback for DALI's ``fn.external_source`` (picklable; runs in DALI's worker processes).
 
+    ``index`` is the data set's :class:`ShardIndex` (built once by the loader; pickled without open files).
+
     For ``SampleInfo(idx_in_epoch, epoch_idx)`` it reads sample ``order[start + idx_in_epoch]`` of epoch
     ``first_epoch + epoch_idx`` (``start = start_batch * batch_size`` in the first epoch, 0 after) and returns
     ``(video, meta, anchor_0, shape_0, flip_0, ..., [indices])``: video is the decoded frames cut to the union of
@@ -197,8 +200,7 @@ class ClipSource:
 
     def __init__(
         self,
-        shard_dir: str | Path,
-        shards: Sequence[dict[str, Any]],
+        index: ShardIndex,
         cfg: DataConfig,
         *,
         rank: int,
@@ -208,7 +210,7 @@ class ClipSource:
         decode: bool = True,
         fixed_crop: tuple[int, int] | None = None,
     ) -> None:
-        self.index = ShardIndex(shard_dir, shards)
+        self.index = index  # parsed once per loader, shared by every epoch's source
         self.cfg = cfg
         self.rank, self.world_size = rank, world_size
         self.first_epoch, self.start_batch = first_epoch, start_batch
