@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.data_utils import cached, good_shards, make_audio_only, make_clip, make_good_set
-from umt.data.reference import decode_frames
+from umt.data.video import decode_sampled as decode_frames
 from umt.data.shards import (
     DEFAULT_CODEC,
     DEFAULT_GOP,
@@ -162,7 +162,7 @@ def test_truncated_inputs_are_packed_with_a_warning(tmp_path: Path) -> None:
     m = read_manifest(tmp_path / "out")
     assert sorted(Path(w["input"]).name for w in m["warnings"]) == ["cut.avi", "cut.mp4"]
     assert all(w["warning"].startswith("truncated") for w in m["warnings"]) and len(res.warnings) == 2
-    from umt.data.reference import ShardIndex
+    from umt.data.source import ShardIndex
 
     ix = ShardIndex(tmp_path / "out", m["shards"])
     frames = {}
@@ -225,7 +225,7 @@ def test_settings_scale_gop_fps_and_copy(tmp_path: Path) -> None:
     src = make_clip(tmp_path / "big.mp4", n_frames=40, width=96, height=72, fps=25)
     st = EncodeSettings(codec="mjpeg", short_side=36, gop=1, fps_cap=12.5)
     build_shards([src], tmp_path / "o1", settings=st)
-    from umt.data.reference import ShardIndex
+    from umt.data.source import ShardIndex
 
     m = read_manifest(tmp_path / "o1")
     ix = ShardIndex(tmp_path / "o1", m["shards"])
@@ -387,7 +387,7 @@ def test_append_adds_shards_and_deduplicates(tmp_path: Path, capsys: pytest.Capt
     rows = [json.loads(x) for x in (out / "sources.jsonl").read_text().splitlines()]
     assert [r["index"] for r in rows] == [0, 1, 2, 3]
     assert sorted(Path(r["source"]).name for r in rows) == ["a0.mp4", "a1.mp4", "b0.mp4", "b1.mp4"]
-    from umt.data.reference import ShardIndex
+    from umt.data.source import ShardIndex
 
     ix = ShardIndex(out, m["shards"])
     assert [decode_meta(ix.read(i, "meta"))["index"] for i in range(4)] == [0, 1, 2, 3]

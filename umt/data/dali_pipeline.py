@@ -35,14 +35,13 @@ def output_names(num_sample: int) -> list[str]:
     return [f"video{j}" for j in range(num_sample)] + ["meta"]
 
 
-def build_pipeline(cfg: DataConfig, source: ClipSource, *, device_id: int | None, decode_only: bool = False) -> Any:
+def build_pipeline(cfg: DataConfig, source: ClipSource, *, device_id: int | None) -> Any:
     """Build (not yet ``build()``) the DALI pipeline around ``source``.
 
     Args:
         cfg: data settings (batch size, frames, input size, normalisation, workers).
         source: the per-sample source; ``source.decode`` must be False exactly when ``device_id`` is set.
         device_id: CUDA device (mixed decoding and GPU augmentation) or None for a CPU-only pipeline.
-        decode_only: benchmark hook: outputs ``(frames [T, H0, W0, 3] uint8, meta)`` right after decoding.
 
     Returns:
         A ``nvidia.dali.Pipeline`` whose outputs are :func:`output_names` ``(cfg.num_sample)``.
@@ -93,8 +92,6 @@ def build_pipeline(cfg: DataConfig, source: ClipSource, *, device_id: int | None
             frames = fn.decoders.video(video, device="mixed", frames=outs[-1])  # [T, H0, W0, 3] uint8, on GPU
         else:
             frames = video
-        if decode_only:
-            return frames, meta
         clips = []
         for j in range(k):
             anchor, shape, flip = outs[2 + 3 * j], outs[3 + 3 * j], outs[4 + 3 * j]

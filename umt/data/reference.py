@@ -9,29 +9,15 @@ the tail of the full epoch, for free.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from umt.data.config import DataConfig
-from umt.data.source import ClipParams, ClipSource, ShardIndex, draw_params, read_clip
-from umt.data.video import decode_sampled
+from umt.data.source import ClipParams, ClipSource, ShardIndex, read_clip
 
-__all__ = ["ClipParams", "EpochDataset", "ShardIndex", "augment_clip", "decode_frames", "draw_params", "load_sample"]
-
-
-def decode_frames(video: bytes, indices: Sequence[int]) -> np.ndarray:
-    """Decode the frames at ``indices`` (presentation order, 0-based; repeats allowed), seeking to key frames.
-
-    Returns:
-        uint8 [T, H, W, 3] RGB.
-
-    Raises:
-        ValueError: an index is beyond the last decodable frame.
-    """
-    return decode_sampled(video, indices)
+__all__ = ["EpochDataset", "augment_clip", "load_sample"]
 
 
 def augment_clip(frames: np.ndarray, cfg: DataConfig, window: tuple[int, int, int, int, bool]) -> torch.Tensor:
