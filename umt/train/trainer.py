@@ -9,6 +9,7 @@ batches.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -343,4 +344,9 @@ class Trainer:
         if self.tb is not None:
             self.tb.close()
         if self.rt.distributed and dist.is_initialized():
+            # Every rank arrives and drops its DDP wrapper before the group goes: with gloo, a rank that tears the
+            # group down while its peer's DDP reducer still uses it hangs at exit (1 run in 6 on 2 CPU cores).
+            dist.barrier()
+            self.step_fn = None  # type: ignore[assignment]
+            gc.collect()
             dist.destroy_process_group()
