@@ -24,7 +24,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", default=None,
                    help="run directory (default: runs/<recipe>, or the first free runs/<recipe>-N when that one "
                         "already holds checkpoints; with --resume auto, the newest of them)")
-    p.add_argument("--resume", default=None, help="'auto' (newest checkpoint in the run dir) or a checkpoint path")
+    p.add_argument("--resume", default=None,
+                   help="'auto' (newest checkpoint in the run dir) or a checkpoint path; implied 'auto' when torchrun "
+                        "restarts the workers (TORCHELASTIC_RESTART_COUNT > 0)")
     p.add_argument("--export", default=None, metavar="OUT.safetensors",
                    help="after training, export the student backbone to this safetensors file (refused before "
                         "training starts when it exists, unless --export-overwrite)")
@@ -66,12 +68,20 @@ def default_run_dir(recipe: str, resume: str | None, root: Path = Path("runs")) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point. Returns the process exit code (2 for a bad config, a used run directory or an unreadable
-    ``--resume`` checkpoint)."""
+    """Entry point. Returns the process exit code: 0 done, 2 for a bad config, a used run directory or an unreadable
+    ``--resume`` checkpoint, :data:`umt.train.preempt.EXIT_PREEMPTED` (75) after a preemption checkpoint.
+
+    Under ``torchrun --max-restarts=N`` a restarted worker (``TORCHELASTIC_RESTART_COUNT`` > 0) resumes as with
+    ``--resume auto`` (pass ``--run-dir``); one restarted after its group was preempted exits 75 at once."""
+    from umt.train.preempt import EXIT_PREEMPTED, Preempted, preempted_before_restart, restart_count
+
     args = _parser().parse_args(argv)
     rank = int(os.environ.get("RANK", 0))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s [rank{rank}] %(name)s %(levelname)s: %(message)s")
+    if restart_count() > 0 and not args.resume:
+        log.info("torchrun restart %d: resuming from the newest checkpoint (--resume auto)", restart_count())
+        args.resume = "auto"
     try:
         cfg = apply_overrides(get_recipe(args.recipe), args.overrides)
     except ConfigError as e:
@@ -92,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     from umt.train.trainer import Trainer
 
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(args.recipe, args.resume)
+    if preempted_before_restart(run_dir):
+        print(f"umt-train: this launch was preempted ({run_dir}/preempted.json); not training on after a torchrun "
+              f"restart, exit {EXIT_PREEMPTED}", file=sys.stderr)
+        return EXIT_PREEMPTED
     if not args.resume and run_dir_in_use(run_dir):
         print(f"umt-train: {run_dir} already holds a run (checkpoints, metrics or config); pass --resume auto to "
               "continue that run, or choose another --run-dir", file=sys.stderr)
@@ -111,7 +125,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"umt-train: config error: {e}", file=sys.stderr)
         return 2
     try:
-        summary = trainer.fit()
+        try:
+            summary = trainer.fit()
+        except Preempted as e:
+            if rank == 0:
+                print(f"umt-train: {e}; continue with --resume auto (exit {EXIT_PREEMPTED})", file=sys.stderr)
+            return EXIT_PREEMPTED
         if args.export and trainer.rt.is_main:
             from umt.train.export import export_student
 

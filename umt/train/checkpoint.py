@@ -8,6 +8,7 @@ as one of the newest and deletes a good checkpoint in its place; it is never del
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 __all__ = ["CheckpointError", "run_dir_in_use", "save_checkpoint", "latest_checkpoint", "load_checkpoint",
-           "load_latest_checkpoint", "rng_state", "set_rng_state"]
+           "load_latest_checkpoint", "rng_state", "set_rng_state", "drop_metrics_after"]
 
 log = logging.getLogger(__name__)
 
@@ -126,3 +127,32 @@ def load_latest_checkpoint(ckpt_dir: str | Path, rename: bool = True) -> tuple[P
             if rename:
                 os.replace(path, aside)
     return None
+
+
+def drop_metrics_after(metrics: str | Path, step: int) -> int:
+    """Remove the rows of ``metrics.jsonl`` logged after ``step`` (atomic rewrite), so that a run resumed from the
+    checkpoint of ``step`` logs every later step exactly once (a worker that died after logging steps past its last
+    checkpoint would otherwise leave them twice). A torn last line (the process died mid-write) is dropped too.
+
+    Returns:
+        How many rows were removed (0 when the file is absent).
+    """
+    metrics = Path(metrics)
+    if not metrics.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in metrics.read_text().splitlines():
+        try:
+            row_step = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            dropped += 1
+            continue
+        if row_step > step:
+            dropped += 1
+        else:
+            kept.append(line)
+    if dropped:
+        tmp = metrics.with_name(metrics.name + ".tmp")
+        tmp.write_text("".join(x + "\n" for x in kept))
+        os.replace(tmp, metrics)
+    return dropped

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 import types
 import typing
 from dataclasses import dataclass, field
@@ -135,10 +136,19 @@ class CheckpointConfig:
     """Write a checkpoint every N optimizer steps (and always at the end); 0: only at the end."""
     keep_last: int = 3
     """Keep the newest K checkpoints."""
+    signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")
+    """On any of these signals every rank finishes its step, rank 0 checkpoints, and the run exits with
+    ``umt.train.preempt.EXIT_PREEMPTED`` (issue 15); empty: not handled (the default actions apply)."""
 
     def __post_init__(self) -> None:
         if self.every_steps < 0 or self.keep_last < 1:
             raise ConfigError("checkpoint.every_steps must be >= 0 and checkpoint.keep_last >= 1")
+        self.signals = tuple(self.signals)
+        full = [s.upper() if s.upper().startswith("SIG") else "SIG" + s.upper() for s in self.signals]
+        bad = [s for s, f in zip(self.signals, full)
+               if f not in signal.Signals.__members__ or f in ("SIGKILL", "SIGSTOP")]
+        if bad:
+            raise ConfigError(f"checkpoint.signals: {bad} are not catchable signal names (e.g. SIGTERM, SIGUSR1)")
 
 
 @dataclass

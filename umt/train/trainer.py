@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import resource
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from umt import ops
 from umt.flops import peak_bf16_tflops, train_flops_per_clip
 from umt.masking import step_seed
 from umt.train import checkpoint as ckpt
+from umt.train.preempt import Preempted, PreemptionHandler, write_marker
 from umt.train.config import TrainConfig, accumulation_steps, config_to_dict
 from umt.train.step import (StageOneStep, build_models, build_optimizer, build_scheduler, peak_lr, umt_spec)
 
@@ -166,10 +168,19 @@ class Trainer:
         if rt.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._write_config()
+            if self.resumed_from is not None:  # rows past the checkpoint are logged again by this run: drop them
+                dropped = ckpt.drop_metrics_after(self.run_dir / "metrics.jsonl", self.step)
+                if dropped:
+                    log.info("metrics.jsonl: dropped %d rows logged after step %d", dropped, self.step)
             if cfg.log.tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(self.run_dir / "tb"))
+                # purge_step: TensorBoard hides the events past the checkpoint, logged again by this run
+                self.tb = SummaryWriter(str(self.run_dir / "tb"),
+                                        purge_step=self.step if self.resumed_from is not None else None)
+        #: signal handling (issue 15); built on every rank in the same order (it may create a process group)
+        self.preempt = (PreemptionHandler(cfg.checkpoint.signals, distributed=rt.distributed, device=rt.device)
+                        if cfg.checkpoint.signals else None)
 
     # ----------------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -220,13 +231,21 @@ class Trainer:
         tmp.write_text(json.dumps(info, indent=2) + "\n")
         tmp.replace(self.run_dir / "config.json")
 
-    def save(self) -> Path | None:
-        """Checkpoint on rank 0 (others wait at a barrier)."""
+    def save(self, preempted_by: int = 0, write: bool = True) -> Path | None:
+        """Checkpoint on rank 0 (others wait at a barrier); with ``preempted_by`` (a signal number) rank 0 then
+        writes the preemption marker (:func:`umt.train.preempt.write_marker`) before the barrier. ``write=False``:
+        the checkpoint of this step is already written, only the marker is."""
         path = None
         if self.rt.is_main:
-            path = ckpt.save_checkpoint(self.ckpt_dir, self.step, self.state_dict(), self.cfg.checkpoint.keep_last)
-            (self.run_dir / "kernel_configs.json").write_text(json.dumps(ops.kernel_configs(), indent=2) + "\n")
-            log.info("checkpoint %s", path)
+            if write:
+                path = ckpt.save_checkpoint(self.ckpt_dir, self.step, self.state_dict(),
+                                            self.cfg.checkpoint.keep_last)
+                (self.run_dir / "kernel_configs.json").write_text(json.dumps(ops.kernel_configs(), indent=2) + "\n")
+                log.info("checkpoint %s", path)
+            else:
+                path = self.ckpt_dir / f"step_{self.step:08d}.pt"
+            if preempted_by:
+                write_marker(self.run_dir, self.step, path, preempted_by)
         if self.rt.distributed:
             dist.barrier()
         return path
@@ -271,6 +290,8 @@ class Trainer:
 
         Raises:
             NonFiniteError: ``optim.max_nonfinite`` consecutive skipped steps.
+            umt.train.preempt.Preempted: one of ``checkpoint.signals`` reached a rank; all ranks finished the step
+                under way and rank 0 wrote its checkpoint (and the marker) first.
         """
         cfg, rt = self.cfg, self.rt
         from tqdm import tqdm
@@ -323,8 +344,14 @@ class Trainer:
                         loss_sum.zero_()
                         n_ok.zero_()
                         n_steps, wait, t_start = 0, 0.0, time.perf_counter()
-                    if cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0 and not last:
+                    saved = cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0 and not last
+                    if saved:
                         self.save()
+                    # Preemption (issue 15): one CPU all-reduce per step; a signal on any rank stops all after this
+                    # step. On the last step the final checkpoint below covers it and the run ends normally.
+                    if self.preempt is not None and not last and (signum := self.preempt.should_stop()):
+                        path = self.save(preempted_by=signum, write=not saved)
+                        raise Preempted(self.step, path, signal.Signals(signum).name)
                     if self.batch_in_epoch == 0:
                         break  # epoch done: the next one gets a fresh iterator (leftover batches are dropped)
                 if batch is None and self.batch_in_epoch != 0:
@@ -339,7 +366,9 @@ class Trainer:
                 "steps": self.step, "run_dir": str(self.run_dir), "skipped_steps": int(self.step_fn.skipped)}
 
     def close(self) -> None:
-        """Release the loader, TensorBoard writer and process group."""
+        """Release the loader, TensorBoard writer, signal handlers and process group."""
+        if self.preempt is not None:
+            self.preempt.close()
         self.loader.close()
         if self.tb is not None:
             self.tb.close()
