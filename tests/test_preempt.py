@@ -116,7 +116,7 @@ def test_killed_rank_restarts_under_torchrun_and_resumes(tmp_path: Path, referen
     res = subprocess.run(cmd, cwd=ROOT, env=_env({"kind": "kill", "rank": 1, "step": k, "attempt": 0}),
                          capture_output=True, text=True, timeout=150)
     assert res.returncode == 0, res.stderr[-4000:]
-    assert "Signals.SIGKILL" in res.stderr or "SIGKILL" in res.stderr, res.stderr[-2000:]  # the fault did fire
+    assert "exitcode: -9" in res.stderr and "torchrun restart 1" in res.stderr, res.stderr[-2000:]  # it did fire
     config = json.loads((run / "config.json").read_text())
     assert config["resumed_from"].endswith(f"step_{ckpt_every:08d}.pt")
     steps = [r["step"] for r in _rows(run)]
