@@ -86,6 +86,8 @@ def test_two_nodes_preempted_by_usr1_then_requeued_run_resumes(tmp_path: Path) -
             pass
     out, err = proc.communicate(timeout=90)
     assert proc.returncode == 75, (out, err[-4000:])
+    # torchrun restarted the group once (the workers exited 75); the restarted workers did not train on
+    assert err.count("not training on after a torchrun restart") == 2 and "exitcode: 75" in err, err[-4000:]
     marker = json.loads((run / "preempted.json").read_text())
     assert "requeue 4242" in (tmp_path / "scontrol.log").read_text()
     assert json.loads((run / "config.json").read_text())["world_size"] == 2  # the two "nodes" formed one group

@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     ``--resume`` checkpoint, :data:`umt.train.preempt.EXIT_PREEMPTED` (75) after a preemption checkpoint.
 
     Under ``torchrun --max-restarts=N`` a restarted worker (``TORCHELASTIC_RESTART_COUNT`` > 0) resumes as with
-    ``--resume auto`` (pass ``--run-dir``); one restarted after its group was preempted exits 75 at once."""
+    ``--resume auto`` (pass ``--run-dir``); one restarted after its group was preempted exits 0 at once (the
+    marker ``preempted.json`` stays: :func:`umt.train.preempt.preempted_before_restart`)."""
     from umt.train.preempt import EXIT_PREEMPTED, Preempted, preempted_before_restart, restart_count
 
     args = _parser().parse_args(argv)
@@ -102,10 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     from umt.train.trainer import Trainer
 
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(args.recipe, args.resume)
-    if preempted_before_restart(run_dir):
+    if preempted_before_restart(run_dir):  # exit 0: torchrun stops restarting; the marker tells the launcher
         print(f"umt-train: this launch was preempted ({run_dir}/preempted.json); not training on after a torchrun "
-              f"restart, exit {EXIT_PREEMPTED}", file=sys.stderr)
-        return EXIT_PREEMPTED
+              "restart", file=sys.stderr)
+        return 0
     if not args.resume and run_dir_in_use(run_dir):
         print(f"umt-train: {run_dir} already holds a run (checkpoints, metrics or config); pass --resume auto to "
               "continue that run, or choose another --run-dir", file=sys.stderr)

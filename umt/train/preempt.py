@@ -11,8 +11,9 @@ save_checkpoint`) and the marker :data:`MARKER`, and every rank exits with :data
 
 torchrun reports any failed worker as exit status 1, so a launcher that must tell preemption from a crash through
 torchrun reads the marker (``examples/slurm/umt.sbatch`` does): it exists in the run directory after a launch exactly
-when that launch ended preempted, provided the launcher removes it before starting (the trainer never does: a worker
-that torchrun restarts after its group was preempted finds it and exits at once, :func:`preempted_before_restart`).
+when that launch ended preempted, provided the launcher removes it before starting (the trainer never does). torchrun
+restarts a group whose workers exited 75 when it has restarts left; the restarted workers find the marker and exit 0
+at once (:func:`preempted_before_restart`), so torchrun ends after one restart.
 """
 
 from __future__ import annotations
@@ -140,8 +141,10 @@ def restart_count() -> int:
 
 def preempted_before_restart(run_dir: str | Path) -> bool:
     """A worker that torchrun restarted (:func:`restart_count` > 0) after an earlier attempt of the same launch (same
-    ``TORCHELASTIC_RUN_ID``) was preempted: it must not train on (the scheduler is about to end the job) but exit with
-    :data:`EXIT_PREEMPTED` at once. A marker left by another launch does not count."""
+    ``TORCHELASTIC_RUN_ID``) was preempted: it must not train on (the scheduler is about to end the job) but exit at
+    once, with status 0 so that torchrun stops restarting (a 75 would cost every remaining restart, each a rendezvous
+    and a Python start-up, within the scheduler's warning time); the marker stays and tells the launcher. A marker
+    left by another launch does not count."""
     marker = read_marker(run_dir) if restart_count() > 0 else None
     return bool(marker) and marker.get("run_id") == os.environ.get("TORCHELASTIC_RUN_ID") \
         and int(marker.get("restart", 0)) < restart_count()
