@@ -3,8 +3,9 @@
 The loop reads top to bottom: per optimizer step, ``accum`` micro-batches (each: next batch, timed as data wait →
 :meth:`~umt.train.step.StageOneStep.micro_step`, DDP ``no_sync`` on all but the last; ``accum`` = 1 unless
 ``optim.global_batch`` asks for more) → optimizer step → counters on the device → on logging steps only, one host
-sync to read loss/skip counters and write metrics. ``step`` counts optimizer steps, ``batch_in_epoch`` loader
-batches.
+sync to read loss/skip counters and write metrics → periodic checkpoint → preemption check (one CPU all-reduce; on a
+signal: checkpoint and :class:`~umt.train.preempt.Preempted`). ``step`` counts optimizer steps, ``batch_in_epoch``
+loader batches.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from umt import ops
 from umt.flops import peak_bf16_tflops, train_flops_per_clip
 from umt.masking import step_seed
 from umt.train import checkpoint as ckpt
-from umt.train.preempt import Preempted, PreemptionHandler, write_marker
 from umt.train.config import TrainConfig, accumulation_steps, config_to_dict
+from umt.train.preempt import Preempted, PreemptionHandler, restart_count, write_marker
 from umt.train.step import (StageOneStep, build_models, build_optimizer, build_scheduler, peak_lr, umt_spec)
 
 __all__ = ["Runtime", "Trainer", "init_runtime", "NonFiniteError", "build_data_loader"]
@@ -91,8 +92,6 @@ def _restart_store(rank: int, world: int) -> dict[str, Any]:
     so a restarted rank could read the address a dead peer published in the previous attempt and fail to connect
     (gloo: "Connection refused", 3 runs in 4 of ``tests/test_preempt.py``'s restart test without this).
     """
-    from umt.train.preempt import restart_count
-
     attempt = restart_count()
     if attempt == 0 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         return {}
