@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _two_ranks(run_dir: Path, extra: list[str] = (), fault: dict | None = None,
+def _two_ranks(run_dir: Path, extra: Sequence[str] = (), fault: dict | None = None,
                timeout: float = 90) -> list[tuple[int, str]]:
     """Start both ranks of a gloo group (no torchrun: each rank's own exit status is seen). Returns (rc, stderr)."""
     port, procs = _free_port(), []
