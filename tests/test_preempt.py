@@ -114,8 +114,10 @@ def test_killed_rank_restarts_under_torchrun_and_resumes(tmp_path: Path, referen
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "--max-restarts=1",
            "--monitor-interval=0.5", str(Path(__file__).resolve()), *TINY, "--run-dir", str(run), "--set",
            f"checkpoint.every_steps={ckpt_every}"]  # no --resume: a restarted worker resumes by itself
-    res = subprocess.run(cmd, cwd=ROOT, env=_env({"kind": "kill", "rank": 1, "step": k, "attempt": 0}),
-                         capture_output=True, text=True, timeout=150)
+    # torchrun's shared TCPStore keeps the dead attempt's peer addresses (pytorch/pytorch#135712): a fresh store each
+    # attempt, as examples/slurm/umt.sbatch sets
+    env = {**_env({"kind": "kill", "rank": 1, "step": k, "attempt": 0}), "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=150)
     assert res.returncode == 0, res.stderr[-4000:]
     assert "exitcode: -9" in res.stderr and "torchrun restart 1" in res.stderr, res.stderr[-2000:]  # it did fire
     config = json.loads((run / "config.json").read_text())

@@ -78,25 +78,22 @@ def init_runtime(cfg: TrainConfig) -> Runtime:
     if want_cuda:
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if want_cuda else "gloo", device_id=device if want_cuda else None,
-                                **_restart_store(rank, world))
+        _warn_shared_store()
+        dist.init_process_group("nccl" if want_cuda else "gloo", device_id=device if want_cuda else None)
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     return Runtime(rank, world, local, device, torch.bfloat16 if bf16 else None)
 
 
-def _restart_store(rank: int, world: int) -> dict[str, Any]:
-    """After a torchrun restart, this attempt's own namespace in the rendezvous store (``init_process_group`` kwargs;
-    empty otherwise).
-
-    torchrun (torch 2.13) keeps one TCPStore for all attempts of a job and its workers' keys carry no attempt prefix,
-    so a restarted rank could read the address a dead peer published in the previous attempt and fail to connect
-    (gloo: "Connection refused", 3 runs in 4 of ``tests/test_preempt.py``'s restart test without this).
+def _warn_shared_store() -> None:
+    """torchrun (torch 2.5 to at least 2.13) keeps one TCPStore for every attempt of a job, and the workers' keys carry
+    no attempt prefix: a restarted rank can read the address its dead peer published in the previous attempt and fail
+    to connect ("Connection refused"; 3 restarts in 4 failed in ``tests/test_preempt.py``). pytorch/pytorch#135712
+    and #167288; torchrun's own opt-out, ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``, gives every attempt a fresh store.
     """
-    attempt = restart_count()
-    if attempt == 0 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
-        return {}
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False)
-    return {"store": dist.PrefixStore(f"umt/attempt_{attempt}", store), "rank": rank, "world_size": world}
+    if restart_count() > 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        log.warning("torchrun restart %d with its shared TCPStore: the process group may connect to a dead peer's "
+                    "address (pytorch/pytorch#135712); launch torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1",
+                    restart_count())
 
 
 def build_data_loader(cfg: TrainConfig, rt: Runtime) -> Any:
