@@ -231,7 +231,7 @@ def test_openai_archive_extra_entries_dropped_and_strict(tmp_path: Path, monkeyp
     cfg["vision_cfg"] = {**cfg["vision_cfg"], "layers": 2}
     monkeypatch.setitem(teacher_mod.TEACHER_CONFIGS, "umt-tiny-2l", cfg)
     small = _trace(build_clip("umt-tiny-2l", image_size=32).eval(), tmp_path / "small.pt", 32)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(teacher_mod.TeacherWeightsError, match="2 layers.*expects patch 16, width 64, 4 layers"):
         CLIPTeacher("umt-tiny-clip", image_size=32, weights=small, quick_gelu=False, align_layers=1)
 
 

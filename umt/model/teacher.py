@@ -4,9 +4,12 @@ UMT-B uses open_clip ``ViT-B-16`` at 224 px; UMT-L uses ``ViT-L-14`` at 196 px: 
 to 14×14 while loading and the 224 px frames are resized to 196 px on the device, both bicubic *without* antialiasing
 (``F.interpolate(mode="bicubic", align_corners=False)``), as the official UMT code does (issue 9; open_clip's own
 ``resize_pos_embed`` antialiases). Both give a 14×14 grid matching the student.
-Weights come from a local file the user names: an OpenAI CLIP TorchScript ``.pt`` or an open_clip checkpoint
-(``.pt``/``.bin``/``.safetensors``), loaded with open_clip's loaders. Without a file the teacher is randomly
-initialised and :attr:`CLIPTeacher.random_init` is True (the trainer logs a loud warning and records it).
+Weights come from a local path the user names, in any of the three forms CLIP weights come in (issue 14): an OpenAI
+CLIP TorchScript archive (``ViT-B-16.pt`` as released), an open_clip checkpoint (``.pt``/``.bin``/``.safetensors``),
+or a Hugging Face CLIP directory (``config.json`` + ``model.safetensors``, ``CLIPModel`` or
+``CLIPVisionModelWithProjection`` as ``save_pretrained`` writes it). The format is detected from the path; what was
+loaded is described by :class:`TeacherLoadInfo`. Without weights the teacher is randomly initialised and
+:attr:`CLIPTeacher.random_init` is True (the trainer logs a loud warning and records it).
 
 The blocks are run here, one by one, with open_clip's weights (``visual.transformer.resblocks``) so that the last
 L blocks' outputs and the last block's CLS query and keys come out of a single pass, and attention goes through
@@ -16,9 +19,12 @@ L blocks' outputs and the last block's CLS query and keys come out of a single p
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
+import re
 import zipfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +36,8 @@ import torch.nn.functional as F
 from umt import ops
 from umt.data.config import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["CLIPTeacher", "TeacherOutput", "TEACHER_CONFIGS", "build_clip", "load_clip_weights",
-           "resize_pos_embed", "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD"]
+__all__ = ["CLIPTeacher", "TeacherOutput", "TeacherLoadInfo", "TeacherWeightsError", "TEACHER_CONFIGS", "build_clip",
+           "load_clip_weights", "hf_clip_to_open_clip", "resize_pos_embed", "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD"]
 
 log = logging.getLogger(__name__)
 
@@ -110,33 +116,194 @@ def resize_pos_embed(state_dict: dict[str, torch.Tensor], model: nn.Module) -> N
     state_dict[key] = torch.cat([cls, table], dim=0)
 
 
-def load_clip_weights(model: nn.Module, path: str | Path) -> None:
-    """Load CLIP weights from a local file into ``model`` (resizing the position table when the size differs).
+class TeacherWeightsError(ValueError):
+    """A teacher weights path that is not CLIP weights in a known format, or not the configured architecture."""
 
-    OpenAI TorchScript archives (``ViT-B-16.pt`` as released) are opened with ``torch.jit.load``; everything else
-    goes through open_clip's state-dict reader (plain/``state_dict``/``module.``-prefixed state dicts, safetensors).
-    The position table is resized by :func:`resize_pos_embed` (official UMT: bicubic, no antialiasing).
+
+@dataclass
+class TeacherLoadInfo:
+    """What :func:`load_clip_weights` loaded (recorded in the run's ``config.json`` and checkpoints)."""
+
+    format: str
+    """``"openai-torchscript"``, ``"open_clip"`` or ``"hf-clip"``."""
+    path: str
+    sha256: str
+    """Of the weights file (for a Hugging Face directory: of its weights file)."""
+    architecture: dict[str, int]
+    """Of the file's vision tower: ``patch_size``, ``width``, ``layers``, ``grid`` (position-table side)."""
+    loaded: int
+    """Tensors loaded into the model (the vision tower for ``hf-clip``, the whole CLIP otherwise)."""
+    resized: int
+    """Of those, tensors resized on the way in (the position table when the grid differs)."""
+    missing: int
+    """Model tensors the file did not provide (always 0: loading is strict)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _vision_arch(sd: dict[str, torch.Tensor], prefix: str = "visual.") -> dict[str, int]:
+    """Patch size, width, depth and position-table side of the vision tower in an open_clip-keyed state dict."""
+    conv = sd.get(prefix + "conv1.weight")
+    pos = sd.get(prefix + "positional_embedding")
+    if conv is None or pos is None or conv.ndim != 4:
+        raise TeacherWeightsError("no CLIP ViT vision tower in it (no visual.conv1.weight / visual.positional_embedding"
+                                  f"; found keys like {sorted(sd)[:4]})")
+    blocks = {int(m.group(1)) for k in sd if (m := re.match(re.escape(prefix) + r"transformer\.resblocks\.(\d+)\.", k))}
+    return {"patch_size": int(conv.shape[-1]), "width": int(conv.shape[0]), "layers": len(blocks),
+            "grid": int(round((pos.shape[0] - 1) ** 0.5))}
+
+
+def _check_arch(found: dict[str, int], model: nn.Module, path: Path) -> None:
+    v = model.visual
+    want = {"patch_size": int(v.conv1.weight.shape[-1]), "width": int(v.conv1.weight.shape[0]),
+            "layers": len(v.transformer.resblocks)}
+    if any(found[k] != want[k] for k in want):
+        raise TeacherWeightsError(
+            f"teacher weights {path} hold a ViT with patch {found['patch_size']}, width {found['width']}, "
+            f"{found['layers']} layers; the configured model.teacher expects patch {want['patch_size']}, width "
+            f"{want['width']}, {want['layers']} layers (e.g. a ViT-B/32 file for a ViT-B/16 recipe)")
+
+
+def hf_clip_to_open_clip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a Hugging Face ``CLIPModel`` / ``CLIPVisionModelWithProjection`` state dict's vision tower to open_clip's
+    ``visual.*`` keys (the inverse of transformers' ``convert_clip_original_pytorch_to_hf.py``): q/k/v projections
+    concatenated into ``in_proj_*``, ``visual_projection.weight [E, C]`` transposed into ``proj [C, E]``. Text-tower
+    keys are left out. Raises :class:`TeacherWeightsError` when there is no vision tower."""
+    out: dict[str, torch.Tensor] = {}
+    pre = "vision_model."
+    if not any(k.startswith(pre) for k in sd):
+        raise TeacherWeightsError(f"no vision_model.* tensors (found keys like {sorted(sd)[:4]})")
+    simple = {"embeddings.class_embedding": "class_embedding", "embeddings.patch_embedding.weight": "conv1.weight",
+              "embeddings.position_embedding.weight": "positional_embedding", "pre_layrnorm.weight": "ln_pre.weight",
+              "pre_layrnorm.bias": "ln_pre.bias", "post_layernorm.weight": "ln_post.weight",
+              "post_layernorm.bias": "ln_post.bias"}
+    per_layer = {"self_attn.out_proj": "attn.out_proj", "layer_norm1": "ln_1", "layer_norm2": "ln_2",
+                 "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
+    qkv: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+    for key, t in sd.items():
+        if not key.startswith(pre):
+            continue
+        k = key[len(pre):]
+        if k in simple:
+            out["visual." + simple[k]] = t
+            continue
+        m = re.fullmatch(r"encoder\.layers\.(\d+)\.(.+)\.(weight|bias)", k)
+        if m is None:
+            continue  # position_ids and other buffers
+        i, mod, kind = int(m.group(1)), m.group(2), m.group(3)
+        if mod in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
+            qkv.setdefault((i, kind), {})[mod[-6]] = t
+        elif mod in per_layer:
+            out[f"visual.transformer.resblocks.{i}.{per_layer[mod]}.{kind}"] = t
+    for (i, kind), parts in qkv.items():
+        out[f"visual.transformer.resblocks.{i}.attn.in_proj_{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
+    if "visual_projection.weight" in sd:
+        out["visual.proj"] = sd["visual_projection.weight"].t().contiguous()
+    return out
+
+
+def _read_hf_dir(path: Path) -> tuple[dict[str, torch.Tensor], Path, dict[str, Any]]:
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise TeacherWeightsError(f"teacher weights {path} is a directory without config.json: not a Hugging Face "
+                                  "CLIP directory")
+    cfg = json.loads(cfg_file.read_text())
+    if cfg.get("model_type") not in ("clip", "clip_vision_model"):
+        raise TeacherWeightsError(f"teacher weights {path}: config.json model_type is {cfg.get('model_type')!r}, not a "
+                                  "CLIP model ('clip' or 'clip_vision_model')")
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        f = path / name
+        if f.is_file():
+            if name.endswith(".safetensors"):
+                from safetensors.torch import load_file
+
+                return load_file(str(f)), f, cfg
+            return torch.load(f, map_location="cpu", weights_only=True), f, cfg
+    raise TeacherWeightsError(f"teacher weights {path}: no model.safetensors or pytorch_model.bin (sharded "
+                              "checkpoints are not supported)")
+
+
+def load_clip_weights(model: nn.Module, path: str | Path) -> TeacherLoadInfo:
+    """Load CLIP weights from a local path into ``model`` (resizing the position table when the size differs).
+
+    Formats, detected from the path: a directory → Hugging Face CLIP (``config.json`` ``model_type`` ``clip`` or
+    ``clip_vision_model``; only the vision tower is loaded, strictly, into ``model.visual``); a TorchScript zip →
+    OpenAI's released archive (``torch.jit.load``); anything else → an open_clip checkpoint through open_clip's own
+    state-dict reader (plain/``state_dict``/``module.``-prefixed dicts, safetensors). The position table is resized
+    by :func:`resize_pos_embed` (official UMT: bicubic, no antialiasing) whatever the format.
+
+    Returns:
+        :class:`TeacherLoadInfo`: format, sha256, the file's architecture, tensors loaded/resized/missing.
 
     Raises:
-        FileNotFoundError: no such file.
-        RuntimeError: the weights do not fit the model (strict load).
+        FileNotFoundError: no such file or directory.
+        TeacherWeightsError: not CLIP weights in a known format, or another architecture than ``model`` (patch size,
+            width, depth), or (HF) an activation that does not match ``model``'s.
+        RuntimeError: the weights do not fit the model otherwise (strict load).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"teacher weights file not found: {path}")
-    if _is_torchscript(path):
-        jit = torch.jit.load(str(path), map_location="cpu")
-        sd = {k: v for k, v in jit.state_dict().items()
-              if k not in ("input_resolution", "context_length", "vocab_size")}
+    if not path.exists():
+        raise FileNotFoundError(f"teacher weights not found: {path}")
+    target: nn.Module = model
+    if path.is_dir():
+        hf, weights_file, cfg = _read_hf_dir(path)
+        fmt, sd = "hf-clip", hf_clip_to_open_clip(hf)
+        act = (cfg.get("vision_config") or cfg).get("hidden_act", "quick_gelu")
+        quick = isinstance(model.visual.transformer.resblocks[0].mlp.gelu, open_clip.transformer.QuickGELU)
+        if (act == "quick_gelu") != quick:
+            raise TeacherWeightsError(f"teacher weights {path} use hidden_act={act!r}; set "
+                                      f"model.teacher_quick_gelu={str(act == 'quick_gelu').lower()}")
+        sd = {k[len("visual."):]: v for k, v in sd.items()}
+        target = model.visual
+        arch_sd = {"visual." + k: v for k, v in sd.items()}
     else:
-        sd = open_clip.factory.load_state_dict(str(path), device="cpu")
-        sd = open_clip.factory.convert_state_dict(model, sd)
-        if "logit_scale" in sd and model.logit_scale.ndim != sd["logit_scale"].ndim:
-            sd["logit_scale"] = sd["logit_scale"].reshape(model.logit_scale.shape)
-        sd.pop("text.transformer.embeddings.position_ids", None)
-    resize_pos_embed(sd, model)  # ours first: open_clip's resize (antialiased) is then a no-op
-    open_clip.model.resize_text_pos_embed(sd, model)
-    model.load_state_dict(sd, strict=True)
+        weights_file = path
+        if _is_torchscript(path):
+            fmt = "openai-torchscript"
+            jit = torch.jit.load(str(path), map_location="cpu")
+            sd = {k: v for k, v in jit.state_dict().items()
+                  if k not in ("input_resolution", "context_length", "vocab_size")}
+        else:
+            fmt = "open_clip"
+            try:
+                sd = open_clip.factory.load_state_dict(str(path), device="cpu")
+            except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line error
+                raise TeacherWeightsError(f"teacher weights {path} are not an OpenAI TorchScript archive, an "
+                                          f"open_clip checkpoint nor a Hugging Face CLIP directory ({e})") from e
+            if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+                raise TeacherWeightsError(f"teacher weights {path}: not a state dict of tensors")
+            sd = open_clip.factory.convert_state_dict(model, sd)
+            if "logit_scale" in sd and model.logit_scale.ndim != sd["logit_scale"].ndim:
+                sd["logit_scale"] = sd["logit_scale"].reshape(model.logit_scale.shape)
+            sd.pop("text.transformer.embeddings.position_ids", None)
+        arch_sd = sd
+    try:
+        arch = _vision_arch(arch_sd)
+    except TeacherWeightsError as e:
+        raise TeacherWeightsError(f"teacher weights {path} ({fmt}): {e}") from e
+    _check_arch(arch, model, path)
+    pos_key = "positional_embedding" if target is not model else "visual.positional_embedding"
+    before = sd[pos_key].shape
+    if target is model:
+        resize_pos_embed(sd, model)  # ours first: open_clip's resize (antialiased) is then a no-op
+        open_clip.model.resize_text_pos_embed(sd, model)
+    else:
+        wrapped = {"visual.positional_embedding": sd["positional_embedding"]}
+        resize_pos_embed(wrapped, model)
+        sd["positional_embedding"] = wrapped["visual.positional_embedding"]
+    resized = int(sd[pos_key].shape != before)
+    target.load_state_dict(sd, strict=True)  # strict: nothing missing, nothing unexpected
+    return TeacherLoadInfo(format=fmt, path=str(path), sha256=_sha256(weights_file), architecture=arch,
+                           loaded=len(sd), resized=resized, missing=0)
 
 
 @dataclass
@@ -181,12 +348,16 @@ class CLIPTeacher(nn.Module):
             raise ValueError(f"input_norm must be 'imagenet' or 'clip', got {input_norm!r}")
         clip = build_clip(name, image_size, quick_gelu)
         self.random_init = not weights
+        #: what was loaded (None: random init)
+        self.load_info: TeacherLoadInfo | None = None
         if weights:
-            load_clip_weights(clip, weights)
-            log.info("teacher %s loaded from %s", name, weights)
+            self.load_info = info = load_clip_weights(clip, weights)
+            log.info("teacher %s loaded from %s: format %s, sha256 %s, file architecture %s, %d tensors loaded, "
+                     "%d resized, %d missing", name, weights, info.format, info.sha256[:16], info.architecture,
+                     info.loaded, info.resized, info.missing)
         else:
             log.warning("!!! TEACHER %s HAS NO WEIGHTS FILE: RANDOMLY INITIALISED. Targets are meaningless for real "
-                        "pre-training; pass model.teacher_weights=PATH (OpenAI .pt or open_clip checkpoint). !!!", name)
+                        "pre-training; pass model.teacher_weights=PATH (OpenAI .pt, open_clip checkpoint or HF CLIP directory). !!!", name)
         self.visual = clip.visual  # the text tower is dropped
         blocks = self.visual.transformer.resblocks
         if not all(isinstance(b.attn, nn.MultiheadAttention) for b in blocks):

@@ -41,7 +41,10 @@ class ModelConfig:
     teacher_image_size: int = 224
     """Teacher input side in pixels (224 for B/16, 196 for L/14: a 14×14 grid either way)."""
     teacher_weights: str = ""
-    """Local CLIP weights file (OpenAI ``.pt`` or open_clip checkpoint); empty → random init, loudly."""
+    """Local CLIP weights: an OpenAI TorchScript ``.pt``, an open_clip checkpoint or a Hugging Face CLIP directory
+    (format detected; see :func:`umt.model.teacher.load_clip_weights`); empty → random init, loudly."""
+    allow_teacher_change: bool = False
+    """Resume even when the teacher weights file differs (sha256) from the one the checkpoint was trained with."""
     teacher_quick_gelu: bool = True
     """QuickGELU in the teacher (OpenAI CLIP weights need it)."""
     teacher_precision: str = "bf16"

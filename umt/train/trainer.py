@@ -29,7 +29,7 @@ from umt import ops
 from umt.flops import peak_bf16_tflops, train_flops_per_clip
 from umt.masking import step_seed
 from umt.train import checkpoint as ckpt
-from umt.train.config import TrainConfig, accumulation_steps, config_to_dict
+from umt.train.config import ConfigError, TrainConfig, accumulation_steps, config_to_dict
 from umt.train.preempt import Preempted, PreemptionHandler, restart_count, write_marker
 from umt.train.step import (StageOneStep, build_models, build_optimizer, build_scheduler, peak_lr, umt_spec)
 
@@ -204,7 +204,31 @@ class Trainer:
                 "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                 "skipped": int(self.step_fn.skipped), "consecutive_skipped": int(self.step_fn.consecutive),
                 "config": config_to_dict(self.cfg), "student": self.cfg.model.student,
-                "world_size": self.rt.world_size, "kernel_configs": ops.kernel_configs()}
+                "world_size": self.rt.world_size, "kernel_configs": ops.kernel_configs(),
+                "teacher": self._teacher_record()}
+
+    def _teacher_record(self) -> dict[str, Any]:
+        """What the teacher was loaded from (format, sha256, architecture, tensor counts), or ``random_init``."""
+        info = self.teacher.load_info
+        return info.to_dict() if info is not None else {"random_init": True}
+
+    def _check_teacher(self, saved: dict[str, Any] | None, path: Path) -> None:
+        """Refuse to resume with other teacher weights than the checkpoint's (``model.allow_teacher_change``).
+
+        Raises:
+            ConfigError: the teacher file's sha256 (or random init) differs from the checkpoint's record.
+        """
+        if saved is None:  # checkpoints from before the record
+            return
+        now = self._teacher_record()
+        if saved.get("sha256") == now.get("sha256"):
+            return
+        what = (f"{saved.get('path', 'random init')} (sha256 {str(saved.get('sha256'))[:12]}) → "
+                f"{now.get('path', 'random init')} (sha256 {str(now.get('sha256'))[:12]})")
+        if not self.cfg.model.allow_teacher_change:
+            raise ConfigError(f"{path} was trained with other teacher weights: {what}; resuming would change the "
+                              "targets mid-run. Pass --set model.allow_teacher_change=true to resume anyway")
+        log.warning("teacher weights changed since %s: %s (allowed by model.allow_teacher_change)", path, what)
 
     def _resume(self, resume: str) -> None:
         """Load ``resume`` (a path) or, for ``"auto"``, the newest readable checkpoint of the run.
@@ -221,6 +245,7 @@ class Trainer:
         else:
             path = Path(resume)
             state = ckpt.load_checkpoint(path)
+        self._check_teacher(state.get("teacher"), path)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -238,7 +263,7 @@ class Trainer:
                 "min_lr": self.min_lr, "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
                 "accum_steps": self.accum,
                 "global_batch": self.cfg.data.batch_size * self.rt.world_size * self.accum,
-                "teacher_random_init": self.teacher.random_init,
+                "teacher_random_init": self.teacher.random_init, "teacher": self._teacher_record(),
                 "flops_per_clip": train_flops_per_clip(self.spec),
                 "resumed_from": str(self.resumed_from) if self.resumed_from else None}
         tmp = self.run_dir / "config.json.tmp"
