@@ -58,3 +58,18 @@ def test_verify_names_a_missing_or_stale_index(shards: Path) -> None:
 def test_no_manifest_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main([str(tmp_path)]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_env_report_names_versions_and_gpu_paths(capsys: pytest.CaptureFixture) -> None:
+    import importlib.metadata as md
+
+    import torch
+
+    from umt import env
+
+    assert env.main(["--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["packages"]["torch"] == md.version("torch") and info["packages"]["timm"] == md.version("timm")
+    assert info["dali_mixed_decoder"] == (torch.cuda.is_available() and info["packages"]["nvidia-dali"] is not None)
+    if not torch.cuda.is_available():
+        assert info["gpus"] == [] and info["dali_mixed_decoder_why"] == "no CUDA GPU"
