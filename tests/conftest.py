@@ -43,19 +43,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             if reason and marker in item.keywords:
                 item.add_marker(pytest.mark.skip(reason=reason))
 
-
-@pytest.fixture(autouse=True)
-def _inprocess_data(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``UMT_TEST_INPROCESS_DATA=1`` (set for mutation runs): every loader runs its sources in this process
-    (``num_workers=0``), so code that would run in DALI/DataLoader workers is visible to the mutation tool."""
-    if os.environ.get("UMT_TEST_INPROCESS_DATA") != "1":
-        return
-    from umt.data.config import DataConfig
-
-    original = DataConfig.__post_init__
-
-    def post_init(self: DataConfig) -> None:
-        original(self)
-        self.num_workers = 0
-
-    monkeypatch.setattr(DataConfig, "__post_init__", post_init)

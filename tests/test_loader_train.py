@@ -137,6 +137,7 @@ def test_portrait_training_draws_reach_the_pixels(portrait_shards: Path, backend
     for v in b["video"]:
         pix = v * std + mean
         assert abs(pix[0].mean() - 2 * (20 + 41 / 2)) < 3 and abs(pix[1].mean() - (40 + 2 * (60 + 41 / 2))) < 3
+        assert pix[0, :, :, :8].mean() < pix[0, :, :, -8:].mean()  # the fixed crop is never flipped
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -281,3 +282,57 @@ def test_read_clip_uses_the_recorded_key_frames(pattern_shards: Path, monkeypatc
     ix.close()
     assert clip.frames.shape == (8, H0, W0, 3)
     assert clip.stats.seeks == len(set(clip.indices.tolist())) and clip.stats.decoded == clip.stats.seeks  # all-intra
+
+
+def test_gpu_source_hands_over_encoded_bytes_and_indices(pattern_shards: Path) -> None:
+    """``decode=False`` (GPU pipelines, checked here on CPU): the encoded video, windows in stored-frame pixels,
+    and the sampled indices for the mixed decoder's ``frames``."""
+    from types import SimpleNamespace
+
+    from umt.data.sampling import tsn_indices
+    from umt.data.shards import read_manifest
+    from umt.data.source import ClipSource, ShardIndex
+
+    ix = ShardIndex(pattern_shards, read_manifest(pattern_shards)["shards"])
+    cfg = DataConfig(num_frames=8, input_size=48, num_sample=2, batch_size=2)
+    src = ClipSource(ix, cfg, rank=0, world_size=1, first_epoch=2, start_batch=0, decode=False)
+    out = src(SimpleNamespace(epoch_idx=0, idx_in_epoch=1))
+    i = int(epoch_order(4, seed=0, epoch=2, rank=0, world_size=1, batch_size=2)[1])
+    p = draw_params(cfg, 0, 2, i)
+    assert len(out) == 2 + 3 * 2 + 1
+    assert out[0].dtype == np.uint8 and out[0].tobytes() == ix.read(i, "mp4")
+    assert int(out[1][4]) == i  # meta: the sample index
+    for j, (pair, off, flip) in enumerate(p.crops):
+        x, y, cw, ch = _expected_window(pair, off, 48)
+        assert out[2 + 3 * j].tolist() == [x, y] and out[3 + 3 * j].tolist() == [cw, ch]
+        assert int(out[4 + 3 * j]) == int(flip)
+    assert out[-1].dtype == np.int32 and out[-1].tolist() == tsn_indices(N_FRAMES, 8, p.u).tolist()
+    ix.close()
+
+
+@pytest.mark.dali
+def test_dali_resumed_epoch_then_full_epochs(pattern_shards: Path) -> None:
+    """Resuming at batch 1 offsets only the first epoch; the pipeline's next epoch is whole."""
+    cfg = DataConfig(shards=str(pattern_shards), backend="dali", batch_size=1, num_workers=0, input_size=48)
+    L = VideoLoader(cfg)
+    try:
+        tail = [b["index"].item() for b in L.epoch_iter(0, start_batch=1)]
+        nxt = [b["index"].item() for b in L.epoch_iter(1)]
+        assert L.pipeline_builds == 1
+    finally:
+        L.close()
+    assert tail == epoch_order(4, seed=0, epoch=0, rank=0, world_size=1, batch_size=1)[1:].tolist()
+    assert nxt == epoch_order(4, seed=0, epoch=1, rank=0, world_size=1, batch_size=1).tolist()
+
+
+def test_shards_without_key_frame_records_are_probed_not_decoded_whole(pattern_shards: Path) -> None:
+    """Older shards (no ``KEY.json``): the clip's key frames are probed (demux only) and decoding still seeks."""
+    from umt.data.shards import read_manifest
+    from umt.data.source import ShardIndex, read_clip
+
+    ix = ShardIndex(pattern_shards, read_manifest(pattern_shards)["shards"])
+    ix.entries[2][1].pop("json")
+    cfg = DataConfig(num_frames=8, input_size=48)
+    clip = read_clip(ix, 2, cfg, draw_params(cfg, 0, 0, 2))
+    ix.close()
+    assert not clip.stats.fallback and clip.stats.seeks >= 1 and clip.stats.decoded < N_FRAMES
