@@ -14,7 +14,9 @@ from tests.data_utils import frame_image
 from umt.data.video import DecodeStats, decode_sampled, probe_keyframes
 
 
-def _encode(n: int, *, codec: str = "libvpx-vp9", gop: int = 1000, force_key: set[int] | None = None) -> bytes:
+def _encode(
+    n: int, *, codec: str = "libvpx-vp9", gop: int = 1000, force_key: set[int] | None = None, pts0: int = 0
+) -> bytes:
     """An mp4 of ``n`` frames (grey level = frame number) with key frames only where forced (and frame 0)."""
     import av
 
@@ -29,7 +31,7 @@ def _encode(n: int, *, codec: str = "libvpx-vp9", gop: int = 1000, force_key: se
         s.codec_context.options = {**opts, "keyint_min": str(gop)}
         for k in range(n):
             f = av.VideoFrame.from_ndarray(frame_image(k, 64, 48), format="rgb24")
-            f.pts, f.time_base = k, Fraction(1, 24)
+            f.pts, f.time_base = pts0 + k, Fraction(1, 24)
             if force_key and k in force_key:
                 f.pict_type = av.video.frame.PictureType.I
             for p in s.encode(f):
@@ -159,7 +161,41 @@ def test_probed_key_frames_seek_and_fallbacks_decode_exactly_the_prefix() -> Non
         st = DecodeStats()
         assert np.array_equal(decode_sampled(data, [40, 3], records, stats=st), full[[40, 3]])
         assert st.fallback and st.seeks == 0 and st.decoded == 41  # frames 0..40, then stop
+    st = DecodeStats()  # three targets: the fallback stops after the LAST one (40), not the second (20)
+    assert np.array_equal(decode_sampled(data, [40, 3, 20], [], stats=st), full[[40, 3, 20]])
+    assert st.decoded == 41
     with pytest.raises(ValueError, match=">= 0"):
         decode_sampled(data, [-1])
     with pytest.raises(ValueError, match="non-empty"):
         decode_sampled(data, [])
+
+
+def test_seek_and_decode_counts_are_exact() -> None:
+    """GOP 8 over 240 frames: the exact seeks and decoded frames for targets across GOPs, at GOP edges and in a row.
+
+    Hand-counted: a seek lands on the key frame ``8·floor(t/8)`` and decodes ``t - 8·floor(t/8) + 1`` frames;
+    a target whose frame is the decoder's next one (even a key frame) costs one frame and no seek.
+    """
+    data = _encode(240, gop=8)
+    kf = probe_keyframes(data)
+    full = _full_decode(data)
+    cases = [
+        ([200, 5, 100], 3, 6 + 5 + 1),  # three GOPs: frames 0..5, 96..100, 200
+        ([16, 17], 1, 2),  # consecutive targets: decode forward, no second seek
+        ([7, 8], 1, 9),  # the next frame is a key frame: still decode forward (0..8), no seek
+        ([3, 3, 30], 2, 4 + 7),  # a repeated target costs nothing; 24..30
+    ]
+    for targets, seeks, decoded in cases:
+        st = DecodeStats()
+        assert np.array_equal(decode_sampled(data, targets, kf, stats=st), full[targets])
+        assert (st.seeks, st.decoded, st.fallback) == (seeks, decoded, False), targets
+
+
+def test_streams_that_start_at_a_nonzero_pts_still_seek() -> None:
+    """MP4s often start at pts > 0 (B-frame delay, edits): the first key frame is frame 0 whatever its pts."""
+    data = _encode(48, gop=8, pts0=5)
+    kf = probe_keyframes(data)
+    assert kf[0][0] == 0 and kf[0][1] != 0
+    st = DecodeStats()
+    assert np.array_equal(decode_sampled(data, [45], kf, stats=st), _full_decode(data)[[45]])
+    assert not st.fallback and st.seeks == 1 and st.decoded == 6

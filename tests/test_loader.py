@@ -230,3 +230,59 @@ def test_missing_manifest_and_too_few_samples(tmp_path: Path, tmp_path_factory: 
         build_loader(_cfg(tmp_path, "reference"))
     with pytest.raises(ValueError, match="no full batch"):
         build_loader(_cfg(good_shards(tmp_path_factory), "reference", batch_size=5), world_size=2)
+
+
+def test_loader_bounds_iteration_and_release(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Rank bounds, the end-of-epoch resume point, ``iter()`` = epoch 0, and ``close()`` releasing its resources."""
+    d = good_shards(tmp_path_factory)
+    with pytest.raises(ValueError, match="rank"):
+        build_loader(_cfg(d, "reference"), rank=2, world_size=2)
+    L = build_loader(_cfg(d, "reference", num_workers=0))
+    assert list(L.epoch_iter(0, start_batch=len(L))) == []  # resuming exactly at an epoch's end: nothing left
+    with pytest.raises(ValueError, match="start_batch"):
+        L.epoch_iter(0, start_batch=len(L) + 1)
+    assert [b["index"].tolist() for b in L] == [b["index"].tolist() for b in L.epoch_iter(0)]
+    L.close()
+    assert all(f.closed for f in L._index._files.values())
+
+
+@pytest.mark.dali
+def test_dali_pipeline_rebuilds_only_after_an_abandoned_epoch(tmp_path_factory: pytest.TempPathFactory) -> None:
+    d = good_shards(tmp_path_factory)
+    L = build_loader(_cfg(d, "dali", num_workers=0))
+    full = [b["index"].tolist() for b in L.epoch_iter(0)]
+    assert L.pipeline_builds == 1
+    it = L.epoch_iter(1)
+    next(it)  # abandon epoch 1 part-way
+    it.close()
+    assert [b["index"].tolist() for b in L.epoch_iter(0)] == full  # a fresh pipeline at the right place
+    assert L.pipeline_builds == 2
+    L.close()
+    assert L._pipe is None
+
+
+def test_backend_choice_without_dali_or_codecs(tmp_path_factory: pytest.TempPathFactory,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPU pipelines decode any codec (PyAV inside the source); shards that record no codec, or a missing DALI,
+    mean the reference backend."""
+    import json
+    import shutil
+    import sys
+
+    from umt.data.loader import choose_backend, dali_available
+
+    d = good_shards(tmp_path_factory)
+    if dali_available():
+        assert choose_backend(_cfg(d, "auto"), ["wmv2"], torch.device("cpu")) == "dali"
+    assert choose_backend(_cfg(d, "auto"), [], torch.device("cpu")) == "reference"
+    old = tmp_path_factory.mktemp("nocodecs") / "shards"
+    shutil.copytree(d, old)
+    m = json.loads((old / "manifest.json").read_text())
+    del m["codecs"]  # a manifest from before codecs were recorded
+    (old / "manifest.json").write_text(json.dumps(m))
+    L = build_loader(_cfg(old, "auto"))
+    assert L.backend == "reference"
+    L.close()
+    monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # import fails as if not installed
+    assert not dali_available()
+    assert choose_backend(_cfg(d, "auto"), ["vp9"], torch.device("cpu")) == "reference"

@@ -24,26 +24,24 @@ W0, H0, N_FRAMES = 128, 96, 28
 BACKENDS = ["reference", pytest.param("dali", marks=pytest.mark.dali)]
 
 
-def _pattern(k: int) -> np.ndarray:
-    x = np.arange(W0, dtype=np.int32)[None, :].repeat(H0, 0)
-    y = np.arange(H0, dtype=np.int32)[:, None].repeat(W0, 1)
+def _pattern(k: int, w: int = W0, h: int = H0) -> np.ndarray:
+    x = np.arange(w, dtype=np.int32)[None, :].repeat(h, 0)
+    y = np.arange(h, dtype=np.int32)[:, None].repeat(w, 1)
     return np.stack([2 * x, 40 + 2 * y, np.full_like(x, 20 + 8 * k)], -1).astype(np.uint8)  # [H, W, 3]
 
 
-@pytest.fixture(scope="module")
-def pattern_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _pattern_shards(root: Path, w: int, h: int) -> Path:
     import av
 
     from umt.data.shards import EncodeSettings, build_shards
 
-    root = tmp_path_factory.mktemp("pattern")
     for i in range(4):
         with av.open(str(root / f"p{i}.mp4"), "w") as out:
             s = out.add_stream("mjpeg", rate=24)
-            s.width, s.height, s.pix_fmt = W0, H0, "yuvj444p"
+            s.width, s.height, s.pix_fmt = w, h, "yuvj444p"
             s.codec_context.options = {"q:v": "1"}
             for k in range(N_FRAMES):
-                f = av.VideoFrame.from_ndarray(_pattern(k), format="rgb24")
+                f = av.VideoFrame.from_ndarray(_pattern(k, w, h), format="rgb24")
                 f.pts, f.time_base = k, Fraction(1, 24)
                 for p in s.encode(f):
                     out.mux(p)
@@ -54,22 +52,34 @@ def pattern_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out_dir
 
 
-def _expected_window(pair: int, off: int, size: int) -> tuple[int, int, int, int]:
-    """The official multi-scale crop for a 128x96 frame, written out: scales (1, .875, .75, .66) of the short side."""
-    sides = [96, 84, 72, 63]  # int(96 * s); none within 3 px of `size` (48)
+@pytest.fixture(scope="module")
+def pattern_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _pattern_shards(tmp_path_factory.mktemp("pattern"), W0, H0)
+
+
+@pytest.fixture(scope="module")
+def portrait_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Portrait 64x104 (phone video): crop offsets down the frame exceed the crop width."""
+    return _pattern_shards(tmp_path_factory.mktemp("portrait"), 64, 104)
+
+
+def _expected_window(pair: int, off: int, size: int, w0: int = W0, h0: int = H0) -> tuple[int, int, int, int]:
+    """The official multi-scale crop, written out: scales (1, .875, .75, .66) of the short side (128x96 frames:
+    sides 96, 84, 72, 63, none within 3 px of the test's `size`, 48; 64x104: 64, 56, 48, 42 against size 32)."""
+    short = min(w0, h0)
+    sides = [int(short * s) for s in (1, 0.875, 0.75, 0.66)]
+    assert all(abs(sd - size) > 3 for sd in sides)  # no snapping to the input size in these tests
     pairs = [(i, j) for i in range(4) for j in range(4) if abs(i - j) <= 1]  # (height index, width index)
     grid = [(0, 0), (4, 0), (0, 4), (4, 4), (2, 2), (0, 2), (4, 2), (2, 4), (2, 0), (1, 1), (3, 1), (1, 3), (3, 3)]
     ch, cw = sides[pairs[pair][0]], sides[pairs[pair][1]]
     mw, mh = grid[off]
-    return mw * ((W0 - cw) // 4), mh * ((H0 - ch) // 4), cw, ch
+    return mw * ((w0 - cw) // 4), mh * ((h0 - ch) // 4), cw, ch
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_training_draws_reach_the_pixels(pattern_shards: Path, backend: str) -> None:
-    size, T = 48, 8
-    cfg = DataConfig(
-        shards=str(pattern_shards), backend=backend, batch_size=2, num_workers=0, input_size=size, num_sample=2
-    )  # in-process: DataLoader without workers, DALI's source without worker processes (the parallel path is tested
+def _check_training_draws(shards: Path, backend: str, size: int, w0: int, h0: int) -> None:
+    T = 8
+    cfg = DataConfig(shards=str(shards), backend=backend, batch_size=2, num_workers=0, input_size=size, num_sample=2)
+    # in-process: DataLoader without workers, DALI's source without worker processes (the parallel path is tested
     # by the tests below)
     L = VideoLoader(cfg)
     mean = torch.tensor(cfg.mean).view(3, 1, 1, 1) * 255
@@ -91,7 +101,7 @@ def test_training_draws_reach_the_pixels(pattern_shards: Path, backend: str) -> 
                     assert torch.allclose(blue, torch.tensor([20.0 + 8 * k for k in want_t]), atol=3), (i, blue)
                     # window: a linear ramp averages to its value at the window's centre
                     pair, off, flip = p.crops[j]
-                    x, y, cw, ch = _expected_window(pair, off, size)
+                    x, y, cw, ch = _expected_window(pair, off, size, w0, h0)
                     assert abs(pix[0].mean() - 2 * (x + (cw - 1) / 2)) < 3, (i, j, "x")
                     assert abs(pix[1].mean() - (40 + 2 * (y + (ch - 1) / 2))) < 3, (i, j, "y")
                     # flip: red decreases left to right exactly when flipped; green always grows downwards
@@ -102,6 +112,49 @@ def test_training_draws_reach_the_pixels(pattern_shards: Path, backend: str) -> 
     finally:
         L.close()
     assert seen_flip == {False, True}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_training_draws_reach_the_pixels(pattern_shards: Path, backend: str) -> None:
+    _check_training_draws(pattern_shards, backend, 48, W0, H0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_portrait_training_draws_reach_the_pixels(portrait_shards: Path, backend: str) -> None:
+    """Portrait frames: windows far down the frame (y offset > crop width) arrive whole (the DALI source hands over
+    the union of the windows)."""
+    _check_training_draws(portrait_shards, backend, 32, 64, 104)
+    # and the deepest window deterministically (the test hook fixes pair 9 = (.66, .66) and offset 3 = (4, 4)):
+    # x = 4·((64 − 42) // 4) = 20, y = 4·((104 − 42) // 4) = 60, 42×42, so y + h = 102 > w + h = 84
+    cfg = DataConfig(shards=str(portrait_shards), backend=backend, batch_size=2, num_workers=0, input_size=32)
+    L = VideoLoader(cfg, _fixed_crop=(9, 3))
+    try:
+        b = next(iter(L.epoch_iter(0)))
+    finally:
+        L.close()
+    mean = torch.tensor(cfg.mean).view(3, 1, 1, 1) * 255
+    std = torch.tensor(cfg.std).view(3, 1, 1, 1) * 255
+    for v in b["video"]:
+        pix = v * std + mean
+        assert abs(pix[0].mean() - 2 * (20 + 41 / 2)) < 3 and abs(pix[1].mean() - (40 + 2 * (60 + 41 / 2))) < 3
+        assert pix[0, :, :, :8].mean() < pix[0, :, :, -8:].mean()  # the fixed crop is never flipped
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_eval_mode_reads_in_order_and_never_flips(pattern_shards: Path, backend: str) -> None:
+    cfg = DataConfig(shards=str(pattern_shards), backend=backend, batch_size=2, num_workers=0, input_size=48,
+                     train=False)
+    L = VideoLoader(cfg)
+    try:
+        batches = list(L.epoch_iter(3))
+    finally:
+        L.close()
+    assert torch.cat([b["index"] for b in batches]).tolist() == [0, 1, 2, 3]  # manifest order, whatever the epoch
+    std = torch.tensor(cfg.std).view(3, 1, 1, 1) * 255
+    for b in batches:
+        for v in b["video"]:
+            red = (v * std)[0]  # [T, S, S]: red grows left to right unless flipped
+            assert red[:, :, :12].mean() < red[:, :, -12:].mean()
 
 
 @pytest.mark.dali
@@ -196,3 +249,90 @@ def test_eval_order_and_draws_follow_their_definitions() -> None:
     assert p.crops[0] == (int(rng.integers(10)), int(rng.integers(13)), bool(rng.random() < 0.5))
     assert len(p.crops) == 2 and draw_params(DataConfig(train=False), 4, 2, 9) == draw_params(DataConfig(train=False), 0, 0, 0)
     assert draw_params(DataConfig(train=False), 4, 2, 9).crops == ()
+
+
+def test_shard_index_pickles_without_files_and_reads_the_same(pattern_shards: Path) -> None:
+    """DALI's spawned workers (GPU pipelines) receive the index by pickle: entries travel, open files do not."""
+    import pickle
+
+    from umt.data.shards import read_manifest
+    from umt.data.source import ShardIndex
+
+    ix = ShardIndex(pattern_shards, read_manifest(pattern_shards)["shards"])
+    before = ix.read(3, "mp4")
+    copy = pickle.loads(pickle.dumps(ix))
+    assert copy._files == {} and copy.entries == ix.entries and copy.read(3, "mp4") == before
+    ix.close()
+    copy.close()
+
+
+def test_read_clip_uses_the_recorded_key_frames(pattern_shards: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shards record each sample's key frames: reading a clip never probes the video, and reports its decode work."""
+    import umt.data.video as video
+    from umt.data.shards import read_manifest
+    from umt.data.source import ShardIndex, read_clip
+
+    def no_probe(*a: object, **k: object) -> None:
+        raise AssertionError("probed a sample whose key frames the shard records")
+
+    monkeypatch.setattr(video, "probe_keyframes", no_probe)
+    ix = ShardIndex(pattern_shards, read_manifest(pattern_shards)["shards"])
+    cfg = DataConfig(num_frames=8, input_size=48)
+    clip = read_clip(ix, 1, cfg, draw_params(cfg, 0, 0, 1))
+    ix.close()
+    assert clip.frames.shape == (8, H0, W0, 3)
+    assert clip.stats.seeks == len(set(clip.indices.tolist())) and clip.stats.decoded == clip.stats.seeks  # all-intra
+
+
+def test_gpu_source_hands_over_encoded_bytes_and_indices(pattern_shards: Path) -> None:
+    """``decode=False`` (GPU pipelines, checked here on CPU): the encoded video, windows in stored-frame pixels,
+    and the sampled indices for the mixed decoder's ``frames``."""
+    from types import SimpleNamespace
+
+    from umt.data.sampling import tsn_indices
+    from umt.data.shards import read_manifest
+    from umt.data.source import ClipSource, ShardIndex
+
+    ix = ShardIndex(pattern_shards, read_manifest(pattern_shards)["shards"])
+    cfg = DataConfig(num_frames=8, input_size=48, num_sample=2, batch_size=2)
+    src = ClipSource(ix, cfg, rank=0, world_size=1, first_epoch=2, start_batch=0, decode=False)
+    out = src(SimpleNamespace(epoch_idx=0, idx_in_epoch=1))
+    i = int(epoch_order(4, seed=0, epoch=2, rank=0, world_size=1, batch_size=2)[1])
+    p = draw_params(cfg, 0, 2, i)
+    assert len(out) == 2 + 3 * 2 + 1
+    assert out[0].dtype == np.uint8 and out[0].tobytes() == ix.read(i, "mp4")
+    assert int(out[1][4]) == i  # meta: the sample index
+    for j, (pair, off, flip) in enumerate(p.crops):
+        x, y, cw, ch = _expected_window(pair, off, 48)
+        assert out[2 + 3 * j].tolist() == [x, y] and out[3 + 3 * j].tolist() == [cw, ch]
+        assert int(out[4 + 3 * j]) == int(flip)
+    assert out[-1].dtype == np.int32 and out[-1].tolist() == tsn_indices(N_FRAMES, 8, p.u).tolist()
+    ix.close()
+
+
+@pytest.mark.dali
+def test_dali_resumed_epoch_then_full_epochs(pattern_shards: Path) -> None:
+    """Resuming at batch 1 offsets only the first epoch; the pipeline's next epoch is whole."""
+    cfg = DataConfig(shards=str(pattern_shards), backend="dali", batch_size=1, num_workers=0, input_size=48)
+    L = VideoLoader(cfg)
+    try:
+        tail = [b["index"].item() for b in L.epoch_iter(0, start_batch=1)]
+        nxt = [b["index"].item() for b in L.epoch_iter(1)]
+        assert L.pipeline_builds == 1
+    finally:
+        L.close()
+    assert tail == epoch_order(4, seed=0, epoch=0, rank=0, world_size=1, batch_size=1)[1:].tolist()
+    assert nxt == epoch_order(4, seed=0, epoch=1, rank=0, world_size=1, batch_size=1).tolist()
+
+
+def test_shards_without_key_frame_records_are_probed_not_decoded_whole(pattern_shards: Path) -> None:
+    """Older shards (no ``KEY.json``): the clip's key frames are probed (demux only) and decoding still seeks."""
+    from umt.data.shards import read_manifest
+    from umt.data.source import ShardIndex, read_clip
+
+    ix = ShardIndex(pattern_shards, read_manifest(pattern_shards)["shards"])
+    ix.entries[2][1].pop("json")
+    cfg = DataConfig(num_frames=8, input_size=48)
+    clip = read_clip(ix, 2, cfg, draw_params(cfg, 0, 0, 2))
+    ix.close()
+    assert not clip.stats.fallback and clip.stats.seeks >= 1 and clip.stats.decoded < N_FRAMES
