@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from umt.data.shards import _sha256, decode_meta, iter_reasons, read_manifest, write_index
+from umt.data.shards import decode_meta, iter_reasons, read_manifest, sha256_file, write_index
 
 __all__ = ["histogram", "summarize", "verify", "main"]
 
@@ -88,7 +88,7 @@ def verify(shard_dir: str | Path) -> list[str]:
             continue
         if tar.stat().st_size != sh["bytes"]:
             problems.append(f"{sh['name']}: {tar.stat().st_size} bytes, the manifest says {sh['bytes']}")
-        if _sha256(tar) != sh["sha256"]:
+        if sha256_file(tar) != sh["sha256"]:
             problems.append(f"{sh['name']}: sha256 differs from the manifest (the shard changed or is corrupt)")
         if not idx.is_file():
             problems.append(f"{idx.name}: missing (rebuild the index or the shards)")

@@ -63,6 +63,7 @@ __all__ = [  # encoding names re-exported from umt.data.encode
     "decode_meta",
     "encode_meta",
     "read_manifest",
+    "sha256_file",
     "write_index",
 ]
 
@@ -141,7 +142,8 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -294,7 +296,7 @@ def _process_one(src: SampleSource, st: EncodeSettings, work: Path) -> dict[str,
             if not res["ok"] or (work / f"{name}.mp4").is_file():
                 if res["ok"] and "source_sha256" not in res:
                     try:
-                        res["source_sha256"] = _sha256(Path(src.path))
+                        res["source_sha256"] = sha256_file(Path(src.path))
                     except OSError:
                         res["source_sha256"] = None
                 return {**res, "encoded": False}
@@ -304,7 +306,7 @@ def _process_one(src: SampleSource, st: EncodeSettings, work: Path) -> dict[str,
         data, info = encode_video(src, st)
         _atomic_write(work / f"{name}.mp4", data)  # video first, then the record that says it is complete
         # content hash of the source: --append recognises an input already in the set under another name
-        res = {"ok": True, "cache": name, "info": info, "source_sha256": _sha256(Path(src.path))}
+        res = {"ok": True, "cache": name, "info": info, "source_sha256": sha256_file(Path(src.path))}
     except Reject as e:
         res = {"ok": False, "cache": name, "reason": str(e)}
     except Exception as e:  # noqa: BLE001 - bad input must never stop the run; report it
@@ -334,7 +336,7 @@ def _write_shard(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> tup
                 data_offset = tf.offset + len(ti.tobuf(tarfile.USTAR_FORMAT, tf.encoding, tf.errors))
                 tf.addfile(ti, io.BytesIO(data))
                 members.append((ti.name, data_offset, ti.size))
-    sha = _sha256(tmp)
+    sha = sha256_file(tmp)
     write_index(members, path.with_suffix(".idx"))
     os.replace(tmp, path)
     return path.stat().st_size, sha
@@ -668,7 +670,7 @@ def _build(
         path = out / name
         rec = done.get(name)
         if rec and rec.get("plan") == plan and path.is_file() and path.with_suffix(".idx").is_file():
-            if _sha256(path) == rec["sha256"]:
+            if sha256_file(path) == rec["sha256"]:
                 shards.append({"name": name, "samples": len(chunk), "bytes": rec["bytes"], "sha256": rec["sha256"]})
                 continue
         samples = []

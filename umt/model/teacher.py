@@ -19,7 +19,6 @@ L blocks' outputs and the last block's CLS query and keys come out of a single p
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import re
@@ -35,6 +34,7 @@ import torch.nn.functional as F
 
 from umt import ops
 from umt.data.config import IMAGENET_MEAN, IMAGENET_STD
+from umt.data.shards import sha256_file
 
 __all__ = ["CLIPTeacher", "TeacherOutput", "TeacherLoadInfo", "TeacherWeightsError", "TEACHER_CONFIGS", "build_clip",
            "load_clip_weights", "hf_clip_to_open_clip", "resize_pos_embed", "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD"]
@@ -140,14 +140,6 @@ class TeacherLoadInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _vision_arch(sd: dict[str, torch.Tensor], prefix: str = "visual.") -> dict[str, int]:
@@ -302,7 +294,7 @@ def load_clip_weights(model: nn.Module, path: str | Path) -> TeacherLoadInfo:
         sd["positional_embedding"] = wrapped["visual.positional_embedding"]
     resized = int(sd[pos_key].shape != before)
     target.load_state_dict(sd, strict=True)  # strict: nothing missing, nothing unexpected
-    return TeacherLoadInfo(format=fmt, path=str(path), sha256=_sha256(weights_file), architecture=arch,
+    return TeacherLoadInfo(format=fmt, path=str(path), sha256=sha256_file(weights_file), architecture=arch,
                            loaded=len(sd), resized=resized, missing=0)
 
 
