@@ -51,7 +51,6 @@ def test_cli_under_torchrun(tmp_path: Path) -> None:
 
 def _worker(out: Path) -> None:
     import copy
-    import gc
 
     import torch
     import torch.distributed as dist
@@ -63,6 +62,7 @@ def _worker(out: Path) -> None:
     from umt.train.config import apply_overrides
     from umt.train.recipes import get_recipe
     from umt.train.step import build_models
+    from umt.train.trainer import close_process_group
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -111,12 +111,8 @@ def _worker(out: Path) -> None:
     result["accum_max_abs_diff"] = max((p.grad - q.grad).abs().max().item()
                                        for p, q in zip(acc_model.parameters(), ref.parameters()))
     (out / f"rank{rank}.json").write_text(json.dumps(result))
-    # Same teardown as Trainer.close: tearing the gloo group down while a peer's DDP reducer still holds it hung
-    # 1 run in 6 (CI timed out here).
-    del step, acc, ddp
-    gc.collect()
-    dist.barrier()
-    dist.destroy_process_group()
+    del step, acc, ddp  # DDP wrappers first (see close_process_group: CI once hung here)
+    close_process_group()
 
 
 if __name__ == "__main__":

@@ -93,14 +93,10 @@ def _worker(out: Path) -> None:
         checked += 1
     (out / f"rank{rank}.json").write_text(json.dumps({"n_params": len(params), "n_checked": checked,
                                                        "worst_rel_err": worst, "min_abs_fd": min_fd}))
-    # As Trainer.close: every rank arrives, DDP wrappers dropped, then the group goes (gloo can hang at exit when a
-    # rank destroys the group while its peer's reducer still holds it).
-    del ddp
-    import gc
+    del ddp  # the DDP wrapper first (see close_process_group)
+    from umt.train.trainer import close_process_group
 
-    gc.collect()
-    dist.barrier()
-    dist.destroy_process_group()
+    close_process_group()
 
 
 if __name__ == "__main__":

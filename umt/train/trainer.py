@@ -96,6 +96,18 @@ def _warn_shared_store() -> None:
                     restart_count())
 
 
+def close_process_group() -> None:
+    """Tear the process group down on every rank without gloo's exit hang.
+
+    With gloo, a rank that destroys the group while a peer's DDP reducer still uses it can hang at interpreter exit
+    (seen 2 runs in 12 on 2 CPU cores; CI timed out on it). Callers drop their DDP wrappers first; this collects
+    them, waits for every rank, then destroys the group.
+    """
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def build_data_loader(cfg: TrainConfig, rt: Runtime) -> Any:
     """The shard loader (:func:`umt.data.build_loader`) or, with ``synthetic_data``, the synthetic one."""
     if cfg.synthetic_data:
@@ -412,9 +424,5 @@ class Trainer:
         if self.tb is not None:
             self.tb.close()
         if self.rt.distributed and dist.is_initialized():
-            # Every rank arrives and drops its DDP wrapper before the group goes: with gloo, a rank that tears the
-            # group down while its peer's DDP reducer still uses it hangs at exit (1 run in 6 on 2 CPU cores).
-            dist.barrier()
-            self.step_fn = None  # type: ignore[assignment]
-            gc.collect()
-            dist.destroy_process_group()
+            self.step_fn = self.net = None  # type: ignore[assignment]  # the DDP wrapper goes first
+            close_process_group()
