@@ -67,3 +67,29 @@ def test_preview_through_the_loader_is_deterministic(tmp_path: Path, tmp_path_fa
     w, h = Image.open(a).size
     assert (w, h) == (4 * 64, 2 * 5 * 64 + 8)  # the demo recipe's T=4 columns; 2 clips × 5 rows, one separator
     assert main([*args, "--out", str(a)]) == 2  # exists, no --overwrite
+
+
+def test_training_logs_the_panel_from_the_steps_own_tensors(tmp_path: Path) -> None:
+    """``log.image_every_steps``: rank 0 logs the first clip's panel on those steps only, without another teacher
+    pass (the panel's pixels are checked by ``test_kept_cells_drawn_are_exactly_the_kept_indices``)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tests.test_train import _tiny
+    from umt.train.trainer import Trainer
+
+    t = Trainer(_tiny("optim.max_steps=4", "log.tensorboard=true", "log.image_every_steps=2"), tmp_path / "run")
+    calls = []
+    forward = t.teacher.forward
+    t.teacher.forward = lambda v: (calls.append(1), forward(v))[1]  # type: ignore[method-assign]
+    t.fit()
+    t.close()
+    assert len(calls) == 4  # one teacher pass per step, none for the images
+    ev = EventAccumulator(str(tmp_path / "run" / "tb"), size_guidance={"images": 0}).Reload()
+    imgs = ev.Images("preview/first_clip")
+    assert [i.step for i in imgs] == [2, 4]
+    from io import BytesIO
+
+    from PIL import Image
+
+    w, h = Image.open(BytesIO(imgs[0].encoded_image_string)).size
+    assert (w, h) == (2 * 32, 3 * 32)  # T=2 frames of 32 px; rows: frames, attention, the semantic mask

@@ -163,10 +163,16 @@ class LogConfig:
     tensorboard: bool = True
     progress: bool = True
     """tqdm progress bar on rank 0."""
+    image_every_steps: int = 0
+    """Every N steps (0: never) rank 0 sends TensorBoard the preview panel of the step's first clip (frames,
+    teacher CLS attention, the kept tokens of the mask used): ``umt.data.preview.render_clip``, from tensors the
+    step already has."""
 
     def __post_init__(self) -> None:
         if self.every_steps < 1:
             raise ConfigError(f"log.every_steps must be >= 1, got {self.every_steps}")
+        if self.image_every_steps < 0:
+            raise ConfigError(f"log.image_every_steps must be >= 0, got {self.image_every_steps}")
 
 
 @dataclass

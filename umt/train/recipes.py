@@ -53,7 +53,7 @@ def demo() -> TrainConfig:
         mask=MaskConfig(kind="semantic", ratio=0.8),
         optim=OptimConfig(lr=3e-2, min_lr=3e-3, weight_decay=0.05, epochs=30, warmup_epochs=1, max_steps=0),
         checkpoint=CheckpointConfig(every_steps=0, keep_last=2),
-        log=LogConfig(every_steps=5),
+        log=LogConfig(every_steps=5, image_every_steps=20),
         device="cpu",
     )
 

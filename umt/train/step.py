@@ -162,6 +162,10 @@ class StageOneStep:
         grid = cfg.data.input_size // 16
         self.tokens_per_frame = grid * grid
         self.keep = masking.keep_per_frame(self.tokens_per_frame, cfg.mask.ratio)
+        #: set by the trainer on image-logging steps: :meth:`micro_step` then keeps ``first_clip``, views of
+        #: (video [3, T, S, S], q_cls [T, H, D], k [T, H, 1+N, D], kept positions [T·K]) of the batch's first clip
+        self.keep_first_clip = False
+        self.first_clip: tuple[torch.Tensor, ...] | None = None
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.skip_native = isinstance(optimizer, torch.optim.AdamW) and bool(optimizer.defaults.get("fused"))
         #: Device-side counters: all skipped steps, and the current run of consecutive skipped steps.
@@ -202,6 +206,9 @@ class StageOneStep:
         tout = self.teacher_forward(video)
         if idx is None:
             idx = self.make_mask(tout, video, seed)
+        if self.keep_first_clip:  # views only: no copy, no host sync (the trainer renders on logging steps)
+            t = video.shape[2]
+            self.first_clip = (video[0], tout.q_cls[:t], tout.k[:t], idx[0])
         no_sync = getattr(self.model, "no_sync", None)
         with no_sync() if (not sync and no_sync is not None) else contextlib.nullcontext():
             return self.forward_backward(video, idx, tout, scale)

@@ -333,6 +333,23 @@ class Trainer:
         self.logged.append(row)
         return row
 
+    def _image_step(self, step: int) -> bool:
+        n = self.cfg.log.image_every_steps
+        return bool(n) and step % n == 0 and self.rt.is_main and self.tb is not None
+
+    def _log_image(self) -> None:
+        """The preview panel (``umt.data.preview.render_clip``) of this step's first clip, to TensorBoard."""
+        from umt.data.preview import render_clip
+
+        video, q_cls, k, kept = self.step_fn.first_clip  # type: ignore[misc]
+        self.step_fn.first_clip, self.step_fn.keep_first_clip = None, False
+        t = video.shape[1]
+        grid = int(round((k.shape[2] - 1) ** 0.5))
+        attention = ops.cls_attention(q_cls.float(), k.float())  # [T, N]
+        img = render_clip(video, self.cfg.data.mean, self.cfg.data.std, grid, attention.view(t, -1),
+                          {self.cfg.mask.kind: kept})
+        self.tb.add_image("preview/first_clip", img, self.step, dataformats="HWC")  # type: ignore[union-attr]
+
     def fit(self) -> dict[str, Any]:
         """Train until ``total_steps``; checkpoint every N steps and at the end.
 
@@ -370,6 +387,7 @@ class Trainer:
                             torch.manual_seed(step_seed(cfg.seed, self.step, rt.rank, stream=1))
                         # one mask seed per micro-batch; with no accumulation it is the step's seed
                         seed = step_seed(cfg.seed, self.step * self.accum + i, rt.rank)
+                        self.step_fn.keep_first_clip = i == 0 and self._image_step(self.step + 1)
                         losses.append(self.step_fn.micro_step(batch["video"], seed, scale=1.0 / self.accum,
                                                               sync=i == self.accum - 1))
                     if len(losses) < self.accum:  # the loader ended early: drop a partial group's gradients
@@ -386,6 +404,8 @@ class Trainer:
                     if self.batch_in_epoch >= self.batches_per_epoch:
                         self.epoch, self.batch_in_epoch = self.epoch + 1, 0
                     bar.update(1)
+                    if self.step_fn.first_clip is not None:
+                        self._log_image()
                     last = self.step >= self.total_steps
                     if self.step % cfg.log.every_steps == 0 or last:
                         if rt.device.type == "cuda":
