@@ -102,9 +102,10 @@ def verify(shard_dir: str | Path) -> list[str]:
         with tempfile.TemporaryDirectory() as tmp:
             want = Path(tmp) / "want.idx"
             write_index(members, want)
-            if want.read_bytes() != idx.read_bytes():
+            text = want.read_text()
+            if text.encode() != idx.read_bytes():
                 problems.append(f"{idx.name}: does not match {sh['name']}'s members")
-        n = len({name.rsplit("/", 1)[-1].split(".", 1)[0] for name, _, _ in members})
+        n = int(text.split()[1])  # samples, grouped by key exactly as the builder's index does
         if n != sh["samples"]:
             problems.append(f"{sh['name']}: {n} samples, the manifest says {sh['samples']}")
     return problems

@@ -245,7 +245,6 @@ def load_clip_weights(model: nn.Module, path: str | Path) -> TeacherLoadInfo:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"teacher weights not found: {path}")
-    target: nn.Module = model
     if path.is_dir():
         hf, weights_file, cfg = _read_hf_dir(path)
         fmt, sd = "hf-clip", hf_clip_to_open_clip(hf)
@@ -254,9 +253,6 @@ def load_clip_weights(model: nn.Module, path: str | Path) -> TeacherLoadInfo:
         if (act == "quick_gelu") != quick:
             raise TeacherWeightsError(f"teacher weights {path} use hidden_act={act!r}; set "
                                       f"model.teacher_quick_gelu={str(act == 'quick_gelu').lower()}")
-        sd = {k[len("visual."):]: v for k, v in sd.items()}
-        target = model.visual
-        arch_sd = {"visual." + k: v for k, v in sd.items()}
     else:
         weights_file = path
         if _is_torchscript(path):
@@ -277,23 +273,19 @@ def load_clip_weights(model: nn.Module, path: str | Path) -> TeacherLoadInfo:
             if "logit_scale" in sd and model.logit_scale.ndim != sd["logit_scale"].ndim:
                 sd["logit_scale"] = sd["logit_scale"].reshape(model.logit_scale.shape)
             sd.pop("text.transformer.embeddings.position_ids", None)
-        arch_sd = sd
     try:
-        arch = _vision_arch(arch_sd)
+        arch = _vision_arch(sd)
     except TeacherWeightsError as e:
         raise TeacherWeightsError(f"teacher weights {path} ({fmt}): {e}") from e
     _check_arch(arch, model, path)
-    pos_key = "positional_embedding" if target is not model else "visual.positional_embedding"
-    before = sd[pos_key].shape
-    if target is model:
-        resize_pos_embed(sd, model)  # ours first: open_clip's resize (antialiased) is then a no-op
-        open_clip.model.resize_text_pos_embed(sd, model)
+    before = sd["visual.positional_embedding"].shape
+    resize_pos_embed(sd, model)  # ours first: open_clip's resize (antialiased) is then a no-op
+    resized = int(sd["visual.positional_embedding"].shape != before)
+    if fmt == "hf-clip":  # the vision tower only (the text tower stays random and is dropped by the teacher)
+        model.visual.load_state_dict({k[len("visual."):]: v for k, v in sd.items()}, strict=True)
     else:
-        wrapped = {"visual.positional_embedding": sd["positional_embedding"]}
-        resize_pos_embed(wrapped, model)
-        sd["positional_embedding"] = wrapped["visual.positional_embedding"]
-    resized = int(sd[pos_key].shape != before)
-    target.load_state_dict(sd, strict=True)  # strict: nothing missing, nothing unexpected
+        open_clip.model.resize_text_pos_embed(sd, model)
+        model.load_state_dict(sd, strict=True)  # strict: nothing missing, nothing unexpected
     return TeacherLoadInfo(format=fmt, path=str(path), sha256=sha256_file(weights_file), architecture=arch,
                            loaded=len(sd), resized=resized, missing=0)
 
