@@ -177,8 +177,10 @@ class LogConfig:
 
 @dataclass
 class TrainConfig:
-    """Root config of a stage-1 run."""
+    """Root config of a run: the task it trains (:mod:`umt.train.tasks`) and each part's settings."""
 
+    task: str = "distill"
+    """What kind of training (:data:`umt.train.tasks.TASKS`): ``distill`` = stage 1 (video distillation)."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
@@ -238,7 +240,10 @@ def accumulation_steps(cfg: TrainConfig, world_size: int) -> int:
     return gb // per_pass
 
 
-_SECTIONS = ("data", "model", "mask", "optim", "checkpoint", "log")
+def _section_names() -> tuple[str, ...]:
+    """The root fields that are config sections (dataclasses): ``data``, ``model``, ... and any a task adds."""
+    hints = typing.get_type_hints(TrainConfig)
+    return tuple(f.name for f in dataclasses.fields(TrainConfig) if dataclasses.is_dataclass(hints[f.name]))
 
 
 def _field_names(obj: Any) -> list[str]:
@@ -302,13 +307,13 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
         key = key.strip()
         parts = key.split(".")
         if len(parts) == 1:
-            valid = [n for n in _field_names(cfg) if n not in _SECTIONS]
+            valid = [n for n in _field_names(cfg) if n not in _section_names()]
             if parts[0] not in valid:
-                raise ConfigError(f"unknown key {key!r}; sections: {list(_SECTIONS)}, root fields: {valid}")
+                raise ConfigError(f"unknown key {key!r}; sections: {list(_section_names())}, root fields: {valid}")
             data[parts[0]] = _parse_value(value, root_hints[parts[0]], key)
             continue
-        if len(parts) != 2 or parts[0] not in _SECTIONS:
-            raise ConfigError(f"unknown key {key!r}; valid sections: {list(_SECTIONS)}")
+        if len(parts) != 2 or parts[0] not in _section_names():
+            raise ConfigError(f"unknown key {key!r}; valid sections: {list(_section_names())}")
         section = getattr(cfg, parts[0])
         names = _field_names(section)
         if parts[1] not in names:
@@ -352,5 +357,5 @@ def config_from_dict(d: dict[str, Any]) -> TrainConfig:
         ConfigError: unknown fields or failed checks.
     """
     d = dict(d)
-    sections = {s: (_build(typing.get_type_hints(TrainConfig)[s], d.pop(s, {}), s)) for s in _SECTIONS}
+    sections = {s: (_build(typing.get_type_hints(TrainConfig)[s], d.pop(s, {}), s)) for s in _section_names()}
     return _build(TrainConfig, {**d, **sections}, "root")

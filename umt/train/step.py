@@ -26,7 +26,7 @@ from umt.model import CLIPTeacher, TeacherOutput, UMTPretrain
 from umt.train.config import ConfigError, OptimConfig, TrainConfig, accumulation_steps
 
 __all__ = ["build_models", "build_optimizer", "build_scheduler", "lr_multiplier", "param_groups", "peak_lr",
-           "StageOneStep", "umt_spec", "autocast_context", "teacher_autocast_dtype"]
+           "StageOneStep", "TrainStep", "umt_spec", "autocast_context", "teacher_autocast_dtype"]
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +81,16 @@ def peak_lr(cfg: TrainConfig, world_size: int) -> tuple[float, float]:
     return cfg.optim.lr * scale, cfg.optim.min_lr * scale
 
 
-def build_optimizer(model: nn.Module, ocfg: OptimConfig, lr: float, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW with :func:`param_groups`: torch's fused kernel (``auto``/``fused``), ``foreach``, or apex FusedAdam.
+def build_optimizer(model: nn.Module, ocfg: OptimConfig, lr: float, device: torch.device,
+                    groups: list[dict[str, Any]] | None = None) -> torch.optim.Optimizer:
+    """AdamW over ``groups`` (default :func:`param_groups` of ``model``): torch's fused kernel (``auto``/``fused``),
+    ``foreach``, or apex FusedAdam.
 
     Raises:
         ImportError: ``impl="apex"`` without apex.
     """
-    groups = param_groups(model, ocfg.weight_decay)
+    if groups is None:
+        groups = param_groups(model, ocfg.weight_decay)
     if ocfg.impl == "apex":
         from apex.optimizers import FusedAdam  # type: ignore[import-not-found]
 
@@ -136,14 +139,91 @@ def teacher_autocast_dtype(teacher_precision: str, amp_dtype: torch.dtype | None
     return None if amp_dtype is None else _TEACHER_DTYPES[teacher_precision]
 
 
-class StageOneStep:
-    """One UMT stage-1 optimizer step, in phases: per micro-batch (teacher → mask → student forward/backward), then
-    the optimizer.
+class TrainStep:
+    """What every task's step shares: gradient accumulation over micro-batches, DDP ``no_sync``, and the optimizer
+    step with the non-finite guard (:meth:`optimizer_step`), all without a host sync.
 
-    With several micro-batches (gradient accumulation, ``optim.global_batch``) each one's loss is scaled by
-    1/micro-batches, so the summed gradient is that of the mean loss over the whole step's clips: equal-sized
-    micro-batches give the gradient of one big batch. A DDP model skips the gradient all-reduce (``no_sync``) on
-    all but the last micro-batch.
+    A task's step implements :meth:`train_batch` (forward, losses, backward of one micro-batch). With several
+    micro-batches (gradient accumulation, ``optim.global_batch``) each one's loss is scaled by 1/micro-batches, so the
+    summed gradient is that of the mean loss over the whole step's samples: equal-sized micro-batches give the
+    gradient of one big batch. A DDP model skips the gradient all-reduce (``no_sync``) on all but the last.
+
+    Args:
+        model: the trainable module, possibly DDP-wrapped.
+        optimizer, scheduler: from :func:`build_optimizer` / :func:`build_scheduler`.
+        cfg: the run config (``optim.clip_grad``).
+        device: compute device; ``amp_dtype``: autocast dtype (bf16) or None for fp32.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, cfg: TrainConfig,
+                 device: torch.device, amp_dtype: torch.dtype | None) -> None:
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.cfg, self.device, self.amp_dtype = cfg, device, amp_dtype
+        #: set by the trainer on image-logging steps: the step then keeps ``first_clip`` (task-specific views of
+        #: its batch's first sample) for :meth:`umt.train.tasks.Task.log_image`
+        self.keep_first_clip = False
+        self.first_clip: tuple[torch.Tensor, ...] | None = None
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.skip_native = isinstance(optimizer, torch.optim.AdamW) and bool(optimizer.defaults.get("fused"))
+        #: Device-side counters: all skipped steps, and the current run of consecutive skipped steps.
+        self.skipped = torch.zeros((), dtype=torch.int64, device=device)
+        self.consecutive = torch.zeros((), dtype=torch.int64, device=device)
+
+    def no_sync(self, sync: bool) -> contextlib.AbstractContextManager:
+        """DDP's ``no_sync`` when ``sync`` is False and the model is DDP-wrapped, else a no-op."""
+        no_sync = getattr(self.model, "no_sync", None)
+        return no_sync() if (not sync and no_sync is not None) else contextlib.nullcontext()
+
+    def optimizer_step(self) -> torch.Tensor:
+        """Clip (optional), skip on a non-finite global grad norm without a host sync, step, schedule.
+
+        With DDP the gradients are already averaged, so every rank sees the same norm and skips alike.
+
+        Returns:
+            0-dim bool tensor: the update was applied.
+        """
+        grads = [p.grad for p in self.params if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads, foreach=True)  # 0-dim, on device
+        ok = torch.isfinite(norm)
+        if self.cfg.optim.clip_grad > 0:
+            torch.nn.utils.clip_grads_with_norm_(self.params, self.cfg.optim.clip_grad, norm, foreach=True)
+        saved = None
+        if self.skip_native:
+            # The fused AdamW kernel skips params, moments and step count where found_inf != 0 (on device).
+            self.optimizer.found_inf = (~ok).float()
+        else:
+            # Fallback: zero the gradients of a bad step, and put the weights back after the step (weight decay and
+            # the moments would still move them); the moments still decay once (documented difference).
+            zero = torch.zeros((), device=norm.device)
+            for g in grads:
+                g.copy_(torch.where(ok, torch.nan_to_num(g, 0.0, 0.0, 0.0), zero))
+            saved = [p.detach().clone() for p in self.params]
+        self.optimizer.step()
+        if saved is not None:
+            with torch.no_grad():
+                for p, s in zip(self.params, saved):
+                    p.copy_(torch.where(ok, p, s))
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        bad = (~ok).to(torch.int64)
+        self.skipped += bad
+        self.consecutive.mul_(bad).add_(bad)
+        return ok
+
+    def train_batch(self, batch: dict[str, Any], seed: int, *, scale: float = 1.0,
+                    sync: bool = True) -> dict[str, torch.Tensor]:
+        """Forward, losses and backward of ``scale · loss`` for one micro-batch (a loader's batch dict), with
+        ``seed`` for its random draws (masks). ``sync=False``: skip DDP's all-reduce.
+
+        Returns:
+            Detached, unscaled 0-dim losses on the device, ``"loss"`` (the total) first, named as the task's
+            ``metrics``.
+        """
+        raise NotImplementedError
+
+class StageOneStep(TrainStep):
+    """One UMT stage-1 optimizer step, in phases: per micro-batch (teacher → mask → student forward/backward), then
+    the optimizer (:meth:`TrainStep.optimizer_step`).
 
     Args:
         model: :class:`UMTPretrain`, possibly DDP-wrapped.
@@ -156,21 +236,13 @@ class StageOneStep:
 
     def __init__(self, model: nn.Module, teacher: CLIPTeacher, optimizer: torch.optim.Optimizer,
                  scheduler: Any, cfg: TrainConfig, device: torch.device, amp_dtype: torch.dtype | None) -> None:
-        self.model, self.teacher, self.optimizer, self.scheduler = model, teacher, optimizer, scheduler
-        self.cfg, self.device, self.amp_dtype = cfg, device, amp_dtype
+        super().__init__(model, optimizer, scheduler, cfg, device, amp_dtype)
+        self.teacher = teacher
         self.teacher_dtype = teacher_autocast_dtype(cfg.model.teacher_precision, amp_dtype)
         grid = cfg.data.input_size // 16
         self.tokens_per_frame = grid * grid
         self.keep = masking.keep_per_frame(self.tokens_per_frame, cfg.mask.ratio)
-        #: set by the trainer on image-logging steps: :meth:`micro_step` then keeps ``first_clip``, views of
-        #: (video [3, T, S, S], q_cls [T, H, D], k [T, H, 1+N, D], kept positions [T·K]) of the batch's first clip
-        self.keep_first_clip = False
-        self.first_clip: tuple[torch.Tensor, ...] | None = None
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.skip_native = isinstance(optimizer, torch.optim.AdamW) and bool(optimizer.defaults.get("fused"))
-        #: Device-side counters: all skipped steps, and the current run of consecutive skipped steps.
-        self.skipped = torch.zeros((), dtype=torch.int64, device=device)
-        self.consecutive = torch.zeros((), dtype=torch.int64, device=device)
+        # first_clip here: views of (video [3, T, S, S], q_cls [T, H, D], k [T, H, 1+N, D], kept positions [T·K])
 
     def teacher_forward(self, video: torch.Tensor) -> TeacherOutput:
         """Frozen teacher on ``video [B, 3, T, H, W]`` (autocast to :attr:`teacher_dtype`, bf16 on GPU by default)."""
@@ -209,45 +281,13 @@ class StageOneStep:
         if self.keep_first_clip:  # views only: no copy, no host sync (the trainer renders on logging steps)
             t = video.shape[2]
             self.first_clip = (video[0], tout.q_cls[:t], tout.k[:t], idx[0])
-        no_sync = getattr(self.model, "no_sync", None)
-        with no_sync() if (not sync and no_sync is not None) else contextlib.nullcontext():
+        with self.no_sync(sync):
             return self.forward_backward(video, idx, tout, scale)
 
-    def optimizer_step(self) -> torch.Tensor:
-        """Clip (optional), skip on a non-finite global grad norm without a host sync, step, schedule.
-
-        With DDP the gradients are already averaged, so every rank sees the same norm and skips alike.
-
-        Returns:
-            0-dim bool tensor: the update was applied.
-        """
-        grads = [p.grad for p in self.params if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads, foreach=True)  # 0-dim, on device
-        ok = torch.isfinite(norm)
-        if self.cfg.optim.clip_grad > 0:
-            torch.nn.utils.clip_grads_with_norm_(self.params, self.cfg.optim.clip_grad, norm, foreach=True)
-        saved = None
-        if self.skip_native:
-            # The fused AdamW kernel skips params, moments and step count where found_inf != 0 (on device).
-            self.optimizer.found_inf = (~ok).float()
-        else:
-            # Fallback: zero the gradients of a bad step, and put the weights back after the step (weight decay and
-            # the moments would still move them); the moments still decay once (documented difference).
-            zero = torch.zeros((), device=norm.device)
-            for g in grads:
-                g.copy_(torch.where(ok, torch.nan_to_num(g, 0.0, 0.0, 0.0), zero))
-            saved = [p.detach().clone() for p in self.params]
-        self.optimizer.step()
-        if saved is not None:
-            with torch.no_grad():
-                for p, s in zip(self.params, saved):
-                    p.copy_(torch.where(ok, p, s))
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        bad = (~ok).to(torch.int64)
-        self.skipped += bad
-        self.consecutive.mul_(bad).add_(bad)
-        return ok
+    def train_batch(self, batch: dict[str, Any], seed: int, *, scale: float = 1.0,
+                    sync: bool = True) -> dict[str, torch.Tensor]:
+        """:meth:`micro_step` on ``batch["video"]``: ``{"loss": UMA loss}``."""
+        return {"loss": self.micro_step(batch["video"], seed, scale=scale, sync=sync)}
 
     def __call__(self, video: torch.Tensor | Sequence[torch.Tensor],
                  seed: int | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,7 +1,10 @@
-"""The stage-1 trainer: distributed setup, precision, the step loop, checkpoints and logging.
+"""The trainer: distributed setup, precision, the step loop, checkpoints and logging, once for every task.
+
+What differs between kinds of training (stage-1 distillation, stage-2 video-text, fine-tuning: models, loader,
+losses, metrics) is a :class:`~umt.train.tasks.Task` that the recipe names (``TrainConfig.task``).
 
 The loop reads top to bottom: per optimizer step, ``accum`` micro-batches (each: next batch, timed as data wait →
-:meth:`~umt.train.step.StageOneStep.micro_step`, DDP ``no_sync`` on all but the last; ``accum`` = 1 unless
+:meth:`~umt.train.step.TrainStep.train_batch`, DDP ``no_sync`` on all but the last; ``accum`` = 1 unless
 ``optim.global_batch`` asks for more) → optimizer step → counters on the device → on logging steps only, one host
 sync to read loss/skip counters and write metrics → periodic checkpoint → preemption check (one CPU all-reduce; on a
 signal: checkpoint and :class:`~umt.train.preempt.Preempted`). ``step`` counts optimizer steps, ``batch_in_epoch``
@@ -26,14 +29,15 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from umt import ops
-from umt.flops import peak_bf16_tflops, train_flops_per_clip
+from umt.flops import peak_bf16_tflops
 from umt.masking import step_seed
 from umt.train import checkpoint as ckpt
-from umt.train.config import ConfigError, TrainConfig, accumulation_steps, config_to_dict
+from umt.train.config import TrainConfig, accumulation_steps, config_to_dict
 from umt.train.preempt import Preempted, PreemptionHandler, restart_count, write_marker
-from umt.train.step import (StageOneStep, build_models, build_optimizer, build_scheduler, peak_lr, umt_spec)
+from umt.train.step import build_optimizer, build_scheduler
+from umt.train.tasks import Task, build_task
 
-__all__ = ["Runtime", "Trainer", "init_runtime", "NonFiniteError", "build_data_loader"]
+__all__ = ["Runtime", "Trainer", "init_runtime", "NonFiniteError", "close_process_group"]
 
 log = logging.getLogger(__name__)
 
@@ -108,18 +112,6 @@ def close_process_group() -> None:
     dist.destroy_process_group()
 
 
-def build_data_loader(cfg: TrainConfig, rt: Runtime) -> Any:
-    """The shard loader (:func:`umt.data.build_loader`) or, with ``synthetic_data``, the synthetic one."""
-    if cfg.synthetic_data:
-        from umt.data.synthetic import SyntheticVideoLoader
-
-        return SyntheticVideoLoader(cfg.data, rank=rt.rank, world_size=rt.world_size, device=rt.device,
-                                    num_samples=cfg.synthetic_samples)
-    from umt.data import build_loader
-
-    return build_loader(cfg.data, rank=rt.rank, world_size=rt.world_size, device=rt.device)
-
-
 def _peak_tflops(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
@@ -133,7 +125,7 @@ def _peak_mem_bytes(device: torch.device) -> int:
 
 
 class Trainer:
-    """One stage-1 run.
+    """One training run of the task ``cfg.task`` names (:mod:`umt.train.tasks`).
 
     Args:
         cfg: the resolved config.
@@ -157,22 +149,24 @@ class Trainer:
         self.rt = rt = init_runtime(cfg)
         ops.set_backend(cfg.model.kernels)
         torch.manual_seed(cfg.seed)  # identical init on every rank (DDP also broadcasts from rank 0)
-        self.model, self.teacher = build_models(cfg, rt.device)
-        self.spec = umt_spec(cfg, self.model, self.teacher)
+        #: what this kind of training builds (models, loader, step, metrics)
+        self.task: Task = build_task(cfg, rt)
+        self.model = self.task.model
         #: micro-batches per optimizer step (gradient accumulation up to ``optim.global_batch``)
         self.accum = accumulation_steps(cfg, rt.world_size)
-        self.loader = build_data_loader(cfg, rt)
+        self.loader = self.task.build_loader()
         self.steps_per_epoch = len(self.loader) // self.accum  # optimizer steps; a partial last group is dropped
         if self.steps_per_epoch < 1:
             raise ValueError(f"the loader yields {len(self.loader)} batches per epoch, fewer than the {self.accum} "
                              "micro-batches of one optimizer step (world_size × batch_size × accumulation clips)")
         #: loader batches consumed per epoch (``batch_in_epoch`` counts these)
         self.batches_per_epoch = self.steps_per_epoch * self.accum
-        self.lr, self.min_lr = peak_lr(cfg, rt.world_size)
+        self.lr, self.min_lr = self.task.peak_lr(rt.world_size)
         log.info("global batch %d = %d per rank × %d ranks × %d accumulation steps (peak lr %.3g)",
                  cfg.data.batch_size * rt.world_size * self.accum, cfg.data.batch_size, rt.world_size, self.accum,
                  self.lr)
-        self.optimizer = build_optimizer(self.model, cfg.optim, self.lr, rt.device)
+        self.optimizer = build_optimizer(self.model, cfg.optim, self.lr, rt.device,
+                                         groups=self.task.param_groups(cfg.optim.weight_decay))
         self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch, self.lr, self.min_lr)
         self.total_steps = cfg.optim.epochs * self.steps_per_epoch
         if cfg.optim.max_steps:
@@ -183,7 +177,7 @@ class Trainer:
         if cfg.model.compile:
             net = torch.compile(net)
         self.net = net
-        self.step_fn = StageOneStep(net, self.teacher, self.optimizer, self.scheduler, cfg, rt.device, rt.amp_dtype)
+        self.step_fn = self.task.make_step(net, self.optimizer, self.scheduler)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.resumed_from: Path | None = None
         if resume:
@@ -216,31 +210,13 @@ class Trainer:
                 "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                 "skipped": int(self.step_fn.skipped), "consecutive_skipped": int(self.step_fn.consecutive),
                 "config": config_to_dict(self.cfg), "student": self.cfg.model.student,
-                "world_size": self.rt.world_size, "kernel_configs": ops.kernel_configs(),
-                "teacher": self._teacher_record()}
+                "world_size": self.rt.world_size, "kernel_configs": ops.kernel_configs(), "task": self.cfg.task,
+                **self.task.record()}
 
-    def _teacher_record(self) -> dict[str, Any]:
-        """What the teacher was loaded from (format, sha256, architecture, tensor counts), or ``random_init``."""
-        info = self.teacher.load_info
-        return info.to_dict() if info is not None else {"random_init": True}
-
-    def _check_teacher(self, saved: dict[str, Any] | None, path: Path) -> None:
-        """Refuse to resume with other teacher weights than the checkpoint's (``model.allow_teacher_change``).
-
-        Raises:
-            ConfigError: the teacher file's sha256 (or random init) differs from the checkpoint's record.
-        """
-        if saved is None:  # checkpoints from before the record
-            return
-        now = self._teacher_record()
-        if saved.get("sha256") == now.get("sha256"):
-            return
-        what = (f"{saved.get('path', 'random init')} (sha256 {str(saved.get('sha256'))[:12]}) → "
-                f"{now.get('path', 'random init')} (sha256 {str(now.get('sha256'))[:12]})")
-        if not self.cfg.model.allow_teacher_change:
-            raise ConfigError(f"{path} was trained with other teacher weights: {what}; resuming would change the "
-                              "targets mid-run. Pass --set model.allow_teacher_change=true to resume anyway")
-        log.warning("teacher weights changed since %s: %s (allowed by model.allow_teacher_change)", path, what)
+    @property
+    def teacher(self) -> Any:
+        """The distillation task's frozen teacher (None for tasks without one)."""
+        return getattr(self.task, "teacher", None)
 
     def _resume(self, resume: str) -> None:
         """Load ``resume`` (a path) or, for ``"auto"``, the newest readable checkpoint of the run.
@@ -257,7 +233,7 @@ class Trainer:
         else:
             path = Path(resume)
             state = ckpt.load_checkpoint(path)
-        self._check_teacher(state.get("teacher"), path)
+        self.task.check_resume(state, path)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -275,8 +251,7 @@ class Trainer:
                 "min_lr": self.min_lr, "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
                 "accum_steps": self.accum,
                 "global_batch": self.cfg.data.batch_size * self.rt.world_size * self.accum,
-                "teacher_random_init": self.teacher.random_init, "teacher": self._teacher_record(),
-                "flops_per_clip": train_flops_per_clip(self.spec),
+                "task": self.cfg.task, **self.task.record(),
                 "resumed_from": str(self.resumed_from) if self.resumed_from else None}
         tmp = self.run_dir / "config.json.tmp"
         tmp.write_text(json.dumps(info, indent=2) + "\n")
@@ -302,25 +277,27 @@ class Trainer:
         return path
 
     # ------------------------------------------------------------------------------------------------ loop
-    def _log(self, loss_sum: torch.Tensor, n_ok: torch.Tensor, n_steps: int, wall: float, wait: float) -> dict:
-        """Host sync (deliberate, logging steps only): average loss over the interval and ranks, write metrics."""
-        stats = torch.stack([loss_sum.float(), n_ok.float()])
+    def _log(self, loss_sums: dict[str, torch.Tensor], n_ok: torch.Tensor, samples: int,
+             flops: float | None, wall: float, wait: float) -> dict:
+        """Host sync (deliberate, logging steps only): average each of the task's losses over the interval's applied
+        steps and the ranks, write metrics. ``samples``/``flops``: this rank's, over the interval."""
+        names = list(loss_sums)
+        stats = torch.stack([loss_sums[k].float() for k in names] + [n_ok.float()])
         if self.rt.distributed:
             dist.all_reduce(stats)
-        loss_sum_v, n_ok_v = stats.tolist()
+        *sums, n_ok_v = stats.tolist()
         consecutive = int(self.step_fn.consecutive)
         if consecutive >= self.cfg.optim.max_nonfinite:
             raise NonFiniteError(f"{consecutive} consecutive steps had a non-finite gradient norm (last at step "
                                  f"{self.step}); stopping. Lower optim.lr, set optim.clip_grad, or check the data.")
-        clips = n_steps * self.loader.batch_size * self.rt.world_size * self.accum
-        clips_per_s = clips / max(wall, 1e-9)
+        clips_per_s = samples * self.rt.world_size / max(wall, 1e-9)
         peak = _peak_tflops(self.rt.device)
+        means = {k: v / n_ok_v if n_ok_v else float("nan") for k, v in zip(names, sums)}
         row = {"step": self.step, "epoch": self.epoch + self.batch_in_epoch / self.batches_per_epoch,
-               "loss": loss_sum_v / n_ok_v if n_ok_v else float("nan"), "lr": self.optimizer.param_groups[0]["lr"],
+               "loss": means.pop("loss"), **means, "lr": self.optimizer.param_groups[0]["lr"],
                "clips_per_s": clips_per_s, "clips_per_s_per_device": clips_per_s / self.rt.world_size,
                "data_wait_frac": wait / max(wall, 1e-9),
-               "mfu": (clips_per_s / self.rt.world_size) * train_flops_per_clip(self.spec) / (peak * 1e12)
-               if peak else None,
+               "mfu": flops / max(wall, 1e-9) / (peak * 1e12) if peak and flops is not None else None,
                "peak_mem": _peak_mem_bytes(self.rt.device), "skipped_steps": int(self.step_fn.skipped),
                "accum_steps": self.accum}
         if self.rt.is_main:
@@ -338,17 +315,9 @@ class Trainer:
         return bool(n) and step % n == 0 and self.rt.is_main and self.tb is not None
 
     def _log_image(self) -> None:
-        """The preview panel (``umt.data.preview.render_clip``) of this step's first clip, to TensorBoard."""
-        from umt.data.preview import render_clip
-
-        video, q_cls, k, kept = self.step_fn.first_clip  # type: ignore[misc]
+        """The task's preview image of this step (kept by the step on an image-logging step), to TensorBoard."""
+        self.task.log_image(self.step_fn, self.tb, self.step)
         self.step_fn.first_clip, self.step_fn.keep_first_clip = None, False
-        t = video.shape[1]
-        grid = int(round((k.shape[2] - 1) ** 0.5))
-        attention = ops.cls_attention(q_cls.float(), k.float())  # [T, N]
-        img = render_clip(video, self.cfg.data.mean, self.cfg.data.std, grid, attention.view(t, -1),
-                          {self.cfg.mask.kind: kept})
-        self.tb.add_image("preview/first_clip", img, self.step, dataformats="HWC")  # type: ignore[union-attr]
 
     def fit(self) -> dict[str, Any]:
         """Train until ``total_steps``; checkpoint every N steps and at the end.
@@ -367,16 +336,16 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (rt.is_main and cfg.log.progress),
                    dynamic_ncols=True, desc="train")
         self.net.train()
-        loss_sum = torch.zeros((), device=rt.device)
+        loss_sums = {k: torch.zeros((), device=rt.device) for k in self.task.metrics}
         n_ok = torch.zeros((), device=rt.device)
-        n_steps, wait = 0, 0.0
+        wait, samples, flops = 0.0, 0, 0.0
         t_start = time.perf_counter()
         try:
             while self.step < self.total_steps:
                 it = self.loader.epoch_iter(self.epoch, self.batch_in_epoch)
                 while self.step < self.total_steps:
                     # The micro-batches of one optimizer step, each trained on as it arrives (only one is held).
-                    losses: list[torch.Tensor] = []
+                    losses: list[dict[str, torch.Tensor]] = []
                     for i in range(self.accum):
                         t0 = time.perf_counter()
                         batch = next(it, None) if self.batch_in_epoch + i < self.batches_per_epoch else None
@@ -388,17 +357,20 @@ class Trainer:
                         # one mask seed per micro-batch; with no accumulation it is the step's seed
                         seed = step_seed(cfg.seed, self.step * self.accum + i, rt.rank)
                         self.step_fn.keep_first_clip = i == 0 and self._image_step(self.step + 1)
-                        losses.append(self.step_fn.micro_step(batch["video"], seed, scale=1.0 / self.accum,
-                                                              sync=i == self.accum - 1))
+                        losses.append(self.step_fn.train_batch(batch, seed, scale=1.0 / self.accum,
+                                                               sync=i == self.accum - 1))
+                        samples += self.task.samples(batch)
+                        f = self.task.flops(batch)
+                        flops = None if f is None or flops is None else flops + f
                     if len(losses) < self.accum:  # the loader ended early: drop a partial group's gradients
                         self.optimizer.zero_grad(set_to_none=True)
                         batch = None
                         break
-                    loss = losses[0] if self.accum == 1 else torch.stack(losses).mean()
                     ok = self.step_fn.optimizer_step()
-                    loss_sum += torch.where(ok, loss, 0.0)
+                    for k, total in loss_sums.items():
+                        loss = losses[0][k] if self.accum == 1 else torch.stack([x[k] for x in losses]).mean()
+                        total += torch.where(ok, loss, 0.0)
                     n_ok += ok.float()
-                    n_steps += 1
                     self.step += 1
                     self.batch_in_epoch += self.accum
                     if self.batch_in_epoch >= self.batches_per_epoch:
@@ -410,11 +382,13 @@ class Trainer:
                     if self.step % cfg.log.every_steps == 0 or last:
                         if rt.device.type == "cuda":
                             torch.cuda.synchronize(rt.device)
-                        row = self._log(loss_sum, n_ok, n_steps, time.perf_counter() - t_start, wait)
+                        row = self._log(loss_sums, n_ok, samples, flops, time.perf_counter() - t_start,
+                                        wait)
                         bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
-                        loss_sum.zero_()
+                        for total in loss_sums.values():
+                            total.zero_()
                         n_ok.zero_()
-                        n_steps, wait, t_start = 0, 0.0, time.perf_counter()
+                        wait, samples, flops, t_start = 0.0, 0, 0.0, time.perf_counter()
                     saved = cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0 and not last
                     if saved:
                         self.save()

@@ -1,0 +1,195 @@
+"""Tasks: what one kind of training builds, for the one trainer (DESIGN.md, "One trainer runs every kind of
+training").
+
+:class:`~umt.train.trainer.Trainer` owns everything every kind of training shares, once: the loop, distributed
+setup, precision, gradient accumulation, checkpoints and exact resume, logging and TensorBoard, the non-finite
+guard, preemption. A :class:`Task` owns what differs: its models, its loader, the optimizer's parameter groups and
+peak LR, the micro-step (forward + losses + backward, see :class:`~umt.train.step.TrainStep`), the metrics it
+names, its FLOP model and what it records about its inputs. A recipe names its task (``TrainConfig.task``);
+:data:`TASKS` maps names to classes.
+
+Stage 1 (video distillation from a frozen CLIP teacher) is :class:`DistillationTask`; stage 2 (video-text) and
+fine-tuning register themselves here too.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn as nn
+
+from umt import ops
+from umt.flops import train_flops_per_clip
+from umt.train.config import ConfigError, TrainConfig
+from umt.train.step import StageOneStep, TrainStep, build_models, param_groups, peak_lr, umt_spec
+
+if TYPE_CHECKING:
+    from umt.train.trainer import Runtime
+
+__all__ = ["Task", "DistillationTask", "TASKS", "register_task", "build_task"]
+
+log = logging.getLogger(__name__)
+
+
+class Task:
+    """One kind of training, as the trainer sees it. Subclasses set :attr:`model` in ``__init__`` (built on
+    ``rt.device`` after the trainer seeded torch's RNG with ``cfg.seed``, so every rank builds the same weights).
+
+    Attributes:
+        name: the registry name (``TrainConfig.task``).
+        model: the trainable module: its ``state_dict`` is checkpointed, DDP wraps it.
+        metrics: the names of the losses :meth:`TrainStep.train_batch` returns, ``"loss"`` (the total, what the
+            optimizer minimises) first; each is averaged over a logging interval and logged.
+    """
+
+    name = ""
+    metrics: tuple[str, ...] = ("loss",)
+
+    def __init__(self, cfg: TrainConfig, rt: Runtime) -> None:
+        self.cfg, self.rt = cfg, rt
+        self.model: nn.Module
+
+    # -------------------------------------------------------------------------------------------- building
+    def build_loader(self) -> Any:
+        """The training loader: ``__len__`` (batches per epoch per rank), ``epoch_iter(epoch, start_batch)``,
+        ``batch_size`` and ``close()`` (the interface of :class:`umt.data.loader.VideoLoader`)."""
+        raise NotImplementedError
+
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """AdamW parameter groups (default :func:`umt.train.step.param_groups`: no decay on 1-D parameters)."""
+        return param_groups(self.model, weight_decay)
+
+    def peak_lr(self, world_size: int) -> tuple[float, float]:
+        """``(peak, floor)`` LR of this run (default :func:`umt.train.step.peak_lr`, scaled by global batch/256)."""
+        return peak_lr(self.cfg, world_size)
+
+    def make_step(self, net: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> TrainStep:
+        """The step object the trainer drives (``net``: :attr:`model`, maybe DDP-wrapped or compiled)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------------- accounting
+    def samples(self, batch: dict[str, Any]) -> int:
+        """Samples (clips, images) the step trains on in ``batch``, for throughput and MFU: every augmented view
+        counts (``num_sample`` views of a video are ``num_sample`` clips of compute). Host-side shapes, no sync."""
+        return int(batch["index"].shape[0])
+
+    def flops(self, batch: dict[str, Any]) -> float | None:
+        """Training FLOPs of one micro-batch (forward + backward, :mod:`umt.flops`), or None when unmodelled."""
+        return None
+
+    def record(self) -> dict[str, Any]:
+        """What this run was built from, for ``config.json`` and every checkpoint (e.g. the teacher's provenance)."""
+        return {}
+
+    def check_resume(self, state: dict[str, Any], path: Path) -> None:
+        """Refuse to resume from ``state`` (loaded from ``path``) when this run's inputs changed.
+
+        Raises:
+            ConfigError: an input the checkpoint depends on changed (task-specific).
+        """
+
+    def log_image(self, step_fn: TrainStep, tb: Any, step: int) -> None:
+        """Write the preview image ``step_fn`` kept on an image-logging step (``log.image_every_steps``)."""
+
+
+class DistillationTask(Task):
+    """Stage 1: the student ViT + UMA heads regress the frozen CLIP teacher's aligned layers on the tokens the
+    semantic mask keeps (UMT, ICCV 2023; :class:`umt.train.step.StageOneStep`)."""
+
+    name = "distill"
+
+    def __init__(self, cfg: TrainConfig, rt: Runtime) -> None:
+        super().__init__(cfg, rt)
+        self.model, self.teacher = build_models(cfg, rt.device)
+        self.spec = umt_spec(cfg, self.model, self.teacher)
+
+    def build_loader(self) -> Any:
+        """The shard loader (:func:`umt.data.build_loader`) or, with ``synthetic_data``, the synthetic one."""
+        cfg, rt = self.cfg, self.rt
+        if cfg.synthetic_data:
+            from umt.data.synthetic import SyntheticVideoLoader
+
+            return SyntheticVideoLoader(cfg.data, rank=rt.rank, world_size=rt.world_size, device=rt.device,
+                                        num_samples=cfg.synthetic_samples)
+        from umt.data import build_loader
+
+        return build_loader(cfg.data, rank=rt.rank, world_size=rt.world_size, device=rt.device)
+
+    def make_step(self, net: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> StageOneStep:
+        return StageOneStep(net, self.teacher, optimizer, scheduler, self.cfg, self.rt.device, self.rt.amp_dtype)
+
+    def flops(self, batch: dict[str, Any]) -> float:
+        return self.samples(batch) * train_flops_per_clip(self.spec)
+
+    def record(self) -> dict[str, Any]:
+        info = self.teacher.load_info
+        return {"teacher_random_init": self.teacher.random_init,
+                "teacher": info.to_dict() if info is not None else {"random_init": True},
+                "flops_per_clip": train_flops_per_clip(self.spec)}
+
+    def check_resume(self, state: dict[str, Any], path: Path) -> None:
+        """Refuse to resume with other teacher weights than the checkpoint's (``model.allow_teacher_change``).
+
+        Raises:
+            ConfigError: the teacher file's sha256 (or random init) differs from the checkpoint's record.
+        """
+        saved = state.get("teacher")
+        if saved is None:  # checkpoints from before the record
+            return
+        now = self.record()["teacher"]
+        if saved.get("sha256") == now.get("sha256"):
+            return
+        what = (f"{saved.get('path', 'random init')} (sha256 {str(saved.get('sha256'))[:12]}) → "
+                f"{now.get('path', 'random init')} (sha256 {str(now.get('sha256'))[:12]})")
+        if not self.cfg.model.allow_teacher_change:
+            raise ConfigError(f"{path} was trained with other teacher weights: {what}; resuming would change the "
+                              "targets mid-run. Pass --set model.allow_teacher_change=true to resume anyway")
+        log.warning("teacher weights changed since %s: %s (allowed by model.allow_teacher_change)", path, what)
+
+    def log_image(self, step_fn: TrainStep, tb: Any, step: int) -> None:
+        """The preview panel (:func:`umt.data.preview.render_clip`) of the step's first clip."""
+        from umt.data.preview import render_clip
+
+        video, q_cls, k, kept = step_fn.first_clip  # type: ignore[misc]
+        t = video.shape[1]
+        grid = int(round((k.shape[2] - 1) ** 0.5))
+        attention = ops.cls_attention(q_cls.float(), k.float())  # [T, N]
+        img = render_clip(video, self.cfg.data.mean, self.cfg.data.std, grid, attention.view(t, -1),
+                          {self.cfg.mask.kind: kept})
+        tb.add_image("preview/first_clip", img, step, dataformats="HWC")
+
+
+#: ``TrainConfig.task`` → task class.
+TASKS: dict[str, type[Task]] = {}
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    """Add ``cls`` to :data:`TASKS` under ``cls.name`` (usable as a class decorator)."""
+    TASKS[cls.name] = cls
+    return cls
+
+
+register_task(DistillationTask)
+
+#: modules whose import registers more tasks (imported on first use, so stage 1 never imports transformers)
+_TASK_MODULES: dict[str, str] = {}
+
+
+def build_task(cfg: TrainConfig, rt: Runtime) -> Task:
+    """The task ``cfg.task`` names, built for ``rt``.
+
+    Raises:
+        ConfigError: unknown task name (the message lists the known ones).
+    """
+    if cfg.task not in TASKS and cfg.task in _TASK_MODULES:
+        import importlib
+
+        importlib.import_module(_TASK_MODULES[cfg.task])
+    if cfg.task not in TASKS:
+        raise ConfigError(f"unknown task {cfg.task!r}; known: {sorted(set(TASKS) | set(_TASK_MODULES))}")
+    factory: Callable[[TrainConfig, Runtime], Task] = TASKS[cfg.task]
+    return factory(cfg, rt)
