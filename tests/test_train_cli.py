@@ -31,6 +31,14 @@ def test_fresh_run_into_a_used_run_dir_is_refused(tmp_path: Path, capsys) -> Non
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoints"]  # nothing written
 
 
+def test_several_processes_need_an_explicit_run_dir(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["--recipe", "demo", "--set", "synthetic_data=true"]) == 2
+    assert "--run-dir" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # refused before any rank could create a default directory
+
+
 def test_demo_never_writes_into_a_user_shard_dir(tmp_path: Path, tmp_path_factory, monkeypatch, capsys) -> None:
     """Issue 9 item 2: ``--recipe demo --set data.shards=DIR`` trains on DIR read-only; the sample is only ever built
     into its own default location."""

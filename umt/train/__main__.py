@@ -102,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     from umt.train.trainer import Trainer
 
+    if not args.run_dir and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        # Each rank would pick its own first free runs/<recipe>-N, racing rank 0's mkdir: two directories, one run.
+        print("umt-train: with several processes (torchrun), pass --run-dir DIR: the ranks cannot agree on a default "
+              "run directory", file=sys.stderr)
+        return 2
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(args.recipe, args.resume)
     if preempted_before_restart(run_dir):  # exit 0: torchrun stops restarting; the marker tells the launcher
         print(f"umt-train: this launch was preempted ({run_dir}/preempted.json); not training on after a torchrun "
