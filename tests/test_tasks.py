@@ -77,6 +77,18 @@ class _ToyTask(Task):
     def flops(self, batch: dict[str, Any]) -> float:
         return 6.0 * 3 * batch["x"].shape[0]
 
+    eval_key = "neg_mse"
+    evaluated: list[bool] = []
+
+    def evaluate(self, final: bool, out_dir: Path) -> dict[str, float] | None:
+        if not self.cfg.eval.every_epochs:
+            return None
+        assert not self.model.training  # the trainer switches to eval mode
+        self.evaluated.append(final)
+        data = _Loader(0)
+        mse = float((self.model(data.x) - data.y).pow(2).mean())
+        return {"neg_mse": -mse, "mse": mse}
+
 
 def _cfg(*extra: str) -> TrainConfig:
     return apply_overrides(TrainConfig(task="toy_regression", device="cpu", synthetic_data=True),
@@ -147,3 +159,26 @@ def test_accumulation_averages_every_loss(tmp_path: Path) -> None:
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(r["accum_steps"] == 2 for r in rows)
     for r in rows:
         assert r["loss"] == pytest.approx(r["loss_mse"] + r["loss_l1"], rel=1e-6)
+
+
+def test_periodic_evaluation_keeps_the_best_and_the_final_one_uses_it(tmp_path: Path) -> None:
+    _ToyTask.evaluated = []
+    # lr high enough that the loss goes up and down: the best epoch is not always the last
+    tr = Trainer(_cfg("eval.every_epochs=1", "optim.lr=0.9", "optim.min_lr=0.9", "optim.epochs=4"), tmp_path / "ev")
+    try:
+        tr.fit()
+        final_weights = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    finally:
+        tr.close()
+    rows = [json.loads(x) for x in (tmp_path / "ev" / "eval.jsonl").read_text().splitlines()]
+    periodic = [r for r in rows if not r["final"]]
+    assert [r["epoch"] for r in periodic] == [1, 2, 3, 4] and [r["final"] for r in rows][-1] is True
+    assert _ToyTask.evaluated == [False] * 4 + [True]
+    best = max(periodic, key=lambda r: r["neg_mse"])
+    assert best["epoch"] != 4  # so the final evaluation below tells best.pt's weights from the last ones
+    saved = torch.load(tmp_path / "ev" / "best.pt", weights_only=False)
+    assert saved["step"] == best["step"] and saved["eval"]["neg_mse"] == best["neg_mse"]
+    assert rows[-1]["neg_mse"] == best["neg_mse"]  # the final evaluation ran on best.pt's weights
+    assert all(torch.equal(final_weights[k], saved["model"][k]) for k in saved["model"])
+    last = torch.load(max((tmp_path / "ev" / "checkpoints").glob("*.pt")), weights_only=False)
+    assert last["best_eval"] == best["neg_mse"]  # resume keeps the best so far

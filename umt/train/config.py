@@ -176,6 +176,22 @@ class LogConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Evaluation during and after training, of the task's own kind (:meth:`umt.train.tasks.Task.evaluate`: e.g.
+    zero-shot retrieval for stage 2, multi-view classification for fine-tuning) on its configured eval set."""
+
+    every_epochs: int = 0
+    """Evaluate after every N epochs (0: never during training); the best result by the task's ``eval_key`` is kept
+    as ``<run_dir>/best.pt`` (weights only)."""
+    at_end: bool = True
+    """Run the task's final evaluation after training (on ``best.pt``'s weights when there is one)."""
+
+    def __post_init__(self) -> None:
+        if self.every_epochs < 0:
+            raise ConfigError(f"eval.every_epochs must be >= 0, got {self.every_epochs}")
+
+
+@dataclass
 class TrainConfig:
     """Root config of a run: the task it trains (:mod:`umt.train.tasks`) and each part's settings."""
 
@@ -187,6 +203,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
     """Base seed of init, drop path and masks (per-step seeds derive from it, the step and the rank)."""
     device: str = "auto"

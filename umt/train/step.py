@@ -83,14 +83,16 @@ def peak_lr(cfg: TrainConfig, world_size: int) -> tuple[float, float]:
 
 def build_optimizer(model: nn.Module, ocfg: OptimConfig, lr: float, device: torch.device,
                     groups: list[dict[str, Any]] | None = None) -> torch.optim.Optimizer:
-    """AdamW over ``groups`` (default :func:`param_groups` of ``model``): torch's fused kernel (``auto``/``fused``),
-    ``foreach``, or apex FusedAdam.
+    """AdamW over ``groups`` (default :func:`param_groups` of ``model``; a group with ``lr_scale`` gets
+    ``lr × lr_scale``): torch's fused kernel (``auto``/``fused``), ``foreach``, or apex FusedAdam.
 
     Raises:
         ImportError: ``impl="apex"`` without apex.
     """
     if groups is None:
         groups = param_groups(model, ocfg.weight_decay)
+    # a group's ``lr_scale`` (layer-wise decay) sets its own peak LR; the scheduler's multiplier applies to each
+    groups = [{**g, "lr": lr * g["lr_scale"]} if "lr_scale" in g else g for g in groups]
     if ocfg.impl == "apex":
         from apex.optimizers import FusedAdam  # type: ignore[import-not-found]
 

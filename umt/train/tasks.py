@@ -48,6 +48,8 @@ class Task:
 
     name = ""
     metrics: tuple[str, ...] = ("loss",)
+    #: the :meth:`evaluate` result that picks ``best.pt`` (higher is better)
+    eval_key = ""
 
     def __init__(self, cfg: TrainConfig, rt: Runtime) -> None:
         self.cfg, self.rt = cfg, rt
@@ -94,6 +96,16 @@ class Task:
 
     def log_image(self, step_fn: TrainStep, tb: Any, step: int) -> None:
         """Write the preview image ``step_fn`` kept on an image-logging step (``log.image_every_steps``)."""
+
+    def evaluate(self, final: bool, out_dir: Path) -> dict[str, float] | None:
+        """Evaluate :attr:`model` (in eval mode; the trainer restores train mode) on the task's eval set; called on
+        every rank (the task splits the set over ranks and reduces). ``final``: the full protocol after training
+        (e.g. multi-view), else the cheaper periodic one. Rank 0 may write reports under ``out_dir``.
+
+        Returns:
+            Scalar results (the same on every rank), or None when no eval set is configured.
+        """
+        return None
 
 
 class DistillationTask(Task):

@@ -179,6 +179,8 @@ class Trainer:
         self.net = net
         self.step_fn = self.task.make_step(net, self.optimizer, self.scheduler)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        #: the best ``task.eval_key`` result so far (``best.pt`` holds those weights), None before any evaluation
+        self.best_eval: float | None = None
         self.resumed_from: Path | None = None
         if resume:
             self._resume(resume)
@@ -189,9 +191,10 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._write_config()
             if self.resumed_from is not None:  # rows past the checkpoint are logged again by this run: drop them
-                dropped = ckpt.drop_metrics_after(self.run_dir / "metrics.jsonl", self.step)
-                if dropped:
-                    log.info("metrics.jsonl: dropped %d rows logged after step %d", dropped, self.step)
+                for name in ("metrics.jsonl", "eval.jsonl"):
+                    dropped = ckpt.drop_metrics_after(self.run_dir / name, self.step)
+                    if dropped:
+                        log.info("%s: dropped %d rows logged after step %d", name, dropped, self.step)
             if cfg.log.tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
 
@@ -207,7 +210,7 @@ class Trainer:
         """Everything needed to continue exactly: weights, optimizer, scheduler, RNG, step, data position."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "rng": ckpt.rng_state(), "step": self.step,
-                "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "best_eval": self.best_eval,
                 "skipped": int(self.step_fn.skipped), "consecutive_skipped": int(self.step_fn.consecutive),
                 "config": config_to_dict(self.cfg), "student": self.cfg.model.student,
                 "world_size": self.rt.world_size, "kernel_configs": ops.kernel_configs(), "task": self.cfg.task,
@@ -239,6 +242,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         ckpt.set_rng_state(state["rng"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.best_eval = state.get("best_eval")
         self.step_fn.skipped.fill_(state.get("skipped", 0))
         self.step_fn.consecutive.fill_(state.get("consecutive_skipped", 0))
         ops.pin_kernel_configs(state.get("kernel_configs", {}))  # the same kernel tiles: bit-exact resume
@@ -319,6 +323,42 @@ class Trainer:
         self.task.log_image(self.step_fn, self.tb, self.step)
         self.step_fn.first_clip, self.step_fn.keep_first_clip = None, False
 
+    def evaluate(self, final: bool = False) -> dict[str, float] | None:
+        """The task's evaluation (:meth:`umt.train.tasks.Task.evaluate`) on every rank; rank 0 appends the result to
+        ``eval.jsonl`` and TensorBoard (``eval/*``). A periodic result better than :attr:`best_eval` by the task's
+        ``eval_key`` replaces ``best.pt`` (weights, written atomically). Returns the result (None: no eval set)."""
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                res = self.task.evaluate(final, self.run_dir)
+        finally:
+            self.model.train()
+        if res is None:
+            return None
+        key = self.task.eval_key
+        better = not final and key in res and (self.best_eval is None or res[key] > self.best_eval)
+        if better:
+            self.best_eval = float(res[key])
+        if self.rt.is_main:
+            row = {"step": self.step, "epoch": self.epoch, "final": final, **res}
+            with open(self.run_dir / "eval.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+            if self.tb is not None:
+                for k, v in res.items():
+                    if isinstance(v, (int, float)):
+                        self.tb.add_scalar(f"eval/{k}" + ("_final" if final else ""), v, self.step)
+            if better:
+                tmp = self.run_dir / "best.pt.tmp"
+                torch.save({"model": self.model.state_dict(), "step": self.step, "epoch": self.epoch, "eval": res,
+                            "task": self.cfg.task, "config": config_to_dict(self.cfg)}, tmp)
+                tmp.replace(self.run_dir / "best.pt")
+                log.info("best %s %.4f at step %d: %s", key, self.best_eval, self.step, self.run_dir / "best.pt")
+            log.info("eval%s at step %d: %s", " (final)" if final else "", self.step,
+                     ", ".join(f"{k} {v:.4g}" for k, v in res.items() if isinstance(v, (int, float))))
+        if self.rt.distributed:
+            dist.barrier()
+        return res
+
     def fit(self) -> dict[str, Any]:
         """Train until ``total_steps``; checkpoint every N steps and at the end.
 
@@ -389,6 +429,9 @@ class Trainer:
                             total.zero_()
                         n_ok.zero_()
                         wait, samples, flops, t_start = 0.0, 0, 0.0, time.perf_counter()
+                    every = cfg.eval.every_epochs
+                    if every and self.batch_in_epoch == 0 and self.epoch % every == 0 and not last:
+                        self.evaluate()  # before the checkpoint, so that it records best_eval
                     saved = cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0 and not last
                     if saved:
                         self.save()
@@ -403,9 +446,16 @@ class Trainer:
                     log.warning("loader ended epoch %d after %d of %d batches", self.epoch, self.batch_in_epoch,
                                 self.batches_per_epoch)
                     self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+            if cfg.eval.every_epochs and self.batch_in_epoch == 0 and self.epoch % cfg.eval.every_epochs == 0:
+                self.evaluate()  # the last epoch's periodic evaluation (may update best.pt)
             self.save()
         finally:
             bar.close()
+        if cfg.eval.at_end:
+            best = self.run_dir / "best.pt"
+            if best.is_file():  # the final protocol on the best weights (the last checkpoint keeps the last ones)
+                self.model.load_state_dict(torch.load(best, map_location=rt.device, weights_only=False)["model"])
+            self.evaluate(final=True)
         rows = self.logged
         return {"first_loss": rows[0]["loss"] if rows else None, "last_loss": rows[-1]["loss"] if rows else None,
                 "steps": self.step, "run_dir": str(self.run_dir), "skipped_steps": int(self.step_fn.skipped)}
