@@ -53,6 +53,10 @@ class ModelConfig:
     default) runs the teacher in fp32 whatever this says."""
     teacher_input_norm: str = "imagenet"
     """``imagenet``: feed the ImageNet-normalised video as is (official UMT); ``clip``: renormalise to CLIP's."""
+    init_from: str = ""
+    """A checkpoint whose backbone initialises the model: a trainer checkpoint (``step_*.pt``, ``best.pt``) of stage 1,
+    stage 2 or fine-tuning, or a safetensors export (:mod:`umt.train.export`); used by stage 2 and fine-tuning.
+    Empty: random init. Loading is strict about the backbone's keys and shapes and reports what it drops."""
     kernels: str = "torch"
     """``torch`` (PyTorch references) or ``triton`` (the project's kernels), via :func:`umt.ops.set_backend`."""
     compile: bool = False
@@ -185,10 +189,44 @@ class EvalConfig:
     as ``<run_dir>/best.pt`` (weights only)."""
     at_end: bool = True
     """Run the task's final evaluation after training (on ``best.pt``'s weights when there is one)."""
+    shards: str = ""
+    """Evaluation shard directory (labelled clips for classification and probes, captioned clips for retrieval);
+    empty: the task does not evaluate."""
+    train_shards: str = ""
+    """Labelled shards whose features form the k-NN / linear-probe training bank (``probe_every_epochs``)."""
+    batch_size: int = 16
+    """Clips per rank per evaluation batch."""
+    views: str = "4x3"
+    """Multi-view classification test: ``TEMPORALxSPATIAL`` clips × crops (official: 4×3 on Kinetics, 2×3 on SSv2);
+    used by the final evaluation, the periodic one uses 1×1."""
+    rerank_k: int = 128
+    """Retrieval: candidates per query re-ranked by the VTM head (official ``k_test`` 128)."""
+    probe_every_epochs: int = 0
+    """Pre-training: run the frozen-backbone k-NN probe every N epochs on ``train_shards`` → ``shards`` (0: never)."""
+    knn_k: int = 20
+    """k-NN probe neighbours (cosine similarity, temperature-weighted votes)."""
+    knn_temperature: float = 0.07
+    """k-NN vote temperature: each neighbour votes ``exp(sim / T)`` (Wu et al. 2018, as DINO's k-NN)."""
 
     def __post_init__(self) -> None:
-        if self.every_epochs < 0:
-            raise ConfigError(f"eval.every_epochs must be >= 0, got {self.every_epochs}")
+        if self.every_epochs < 0 or self.probe_every_epochs < 0:
+            raise ConfigError(f"eval.every_epochs and eval.probe_every_epochs must be >= 0, got {self.every_epochs}, "
+                              f"{self.probe_every_epochs}")
+        if self.batch_size < 1 or self.rerank_k < 1 or self.knn_k < 1 or self.knn_temperature <= 0:
+            raise ConfigError("eval.batch_size, eval.rerank_k and eval.knn_k must be >= 1, eval.knn_temperature > 0")
+        parts = self.views.lower().split("x")
+        if len(parts) != 2 or not all(p.isdigit() and int(p) >= 1 for p in parts):
+            raise ConfigError(f"eval.views must be TEMPORALxSPATIAL, e.g. 4x3, got {self.views!r}")
+
+    @property
+    def temporal_views(self) -> int:
+        """Temporal clips of the multi-view test (the first number of :attr:`views`)."""
+        return int(self.views.lower().split("x")[0])
+
+    @property
+    def spatial_views(self) -> int:
+        """Spatial crops of the multi-view test (the second number of :attr:`views`)."""
+        return int(self.views.lower().split("x")[1])
 
 
 @dataclass

@@ -188,7 +188,7 @@ def register_task(cls: type[Task]) -> type[Task]:
 register_task(DistillationTask)
 
 #: modules whose import registers more tasks (imported on first use, so stage 1 never imports transformers)
-_TASK_MODULES: dict[str, str] = {}
+_TASK_MODULES: dict[str, str] = {"video_text": "umt.train.video_text", "finetune": "umt.train.finetune"}
 
 
 def build_task(cfg: TrainConfig, rt: Runtime) -> Task:
