@@ -193,7 +193,8 @@ class EvalConfig:
     """Evaluation shard directory (labelled clips for classification and probes, captioned clips for retrieval);
     empty: the task does not evaluate."""
     train_shards: str = ""
-    """Labelled shards whose features form the k-NN / linear-probe training bank (``probe_every_epochs``)."""
+    """Labelled shards whose features form the k-NN probe's bank (stage 1 evaluates by k-NN from this bank to
+    ``shards``, every ``every_epochs``)."""
     batch_size: int = 16
     """Clips per rank per evaluation batch."""
     views: str = "4x3"
@@ -201,17 +202,14 @@ class EvalConfig:
     used by the final evaluation, the periodic one uses 1×1."""
     rerank_k: int = 128
     """Retrieval: candidates per query re-ranked by the VTM head (official ``k_test`` 128)."""
-    probe_every_epochs: int = 0
-    """Pre-training: run the frozen-backbone k-NN probe every N epochs on ``train_shards`` → ``shards`` (0: never)."""
     knn_k: int = 20
     """k-NN probe neighbours (cosine similarity, temperature-weighted votes)."""
     knn_temperature: float = 0.07
     """k-NN vote temperature: each neighbour votes ``exp(sim / T)`` (Wu et al. 2018, as DINO's k-NN)."""
 
     def __post_init__(self) -> None:
-        if self.every_epochs < 0 or self.probe_every_epochs < 0:
-            raise ConfigError(f"eval.every_epochs and eval.probe_every_epochs must be >= 0, got {self.every_epochs}, "
-                              f"{self.probe_every_epochs}")
+        if self.every_epochs < 0:
+            raise ConfigError(f"eval.every_epochs must be >= 0, got {self.every_epochs}")
         if self.batch_size < 1 or self.rerank_k < 1 or self.knn_k < 1 or self.knn_temperature <= 0:
             raise ConfigError("eval.batch_size, eval.rerank_k and eval.knn_k must be >= 1, eval.knn_temperature > 0")
         parts = self.views.lower().split("x")
