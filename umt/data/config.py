@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DataConfig", "IMAGENET_MEAN", "IMAGENET_STD", "UMT_CROP_SCALES"]
+__all__ = ["DataConfig", "IMAGENET_MEAN", "IMAGENET_STD", "UMT_CROP_SCALES", "CROPS", "INTERPS"]
 
 #: ImageNet normalisation, as the official UMT code feeds both student and CLIP teacher.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: UMT's multi-scale crop: fractions of the short side (official ``GroupMultiScaleCrop``).
 UMT_CROP_SCALES = (1.0, 0.875, 0.75, 0.66)
+#: Training crops: ``multiscale`` (stage 1, official ``GroupMultiScaleCrop``), ``rrc`` (``RandomResizedCrop``: stage 2
+#: and fine-tuning).
+CROPS = ("multiscale", "rrc")
+#: Resize filters (antialiased when shrinking in both backends).
+INTERPS = ("bilinear", "bicubic")
 
 
 @dataclass
@@ -35,8 +40,19 @@ class DataConfig:
     """Base seed; per-epoch, per-rank seeds derive from it."""
     train: bool = True
     """True: random frame per segment, multi-scale crop, flip. False: segment centre, centre crop, no flip."""
+    crop: str = "multiscale"
+    """Training crop (:data:`CROPS`): ``multiscale`` (stage 1: ``scales`` of the short side, 13 fixed offsets) or
+    ``rrc`` (torchvision's ``RandomResizedCrop``: area fraction in ``rrc_scale``, aspect in ``rrc_ratio``; stage 2
+    uses scale (0.5, 1), fine-tuning (0.08, 1))."""
     scales: tuple[float, ...] = UMT_CROP_SCALES
     """Multi-scale crop fractions of the short side."""
+    rrc_scale: tuple[float, float] = (0.08, 1.0)
+    """``rrc``: range of the crop's area as a fraction of the frame's."""
+    rrc_ratio: tuple[float, float] = (0.75, 4.0 / 3.0)
+    """``rrc``: range of the crop's aspect ratio (width / height), drawn log-uniformly."""
+    interp: str = "bilinear"
+    """Resize filter (:data:`INTERPS`): ``bilinear`` (stage 1, official PIL bilinear) or ``bicubic`` (stage 2 and
+    fine-tuning, official torchvision ``InterpolationMode.BICUBIC``); bicubic output is clamped to the pixel range."""
     flip: bool = True
     """Random horizontal flip (training only)."""
     mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -50,3 +66,12 @@ class DataConfig:
                 raise ValueError(f"data.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.crop not in CROPS:
+            raise ValueError(f"data.crop must be one of {CROPS}, got {self.crop!r}")
+        if self.interp not in INTERPS:
+            raise ValueError(f"data.interp must be one of {INTERPS}, got {self.interp!r}")
+        lo, hi = self.rrc_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"data.rrc_scale must satisfy 0 < low <= high <= 1, got {self.rrc_scale}")
+        if not 0 < self.rrc_ratio[0] <= self.rrc_ratio[1]:
+            raise ValueError(f"data.rrc_ratio must satisfy 0 < low <= high, got {self.rrc_ratio}")

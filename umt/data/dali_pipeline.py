@@ -51,6 +51,7 @@ def build_pipeline(cfg: DataConfig, source: ClipSource, *, device_id: int | None
         ValueError: ``source.decode`` does not match the device.
     """
     import nvidia.dali.fn as fn
+    import nvidia.dali.math as dmath
     import nvidia.dali.types as types
     from nvidia.dali import pipeline_def
 
@@ -65,6 +66,7 @@ def build_pipeline(cfg: DataConfig, source: ClipSource, *, device_id: int | None
     dtypes = [types.UINT8, types.INT32] + [types.INT32] * (n_out - 2)
     ndims = [4 if source.decode else 1, 1] + [1, 1, 0] * k + ([] if source.decode else [1])
     layouts = ["FHWC" if source.decode else "", ""] + [""] * (n_out - 2)
+    interp = types.INTERP_CUBIC if cfg.interp == "bicubic" else types.INTERP_LINEAR
     start_method = "spawn" if gpu else "fork"  # fork is cheap, but not after CUDA is initialised
 
     @pipeline_def(
@@ -98,10 +100,13 @@ def build_pipeline(cfg: DataConfig, source: ClipSource, *, device_id: int | None
             crop = fn.slice(
                 frames, anchor, shape, axis_names="WH", normalized_anchor=False, normalized_shape=False
             )  # [T, ch, cw, 3]
-            # bilinear with antialiasing (PIL's BILINEAR in the official code also filters when shrinking)
+            # bilinear with antialiasing (PIL's BILINEAR in the official code also filters when shrinking), or
+            # bicubic (stage 2 / fine-tuning), clamped to the pixel range like torchvision's uint8 output
             res = fn.resize(
-                crop, size=[S, S], interp_type=types.INTERP_LINEAR, antialias=True, dtype=types.FLOAT
+                crop, size=[S, S], interp_type=interp, antialias=True, dtype=types.FLOAT
             )  # [T, S, S, 3] float
+            if cfg.interp == "bicubic":
+                res = dmath.clamp(res, 0.0, 255.0)
             clips.append(
                 fn.crop_mirror_normalize(
                     res, dtype=types.FLOAT, output_layout="CFHW", mean=mean, std=std, mirror=flip

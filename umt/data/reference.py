@@ -21,7 +21,8 @@ __all__ = ["EpochDataset", "augment_clip", "load_sample"]
 
 
 def augment_clip(frames: np.ndarray, cfg: DataConfig, window: tuple[int, int, int, int, bool]) -> torch.Tensor:
-    """Crop, resize (bilinear, antialiased), flip and normalise one clip.
+    """Crop, resize (``cfg.interp``: bilinear or bicubic, antialiased; bicubic clamped to [0, 255]), flip and
+    normalise one clip.
 
     Args:
         frames: uint8 [T, H0, W0, 3].
@@ -34,7 +35,9 @@ def augment_clip(frames: np.ndarray, cfg: DataConfig, window: tuple[int, int, in
     x, y, cw, ch, flip = window
     v = torch.from_numpy(np.ascontiguousarray(frames[:, y : y + ch, x : x + cw]))  # [T, ch, cw, 3] uint8
     v = v.permute(0, 3, 1, 2).float()  # [T, 3, ch, cw]
-    v = F.interpolate(v, size=(s, s), mode="bilinear", align_corners=False, antialias=True)  # [T, 3, S, S]
+    v = F.interpolate(v, size=(s, s), mode=cfg.interp, align_corners=False, antialias=True)  # [T, 3, S, S]
+    if cfg.interp == "bicubic":
+        v = v.clamp(0.0, 255.0)  # cubic overshoots; torchvision's uint8 output clamps too
     if flip:
         v = v.flip(-1)  # horizontal: the W axis
     mean = torch.tensor(cfg.mean).view(1, 3, 1, 1) * 255.0

@@ -16,6 +16,12 @@ Both backends implement the same two decisions, and this module is their single 
   size when within 3 px); a (width, height) pair is drawn uniformly from the pairs whose scale indices differ by at
   most 1 (10 pairs for 4 scales); the offset is drawn uniformly from 13 fixed positions on a 4×4 step grid
   (corners, centre, edge centres, quarter points). One crop for every frame of a clip.
+
+* **Random resized crop** (torchvision ``RandomResizedCrop``, stage 2 and fine-tuning): up to 10 attempts, each
+  drawing an area fraction uniformly in ``scale`` and an aspect ratio log-uniformly in ``ratio``; the first window that
+  fits the frame is placed uniformly; otherwise the centred window of the frame clamped to ``ratio``. The uniforms are
+  drawn before the frame size is known (:func:`rrc_window` turns them into a window), so draws stay a function of
+  ``(seed, epoch, sample)`` alone. One crop for every frame of a clip.
 """
 
 from __future__ import annotations
@@ -31,8 +37,13 @@ __all__ = [
     "crop_size_table",
     "eval_crop",
     "multiscale_crop",
+    "RRC_ATTEMPTS",
+    "rrc_window",
     "tsn_indices",
 ]
+
+#: Attempts of the random resized crop before its fallback (torchvision's 10).
+RRC_ATTEMPTS = 10
 
 #: Offsets as (w multiple, h multiple) of ``step = (image - crop) // 4``, in the order of the official
 #: ``GroupMultiScaleCrop.fill_fix_offset`` (first 5 without ``more_fix_crop``).
@@ -127,3 +138,46 @@ def eval_crop(width: int, height: int) -> tuple[int, int, int, int]:
     """
     side = min(width, height)
     return 2 * ((width - side) // 4), 2 * ((height - side) // 4), side, side
+
+
+def rrc_window(
+    width: int,
+    height: int,
+    scale: Sequence[float],
+    ratio: Sequence[float],
+    uniforms: np.ndarray,
+) -> tuple[int, int, int, int]:
+    """The random resized crop window that ``uniforms`` select (torchvision ``RandomResizedCrop.get_params``).
+
+    Args:
+        width, height: frame size W, H in pixels.
+        scale: (low, high) area fraction of the frame.
+        ratio: (low, high) aspect ratio w/h, drawn log-uniformly.
+        uniforms: float64 [:data:`RRC_ATTEMPTS`, 4] in [0, 1): per attempt (area, log-ratio, y, x).
+
+    Returns:
+        ``(x, y, crop_w, crop_h)`` in pixels, inside the frame.
+
+    Raises:
+        ValueError: ``uniforms`` of the wrong shape.
+    """
+    u = np.asarray(uniforms, np.float64)
+    if u.shape != (RRC_ATTEMPTS, 4):
+        raise ValueError(f"uniforms must have shape [{RRC_ATTEMPTS}, 4], got {u.shape}")
+    area = float(width * height)
+    lo, hi = np.log(ratio[0]), np.log(ratio[1])
+    for ua, ur, uy, ux in u:
+        target = area * (scale[0] + (scale[1] - scale[0]) * ua)
+        aspect = float(np.exp(lo + (hi - lo) * ur))
+        w = int(round(np.sqrt(target * aspect)))
+        h = int(round(np.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(ux * (width - w + 1)), int(uy * (height - h + 1)), w, h  # uniform in [0, W-w] × [0, H-h]
+    in_ratio = width / height  # fallback: the whole frame, clamped to the ratio range, centred
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        w, h = width, height
+    return (width - w) // 2, (height - h) // 2, w, h

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from umt.data.config import DataConfig
-from umt.data.sampling import FIX_OFFSETS_13, crop_pairs, eval_crop, multiscale_crop, tsn_indices
+from umt.data.sampling import FIX_OFFSETS_13, RRC_ATTEMPTS, crop_pairs, eval_crop, multiscale_crop, rrc_window, tsn_indices
 from umt.data.shards import META_FIELDS, decode_meta
 from umt.data.video import DecodeStats, decode_sampled
 
@@ -114,19 +114,29 @@ class ClipParams:
     u: np.ndarray | None
     """[T] positions in the TSN segments (None: centres)."""
     crops: tuple[tuple[int, int, bool], ...]
-    """Per clip (``num_sample`` of them): (pair index, offset index, flip); empty in evaluation."""
+    """Per clip (``num_sample`` of them): (pair index, offset index, flip); empty in evaluation. With
+    ``crop="rrc"`` the pair and offset are -1 (unused) and :attr:`rrc` holds the window's draws."""
+    rrc: tuple[np.ndarray, ...] = ()
+    """``crop="rrc"``: per clip the float64 [10, 4] uniforms of :func:`umt.data.sampling.rrc_window`."""
 
 
 def draw_params(cfg: DataConfig, seed: int, epoch: int, index: int) -> ClipParams:
     """The draws for sample ``index`` in ``epoch`` (generator seeded with ``(seed, epoch, index)``).
 
-    Training: ``u ~ U[0, 1)`` per segment (float32), crop pair uniform over :func:`crop_pairs` (10 for 4 scales),
-    offset uniform over the 13 fixed positions, flip with probability 0.5 when ``cfg.flip``. Evaluation: no draws.
+    Training: ``u ~ U[0, 1)`` per segment (float32), then per clip: ``multiscale``: crop pair uniform over
+    :func:`crop_pairs` (10 for 4 scales), offset uniform over the 13 fixed positions, flip with probability 0.5 when
+    ``cfg.flip``; ``rrc``: the window's [10, 4] uniforms, then the flip. Evaluation: no draws.
     """
     if not cfg.train:
         return ClipParams(None, ())
     rng = np.random.default_rng([seed, epoch, index])
     u = rng.random(cfg.num_frames, dtype=np.float32)  # [T] in [0, 1)
+    if cfg.crop == "rrc":
+        rrc, crops = [], []
+        for _ in range(cfg.num_sample):
+            rrc.append(rng.random((RRC_ATTEMPTS, 4)))  # [10, 4] float64
+            crops.append((-1, -1, bool(cfg.flip and rng.random() < 0.5)))
+        return ClipParams(u, tuple(crops), tuple(rrc))
     n_pairs = len(crop_pairs(len(cfg.scales)))
     crops = tuple(
         (int(rng.integers(n_pairs)), int(rng.integers(len(FIX_OFFSETS_13))), bool(cfg.flip and rng.random() < 0.5))
@@ -139,6 +149,11 @@ def clip_windows(cfg: DataConfig, width: int, height: int, params: ClipParams) -
     """Per output clip, the crop window and flip: ``(x, y, crop_w, crop_h, flip)`` in pixels of the stored frames."""
     if not params.crops:
         return [(*eval_crop(width, height), False)] * cfg.num_sample
+    if params.rrc:
+        return [
+            (*rrc_window(width, height, cfg.rrc_scale, cfg.rrc_ratio, u), flip)
+            for u, (_, _, flip) in zip(params.rrc, params.crops)
+        ]
     return [
         (*multiscale_crop(width, height, cfg.input_size, cfg.scales, pair, off), flip)
         for pair, off, flip in params.crops
