@@ -1,0 +1,264 @@
+"""Zero-shot text↔video retrieval of a stage-2 model (issue 11, item 6): dual-encoder similarity, then VTM re-ranking
+of each query's top k (official ``k_test`` 128), with multi-caption ground truth.
+
+Protocol (official ``multi_modality/tasks/retrieval_utils.py``, after ALBEF and Singularity):
+
+1. every caption → the text encoder's text-only layers: tokens ``[Nt, L, C_t]`` and the unit embedding ``[Nt, D]``;
+2. every video (segment middles, no masking) → the vision encoder: tokens ``[Nv, K, C_v]`` and ``[Nv, D]``;
+3. ``sim = video_embeds @ text_embeds.T`` ``[Nv, Nt]`` (the "_emb" metrics, dual encoder only);
+4. for each video its top ``k`` captions, and for each caption its top ``k`` videos, are scored by the match (VTM)
+   head over the fusion layers; a pair's score is the match head's "match" logit; pairs outside a query's top k
+   score -100, as official.
+
+Scaling past one device (issue 11: "features gathered in chunks"): a rank keeps only the tokens of its own share of
+videos (on the host), every rank encodes all captions (small: ``Nt × L``), only the ``[n, D]`` embeddings are
+all-gathered, the similarity is computed in row chunks, and each candidate pair is scored by the rank that owns its
+video, so no rank ever holds all video tokens; the score matrices are summed across ranks once at the end.
+
+The model interface (:class:`umt.model.vision_text.UMTVisionText`): ``encode_vision(video, idx=None) -> (tokens,
+embed)``, ``encode_text(ids, mask) -> (tokens, embed)``, ``match_logits(vision_tokens, text_tokens, text_mask) ->
+[B, 2]``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from umt.eval.retrieval_metrics import retrieval_metrics
+
+__all__ = ["encode_texts", "encode_videos", "gather_by_index", "rerank_scores", "evaluate_retrieval",
+           "write_report", "NOT_CANDIDATE"]
+
+log = logging.getLogger(__name__)
+
+#: the score of a pair outside a query's top k (official -100)
+NOT_CANDIDATE = -100.0
+
+
+def _dist() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):  # noqa: ANN202
+    from umt.train.step import autocast_context  # one definition of the project's autocast rule
+
+    return autocast_context(device, dtype)
+
+
+@torch.no_grad()
+def encode_texts(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, *, device: torch.device,
+                 amp_dtype: torch.dtype | None = None, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every caption through the text-only layers.
+
+    Args:
+        ids, mask: int64 ``[Nt, L]`` token ids and attention mask (padded to one length).
+
+    Returns:
+        ``(tokens [Nt, L, C_t] on the host, embeds float32 [Nt, D] on device)``.
+    """
+    toks, embs = [], []
+    for s in range(0, ids.shape[0], batch_size):
+        i, m = ids[s:s + batch_size].to(device), mask[s:s + batch_size].to(device)
+        with _autocast(device, amp_dtype):
+            t, e = model.encode_text(i, m)  # [b, L, C_t], [b, D]
+        toks.append(t.cpu())
+        embs.append(e.float())
+    return torch.cat(toks), torch.cat(embs)
+
+
+@torch.no_grad()
+def encode_videos(model: torch.nn.Module, batches: Iterable[dict[str, Any]], *, device: torch.device,
+                  amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """This rank's videos through the vision encoder (every token visible).
+
+    Args:
+        batches: evaluation batches ``{"video": [B, 3, T, H, W], "index": int64 [B]}``; rows with index -1 (padding
+            of the last batch) are dropped.
+
+    Returns:
+        ``(index int64 [n], tokens [n, K, C_v] on the host, embeds float32 [n, D] on device)``.
+    """
+    idx, toks, embs = [], [], []
+    for b in batches:
+        keep = b["index"] >= 0  # [B]
+        with _autocast(device, amp_dtype):
+            t, e = model.encode_vision(b["video"].to(device), None)  # [B, K, C_v], [B, D]
+        keep_d = keep.to(e.device)
+        idx.append(b["index"][keep].cpu())
+        toks.append(t[keep_d].cpu())
+        embs.append(e[keep_d].float())
+    if not idx:
+        raise ValueError("the evaluation loader yielded no videos on this rank")
+    return torch.cat(idx), torch.cat(toks), torch.cat(embs)
+
+
+def gather_by_index(x: torch.Tensor, index: torch.Tensor, num_items: int) -> torch.Tensor:
+    """Rows ``x [n, ...]`` of items ``index [n]`` from every rank, as ``[num_items, ...]`` in index order.
+
+    Raises:
+        ValueError: an item is missing or delivered more than once (over all ranks).
+    """
+    _, world = _dist()
+    if world > 1:
+        n = torch.tensor([x.shape[0]], device=x.device)
+        sizes = [torch.zeros_like(n) for _ in range(world)]
+        dist.all_gather(sizes, n)
+        top = int(max(s.item() for s in sizes))
+        pad_x = x.new_zeros((top, *x.shape[1:]))
+        pad_x[: x.shape[0]] = x
+        pad_i = torch.full((top,), -1, dtype=torch.int64, device=x.device)
+        pad_i[: x.shape[0]] = index.to(x.device)
+        xs = [torch.empty_like(pad_x) for _ in range(world)]
+        is_ = [torch.empty_like(pad_i) for _ in range(world)]
+        dist.all_gather(xs, pad_x)
+        dist.all_gather(is_, pad_i)
+        x = torch.cat([a[: int(s.item())] for a, s in zip(xs, sizes)])
+        index = torch.cat([a[: int(s.item())] for a, s in zip(is_, sizes)])
+    index = index.to(x.device)
+    counts = torch.bincount(index, minlength=num_items)
+    if counts.numel() != num_items or not bool((counts == 1).all()):
+        bad = torch.nonzero(counts != 1).flatten()[:5].tolist()
+        raise ValueError(f"each of the {num_items} items must be delivered exactly once over all ranks; not so for "
+                         f"items {bad} (counts {counts[bad].tolist()})")
+    out = torch.empty_like(x)
+    out[index] = x
+    return out
+
+
+def _topk_rows(sim: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tensor:
+    """Column indices of each row's top ``k`` (chunked over rows): int64 ``[rows, k]``."""
+    return torch.cat([sim[s:s + chunk].topk(k, dim=1).indices for s in range(0, sim.shape[0], chunk)])
+
+
+@torch.no_grad()
+def rerank_scores(model: torch.nn.Module, sim: torch.Tensor, local_index: torch.Tensor, local_tokens: torch.Tensor,
+                  text_tokens: torch.Tensor, text_mask: torch.Tensor, *, k: int, device: torch.device,
+                  amp_dtype: torch.dtype | None = None, batch_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """VTM scores of every video's top-k captions and every caption's top-k videos.
+
+    Args:
+        sim: float ``[Nv, Nt]`` dual-encoder similarity (the same on every rank).
+        local_index, local_tokens: the videos this rank owns and their tokens ``[n, K, C_v]`` (host).
+        text_tokens, text_mask: every caption's text-only tokens ``[Nt, L, C_t]`` (host) and mask ``[Nt, L]``.
+        k: candidates per query (clamped to the other side's size).
+
+    Returns:
+        ``(scores_v2t float32 [Nv, Nt], scores_t2v float32 [Nt, Nv])`` on the host: the match logit on candidate
+        pairs, :data:`NOT_CANDIDATE` elsewhere; identical on every rank (summed across ranks).
+    """
+    nv, nt = sim.shape
+    v2t_top = _topk_rows(sim, min(k, nt)).cpu()  # [Nv, kv]
+    t2v_top = _topk_rows(sim.t().contiguous(), min(k, nv)).cpu()  # [Nt, kt]
+    v2t_val = torch.zeros(nv, nt)
+    t2v_val = torch.zeros(nt, nv)
+    v2t_set = torch.zeros(nv, nt, dtype=torch.bool)
+    t2v_set = torch.zeros(nt, nv, dtype=torch.bool)
+    # the pairs each local video takes part in: its own top-k captions and the captions whose top k holds it
+    want_v2t = torch.zeros(nv, nt, dtype=torch.bool)
+    want_v2t.scatter_(1, v2t_top, True)
+    want_t2v = torch.zeros(nt, nv, dtype=torch.bool)
+    want_t2v.scatter_(1, t2v_top, True)
+    for row, v in enumerate(local_index.tolist()):
+        texts = torch.nonzero(want_v2t[v] | want_t2v[:, v]).flatten()  # [m]
+        for s in range(0, texts.numel(), batch_size):
+            t = texts[s:s + batch_size]
+            vt = local_tokens[row:row + 1].to(device).expand(t.numel(), -1, -1)  # [b, K, C_v]
+            with _autocast(device, amp_dtype):
+                logits = model.match_logits(vt, text_tokens[t].to(device), text_mask[t].to(device))  # [b, 2]
+            score = logits[:, 1].float().cpu()
+            a, b_ = want_v2t[v, t], want_t2v[t, v]
+            v2t_val[v, t[a]] = score[a]
+            v2t_set[v, t[a]] = True
+            t2v_val[t[b_], v] = score[b_]
+            t2v_set[t[b_], v] = True
+    _, world = _dist()
+    if world > 1:  # each pair was scored by the one rank that owns its video
+        for x in (v2t_val, t2v_val, v2t_set, t2v_set):
+            y = x.to(device, torch.float32)
+            dist.all_reduce(y)
+            x.copy_(y.cpu().to(x.dtype))
+    return (torch.where(v2t_set, v2t_val, torch.tensor(NOT_CANDIDATE)),
+            torch.where(t2v_set, t2v_val, torch.tensor(NOT_CANDIDATE)))
+
+
+@torch.no_grad()
+def evaluate_retrieval(model: torch.nn.Module, batches: Iterable[dict[str, Any]], num_videos: int,
+                       caption_video: Sequence[int], text_ids: torch.Tensor, text_mask: torch.Tensor, *,
+                       device: torch.device, amp_dtype: torch.dtype | None = None, rerank_k: int = 128,
+                       text_batch_size: int = 256, rerank_batch_size: int = 128) -> dict[str, float]:
+    """The whole protocol (module docstring) on every rank; returns the same metrics everywhere.
+
+    Args:
+        batches: this rank's evaluation batches (every video exactly once over all ranks, see
+            :func:`encode_videos`).
+        num_videos: Nv, videos in the evaluation set.
+        caption_video: int [Nt] the video (its index) each caption describes.
+        text_ids, text_mask: int64 ``[Nt, L]``: every caption tokenised (one length).
+        rerank_k: candidates per query for VTM re-ranking (official 128); 0 reports the dual-encoder metrics only.
+
+    Returns:
+        ``{"t2v_r1", ..., "r_mean"}`` after re-ranking and the same keys with ``emb_`` in front from the similarity
+        alone.
+
+    Raises:
+        ValueError: a video missing or seen twice over the ranks, or a video without a caption.
+    """
+    model.eval()
+    local_index, local_tokens, local_embeds = encode_videos(model, batches, device=device, amp_dtype=amp_dtype)
+    text_tokens, text_embeds = encode_texts(model, text_ids, text_mask, device=device, amp_dtype=amp_dtype,
+                                            batch_size=text_batch_size)
+    video_embeds = gather_by_index(local_embeds, local_index.to(local_embeds.device), num_videos)  # [Nv, D]
+    sim = (video_embeds @ text_embeds.t()).float()  # [Nv, Nt]
+    gt = np.asarray(caption_video, np.int64)
+    out = {f"emb_{k}": v for k, v in retrieval_metrics(sim.cpu().numpy(), gt).items()}
+    if rerank_k > 0:
+        v2t, t2v = rerank_scores(model, sim, local_index, local_tokens, text_tokens, text_mask, k=rerank_k,
+                                 device=device, amp_dtype=amp_dtype, batch_size=rerank_batch_size)
+        out.update(retrieval_metrics(v2t.numpy(), gt, t2v.numpy()))
+    return out
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def write_report(out_dir: str | Path, metrics: dict[str, float], info: dict[str, Any], *, overwrite: bool = False,
+                 name: str = "retrieval") -> tuple[Path, Path]:
+    """``<out_dir>/<name>.json`` and ``.md`` (atomic).
+
+    Raises:
+        FileExistsError: a report of that name exists and ``overwrite`` is False.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    js, md = out / f"{name}.json", out / f"{name}.md"
+    if not overwrite and (js.exists() or md.exists()):
+        raise FileExistsError(f"{js} exists; pass --overwrite or choose another --out")
+    _atomic_write(js, json.dumps({"metrics": metrics, **info}, indent=2) + "\n")
+    rows = []
+    for prefix, label in (("", "VTM re-ranked"), ("emb_", "dual encoder")):
+        if f"{prefix}t2v_r1" not in metrics:
+            continue
+        for d, dname in (("t2v", "text→video"), ("v2t", "video→text")):
+            g = lambda s: metrics[f"{prefix}{d}_{s}"]  # noqa: E731
+            rows.append(f"| {label} | {dname} | {g('r1'):.1f} | {g('r5'):.1f} | {g('r10'):.1f} | {g('medr'):.1f} | "
+                        f"{g('meanr'):.1f} |")
+    lines = [f"# Zero-shot retrieval: {info.get('shards', '')}", "",
+             *(f"- {k}: {v}" for k, v in info.items() if not isinstance(v, (dict, list))), "",
+             "| scores | direction | R@1 | R@5 | R@10 | MdR | MnR |", "|---|---|---|---|---|---|---|", *rows, "",
+             f"r_mean (mean of the six recalls): {metrics.get('r_mean', metrics.get('emb_r_mean', float('nan'))):.2f}",
+             ""]
+    _atomic_write(md, "\n".join(lines))
+    return js, md
