@@ -42,7 +42,7 @@ def _colour(frac: np.ndarray) -> np.ndarray:
 
 
 def _short(name: str) -> str:
-    return name if len(name) <= _NAME_CHARS else name[: _NAME_CHARS - 1] + "…"
+    return name if len(name) <= _NAME_CHARS else name[: _NAME_CHARS - 3] + "..."
 
 
 def render_confusion(confusion: np.ndarray, class_names: list[str] | None = None,
@@ -70,7 +70,10 @@ def render_confusion(confusion: np.ndarray, class_names: list[str] | None = None
     named = c <= NAMED_MAX
     cell = _CELL if named else max(1, _SIDE // c)
     cells = np.kron(_colour(frac), np.ones((cell, cell, 1), np.uint8))  # [C·cell, C·cell, 3]
-    font = ImageFont.load_default()
+    try:
+        font: Any = ImageFont.load_default(size=12)  # Pillow >= 10.1 with FreeType
+    except (TypeError, AttributeError, OSError):
+        font = ImageFont.load_default()
     names = [_short(n) for n in class_names] if (named and class_names) else [str(i) for i in range(c)]
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
 
@@ -89,9 +92,9 @@ def render_confusion(confusion: np.ndarray, class_names: list[str] | None = None
     img.paste(Image.fromarray(cells), (left, top))
     draw = ImageDraw.Draw(img)
     draw.text((4, 2), title, fill=(0, 0, 0), font=font)
-    draw.text((left, text_h + 2), "predicted →", fill=(60, 60, 60), font=font)
-    cap = Image.new("RGB", (text_w("true ↓") + 4, text_h), (255, 255, 255))
-    ImageDraw.Draw(cap).text((0, 0), "true ↓", fill=(60, 60, 60), font=font)
+    draw.text((left, text_h + 2), "predicted (columns)", fill=(60, 60, 60), font=font)
+    cap = Image.new("RGB", (text_w("true (rows)") + 4, text_h), (255, 255, 255))
+    ImageDraw.Draw(cap).text((0, 0), "true (rows)", fill=(60, 60, 60), font=font)
     img.paste(cap.rotate(90, expand=True), (2, top))
     if named:
         for i, n in enumerate(names):
