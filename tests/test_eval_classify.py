@@ -84,12 +84,24 @@ def test_report_files_and_no_overwrite(tmp_path: Path) -> None:
     img = np.asarray(Image.open(tmp_path / "classify_confusion.png").convert("RGB"))
     colours = {tuple(c) for c in img.reshape(-1, 3)}
     assert (8, 48, 107) in colours and (132, 152, 181) in colours  # the cells of fraction 1 and 0.5
-    # a second run refuses before touching the loader; --overwrite replaces
+    # overwrite=False (the CLI without --overwrite) refuses before touching the loader; True replaces
     loader = ContractLoader(all_rows(), 4)
     with pytest.raises(FileExistsError, match="overwrite"):
-        evaluate(loader, out_dir=tmp_path)
+        evaluate(loader, out_dir=tmp_path, overwrite=False)
     assert loader.batches == 0
     evaluate(loader, out_dir=tmp_path, overwrite=True)
+    # the default (a trainer's periodic + final evaluations) replaces a report of ours, never someone else's file
+    evaluate(ContractLoader(all_rows(), 4), out_dir=tmp_path)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "classify.json").write_text('{"mine": true}')
+    with pytest.raises(FileExistsError, match="classify.json"):
+        evaluate(ContractLoader(all_rows(), 4), out_dir=foreign)
+    assert (foreign / "classify.json").read_text() == '{"mine": true}'
+    (foreign / "classify.json").unlink()
+    (foreign / "classify_confusion.png").write_bytes(b"not ours")
+    with pytest.raises(FileExistsError, match="classify_confusion.png"):
+        evaluate(ContractLoader(all_rows(), 4), out_dir=foreign)
 
 
 # ----------------------------------------------------------------------------------- real shards: classify CLI

@@ -39,7 +39,7 @@ def evaluate_classification(model: nn.Module, loader: Any, *, num_classes: int, 
                             amp_dtype: torch.dtype | None = None, class_names: list[str] | None = None,
                             out_dir: str | Path | None = None, num_views: int | None = None,
                             name: str = "classify", meta: dict[str, Any] | None = None,
-                            overwrite: bool = False) -> dict[str, float]:
+                            overwrite: bool | None = None) -> dict[str, float]:
     """Multi-view classification of every sample of ``loader``'s data set (see the module docstring).
 
     Call on every rank of the default process group (or in a single process); ranks may deliver different numbers
@@ -56,7 +56,10 @@ def evaluate_classification(model: nn.Module, loader: Any, *, num_classes: int, 
             (:func:`umt.eval.report.write_classification_report`).
         num_views: V, views per sample; default :func:`umt.eval.common.loader_num_views`.
         meta: recorded in the report (checkpoint, shards, ...).
-        overwrite: replace an existing report (else refused before any work, on every rank).
+        overwrite: ``None`` (default, for the trainer's ``Task.evaluate``): replace an earlier report of
+            :mod:`umt.eval` in ``out_dir`` (a run's periodic and final evaluations, also after a resume), refuse
+            anyone else's files; ``False``: refuse any existing report (the CLI without ``--overwrite``); ``True``:
+            replace. A refusal comes before any work, on every rank.
 
     Returns:
         ``{"top1", "top5", "mean_class_acc"}`` in percent and ``num_samples`` (N), ``num_views`` (V): the same on
@@ -66,7 +69,7 @@ def evaluate_classification(model: nn.Module, loader: Any, *, num_classes: int, 
         umt.eval.common.CountError: a sample not counted exactly once per view (a loader dropping or repeating
             samples), or rows of one sample with different labels.
         ValueError: logits of another width than ``num_classes``, or unlabelled samples (label -1).
-        FileExistsError: ``out_dir`` holds a report and ``overwrite`` is False.
+        FileExistsError: ``out_dir`` holds report files that ``overwrite`` does not allow to replace.
     """
     device = torch.device(device)
     rank, _ = dist_info()
@@ -83,6 +86,8 @@ def evaluate_classification(model: nn.Module, loader: Any, *, num_classes: int, 
         with torch.no_grad():
             for batch in iterate(loader):
                 video = batch["video"].to(device, non_blocking=True)
+                if amp_dtype is None:
+                    video = video.float()  # the GPU loader's bf16 clips into an fp32 model
                 with autocast(device, amp_dtype):
                     logits = model(video)  # [R, C]
                 if logits.ndim != 2 or logits.shape[1] != num_classes:
@@ -107,16 +112,17 @@ def evaluate_classification(model: nn.Module, loader: Any, *, num_classes: int, 
             "num_samples": n, "num_views": v}
 
 
-def _refuse_existing(out_dir: str | Path, name: str, overwrite: bool, device: torch.device) -> None:
-    """Raise FileExistsError on every rank when rank 0 sees a report NAME in ``out_dir`` (and not ``overwrite``)."""
-    from umt.eval.report import report_paths
+def _refuse_existing(out_dir: str | Path, name: str, overwrite: bool | None, device: torch.device) -> None:
+    """Raise FileExistsError on every rank when rank 0 finds files the report may not replace
+    (:func:`umt.eval.report.report_conflicts`)."""
+    from umt.eval.report import report_conflicts
 
-    paths = report_paths(out_dir, name)
     rank, _ = dist_info()
-    taken = rank == 0 and not overwrite and any(p.exists() for p in paths.values())
-    if broadcast_flag(taken, device):  # every rank refuses, before any collective of the pass
-        raise FileExistsError(f"{out_dir} already holds a {name} report ({paths['json'].name}, ...): choose another "
-                              "--out or pass --overwrite")
+    conflicts = report_conflicts(out_dir, name, overwrite) if rank == 0 else []
+    if broadcast_flag(bool(conflicts), device):  # every rank refuses, before any collective of the pass
+        what = conflicts[0].name if conflicts else f"{name}.json"
+        raise FileExistsError(f"{out_dir} already holds a {name} report ({what}, ...): choose another --out or "
+                              "pass --overwrite")
 
 
 def build_classifier(checkpoint: str | Path, *, num_frames: int | None = None,

@@ -75,6 +75,8 @@ def extract_features(backbone: nn.Module, loader: Any, *, device: torch.device |
         with torch.no_grad():
             for batch in iterate(loader):
                 video = batch["video"].to(device, non_blocking=True)
+                if amp_dtype is None:
+                    video = video.float()  # the GPU loader's bf16 clips into an fp32 model
                 with autocast(device, amp_dtype):
                     tokens = backbone.forward_features(video)  # [R, K, C]
                 # views are not averaged here: a second row of a sample (any view) is a count error

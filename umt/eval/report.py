@@ -19,8 +19,11 @@ import numpy as np
 
 from umt.eval.common import atomic_write_bytes, atomic_write_text, check_free
 
-__all__ = ["report_paths", "render_confusion", "write_classification_report", "NAMED_MAX"]
+__all__ = ["report_paths", "report_conflicts", "render_confusion", "write_classification_report", "NAMED_MAX",
+           "WRITTEN_BY"]
 
+#: the marker in a report's JSON that says this module wrote it
+WRITTEN_BY = "umt.eval.classify"
 #: up to this many classes the PNG carries class names and per-cell counts
 NAMED_MAX = 40
 _CELL = 28  # pixels per cell with names
@@ -32,6 +35,26 @@ def report_paths(out_dir: str | Path, name: str = "classify") -> dict[str, Path]
     """``{"json", "md", "png"}`` → the report's paths in ``out_dir``."""
     d = Path(out_dir)
     return {"json": d / f"{name}.json", "md": d / f"{name}.md", "png": d / f"{name}_confusion.png"}
+
+
+def report_conflicts(out_dir: str | Path, name: str = "classify", overwrite: bool | None = None) -> list[Path]:
+    """The existing files that writing report ``name`` into ``out_dir`` would replace without permission.
+
+    ``overwrite=True``: none. ``False``: every existing report file. ``None`` (the trainer hook's default): none when
+    the existing ``NAME.json`` is a report this module wrote (``"written_by": "umt.eval.classify"``; a run replaces
+    its own earlier report, also after a resume), else every existing report file (files of someone else's).
+    """
+    if overwrite:
+        return []
+    existing = [p for p in report_paths(out_dir, name).values() if p.exists()]
+    if overwrite is None and existing:
+        try:
+            ours = json.loads(report_paths(out_dir, name)["json"].read_text()).get("written_by") == WRITTEN_BY
+        except (OSError, ValueError, AttributeError):
+            ours = False
+        if ours:
+            return []
+    return existing
 
 
 def _colour(frac: np.ndarray) -> np.ndarray:
@@ -122,21 +145,23 @@ def _fmt(x: float) -> str:
 
 def write_classification_report(out_dir: str | Path, summary: dict[str, Any], *, class_names: list[str] | None,
                                 meta: dict[str, Any] | None = None, name: str = "classify",
-                                overwrite: bool = False) -> dict[str, Path]:
+                                overwrite: bool | None = None) -> dict[str, Path]:
     """Write ``NAME.json``, ``NAME.md`` and ``NAME_confusion.png`` (atomically) from a
     :func:`umt.eval.metrics.classification_summary` (plus ``num_views``).
 
     Args:
         meta: what was evaluated (checkpoint, sha256, shards, views, ...), recorded in both text files.
 
+        overwrite: see :func:`report_conflicts` (None: replace an earlier report of ours only).
+
     Returns:
         The paths (:func:`report_paths`).
 
     Raises:
-        FileExistsError: a report file exists and ``overwrite`` is False.
+        FileExistsError: a file :func:`report_conflicts` names.
     """
     paths = report_paths(out_dir, name)
-    check_free(paths.values(), overwrite)
+    check_free(report_conflicts(out_dir, name, overwrite), False)
     cm = np.asarray(summary["confusion"])
     c = cm.shape[0]
     names = list(class_names) if class_names is not None and len(class_names) == c else [str(i) for i in range(c)]
@@ -145,7 +170,7 @@ def write_classification_report(out_dir: str | Path, summary: dict[str, Any], *,
     rows = [{"class": i, "name": names[i], "samples": int(support[i]), "correct": int(cm[i, i]),
              "accuracy": None if math.isnan(per[i]) else 100.0 * float(per[i])} for i in range(c)]
     scalars = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    doc = {"written_by": "umt.eval.classify", **scalars, "meta": meta or {}, "classes": names,
+    doc = {"written_by": WRITTEN_BY, **scalars, "meta": meta or {}, "classes": names,
            "per_class": rows, "confusion": cm.tolist()}
     atomic_write_text(paths["json"], json.dumps(doc, indent=1) + "\n")
 
