@@ -58,8 +58,8 @@ def test_metrics_equal_scikit_learn() -> None:
     from sklearn import metrics as skm
 
     rng = np.random.default_rng(0)
-    scores = rng.random((200, 7))  # no ties
-    labels = rng.integers(0, 6, 200)  # class 6 never a label
+    scores = rng.random((5000, 7))  # no ties; more rows than one block of topk_accuracy
+    labels = rng.integers(0, 6, 5000)  # class 6 never a label
     pred = scores.argmax(1)
     np.testing.assert_array_equal(confusion_matrix(pred, labels, 7),
                                   skm.confusion_matrix(labels, pred, labels=list(range(7))))

@@ -69,10 +69,14 @@ def topk_accuracy(scores: Any, labels: Any, ks: Sequence[int] = (1, 5)) -> dict[
     check_labels(y, s.shape[1])
     if y.size == 0:
         raise ValueError("no samples to score")
-    # rank of the label's score: how many classes beat it (strictly higher, or equal with a lower index)
-    own = s[np.arange(y.size), y][:, None]  # [N, 1]
+    # rank of the label's score: how many classes beat it (strictly higher, or equal with a lower index);
+    # in row blocks so the [rows, C] comparison stays small for large evaluation sets
     cls = np.arange(s.shape[1])[None, :]  # [1, C]
-    rank = ((s > own) | ((s == own) & (cls < y[:, None]))).sum(1)  # [N]
+    rank = np.empty(y.size, np.int64)
+    for a in range(0, y.size, 4096):
+        sb, yb = s[a:a + 4096], y[a:a + 4096]
+        own = sb[np.arange(yb.size), yb][:, None]  # [b, 1]
+        rank[a:a + 4096] = ((sb > own) | ((sb == own) & (cls < yb[:, None]))).sum(1)  # [b]
     out = {}
     for k in ks:
         if k < 1:
