@@ -113,6 +113,8 @@ class DistillationTask(Task):
     semantic mask keeps (UMT, ICCV 2023; :class:`umt.train.step.StageOneStep`)."""
 
     name = "distill"
+    #: the periodic k-NN probe's top-1 (percent) picks ``best.pt``
+    eval_key = "knn_top1"
 
     def __init__(self, cfg: TrainConfig, rt: Runtime) -> None:
         super().__init__(cfg, rt)
@@ -161,6 +163,25 @@ class DistillationTask(Task):
             raise ConfigError(f"{path} was trained with other teacher weights: {what}; resuming would change the "
                               "targets mid-run. Pass --set model.allow_teacher_change=true to resume anyway")
         log.warning("teacher weights changed since %s: %s (allowed by model.allow_teacher_change)", path, what)
+
+    def evaluate(self, final: bool, out_dir: Path) -> dict[str, float] | None:
+        """The k-NN probe of the student backbone (issue 12, item 5) when ``eval.shards`` and ``eval.train_shards``
+        are set: pooled features of both sets (evaluation loader, 1 view, every sample, split over the ranks;
+        :func:`umt.eval.probe.knn_probe`), cosine k-NN (``eval.knn_k``, ``eval.knn_temperature``) from the
+        ``train_shards`` bank to ``shards``. The same probe at the end (``final``).
+
+        Returns:
+            ``{"knn_top1", "knn_top5"}`` in percent (the same on every rank), or None without both shard sets.
+        """
+        ev = self.cfg.eval
+        if not (ev.shards and ev.train_shards):
+            return None
+        from umt.eval.probe import knn_probe
+
+        res = knn_probe(self.model.student, ev.train_shards, ev.shards, batch_size=ev.batch_size,
+                        device=self.rt.device, k=ev.knn_k, temperature=ev.knn_temperature,
+                        amp_dtype=self.rt.amp_dtype, base=self.cfg.data)
+        return {"knn_top1": res["knn_top1"], "knn_top5": res["knn_top5"]}
 
     def log_image(self, step_fn: TrainStep, tb: Any, step: int) -> None:
         """The preview panel (:func:`umt.data.preview.render_clip`) of the step's first clip."""
