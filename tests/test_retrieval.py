@@ -17,6 +17,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from umt.eval.common import CountError
+
 ROOT = Path(__file__).resolve().parents[1]
 NV = 5
 # caption c describes video TRUE[c]; its text embedding points at DECOY[c] (the dual encoder's guess)
@@ -72,9 +74,9 @@ def test_dual_encoder_misled_and_reranking_recovers() -> None:
 
 
 def test_a_missing_or_repeated_video_is_an_error() -> None:
-    with pytest.raises(ValueError, match="exactly once"):
+    with pytest.raises(CountError, match="not counted exactly once"):
         _run([0, 1, 2, 3], k=2)
-    with pytest.raises(ValueError, match="exactly once"):
+    with pytest.raises(CountError, match="not counted exactly once"):
         _run([0, 1, 2, 3, 4, 4], k=2)
 
 

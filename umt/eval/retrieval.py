@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from umt.eval.common import IndexAccumulator, atomic_write_text, autocast, check_free, dist_info
 from umt.eval.retrieval_metrics import retrieval_metrics
 
 __all__ = ["encode_texts", "encode_videos", "gather_by_index", "rerank_scores", "evaluate_retrieval",
@@ -41,18 +42,6 @@ log = logging.getLogger(__name__)
 
 #: the score of a pair outside a query's top k (official -100)
 NOT_CANDIDATE = -100.0
-
-
-def _dist() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):  # noqa: ANN202
-    from umt.train.step import autocast_context  # one definition of the project's autocast rule
-
-    return autocast_context(device, dtype)
 
 
 @torch.no_grad()
@@ -69,7 +58,7 @@ def encode_texts(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, 
     toks, embs = [], []
     for s in range(0, ids.shape[0], batch_size):
         i, m = ids[s:s + batch_size].to(device), mask[s:s + batch_size].to(device)
-        with _autocast(device, amp_dtype):
+        with autocast(device, amp_dtype):
             t, e = model.encode_text(i, m)  # [b, L, C_t], [b, D]
         toks.append(t.cpu())
         embs.append(e.float())
@@ -91,7 +80,7 @@ def encode_videos(model: torch.nn.Module, batches: Iterable[dict[str, Any]], *, 
     idx, toks, embs = [], [], []
     for b in batches:
         keep = b["index"] >= 0  # [B]
-        with _autocast(device, amp_dtype):
+        with autocast(device, amp_dtype):
             t, e = model.encode_vision(b["video"].to(device), None)  # [B, K, C_v], [B, D]
         keep_d = keep.to(e.device)
         idx.append(b["index"][keep].cpu())
@@ -103,36 +92,17 @@ def encode_videos(model: torch.nn.Module, batches: Iterable[dict[str, Any]], *, 
 
 
 def gather_by_index(x: torch.Tensor, index: torch.Tensor, num_items: int) -> torch.Tensor:
-    """Rows ``x [n, ...]`` of items ``index [n]`` from every rank, as ``[num_items, ...]`` in index order.
+    """Rows ``x [n, D]`` of items ``index [n]`` from every rank, as ``[num_items, D]`` in index order (one
+    all-reduce of the per-item table, :class:`umt.eval.common.IndexAccumulator`).
 
     Raises:
-        ValueError: an item is missing or delivered more than once (over all ranks).
+        umt.eval.common.CountError: an item is missing or delivered more than once (over all ranks).
     """
-    _, world = _dist()
-    if world > 1:
-        n = torch.tensor([x.shape[0]], device=x.device)
-        sizes = [torch.zeros_like(n) for _ in range(world)]
-        dist.all_gather(sizes, n)
-        top = int(max(s.item() for s in sizes))
-        pad_x = x.new_zeros((top, *x.shape[1:]))
-        pad_x[: x.shape[0]] = x
-        pad_i = torch.full((top,), -1, dtype=torch.int64, device=x.device)
-        pad_i[: x.shape[0]] = index.to(x.device)
-        xs = [torch.empty_like(pad_x) for _ in range(world)]
-        is_ = [torch.empty_like(pad_i) for _ in range(world)]
-        dist.all_gather(xs, pad_x)
-        dist.all_gather(is_, pad_i)
-        x = torch.cat([a[: int(s.item())] for a, s in zip(xs, sizes)])
-        index = torch.cat([a[: int(s.item())] for a, s in zip(is_, sizes)])
-    index = index.to(x.device)
-    counts = torch.bincount(index, minlength=num_items)
-    if counts.numel() != num_items or not bool((counts == 1).all()):
-        bad = torch.nonzero(counts != 1).flatten()[:5].tolist()
-        raise ValueError(f"each of the {num_items} items must be delivered exactly once over all ranks; not so for "
-                         f"items {bad} (counts {counts[bad].tolist()})")
-    out = torch.empty_like(x)
-    out[index] = x
-    return out
+    acc = IndexAccumulator(num_items, x.shape[1], 1, x.device)
+    acc.add(x, index, torch.zeros_like(index))
+    acc.reduce()
+    acc.check("video")
+    return acc.totals()[0]
 
 
 def _topk_rows(sim: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tensor:
@@ -173,7 +143,7 @@ def rerank_scores(model: torch.nn.Module, sim: torch.Tensor, local_index: torch.
         for s in range(0, texts.numel(), batch_size):
             t = texts[s:s + batch_size]
             vt = local_tokens[row:row + 1].to(device).expand(t.numel(), -1, -1)  # [b, K, C_v]
-            with _autocast(device, amp_dtype):
+            with autocast(device, amp_dtype):
                 logits = model.match_logits(vt, text_tokens[t].to(device), text_mask[t].to(device))  # [b, 2]
             score = logits[:, 1].float().cpu()
             a, b_ = want_v2t[v, t], want_t2v[t, v]
@@ -181,7 +151,7 @@ def rerank_scores(model: torch.nn.Module, sim: torch.Tensor, local_index: torch.
             v2t_set[v, t[a]] = True
             t2v_val[t[b_], v] = score[b_]
             t2v_set[t[b_], v] = True
-    _, world = _dist()
+    _, world = dist_info()
     if world > 1:  # each pair was scored by the one rank that owns its video
         for x in (v2t_val, t2v_val, v2t_set, t2v_set):
             y = x.to(device, torch.float32)
@@ -211,7 +181,8 @@ def evaluate_retrieval(model: torch.nn.Module, batches: Iterable[dict[str, Any]]
         alone.
 
     Raises:
-        ValueError: a video missing or seen twice over the ranks, or a video without a caption.
+        umt.eval.common.CountError: a video missing or seen twice over the ranks.
+        ValueError: a video without a caption.
     """
     model.eval()
     local_index, local_tokens, local_embeds = encode_videos(model, batches, device=device, amp_dtype=amp_dtype)
@@ -228,12 +199,6 @@ def evaluate_retrieval(model: torch.nn.Module, batches: Iterable[dict[str, Any]]
     return out
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def write_report(out_dir: str | Path, metrics: dict[str, float], info: dict[str, Any], *, overwrite: bool = False,
                  name: str = "retrieval") -> tuple[Path, Path]:
     """``<out_dir>/<name>.json`` and ``.md`` (atomic).
@@ -244,9 +209,8 @@ def write_report(out_dir: str | Path, metrics: dict[str, float], info: dict[str,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     js, md = out / f"{name}.json", out / f"{name}.md"
-    if not overwrite and (js.exists() or md.exists()):
-        raise FileExistsError(f"{js} exists; pass --overwrite or choose another --out")
-    _atomic_write(js, json.dumps({"metrics": metrics, **info}, indent=2) + "\n")
+    check_free([js, md], overwrite)
+    atomic_write_text(js, json.dumps({"metrics": metrics, **info}, indent=2) + "\n")
     rows = []
     for prefix, label in (("", "VTM re-ranked"), ("emb_", "dual encoder")):
         if f"{prefix}t2v_r1" not in metrics:
@@ -260,5 +224,5 @@ def write_report(out_dir: str | Path, metrics: dict[str, float], info: dict[str,
              "| scores | direction | R@1 | R@5 | R@10 | MdR | MnR |", "|---|---|---|---|---|---|---|", *rows, "",
              f"r_mean (mean of the six recalls): {metrics.get('r_mean', metrics.get('emb_r_mean', float('nan'))):.2f}",
              ""]
-    _atomic_write(md, "\n".join(lines))
+    atomic_write_text(md, "\n".join(lines))
     return js, md
