@@ -12,6 +12,7 @@ the same, on any device. No function here syncs with the host.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -50,23 +51,44 @@ def _world() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+class _AllGatherSumGrad(torch.autograd.Function):
+    """All-gather along dim 0; backward: this rank's slice of the gradient summed over every rank (a reduce-scatter:
+    NCCL's own, else an all-reduce then the slice, which gloo supports)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        world, ctx.rank, ctx.rows = dist.get_world_size(), dist.get_rank(), x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, dim=0)  # [W·B, ...]
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        if dist.get_backend() == dist.Backend.NCCL:
+            out = torch.empty_like(grad[: ctx.rows])
+            dist.reduce_scatter_tensor(out, grad)
+            return out
+        total = grad.clone()
+        dist.all_reduce(total)
+        return total[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+
+
 def gather_with_grad(x: torch.Tensor, *, local_grad: bool = False) -> torch.Tensor:
     """All-gather ``x [B, ...]`` from every rank into ``[W·B, ...]`` (rank-major), keeping gradients.
 
-    ``local_grad=False`` (default): :func:`torch.distributed.nn.functional.all_gather`, whose backward sums every
-    rank's gradient for this rank's slice. Every rank computes the same global-batch loss, so this rank's slice
-    receives ``W ×`` the single-process gradient and DDP's averaging over ranks brings it back to exactly the
-    gradient of one process on the concatenated batch. ``local_grad=True``: the official ``AllGather`` (only this
-    rank's own loss's gradient reaches its slice), under which DDP's averaging leaves ``1/W`` of it.
-    One process (or no process group): ``x`` itself. The batch size must be equal on every rank.
+    ``local_grad=False`` (default): the backward sums every rank's gradient for this rank's slice. Every rank computes
+    the same global-batch loss, so this rank's slice receives ``W ×`` the single-process gradient and DDP's averaging
+    over ranks brings it back to exactly the gradient of one process on the concatenated batch. ``local_grad=True``:
+    the official ``AllGather`` (``models/utils.py``: only this rank's own loss's gradient reaches its slice), under
+    which DDP's averaging leaves ``1/W`` of it. One process (or no process group): ``x`` itself. The batch size must
+    be equal on every rank.
     """
     world = _world()
     if world == 1:
         return x
     if not local_grad:
-        from torch.distributed.nn.functional import all_gather
-
-        return torch.cat(all_gather(x.contiguous()), dim=0)
+        return _AllGatherSumGrad.apply(x)
     parts = [torch.empty_like(x) for _ in range(world)]
     dist.all_gather(parts, x.detach().contiguous())
     parts[dist.get_rank()] = x  # only this rank's slice carries a gradient (official ``allgather_wgrad``)
