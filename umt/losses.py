@@ -215,8 +215,9 @@ def mlm_mask(ids: torch.Tensor, attention_mask: torch.Tensor, seed: int, *, prob
     """
     b, n = ids.shape
     u = ops.uniform_noise(seed, b, 4 * n, ids.device).view(b, 4, n)  # [B, 4, L]: select, [MASK], random, word
-    special = torch.tensor(list(special_ids), dtype=ids.dtype, device=ids.device)
-    maskable = attention_mask.bool() & ~torch.isin(ids, special)  # [B, L]
+    maskable = attention_mask.bool()  # [B, L]
+    for sid in special_ids:  # scalar comparisons: no host-to-device copy of the ids
+        maskable = maskable & (ids != sid)
     selected = maskable & (u[:, 0] < prob)
     labels = torch.where(selected, ids, torch.full_like(ids, IGNORE_INDEX))
     to_mask = selected & (u[:, 1] < 0.8)
