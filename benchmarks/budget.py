@@ -17,26 +17,16 @@ where the per-GPU rate is the slower of the measured train step and the measured
 
     a100_rate = mfu × 312e12 / flops_per_clip,   mfu = effective_rate × flops_per_clip / measured_peak
 
-Stage 2 has no trainer yet: its rate comes from the stage-2 FLOP model below at the measured stage-1 MFU, and every
-stage-2 figure is marked as an estimate.
+Stage 2's rate comes from the stage-2 FLOP model at the measured stage-1 MFU (no stage-2 step rate is measured here),
+and every stage-2 figure is marked as an estimate.
 
-Stage-2 FLOP model (:func:`stage2_flops_per_pair`), one training pair, 2 FLOPs per multiply-add, training = 3× forward
-for everything that is trained, forward only for the frozen teacher:
-
-- vision student: the stage-1 student over 4 frames at video mask 0.8, i.e. ``4 × (196 − int(0.8·196)) = 160``
-  visible tokens, one UMA head (the multi-modality recipe aligns the last teacher layer only); ×3.
-- teacher: the frozen CLIP over the 4 frames (197 tokens each), forward only (UMA targets).
-- text, unimodal (VTC): the BERT layers below the fusion layer over ``text_tokens`` (default 32, the official
-  ``max_txt_l``); ×3.
-- VTM: the fusion layers (self-attention + cross-attention to the visible video tokens + MLP) over 3 pairs per
-  sample (the positive, one hard-negative text, one hard-negative video, as in ALBEF); ×3.
-- MLM: the whole text encoder again on the masked caption (unimodal layers + fusion layers), and the MLM head
-  (``d×d`` transform + ``d×30522`` decoder over every text token); ×3.
-- The corpus mixes videos (4 frames, mask 0.8 → 160 visible tokens, teacher over 4 frames) and images (1 frame,
-  mask 0.5 → 98 visible tokens, teacher over 1 frame); the default video share is 0.4 (WebVid-10M of 25 M pairs);
-  ``video_fraction=1.0`` gives the conservative all-video bound. VTC/VTM projections to 256/512-d,
-  norms, softmax and the similarity matrix are not counted (< 0.1 %).
-- BERT-base: width 768, 12 layers, fusion layers 9–11 (3). BERT-large: width 1024, 24 layers, fusion 19–23 (5).
+Stage-2 FLOP model (:func:`stage2_flops_per_pair`): :func:`umt.flops.stage2_flops_per_sample`, the one model the
+trainer's MFU uses too (its docstring derives it from the official forward), for the official configurations
+(:data:`umt.flops.STAGE2_SPECS`: 4 frames, mask 0.8 (video, 160 visible tokens) / 0.5 (image, 98), **6 aligned
+layers** (``clip_return_layer = 6`` in ``exp/pretraining/{b16,l16}_25m.py``; this module's first estimate assumed 1),
+BERT-base fusion 9–11 / BERT-large fusion 19–23, embed 512 / 768, captions padded to 32 tokens), averaged over the
+corpus: the default video share is 0.4 (WebVid-10M of 25 M pairs); ``video_fraction=1.0`` gives the conservative
+all-video bound.
 """
 
 from __future__ import annotations
@@ -50,12 +40,12 @@ from typing import Any
 from benchmarks.common import BenchResult, format_table
 from umt.flops import (
     PEAK_BF16_TFLOPS,
-    peak_bf16_tflops,
+    STAGE2_SPECS,
+    TEXT_SPECS,
     UMT_SPECS,
-    UMTSpec,
-    block_flops,
-    student_forward_flops,
-    teacher_forward_flops,
+    TextSpec,
+    peak_bf16_tflops,
+    stage2_flops_per_sample,
     train_flops_per_clip,
 )
 
@@ -114,49 +104,6 @@ def device_peak_tflops(name: str | None) -> float | None:
     return peak_bf16_tflops(name)
 
 
-@dataclass(frozen=True)
-class TextSpec:
-    """The stage-2 text encoder (BERT) and its fusion part."""
-
-    width: int
-    depth: int
-    fusion_layers: int  # the last ``fusion_layers`` layers carry cross-attention to the video tokens
-    vocab: int = 30522  # bert-base-uncased / bert-large-uncased vocabulary
-
-
-TEXT_SPECS: dict[str, TextSpec] = {
-    "umt_b16": TextSpec(width=768, depth=12, fusion_layers=3),  # BERT-base, fusion layers 9–11
-    "umt_l16": TextSpec(width=1024, depth=24, fusion_layers=5),  # BERT-large, fusion layers 19–23
-}
-
-
-def _cross_attention_flops(text_tokens: int, vision_tokens: int, width: int, vision_width: int) -> float:
-    """Forward FLOPs of one cross-attention sub-layer: q and out projections over the text tokens
-    (``2·2·L·d²``), k and v projections of the vision tokens (``2·2·Nv·dv·d``), q·kᵀ and attn·v (``4·L·Nv·d``)."""
-    return 4.0 * text_tokens * width**2 + 4.0 * vision_tokens * vision_width * width + 4.0 * text_tokens * vision_tokens * width
-
-
-def _stage2_sample_flops(model: str, *, text_tokens: int, num_frames: int, mask_ratio: float) -> dict[str, float]:
-    """FLOPs of one stage-2 training pair whose visual side has ``num_frames`` frames at ``mask_ratio``."""
-    spec: UMTSpec = replace(UMT_SPECS[model], num_frames=num_frames, mask_ratio=mask_ratio, align_layers=1)
-    text = TEXT_SPECS[model]
-    d, dv, L = text.width, spec.student.width, text_tokens
-    nv = num_frames * spec.keep_per_frame  # visible visual tokens fed to the fusion layers (160 for a video)
-    unimodal_layers = text.depth - text.fusion_layers
-    text_fwd = unimodal_layers * block_flops(L, d)  # one caption through the text-only layers
-    fusion_fwd = text.fusion_layers * (block_flops(L, d) + _cross_attention_flops(L, nv, d, dv))  # one (text, video)
-    mlm_head_fwd = 2.0 * L * d * d + 2.0 * L * d * text.vocab
-    parts = {
-        "vision": 3.0 * student_forward_flops(spec),
-        "teacher": teacher_forward_flops(spec),
-        "text_vtc": 3.0 * text_fwd,
-        "vtm": 3.0 * 3 * fusion_fwd,  # positive + hard-negative text + hard-negative video
-        "mlm": 3.0 * (text_fwd + fusion_fwd + mlm_head_fwd),
-    }
-    parts["total"] = sum(parts.values())
-    return parts
-
-
 def stage2_flops_per_pair(
     model: str,
     *,
@@ -185,8 +132,11 @@ def stage2_flops_per_pair(
     """
     if not 0.0 <= video_fraction <= 1.0:
         raise ValueError("video_fraction must be in [0, 1]")
-    video = _stage2_sample_flops(model, text_tokens=text_tokens, num_frames=num_frames, mask_ratio=video_mask_ratio)
-    image = _stage2_sample_flops(model, text_tokens=text_tokens, num_frames=1, mask_ratio=image_mask_ratio)
+    base = STAGE2_SPECS[model]
+    spec = replace(base, vision=replace(base.vision, num_frames=num_frames, mask_ratio=video_mask_ratio),
+                   image_mask_ratio=image_mask_ratio, text_tokens=text_tokens)
+    video = stage2_flops_per_sample(spec, "video")
+    image = stage2_flops_per_sample(spec, "image")
     return {k: video_fraction * video[k] + (1.0 - video_fraction) * image[k] for k in video}
 
 
@@ -279,8 +229,8 @@ def project(
         "Per-GPU rate = the slower of the measured train step and the measured data pipeline.",
         "A100-eq: the same MFU on an A100's 312 TFLOP/s dense bf16 peak (an assumption: a slower GPU may reach a "
         "different MFU, and the data pipeline's host is not modelled).",
-        "Stage 2 is an estimate: the stage-2 FLOP model (benchmarks/budget.py) at the measured stage-1 MFU; "
-        "no stage-2 trainer exists yet.",
+        "Stage 2 is an estimate: the stage-2 FLOP model (umt.flops.stage2_flops_per_sample) at the measured "
+        "stage-1 MFU; no stage-2 step rate is measured here.",
         f"Paper reference: stage 1 UMT-L 104 h = {PAPER_STAGE1_L_CLIPS_PER_S:.1f} clips/s per A100.",
     ]
     if not applicable:

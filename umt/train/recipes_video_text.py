@@ -1,0 +1,94 @@
+"""Stage-2 recipes (task ``video_text``): UMT-B and UMT-L on the 5M / 17M / 25M video-text + image-text corpora.
+
+Numbers from the official ``multi_modality/exp/pretraining/{b16,l16}_{5m,17m,25m}.py`` and ``configs/model.py``
+(DESIGN.md, "Stage 2"): 4 frames at 224² ("rand": one random frame per segment), batch 128 per GPU per modality,
+semantic ("attention") masks of ratio 0.8 on videos (4 × 40 visible) and 0.5 on images (98), the stage-1 teacher of
+the same size (CLIP ViT-B/16 at 224, ViT-L/14 at 196) over 6 aligned layers (``clip_return_layer = 6``), BERT-base
+with fusion from layer 9 (UMT-B) / BERT-large from layer 19 (UMT-L), max 32 caption tokens, contrastive width 512 /
+768, temperature 0.07, MLM probability 0.5, every loss weight 1, gradient checkpointing in BERT; AdamW lr 1e-4 (not
+batch-scaled), betas (0.9, 0.999), weight decay 0.02, no clipping, cosine over 10 epochs after 1 warm-up epoch to
+0.01 × lr. The variants differ by data only.
+
+Set ``model.init_from`` to the stage-1 checkpoint (or its export) and ``text.encoder`` to a local BERT directory
+(``bert-base-uncased`` / ``bert-large-uncased`` in Hugging Face format; nothing is downloaded).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from umt.data.config import DataConfig
+from umt.train.config import (CheckpointConfig, LogConfig, MaskConfig, ModelConfig, OptimConfig, TextConfig,
+                              TrainConfig)
+
+__all__ = ["CORPORA", "VIDEO_TEXT_RECIPES", "umt_b16_25m", "umt_b16_17m", "umt_b16_5m", "umt_l16_25m", "umt_l16_17m",
+           "umt_l16_5m"]
+
+#: The official corpora (``configs/data.py``) as shard directories (comma-separated in ``data.shards``):
+#: 5M = WebVid-2M + CC3M; 17M = WebVid-2M + CC3M + CC12M + COCO + Visual Genome + SBU; 25M = WebVid-10M + the same
+#: image sets.
+CORPORA: dict[str, tuple[str, ...]] = {
+    "5m": ("shards/webvid2m", "shards/cc3m"),
+    "17m": ("shards/webvid2m", "shards/cc3m", "shards/cc12m", "shards/coco", "shards/vg", "shards/sbu"),
+    "25m": ("shards/webvid10m", "shards/cc3m", "shards/cc12m", "shards/coco", "shards/vg", "shards/sbu"),
+}
+
+
+def umt_b16_25m() -> TrainConfig:
+    """UMT-B stage 2 on 25M (official ``exp/pretraining/b16_25m.py``; 16 GPUs × 128 in the official scripts)."""
+    return TrainConfig(
+        task="video_text",
+        data=DataConfig(shards=",".join(CORPORA["25m"]), batch_size=128, num_frames=4, input_size=224,
+                        num_workers=12),
+        model=ModelConfig(student="umt_vit_base_patch16_224", drop_path=0.1, align_layers=6, teacher="ViT-B-16",
+                          teacher_image_size=224),
+        mask=MaskConfig(kind="semantic", ratio=0.8, image_ratio=0.5),
+        text=TextConfig(encoder="bert-base-uncased", fusion_layer=9, max_len=32, embed_dim=512, temp=0.07,
+                        mlm_prob=0.5, grad_checkpointing=True),
+        optim=OptimConfig(lr=1e-4, min_lr=1e-6, betas=(0.9, 0.999), weight_decay=0.02, epochs=10, warmup_epochs=1,
+                          clip_grad=0.0),
+        checkpoint=CheckpointConfig(every_steps=1000, keep_last=3),
+        log=LogConfig(every_steps=20),
+    )
+
+
+def umt_l16_25m() -> TrainConfig:
+    """UMT-L stage 2 on 25M (official ``exp/pretraining/l16_25m.py``; 32 GPUs): ViT-L/16 student (drop path 0.2),
+    CLIP ViT-L/14 teacher at 196 px, BERT-large fusing from layer 19, embed 768."""
+    cfg = umt_b16_25m()
+    cfg.model = ModelConfig(student="umt_vit_large_patch16_224", drop_path=0.2, align_layers=6, teacher="ViT-L-14",
+                            teacher_image_size=196)
+    cfg.text = TextConfig(encoder="bert-large-uncased", fusion_layer=19, max_len=32, embed_dim=768, temp=0.07,
+                          mlm_prob=0.5, grad_checkpointing=True)
+    return cfg
+
+
+def _on(base: Callable[[], TrainConfig], corpus: str) -> TrainConfig:
+    cfg = base()
+    cfg.data.shards = ",".join(CORPORA[corpus])
+    return cfg
+
+
+def umt_b16_17m() -> TrainConfig:
+    """:func:`umt_b16_25m` on the 17M corpus (WebVid-2M instead of WebVid-10M)."""
+    return _on(umt_b16_25m, "17m")
+
+
+def umt_b16_5m() -> TrainConfig:
+    """:func:`umt_b16_25m` on the 5M corpus (WebVid-2M + CC3M)."""
+    return _on(umt_b16_25m, "5m")
+
+
+def umt_l16_17m() -> TrainConfig:
+    """:func:`umt_l16_25m` on the 17M corpus."""
+    return _on(umt_l16_25m, "17m")
+
+
+def umt_l16_5m() -> TrainConfig:
+    """:func:`umt_l16_25m` on the 5M corpus."""
+    return _on(umt_l16_25m, "5m")
+
+
+#: name → recipe, merged into :data:`umt.train.recipes.RECIPES`
+VIDEO_TEXT_RECIPES: dict[str, Callable[[], TrainConfig]] = {
+    f.__name__: f for f in (umt_b16_25m, umt_b16_17m, umt_b16_5m, umt_l16_25m, umt_l16_17m, umt_l16_5m)}

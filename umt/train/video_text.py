@@ -1,0 +1,207 @@
+"""Stage 2: video-text pre-training (UMT Sec. 3.2; official ``multi_modality/``), a task of the one trainer.
+
+:class:`VideoTextTask` (``task = "video_text"``) builds the stage-1 student + UMA heads (initialised from a stage-1
+checkpoint or export, ``model.init_from``), the frozen CLIP teacher of stage 1, the BERT text encoder
+(:mod:`umt.model.text`) and :class:`~umt.model.vision_text.UMTVisionText`; its loader interleaves whole video-text and
+image-text batches (the stage-2 MetaLoader, or :class:`~umt.data.synthetic.SyntheticPairLoader` with
+``synthetic_data``). :class:`VideoTextStep` runs one micro-batch in named phases: teacher forward (frozen, never in
+DDP, autocast as stage 1) → semantic mask at the batch's modality's ratio (video 0.8, image 0.5) → the model's four
+losses (VTC, VTM, MLM, UTA) → backward of their weighted sum. Optimiser (official ``exp/pretraining/*.py``,
+``utils/optimizer.py``): AdamW, lr 1e-4 *not* scaled by the batch, betas (0.9, 0.999), weight decay 0.02 on ≥ 2-D
+weights only (none on biases, norms, the temperature), no per-module lr, cosine over 10 epochs after 1 warm-up
+epoch to a floor of 0.01 × lr.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn as nn
+
+from umt import ops
+from umt.flops import TextSpec, VideoTextSpec, stage2_flops_per_sample
+from umt.masking import keep_per_frame
+from umt.model.load import BackboneLoadError
+from umt.model.text import TextEncoderError, build_text_encoder, resolve_text_dir
+from umt.model.vision_text import LOSS_NAMES, UMTVisionText, load_pretrained
+from umt.train.config import ConfigError, TrainConfig
+from umt.train.step import StageOneStep, autocast_context, build_models, umt_spec
+from umt.train.tasks import DistillationTask, Task, register_task
+
+if TYPE_CHECKING:
+    from umt.model import CLIPTeacher
+    from umt.train.trainer import Runtime
+
+__all__ = ["VideoTextTask", "VideoTextStep"]
+
+log = logging.getLogger(__name__)
+
+
+class VideoTextStep(StageOneStep):
+    """One stage-2 micro-batch: teacher → mask → :class:`UMTVisionText` losses → backward (the optimizer step,
+    accumulation and non-finite guard are :class:`~umt.train.step.TrainStep`'s).
+
+    Args:
+        model: :class:`UMTVisionText`, possibly DDP-wrapped.
+        teacher: the frozen CLIP teacher (never wrapped).
+        optimizer, scheduler, cfg, device, amp_dtype: as :class:`~umt.train.step.StageOneStep` (the teacher's
+            autocast follows ``model.teacher_precision``).
+    """
+
+    def __init__(self, model: nn.Module, teacher: CLIPTeacher, optimizer: torch.optim.Optimizer, scheduler: Any,
+                 cfg: TrainConfig, device: torch.device, amp_dtype: torch.dtype | None) -> None:
+        super().__init__(model, teacher, optimizer, scheduler, cfg, device, amp_dtype)
+        #: visible tokens per frame: :attr:`keep` (video, ``mask.ratio``) and this (image, ``mask.image_ratio``)
+        self.keep_image = keep_per_frame(self.tokens_per_frame, cfg.mask.image_ratio)
+        t = cfg.text
+        self.weights = {"vtc": t.vtc_weight, "vtm": t.vtm_weight, "mlm": t.mlm_weight, "uta": t.uta_weight}
+
+    def train_batch(self, batch: dict[str, Any], seed: int, *, scale: float = 1.0,
+                    sync: bool = True) -> dict[str, torch.Tensor]:
+        """Teacher, mask, the four losses and backward of ``scale · Σ weight·loss`` for one batch of the stage-2
+        contract (:class:`~umt.data.synthetic.SyntheticPairLoader`); ``seed`` keys the mask, the VTM negatives and the
+        MLM masks.
+
+        Returns:
+            ``{"loss": weighted total, "loss_vtc", "loss_vtm", "loss_mlm", "loss_uta"}`` (unweighted parts), detached.
+        """
+        video = batch["video"]  # [B, 3, T, H, W]
+        tout = self.teacher_forward(video)
+        keep = self.keep_image if batch["modality"] == "image" else self.keep
+        idx = self.make_mask(tout, video, seed, keep=keep)  # [B, T·keep]
+        if self.keep_first_clip:  # views only (see StageOneStep.micro_step)
+            t = video.shape[2]
+            self.first_clip = (video[0], tout.q_cls[:t], tout.k[:t], idx[0])
+        target = ops.gather_targets(tout.targets, idx)  # [L, B, K, C_t]
+        with self.no_sync(sync):
+            with autocast_context(self.device, self.amp_dtype):
+                parts = self.model(video, idx, batch["text_ids"], batch["text_mask"], batch["index"], target, seed)
+            loss = sum(self.weights[k] * parts[k] for k in LOSS_NAMES)
+            (loss * scale if scale != 1.0 else loss).backward()
+        return {"loss": loss.detach(), **{f"loss_{k}": parts[k].detach() for k in LOSS_NAMES}}
+
+
+@register_task
+class VideoTextTask(DistillationTask):
+    """Stage 2 (UMT Sec. 3.2): VTC + VTM + MLM + UTA on interleaved video-text and image-text batches.
+
+    Raises (from ``__init__``):
+        ConfigError: a text encoder directory that is missing or not a BERT, a fusion layer out of range, a
+            ``model.init_from`` file without a backbone or with another size, a teacher grid that does not match.
+    """
+
+    name = "video_text"
+    metrics = ("loss", "loss_vtc", "loss_vtm", "loss_mlm", "loss_uta")
+
+    def __init__(self, cfg: TrainConfig, rt: Runtime) -> None:
+        Task.__init__(self, cfg, rt)
+        pre, self.teacher = build_models(cfg, rt.device)  # the stage-1 student + UMA heads, the frozen teacher
+        self.vision_spec = umt_spec(cfg, pre, self.teacher)
+        t = cfg.text
+        try:
+            text, self.text_info = build_text_encoder(t.encoder, t.fusion_layer, pre.student.embed_dim,
+                                                      grad_checkpointing=t.grad_checkpointing)
+        except TextEncoderError as e:
+            raise ConfigError(str(e)) from None
+        model = UMTVisionText(pre.student, pre.heads, text, t.embed_dim, t.temp, t.mlm_prob, t.vtm_hard_negatives,
+                              t.vtc_local_grad)
+        self.init_report: dict[str, Any] | None = None
+        if cfg.model.init_from:
+            try:
+                rep = load_pretrained(model, cfg.model.init_from)
+            except BackboneLoadError as e:
+                raise ConfigError(f"model.init_from: {e}") from None
+            self.init_report = {"path": cfg.model.init_from, "loaded": len(rep["loaded"]),
+                                "missing": len(rep["missing"]), "dropped": len(rep["dropped"])}
+            prefixes = sorted({k.split(".")[0] for k in rep["missing"]})
+            log.info("init from %s: %d tensors loaded (student, %d UMA head tensors), %d left at init (%s), %d file "
+                     "keys unused", cfg.model.init_from, len(rep["loaded"]),
+                     sum(k.startswith("heads.") for k in rep["loaded"]), len(rep["missing"]), ", ".join(prefixes),
+                     len(rep["dropped"]))
+        else:
+            log.warning("model.init_from is empty: stage 2 starts from a RANDOM student; UMT initialises it from the "
+                        "stage-1 checkpoint (set model.init_from)")
+        self.model = model.to(rt.device)
+        self.spec = VideoTextSpec(self.vision_spec, TextSpec(text.width, text.depth, text.depth - text.fusion_layer,
+                                                             text.vocab_size, text.config.intermediate_size),
+                                  t.embed_dim, cfg.mask.image_ratio, t.max_len)
+
+    # -------------------------------------------------------------------------------------------- building
+    def build_loader(self) -> Any:
+        """The stage-2 MetaLoader over ``data.shards`` (``umt.data.meta_loader.build_video_text_loader``) or, with
+        ``synthetic_data``, :class:`~umt.data.synthetic.SyntheticPairLoader` (``synthetic_samples`` videos and as many
+        images).
+
+        Raises:
+            ConfigError: the shard loader is not available, or it refused the shards (e.g. no captions): one line.
+        """
+        cfg, rt, text = self.cfg, self.rt, self.model.text
+        if cfg.synthetic_data:
+            from umt.data.synthetic import SyntheticPairLoader
+
+            return SyntheticPairLoader(cfg.data, max_len=cfg.text.max_len, cls_id=text.cls_id, sep_id=text.sep_id,
+                                       pad_id=text.pad_id, vocab_size=text.vocab_size, rank=rt.rank,
+                                       world_size=rt.world_size, device=rt.device, num_videos=cfg.synthetic_samples,
+                                       num_images=cfg.synthetic_samples)
+        try:
+            from umt.data.meta_loader import build_video_text_loader  # type: ignore[import-not-found]
+        except ImportError:
+            raise ConfigError("stage-2 shard loading needs umt.data.meta_loader, which this build lacks; set "
+                              "synthetic_data=true to train on synthetic pairs") from None
+        try:
+            return build_video_text_loader(cfg.data, tokenizer=str(resolve_text_dir(cfg.text.encoder)),
+                                           max_len=cfg.text.max_len, rank=rt.rank, world_size=rt.world_size,
+                                           device=rt.device)
+        except (ValueError, FileNotFoundError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"data.shards {cfg.data.shards!r}: {first}") from None
+
+    def peak_lr(self, world_size: int) -> tuple[float, float]:
+        """``(optim.lr, optim.min_lr)`` as given: stage 2's lr is not scaled by the batch (official 1e-4, floor
+        0.01 × lr)."""
+        return self.cfg.optim.lr, self.cfg.optim.min_lr
+
+    def make_step(self, net: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> VideoTextStep:
+        return VideoTextStep(net, self.teacher, optimizer, scheduler, self.cfg, self.rt.device, self.rt.amp_dtype)
+
+    # ------------------------------------------------------------------------------------------ accounting
+    def flops(self, batch: dict[str, Any]) -> float:
+        """Training FLOPs of ``batch``: B × :func:`umt.flops.stage2_flops_per_sample` at its modality and caption
+        length (host-side shapes, no sync)."""
+        n = int(batch["index"].shape[0])
+        return n * stage2_flops_per_sample(self.spec, batch["modality"], int(batch["text_ids"].shape[1]))["total"]
+
+    def record(self) -> dict[str, Any]:
+        """The teacher's provenance (as stage 1), the text encoder's (directory, weights file, sha256, fusion
+        split), what ``model.init_from`` loaded, and the FLOPs per video and per image pair."""
+        info = self.teacher.load_info
+        return {"teacher_random_init": self.teacher.random_init,
+                "teacher": info.to_dict() if info is not None else {"random_init": True},
+                "text": self.text_info.to_dict(), "init_from": self.init_report,
+                "flops_per_video": stage2_flops_per_sample(self.spec, "video")["total"],
+                "flops_per_image": stage2_flops_per_sample(self.spec, "image")["total"]}
+
+    def check_resume(self, state: dict[str, Any], path: Path) -> None:
+        """Refuse to resume with other teacher weights (``model.allow_teacher_change``, as stage 1) or another text
+        encoder (``text.allow_change``) than the checkpoint's.
+
+        Raises:
+            ConfigError: the teacher's or the text encoder's weights (sha256) differ from the checkpoint's record.
+        """
+        super().check_resume(state, path)
+        saved = state.get("text")
+        if not saved:
+            return
+        now = self.text_info.to_dict()
+        if saved.get("sha256") == now["sha256"] and saved.get("fusion_layer") == now["fusion_layer"]:
+            return
+        what = (f"{saved.get('path')} (sha256 {str(saved.get('sha256'))[:12]}, fusion {saved.get('fusion_layer')}) "
+                f"→ {now['path']} (sha256 {now['sha256'][:12]}, fusion {now['fusion_layer']})")
+        if not self.cfg.text.allow_change:
+            raise ConfigError(f"{path} was trained with another text encoder: {what}; pass --set "
+                              "text.allow_change=true to resume anyway")
+        log.warning("text encoder changed since %s: %s (allowed by text.allow_change)", path, what)
+
