@@ -15,6 +15,7 @@ __all__ = [
     "IMAGENET_STD",
     "UMT_CROP_SCALES",
     "build_loader",
+    "ensure_sample_image_shards",
     "ensure_sample_shards",
 ]
 
@@ -32,5 +33,15 @@ def ensure_sample_shards(out_dir: Any = "shards/built/sample", **kwargs: Any) ->
     See :func:`umt.data.samples.ensure_sample_shards`.
     """
     from umt.data.samples import ensure_sample_shards as _ensure
+
+    return _ensure(out_dir, **kwargs)
+
+
+def ensure_sample_image_shards(out_dir: Any = "shards/built/sample_images", **kwargs: Any) -> Any:
+    """Build shards from the embedded sample images unless present; returns the directory.
+
+    See :func:`umt.data.samples.ensure_sample_image_shards`.
+    """
+    from umt.data.samples import ensure_sample_image_shards as _ensure
 
     return _ensure(out_dir, **kwargs)
