@@ -67,8 +67,9 @@ def _target_size(w: int, h: int, short_side: int) -> tuple[int, int]:
 def encode_image(src: SampleSource, st: ImageEncodeSettings) -> tuple[bytes, dict[str, Any]]:
     """Decode ``src`` with PIL and re-encode it as JPEG. Returns (JPEG bytes, info).
 
-    ``info``: ``width``, ``height`` (of the stored JPEG), ``source_width``, ``source_height``, ``source_format``
-    (PIL's format name, e.g. ``PNG``), ``codec`` ("jpeg").
+    ``info``: ``width``, ``height`` (of the stored, upright JPEG), ``source_width``, ``source_height`` (the input's
+    pixel size as stored in its file, before the EXIF orientation), ``source_format`` (PIL's format name, e.g.
+    ``PNG``), ``codec`` ("jpeg").
 
     Raises:
         Reject: a missing, empty, unreadable, corrupt or truncated file, or one that is not an image.
@@ -86,6 +87,7 @@ def encode_image(src: SampleSource, st: ImageEncodeSettings) -> tuple[bytes, dic
         with Image.open(path) as im:
             fmt = im.format or "unknown"
             im.load()  # decodes everything: a truncated or corrupt file fails here
+            sw, sh = im.size  # as stored in the file
             im = ImageOps.exif_transpose(im)  # stored pixels are upright: no reader needs the EXIF tag
             w0, h0 = im.size
             rgb = im.convert("RGB")
@@ -102,7 +104,7 @@ def encode_image(src: SampleSource, st: ImageEncodeSettings) -> tuple[bytes, dic
         rgb = rgb.resize((w, h), Image.Resampling.BICUBIC, reducing_gap=None)
     buf = io.BytesIO()
     rgb.save(buf, "JPEG", quality=st.quality, subsampling="4:2:0", optimize=False, progressive=False)
-    info = {"width": w, "height": h, "source_width": w0, "source_height": h0, "source_format": fmt, "codec": "jpeg"}
+    info = {"width": w, "height": h, "source_width": sw, "source_height": sh, "source_format": fmt, "codec": "jpeg"}
     return buf.getvalue(), info
 
 
