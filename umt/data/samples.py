@@ -43,7 +43,7 @@ def _is_sample_set(m: dict, ann: Path, out: Path, default: str) -> bool:
     return out.resolve() == Path(default).resolve()
 
 
-def _ensure(out: Path, ann: Path, default: str, settings: Any, samples_per_shard: int) -> Path:
+def _ensure(out: Path, ann: Path, default: str, settings: Any, samples_per_shard: int, workers: int) -> Path:
     """Build ``ann``'s sample into ``out`` unless that exact build is there; replace a stale sample build there
     (atomically); refuse any other data set."""
     if not ann.is_file():
@@ -58,7 +58,7 @@ def _ensure(out: Path, ann: Path, default: str, settings: Any, samples_per_shard
     except (FileNotFoundError, KeyError):
         pass  # absent or an interrupted build: (re)build; the builder resumes or refuses what is not ours
     opts = dict(annotations=ann, settings=settings, samples_per_shard=samples_per_shard,
-                workers=max(1, min(4, os.cpu_count() or 1)), seed=0)
+                workers=workers, seed=0)
     if mode == "overwrite":
         try:
             build_shards([], out, mode="new", **opts)  # current: returns at once, nothing encoded or written
@@ -87,7 +87,7 @@ def ensure_sample_shards(
         umt.data.shards.ShardDirError: ``out_dir`` holds another data set or files that are not a data set.
     """
     return _ensure(Path(out_dir), SAMPLES_DIR / "annotations.jsonl", DEFAULT_SAMPLE_SHARDS,
-                   EncodeSettings(codec=codec), samples_per_shard)
+                   EncodeSettings(codec=codec), samples_per_shard, max(1, min(4, os.cpu_count() or 1)))
 
 
 def ensure_sample_image_shards(
@@ -105,4 +105,4 @@ def ensure_sample_image_shards(
         umt.data.shards.ShardDirError: ``out_dir`` holds another data set or files that are not a data set.
     """
     return _ensure(Path(out_dir), SAMPLE_IMAGES_DIR / "annotations.jsonl", DEFAULT_SAMPLE_IMAGE_SHARDS,
-                   settings or ImageEncodeSettings(), samples_per_shard)
+                   settings or ImageEncodeSettings(), samples_per_shard, 1)  # 16 images: < 1 s in this process
