@@ -340,3 +340,24 @@ def test_eval_loader_yields_every_item_once(image_shards: Path, tok_dir: str, to
         L.close()
     assert seen == list(range(N_IMAGES))
     assert read_captions(image_shards) == [(i, pre_text(c)) for i in range(N_IMAGES) for c in caps[i]]
+
+
+@pytest.mark.gpu
+@pytest.mark.dali
+def test_gpu_pipelines_match_the_reference(image_shards: Path, video_shards: Path, tok) -> None:  # noqa: ANN001
+    """On a GPU: images decoded by nvJPEG (``image_slice``, mixed), videos by the mixed video decoder with the
+    sampled indices, augmented on the device; the same pixels as the CPU reference (bf16 rounding aside)."""
+    from umt.data.pair_loader import PairLoader
+
+    std = torch.tensor(DataConfig().std).view(1, 3, 1, 1, 1) * 255
+    for shards in (image_shards, video_shards):
+        out = {}
+        for backend, dev in (("dali", "cuda"), ("reference", "cpu")):
+            L = PairLoader(_cfg(shards, backend, train=False, num_workers=1), shards, tokenizer=tok, device=dev)
+            assert L.backend == backend
+            out[backend] = [(b["index"].cpu(), b["video"].float().cpu()) for b in L.epoch_iter(0)]
+            L.close()
+        for (ia, va), (ib, vb) in zip(out["dali"], out["reference"], strict=True):
+            assert torch.equal(ia, ib)
+            diff = ((va - vb) * std).abs()
+            assert diff.mean() < 1.0 and diff.max() < 8, (shards, float(diff.mean()), float(diff.max()))

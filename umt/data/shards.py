@@ -1,10 +1,14 @@
-"""Shard builder: video files (+ labels/captions) → re-encoded WebDataset tar shards with DALI indices.
+"""Shard builder: video or image files (+ labels/captions) → re-encoded WebDataset tar shards with DALI indices.
+
+One directory holds one modality (``manifest.json["modality"]``): videos re-encoded by :mod:`umt.data.encode`, or
+images re-encoded as JPEG by :mod:`umt.data.images`. Captions may be several per item (``KEY.txt``, one a line).
 
 Output in ``out_dir`` (format documented in ``shards/README.md``)::
 
-    {split}-{index:06d}.tar      WebDataset shard; per sample KEY.mp4, KEY.meta, KEY.json, KEY.cls?, KEY.txt?
+    {split}-{index:06d}.tar      WebDataset shard; per sample KEY.mp4 (KEY.jpg), KEY.meta, KEY.json, KEY.cls?, KEY.txt?
     {split}-{index:06d}.idx      DALI index of the tar (the ``wds2idx`` v1.2 format)
-    manifest.json                num_samples, shards (name, samples, bytes, sha256), encoding, classes, skipped,
+    manifest.json                modality, num_samples, shards (name, samples, bytes, sha256), encoding, classes,
+                                 captions (counts), skipped,
                                  warnings (samples packed with one, e.g. truncated inputs), build (key, inputs, appends)
     sources.jsonl                per sample: index, source path, sha256 of the source file (``append`` de-duplicates)
     .work/                       while building: per-input encode cache (resume); deleted with the manifest written

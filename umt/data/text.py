@@ -32,6 +32,7 @@ __all__ = [
     "pad_to_longest",
     "pre_text",
     "read_captions",
+    "require_captions",
 ]
 
 #: Characters the official ``pre_text`` deletes (after lower-casing).
@@ -104,6 +105,11 @@ class CaptionTokenizer:
     def tokenizer(self) -> Any:
         """The ``transformers`` tokenizer (``AutoTokenizer.from_pretrained(dir, local_files_only=True)``)."""
         if self._tok is None:
+            import os
+
+            # one caption per call from the loader's worker processes: no thread pool in them (and no warning
+            # when a worker forks after the parent tokenised); a user's own setting wins
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
             from transformers import AutoTokenizer
 
             try:
