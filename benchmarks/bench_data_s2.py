@@ -205,6 +205,8 @@ def run(*, parts: Sequence[str] = ("encode", "decode", "loader"), images: str | 
             build_shards([], many, annotations=_copied_image_set(Path(tmp) / "copies", image_copies),
                          samples_per_shard=64)
             res.rows += _loader_rows(vid_shards, many, workers, batch, epochs)
+    cols = list(dict.fromkeys(k for r in res.rows for k in r))  # one table: every part's columns
+    res.rows = [{c: r.get(c) for c in cols} for r in res.rows]
     res.notes.append(f"encode: images from {img_dir}; PSNR against the source resized to the stored size (bicubic)")
     res.notes.append("decode: one DALI CPU thread / one Python thread; 4 RRC windows (scale 0.5-1) per sample image")
     res.notes.append(f"loader: the 16 sample images x {image_copies} (JPEG <= 320 px, q 90) and the 20 sample clips "
@@ -231,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for part in ("encode", "decode", "loader"):
         rows = [r for r in res.rows if r["part"] == part]
         if rows:
-            cols = list(dict.fromkeys(k for r in rows for k in r))
+            cols = [c for c in rows[0] if any(r.get(c) is not None for r in rows)]
             print(format_table(rows, cols))
             print()
     js, md = write_report(res, args.out)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = ["DataConfig", "IMAGENET_MEAN", "IMAGENET_STD", "UMT_CROP_SCALES", "CROPS", "EVAL_CROPS", "INTERPS",
-           "SAMPLINGS"]
+           "SAMPLINGS", "CAPTION_SAMPLINGS"]
 
 #: ImageNet normalisation, as the official UMT code feeds both student and CLIP teacher.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -23,6 +23,8 @@ SAMPLINGS = ("tsn", "rand_middle")
 #: Evaluation view: ``center`` (the centred square of the short side) or ``resize`` (the whole frame resized to
 #: input_size², aspect not kept: the official stage-2 test transform ``Resize((224, 224), BICUBIC)``).
 EVAL_CROPS = ("center", "resize")
+#: Stage-2 caption epochs: ``draw`` (one row per item, a drawn caption) or ``each`` (one row per caption).
+CAPTION_SAMPLINGS = ("draw", "each")
 
 
 @dataclass
@@ -72,6 +74,10 @@ class DataConfig:
     eval_crop: str = "center"
     """Evaluation view (:data:`EVAL_CROPS`): ``center`` (centred square of the short side, then resized) or
     ``resize`` (the whole frame resized to input_size², the official stage-2 test transform)."""
+    caption_sampling: str = "draw"
+    """Stage 2, training (:data:`CAPTION_SAMPLINGS`): ``draw`` (an epoch reads every item once with one of its
+    captions, drawn per (seed, epoch, item)) or ``each`` (an epoch reads every (item, caption) pair once, as the
+    official pre-training annotation files hold one row per caption: an image with 5 captions is read 5 times)."""
     image_batch_size: int = 0
     """Stage 2: images per rank per step for image-text shard directories in ``shards`` (0: ``batch_size``; the
     official configs use 128 for both, ``batch_size = dict(image=128, video=128)``)."""
@@ -92,6 +98,8 @@ class DataConfig:
             raise ValueError(f"data.sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
         if self.eval_crop not in EVAL_CROPS:
             raise ValueError(f"data.eval_crop must be one of {EVAL_CROPS}, got {self.eval_crop!r}")
+        if self.caption_sampling not in CAPTION_SAMPLINGS:
+            raise ValueError(f"data.caption_sampling must be one of {CAPTION_SAMPLINGS}, got {self.caption_sampling!r}")
         if self.image_batch_size < 0:
             raise ValueError(f"data.image_batch_size must be >= 0, got {self.image_batch_size}")
         lo, hi = self.rrc_scale

@@ -118,7 +118,7 @@ def decode_image(data: bytes) -> np.ndarray:
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im.convert("RGB"))
+        return np.array(im.convert("RGB"))  # writable: torch.from_numpy takes it without a warning
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

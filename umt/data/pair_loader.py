@@ -11,8 +11,9 @@ Batch contract (shared with the stage-2 task and its synthetic loader)::
      "dataset": int}                   # which data set of the mix the batch came from
 
 Training (``cfg.train``): the stage-1 order and resume rules (a fresh global permutation per ``(seed, epoch)`` split
-into rank blocks, whole batches only, ``epoch_iter(e, k)`` exactly the tail of ``epoch_iter(e, 0)``), one caption
-per item drawn per ``(seed, epoch, item)``. Evaluation: every item of the rank's block exactly once in index order,
+into rank blocks, whole batches only, ``epoch_iter(e, k)`` exactly the tail of ``epoch_iter(e, 0)``) over the rows:
+every item once with one caption drawn per ``(seed, epoch, item)`` (``data.caption_sampling="draw"``), or every
+(item, caption) pair once (``"each"``, the official pre-training epoch). Evaluation: every item of the rank's block exactly once in index order,
 the last batch partial (see :func:`umt.data.pair_source.eval_order`), the first caption, the middle frames and
 ``data.eval_crop``.
 
@@ -34,7 +35,7 @@ import torch
 from umt.data.config import DataConfig
 from umt.data.loader import choose_backend, dali_available
 from umt.data.shards import read_manifest
-from umt.data.text import CaptionTokenizer, pad_to_longest, require_captions
+from umt.data.text import CaptionTokenizer, caption_counts, caption_rows, pad_to_longest, require_captions
 
 __all__ = ["PairLoader"]
 
@@ -84,10 +85,15 @@ class PairLoader:
         self.batch_size: int = bs
         self._index = ShardIndex(self.shard_dir, self.manifest["shards"])
         require_captions(self._index, self.shard_dir)
+        self._rows = None
+        if self.cfg.train and self.cfg.caption_sampling == "each":  # one row per (item, caption) pair
+            self._rows = caption_rows(caption_counts(self.shard_dir, self._index))
+        self.num_rows: int = self.num_samples if self._rows is None else len(self._rows[0])
+        """What an epoch permutes: items, or (item, caption) pairs with ``caption_sampling="each"``."""
         if self.cfg.train:
-            self._len = (self.num_samples // world_size) // bs
+            self._len = (self.num_rows // world_size) // bs
             if self._len == 0:
-                raise ValueError(f"{self.shard_dir}: {self.num_samples} items over {world_size} ranks give no full "
+                raise ValueError(f"{self.shard_dir}: {self.num_rows} rows over {world_size} ranks give no full "
                                  f"batch of {bs}")
         else:
             per = -(-self.num_samples // world_size)
@@ -121,7 +127,8 @@ class PairLoader:
         from umt.data.pair_source import PairSource
 
         return PairSource(self._index, self.cfg, modality=self.modality, tokenizer=self.tokenizer, rank=self.rank,
-                          world_size=self.world_size, first_epoch=epoch, start_batch=start_batch, decode=decode)
+                          world_size=self.world_size, first_epoch=epoch, start_batch=start_batch, decode=decode,
+                          rows=self._rows)
 
     def _real_rows(self, b: int) -> int:
         """Rows of batch ``b`` that are real items (evaluation pads the last batch)."""

@@ -26,6 +26,8 @@ import torch
 __all__ = [
     "CaptionTokenizer",
     "caption_choice",
+    "caption_counts",
+    "caption_rows",
     "clean_caption",
     "decode_captions",
     "encode_captions",
@@ -184,3 +186,28 @@ def require_captions(index: Any, shard_dir: str | Path) -> None:
     if missing:
         raise ValueError(f"{shard_dir}: {missing} of {len(index.entries)} items have no caption; stage-2 loaders "
                          "need every item captioned (rebuild from annotations with a 'caption' per item)")
+
+
+def caption_counts(shard_dir: str | Path, index: Any) -> np.ndarray:
+    """Captions per item (int64 [N], manifest order): from ``sources.jsonl`` (written with the counts by the
+    builder), else by reading every item's ``txt`` member."""
+    import json
+
+    n = len(index.entries)
+    path = Path(shard_dir) / "sources.jsonl"
+    if path.is_file():
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if len(rows) == n and all("captions" in r for r in rows):
+            out = np.zeros(n, np.int64)
+            for r in rows:
+                out[int(r["index"])] = int(r["captions"])
+            return out
+    return np.array([len(decode_captions(index.read(i, "txt"))) for i in range(n)], np.int64)
+
+
+def caption_rows(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One row per (item, caption) pair: ``(item int64 [R], caption int64 [R])``, R = ``counts.sum()``, item-major."""
+    counts = np.asarray(counts, np.int64)
+    item = np.repeat(np.arange(len(counts), dtype=np.int64), counts)  # [R]
+    first = np.repeat(np.cumsum(counts) - counts, counts)  # [R] row of each item's caption 0
+    return item, np.arange(len(item), dtype=np.int64) - first
