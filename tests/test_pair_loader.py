@@ -361,3 +361,35 @@ def test_gpu_pipelines_match_the_reference(image_shards: Path, video_shards: Pat
             assert torch.equal(ia, ib)
             diff = ((va - vb) * std).abs()
             assert diff.mean() < 1.0 and diff.max() < 8, (shards, float(diff.mean()), float(diff.max()))
+
+
+def test_each_caption_epoch_reads_every_pair_once(image_shards: Path, tok) -> None:  # noqa: ANN001
+    """``caption_sampling="each"`` (the official pre-training epoch): every (item, caption) pair once per epoch, the
+    window drawn per row; ``epoch_iter(e, k)`` is still the tail."""
+    from umt.data.pair_loader import PairLoader
+    from umt.data.text import caption_rows
+
+    caps = _source_captions(image_shards)
+    cfg = _cfg(image_shards, "reference", image_batch_size=1, caption_sampling="each")
+    L = PairLoader(cfg, image_shards, tokenizer=tok)
+    n_pairs = sum(len(c) for c in caps.values())
+    assert L.num_rows == n_pairs == 15 and len(L) == 15
+    want = sorted((i, tuple(tok.encode(pre_text(c))[0].tolist())) for i, cs in caps.items() for c in cs)
+    try:
+        for epoch in (0, 1):
+            batches = list(L.epoch_iter(epoch))
+            got = sorted((int(b["index"][0]), tuple(b["text_ids"][0].tolist()) + (0,) * (32 - b["text_ids"].shape[1]))
+                         for b in batches)
+            assert got == want  # each pair exactly once
+            rows = L._source(epoch, 0, True).order(epoch)
+            for b, r in zip(batches, rows):  # the row's draws reach the pixels
+                p = draw_params(L.cfg, L.cfg.seed, epoch, int(r))
+                x, y, cw, ch = _torchvision_rrc(W0, H0, cfg.rrc_scale, cfg.rrc_ratio, p.rrc[0])
+                _check_window(_pixels(b["video"][0], cfg), x, y, cw, ch, p.crops[0][2], 32)
+            tail = list(L.epoch_iter(epoch, 9))
+            assert all(torch.equal(a["video"], b["video"]) and torch.equal(a["text_ids"], b["text_ids"])
+                       for a, b in zip(tail, batches[9:], strict=True))
+    finally:
+        L.close()
+    item, cap = caption_rows(np.array([2, 0, 3]))
+    assert item.tolist() == [0, 0, 2, 2, 2] and cap.tolist() == [0, 1, 0, 1, 2]
