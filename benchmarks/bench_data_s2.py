@@ -19,7 +19,6 @@ Three parts, each a set of rows in one report:
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 import tempfile
 import time

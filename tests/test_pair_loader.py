@@ -216,7 +216,7 @@ def i_to_k(shard_dir: Path, i: int) -> int:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_video_batches_use_the_official_frames_and_window(video_shards: Path, tok, backend: str) -> None:  # noqa: ANN001
+def test_video_batches_use_the_official_frames_and_window(video_shards: Path, tok, backend: str) -> None:  # noqa
     from umt.data.pair_loader import PairLoader
 
     T, S = 4, 32

@@ -3,8 +3,9 @@
 Reads only the manifest, the ``.idx`` files and each sample's small ``meta``/``txt`` members (never a video or
 image), so it is fast on large sets: sample and shard counts, bytes, the encoding settings (codec, GOP, short side;
 JPEG quality for images), duration and frame-count histograms (videos) or stored short sides (images), per-class
-counts with names, captions per item and caption lengths, and the inputs the builder skipped with their reasons. ``--verify`` re-hashes every shard against the manifest's sha256 and checks each ``.idx`` against the tar's
-own member table; any mismatch is named and the exit status is 1. ``--json`` prints one JSON object for scripts.
+counts with names, captions per item and caption lengths, and the inputs the builder skipped with their reasons.
+``--verify`` re-hashes every shard against the manifest's sha256 and checks each ``.idx`` against the tar's own
+member table; any mismatch is named and the exit status is 1. ``--json`` prints one JSON object for scripts.
 """
 
 from __future__ import annotations

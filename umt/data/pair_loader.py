@@ -13,9 +13,9 @@ Batch contract (shared with the stage-2 task and its synthetic loader)::
 Training (``cfg.train``): the stage-1 order and resume rules (a fresh global permutation per ``(seed, epoch)`` split
 into rank blocks, whole batches only, ``epoch_iter(e, k)`` exactly the tail of ``epoch_iter(e, 0)``) over the rows:
 every item once with one caption drawn per ``(seed, epoch, item)`` (``data.caption_sampling="draw"``), or every
-(item, caption) pair once (``"each"``, the official pre-training epoch). Evaluation: every item of the rank's block exactly once in index order,
-the last batch partial (see :func:`umt.data.pair_source.eval_order`), the first caption, the middle frames and
-``data.eval_crop``.
+(item, caption) pair once (``"each"``, the official pre-training epoch). Evaluation: every item of the rank's block
+exactly once in index order, the last batch partial (see :func:`umt.data.pair_source.eval_order`), the first
+caption, the middle frames and ``data.eval_crop``.
 
 Backends: ``dali`` (the graphs of :mod:`umt.data.dali_pairs`; images are always decoded by DALI, videos on CPU by the
 source's seeking decoder) or ``reference`` (:class:`umt.data.pair_source.PairDataset`: PIL / PyAV + torch), chosen by

@@ -155,7 +155,7 @@ class PairSource(ClipSource):
             meta = np.array([clip.meta[k] for k in META_FIELDS], np.int32)  # [8]
             x, y, w, h, flip = clip.windows[0]
             if self.decode:  # hand DALI only the window (as ClipSource does): less to copy and to slice
-                media = np.ascontiguousarray(clip.frames[:, y : y + h, x : x + w])  # type: ignore[index]  # [T, h, w, 3]
+                media = np.ascontiguousarray(clip.frames[:, y : y + h, x : x + w])  # type: ignore[index]  # [T,h,w,3]
                 x = y = 0
             else:
                 media = np.frombuffer(clip.encoded, np.uint8)  # type: ignore[arg-type]
