@@ -114,23 +114,32 @@ def _tokenizer(tokenizer_dir: str | Path, max_len: int) -> CaptionTokenizer:
     return CaptionTokenizer(tokenizer_dir, max_len)
 
 
+def _tokenizer_dir(tokenizer_dir: str | Path | None, tokenizer: str | Path | None) -> str | Path:
+    if (tokenizer_dir is None) == (tokenizer is None):
+        raise TypeError("give the text encoder's directory as tokenizer_dir (or its alias tokenizer), once")
+    return tokenizer_dir if tokenizer_dir is not None else tokenizer  # type: ignore[return-value]
+
+
 def build_video_text_loader(
-    cfg: DataConfig, *, tokenizer_dir: str | Path, max_len: int, rank: int = 0, world_size: int = 1, device: Any = "cpu"
+    cfg: DataConfig, *, tokenizer_dir: str | Path | None = None, max_len: int, rank: int = 0, world_size: int = 1,
+    device: Any = "cpu", tokenizer: str | Path | None = None,
 ) -> MetaLoader:
     """The stage-2 training loader over every directory in ``cfg.shards`` (video-text and/or image-text).
 
     Args:
         cfg: data settings; stage 2 uses ``num_frames=4``, ``sampling="rand_middle"``, ``crop="rrc"``,
-            ``rrc_scale=(0.5, 1)``, ``interp="bicubic"``, ``batch_size`` (videos) and ``image_batch_size``.
+            ``rrc_scale=(0.5, 1)``, ``interp="bicubic"``, ``caption_sampling="each"``, ``batch_size`` (videos) and
+            ``image_batch_size``.
         tokenizer_dir: the text encoder's directory (its Hugging Face tokenizer files).
         max_len: token cap per caption, ``[CLS]`` and ``[SEP]`` included (official ``max_txt_l`` 32).
+        tokenizer: alias of ``tokenizer_dir`` (the keyword :class:`umt.train.video_text.VideoTextTask` passes).
 
     Raises:
         FileNotFoundError: a directory without ``manifest.json``, or no ``tokenizer_dir``.
         ValueError: a directory without captions (one line naming it), too few items for one batch per rank, or no
             loadable tokenizer.
     """
-    tok = _tokenizer(tokenizer_dir, max_len)
+    tok = _tokenizer(_tokenizer_dir(tokenizer_dir, tokenizer), max_len)
     loaders: list[PairLoader] = []
     try:
         for d, path in enumerate(shard_dirs(cfg.shards)):
@@ -145,8 +154,8 @@ def build_video_text_loader(
 
 
 def build_video_text_eval_loader(
-    cfg: DataConfig, shard_dir: str | Path, *, tokenizer_dir: str | Path, max_len: int, rank: int = 0,
-    world_size: int = 1, device: Any = "cpu",
+    cfg: DataConfig, shard_dir: str | Path, *, tokenizer_dir: str | Path | None = None, max_len: int, rank: int = 0,
+    world_size: int = 1, device: Any = "cpu", tokenizer: str | Path | None = None,
 ) -> PairLoader:
     """Evaluation loader over one captioned directory: every item of this rank's block once, in index order (rows
     ``index``), the last batch partial; middle frames (``cfg.sampling``), ``cfg.eval_crop``, the first caption.
@@ -155,5 +164,5 @@ def build_video_text_eval_loader(
         As :func:`build_video_text_loader`.
     """
     ev = dataclasses.replace(cfg, train=False, shards=str(shard_dir))
-    return PairLoader(ev, shard_dir, tokenizer=_tokenizer(tokenizer_dir, max_len), rank=rank, world_size=world_size,
-                      device=device)
+    return PairLoader(ev, shard_dir, tokenizer=_tokenizer(_tokenizer_dir(tokenizer_dir, tokenizer), max_len),
+                      rank=rank, world_size=world_size, device=device)
