@@ -1,4 +1,5 @@
-"""``umt-make-shards`` / ``python tools/make_shards.py``: build WebDataset video shards (see :mod:`umt.data.shards`)."""
+"""``umt-make-shards`` / ``python tools/make_shards.py``: build WebDataset video or image shards (see
+:mod:`umt.data.shards`)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from umt.data.shards import (CODECS, DEFAULT_CODEC, DEFAULT_GOP, EncodeSettings, ShardDirError, build_shards,
-                             iter_reasons)
+from umt.data.images import DEFAULT_JPEG_QUALITY, ImageEncodeSettings
+from umt.data.shards import (CODECS, DEFAULT_CODEC, DEFAULT_GOP, EncodeSettings, ShardDirError, _read_annotations,
+                             build_shards, iter_reasons)
 
 __all__ = ["main", "parser"]
 
@@ -16,10 +19,11 @@ __all__ = ["main", "parser"]
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="make_shards",
-        description="Re-encode videos and pack them into WebDataset tar shards with DALI index files.",
+        description="Re-encode videos (or images) and pack them into WebDataset tar shards with DALI index files.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("inputs", nargs="*", metavar="INPUT", help="video files and/or directories (searched recursively)")
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="video (or, with --modality image, image) files and/or directories (searched recursively)")
     p.add_argument("--out", required=True,
                    help="output directory: new or empty; re-running the same command into it resumes (or does "
                         "nothing when complete); a directory holding another data set is refused unless --overwrite "
@@ -32,9 +36,17 @@ def parser() -> argparse.ArgumentParser:
                            "already in it (same path or same file content) are left out and reported")
     p.add_argument("--keep-cache", action="store_true",
                    help="keep --out/.work (the per-input encode cache) after a complete build; deleted by default")
-    p.add_argument("--annotations", help="Kinetics CSV (path,label | path label) or WebVid JSON/JSONL (video, caption)")
+    p.add_argument("--annotations",
+                   help="Kinetics CSV (path,label | path label), WebVid JSON/JSONL (video, caption) or COCO/CC3M "
+                        "JSON/JSONL (image, caption); caption a string or a list, repeated rows of one path gathered")
+    p.add_argument("--modality", choices=["video", "image"], default=None,
+                   help="what the directory holds (one modality per directory; default: the annotations' kind "
+                        "(rows with 'image' are images), else video)")
+    p.add_argument("--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY,
+                   help="images: JPEG quality of the re-encoded files (baseline, 4:2:0)")
     p.add_argument("--codec", default=DEFAULT_CODEC, choices=[*CODECS, "copy"], help="output codec (copy: keep stream)")
-    p.add_argument("--short-side", type=int, default=320, help="scale so the short side is at most this (px)")
+    p.add_argument("--short-side", type=int, default=320,
+                   help="scale so the short side is at most this (px; videos and images)")
     p.add_argument("--gop", type=int, default=DEFAULT_GOP, help="key frame interval in frames (1 = all-intra)")
     p.add_argument("--fps-cap", type=float, default=None, help="drop frames above this rate (frames/s)")
     p.add_argument("--min-frames", type=int, default=8, help="skip videos with fewer frames")
@@ -49,6 +61,11 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def res_modality(res: object) -> str:
+    """``video`` or ``image``: what the build read (for messages)."""
+    return str(getattr(res, "modality", "video"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the builder; returns the exit status (0 when at least one sample was written)."""
     args = parser().parse_args(argv)
@@ -57,15 +74,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("make_shards: error: give INPUT files/directories and/or --annotations", file=sys.stderr)
         return 2
     try:
-        settings = EncodeSettings(
-            codec=args.codec, short_side=args.short_side, gop=args.gop, fps_cap=args.fps_cap,
-            min_frames=args.min_frames, on_truncated=args.on_truncated,
-        )
+        modality = args.modality
+        if modality is None and args.annotations:
+            modality = _read_annotations(Path(args.annotations))[1]
+        settings: EncodeSettings | ImageEncodeSettings
+        if modality == "image":
+            settings = ImageEncodeSettings(short_side=args.short_side, quality=args.jpeg_quality)
+        else:
+            settings = EncodeSettings(
+                codec=args.codec, short_side=args.short_side, gop=args.gop, fps_cap=args.fps_cap,
+                min_frames=args.min_frames, on_truncated=args.on_truncated,
+            )
         res = build_shards(
             args.inputs,
             args.out,
             annotations=args.annotations,
             settings=settings,
+            modality=modality,
             samples_per_shard=args.samples_per_shard,
             workers=args.workers,
             seed=args.seed,
@@ -104,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for s in res.skipped[:20]:
         print(f"    {s['input']}: {s['reason']}")
     if res.num_samples == 0 and not args.append:
-        print("make_shards: error: no usable video was found; nothing written", file=sys.stderr)
+        print(f"make_shards: error: no usable {res_modality(res)} was found; nothing written", file=sys.stderr)
         return 1
     return 0
 

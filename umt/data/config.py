@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DataConfig", "IMAGENET_MEAN", "IMAGENET_STD", "UMT_CROP_SCALES", "CROPS", "INTERPS"]
+__all__ = ["DataConfig", "IMAGENET_MEAN", "IMAGENET_STD", "UMT_CROP_SCALES", "CROPS", "EVAL_CROPS", "INTERPS",
+           "SAMPLINGS", "CAPTION_SAMPLINGS"]
 
 #: ImageNet normalisation, as the official UMT code feeds both student and CLIP teacher.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -16,6 +17,14 @@ UMT_CROP_SCALES = (1.0, 0.875, 0.75, 0.66)
 CROPS = ("multiscale", "rrc")
 #: Resize filters (antialiased when shrinking in both backends).
 INTERPS = ("bilinear", "bicubic")
+#: Frame sampling (:func:`umt.data.sampling.frame_indices`): ``tsn`` (stage 1, official ``kinetics_sparse``) or
+#: ``rand_middle`` (stage 2, official ``multi_modality`` ``get_frame_indices(sample="rand" / "middle")``).
+SAMPLINGS = ("tsn", "rand_middle")
+#: Evaluation view: ``center`` (the centred square of the short side) or ``resize`` (the whole frame resized to
+#: input_size², aspect not kept: the official stage-2 test transform ``Resize((224, 224), BICUBIC)``).
+EVAL_CROPS = ("center", "resize")
+#: Stage-2 caption epochs: ``draw`` (one row per item, a drawn caption) or ``each`` (one row per caption).
+CAPTION_SAMPLINGS = ("draw", "each")
 
 
 @dataclass
@@ -23,7 +32,8 @@ class DataConfig:
     """Where clips come from and how they are sampled and augmented."""
 
     shards: str = ""
-    """Shard directory holding ``manifest.json`` (as written by ``tools/make_shards.py``)."""
+    """Shard directory holding ``manifest.json`` (as written by ``tools/make_shards.py``); stage 2 may name several,
+    comma-separated (video-text and image-text directories, interleaved by :class:`umt.data.meta_loader.MetaLoader`)."""
     backend: str = "auto"
     """``"dali"``, ``"reference"`` (webdataset + PyAV) or ``"auto"`` (DALI where importable and able to decode)."""
     batch_size: int = 64
@@ -57,6 +67,20 @@ class DataConfig:
     """Random horizontal flip (training only)."""
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    sampling: str = "tsn"
+    """Frame sampling (:data:`SAMPLINGS`): ``tsn`` (stage 1: ``floor((t + u) N / T)``, the segment centre in
+    evaluation) or ``rand_middle`` (stage 2: the official ``get_frame_indices``, a random frame of each of T
+    ``linspace`` segments excluding its last frame in training, the segment's middle in evaluation)."""
+    eval_crop: str = "center"
+    """Evaluation view (:data:`EVAL_CROPS`): ``center`` (centred square of the short side, then resized) or
+    ``resize`` (the whole frame resized to input_size², the official stage-2 test transform)."""
+    caption_sampling: str = "draw"
+    """Stage 2, training (:data:`CAPTION_SAMPLINGS`): ``draw`` (an epoch reads every item once with one of its
+    captions, drawn per (seed, epoch, item)) or ``each`` (an epoch reads every (item, caption) pair once, as the
+    official pre-training annotation files hold one row per caption: an image with 5 captions is read 5 times)."""
+    image_batch_size: int = 0
+    """Stage 2: images per rank per step for image-text shard directories in ``shards`` (0: ``batch_size``; the
+    official configs use 128 for both, ``batch_size = dict(image=128, video=128)``)."""
 
     def __post_init__(self) -> None:
         if self.backend not in ("auto", "dali", "reference"):
@@ -70,6 +94,14 @@ class DataConfig:
             raise ValueError(f"data.crop must be one of {CROPS}, got {self.crop!r}")
         if self.interp not in INTERPS:
             raise ValueError(f"data.interp must be one of {INTERPS}, got {self.interp!r}")
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"data.sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
+        if self.eval_crop not in EVAL_CROPS:
+            raise ValueError(f"data.eval_crop must be one of {EVAL_CROPS}, got {self.eval_crop!r}")
+        if self.caption_sampling not in CAPTION_SAMPLINGS:
+            raise ValueError(f"data.caption_sampling must be one of {CAPTION_SAMPLINGS}, got {self.caption_sampling!r}")
+        if self.image_batch_size < 0:
+            raise ValueError(f"data.image_batch_size must be >= 0, got {self.image_batch_size}")
         lo, hi = self.rrc_scale
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"data.rrc_scale must satisfy 0 < low <= high <= 1, got {self.rrc_scale}")

@@ -12,7 +12,7 @@ import hashlib
 import io
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -82,14 +82,17 @@ class EncodeSettings:
 
 @dataclass
 class SampleSource:
-    """One input video and its annotation."""
+    """One input (video or image) and its annotation."""
 
     path: str
     """Absolute path of the video file."""
     label: int | None = None
     caption: str | None = None
+    """The first caption (None: uncaptioned)."""
     origin: str = ""
     """Where the entry came from (for skip reasons), e.g. ``annotations.csv:12``."""
+    captions: list[str] = field(default_factory=list)
+    """Every caption of the item, in annotation order (image-text and video-text data sets; ``[]``: none)."""
 
 
 # ---------------------------------------------------------------------------------------------------------------

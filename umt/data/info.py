@@ -1,10 +1,11 @@
 """``python -m umt.data.info DIR``: what a shard directory holds, and (``--verify``) whether it is intact.
 
-Reads only the manifest, the ``.idx`` files and each sample's small ``meta``/``txt`` members (never a video), so it
-is fast on large sets: sample and shard counts, bytes, the encoding settings (codec, GOP, short side), duration and
-frame-count histograms, per-class counts with names, caption lengths, and the inputs the builder skipped with their
-reasons. ``--verify`` re-hashes every shard against the manifest's sha256 and checks each ``.idx`` against the tar's
-own member table; any mismatch is named and the exit status is 1. ``--json`` prints one JSON object for scripts.
+Reads only the manifest, the ``.idx`` files and each sample's small ``meta``/``txt`` members (never a video or
+image), so it is fast on large sets: sample and shard counts, bytes, the encoding settings (codec, GOP, short side;
+JPEG quality for images), duration and frame-count histograms (videos) or stored short sides (images), per-class
+counts with names, captions per item and caption lengths, and the inputs the builder skipped with their reasons.
+``--verify`` re-hashes every shard against the manifest's sha256 and checks each ``.idx`` against the tar's own
+member table; any mismatch is named and the exit status is 1. ``--json`` prints one JSON object for scripts.
 """
 
 from __future__ import annotations
@@ -44,20 +45,24 @@ def summarize(shard_dir: str | Path) -> dict[str, Any]:
     d = Path(shard_dir)
     m = read_manifest(d)
     index = ShardIndex(d, m["shards"])
-    frames, durations, caption_words = [], [], []
+    frames, durations, caption_words, short_sides = [], [], [], []
+    per_item: collections.Counter[int] = collections.Counter()
     labels: collections.Counter[int] = collections.Counter()
     try:
         for i in range(len(index)):
             meta = decode_meta(index.read(i, "meta"))
             frames.append(meta["frames"])
             durations.append(meta["duration_ms"] / 1000)
+            short_sides.append(min(meta["width"], meta["height"]))
             labels[meta["label"]] += 1
             if "txt" in index.entries[i][1]:
-                caption_words.append(len(index.read(i, "txt").decode("utf-8", "replace").split()))
+                caps = index.read(i, "txt").decode("utf-8", "replace").split("\n")  # one caption a line
+                per_item[len(caps)] += 1
+                caption_words += [len(c.split()) for c in caps]
     finally:
         index.close()
     names = m.get("classes") or []
-    classes = {(names[k] if 0 <= k < len(names) else str(k)): n for k, n in sorted(labels.items())}
+    classes = {(names[k] if 0 <= k < len(names) else str(k)): n for k, n in sorted(labels.items()) if k >= 0}
     return {
         "dir": str(d), "split": m.get("split"), "modality": m.get("modality", "video"),
         "samples": int(m["num_samples"]), "shards": len(m["shards"]),
@@ -67,7 +72,11 @@ def summarize(shard_dir: str | Path) -> dict[str, Any]:
         "duration_s": {"min": min(durations, default=0), "max": max(durations, default=0),
                        "total": float(sum(durations)), "histogram": histogram(durations)},
         "classes": classes,
-        "caption_words": {"captioned": len(caption_words), "histogram": histogram(caption_words)},
+        "short_side": {"min": min(short_sides, default=0), "max": max(short_sides, default=0),
+                       "histogram": histogram(short_sides)},
+        "captions": {"items": sum(per_item.values()), "total": sum(k * n for k, n in per_item.items()),
+                     "per_item": {str(k): n for k, n in sorted(per_item.items())}},
+        "caption_words": {"captioned": sum(per_item.values()), "histogram": histogram(caption_words)},
         "skipped": {"count": len(m.get("skipped", [])), "reasons": iter_reasons(m.get("skipped", [])),
                     "inputs": m.get("skipped", [])},
         "warnings": m.get("warnings", []),
@@ -123,20 +132,28 @@ def _print_histogram(title: str, hist: list[dict[str, float]], unit: str = "") -
 
 def _print(s: dict[str, Any]) -> None:
     enc = s["encoding"]
-    print(f"{s['dir']}: {s['samples']} samples ({s['modality']}, split {s['split']}) in {s['shards']} shards, "
-          f"{s['bytes'] / 2**20:.1f} MiB")
-    print(f"encoding: codec {enc.get('codec')}, GOP {enc.get('gop')}, short side {enc.get('short_side')}, "
-          f"container {enc.get('container')}; codecs seen {s['codecs']}")
-    print(f"duration: {s['duration_s']['total'] / 3600:.2f} h in all, {s['duration_s']['min']:.2f}–"
-          f"{s['duration_s']['max']:.2f} s per sample; frames {s['frames']['min']}–{s['frames']['max']}")
-    _print_histogram("duration (s)", s["duration_s"]["histogram"])
-    _print_histogram("frames", s["frames"]["histogram"])
+    kind = "images" if s["modality"] == "image" else "videos"
+    print(f"{s['dir']}: {s['samples']} {kind} (split {s['split']}) in {s['shards']} shards, "
+          f"{s['bytes'] / 2**20:.1f} MiB ({s['bytes'] / max(1, s['samples']) / 1024:.1f} KiB each)")
+    if s["modality"] == "image":
+        print(f"encoding: JPEG quality {enc.get('quality')}, short side at most {enc.get('short_side')} px; "
+              f"stored short side {s['short_side']['min']}–{s['short_side']['max']} px")
+        _print_histogram("short side (px)", s["short_side"]["histogram"])
+    else:
+        print(f"encoding: codec {enc.get('codec')}, GOP {enc.get('gop')}, short side {enc.get('short_side')}, "
+              f"container {enc.get('container')}; codecs seen {s['codecs']}")
+        print(f"duration: {s['duration_s']['total'] / 3600:.2f} h in all, {s['duration_s']['min']:.2f}–"
+              f"{s['duration_s']['max']:.2f} s per sample; frames {s['frames']['min']}–{s['frames']['max']}")
+        _print_histogram("duration (s)", s["duration_s"]["histogram"])
+        _print_histogram("frames", s["frames"]["histogram"])
     if s["classes"]:
         print("classes:")
         for name, n in s["classes"].items():
             print(f"  {n:6d}  {name}")
-    if s["caption_words"]["captioned"]:
-        print(f"captions: {s['caption_words']['captioned']} samples")
+    if s["captions"]["items"]:
+        caps = s["captions"]
+        print(f"captions: {caps['total']} on {caps['items']} of {s['samples']} {kind} "
+              f"({', '.join(f'{n} with {k}' for k, n in caps['per_item'].items())})")
         _print_histogram("caption length (words)", s["caption_words"]["histogram"])
     sk = s["skipped"]
     print(f"skipped inputs: {sk['count']}" + (f" ({', '.join(f'{r}: {n}' for r, n in sk['reasons'].items())})"

@@ -11,6 +11,15 @@ Both backends implement the same two decisions, and this module is their single 
   done in float32 in the same order as the DALI graph (``((i + u) * N) / T``), so that given the same ``u`` both
   backends pick identical frames.
 
+* **Stage-2 segment sampling** (``sampling="rand_middle"``, official ``multi_modality/dataset/video_utils.py``
+  ``get_frame_indices``): the boundaries are ``b_i = int(linspace(0, N, T + 1)[i])``; training takes a uniformly
+  random frame of ``b_i .. b_{i+1} - 2`` (the official ``random.choice(range(b_i, b_{i+1} - 1))`` never takes a
+  segment's last frame), and when a segment is a single frame (``N < 2T`` or so) a uniformly random sorted T-subset
+  of all frames instead (the official ``permutation(N)[:T]`` fallback); evaluation takes ``(b_i + b_{i+1} - 1) // 2``.
+  With ``N < T`` the N frames are padded with the last one. The draws are the same ``u`` as TSN's, so they stay a
+  function of ``(seed, epoch, sample)``. It differs from TSN: for N = 10, T = 4 the middles are 0, 3, 5, 8 against
+  TSN's centres 1, 3, 6, 8, and training never picks frames 1, 4, 6 or 9.
+
 * **Multi-scale crop** (official ``GroupMultiScaleCrop(input_size, [1, .875, .75, .66])`` with ``max_distort=1``,
   ``fix_crop=True``, ``more_fix_crop=True``): crop sizes are the short side times each scale (snapped to the model
   size when within 3 px); a (width, height) pair is drawn uniformly from the pairs whose scale indices differ by at
@@ -36,7 +45,9 @@ __all__ = [
     "crop_pairs",
     "crop_size_table",
     "eval_crop",
+    "frame_indices",
     "multiscale_crop",
+    "rand_middle_indices",
     "RRC_ATTEMPTS",
     "rrc_window",
     "tsn_indices",
@@ -80,6 +91,61 @@ def tsn_indices(num_frames: int, num_segments: int, u: np.ndarray | Sequence[flo
     seg = np.arange(num_segments, dtype=np.float32)
     pos = ((seg + uu) * np.float32(num_frames)) / np.float32(num_segments)  # [T] float32, same order as the graph
     return np.minimum(pos.astype(np.int32), num_frames - 1).astype(np.int32)
+
+
+def rand_middle_indices(
+    num_frames: int, num_segments: int, u: np.ndarray | Sequence[float] | None = None
+) -> np.ndarray:
+    """Stage-2 frame indices: the official ``get_frame_indices(sample="rand")`` (``u`` given) or ``"middle"``
+    (``u`` None), with the random choices taken from ``u`` (see the module docstring).
+
+    Args:
+        num_frames: N, frames in the video (>= 1).
+        num_segments: T.
+        u: [T] uniforms in [0, 1) (training), or None (evaluation: the middles).
+
+    Returns:
+        int32 [T] frame indices in [0, N), non-decreasing.
+
+    Raises:
+        ValueError: ``num_frames < 1`` or ``u`` of the wrong length.
+    """
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    T = num_segments
+    uu = None if u is None else np.asarray(u, np.float64)  # the float32 draws, widened: floor(u * n) < n
+    if uu is not None and uu.shape != (T,):
+        raise ValueError(f"u must have shape [{T}], got {uu.shape}")
+    acc = min(T, num_frames)
+    bounds = np.linspace(0, num_frames, acc + 1).astype(int)  # [acc + 1], the official boundaries
+    lo, hi = bounds[:-1], bounds[1:] - 1  # [acc] each: the official (start, end) pairs
+    if uu is None:
+        idx = (lo + hi) // 2
+    elif np.all(hi > lo):
+        width = hi - lo  # choices lo .. hi - 1
+        idx = lo + np.minimum(np.floor(uu[:acc] * width).astype(int), width - 1)
+    else:  # a one-frame segment: a uniformly random sorted acc-subset of all frames (sequential selection)
+        pool = list(range(num_frames))
+        idx = np.sort([pool.pop(min(int(uu[t] * len(pool)), len(pool) - 1)) for t in range(acc)])
+    out = np.full(T, idx[-1], np.int32)  # padded with the last frame when N < T
+    out[:acc] = idx
+    return out
+
+
+def frame_indices(
+    num_frames: int, num_segments: int, u: np.ndarray | Sequence[float] | None, sampling: str = "tsn"
+) -> np.ndarray:
+    """The frames ``data.sampling`` takes: :func:`tsn_indices` (``tsn``) or :func:`rand_middle_indices`
+    (``rand_middle``). Returns int32 [T].
+
+    Raises:
+        ValueError: an unknown ``sampling``.
+    """
+    if sampling == "tsn":
+        return tsn_indices(num_frames, num_segments, u)
+    if sampling == "rand_middle":
+        return rand_middle_indices(num_frames, num_segments, u)
+    raise ValueError(f"sampling must be 'tsn' or 'rand_middle', got {sampling!r}")
 
 
 def crop_pairs(num_scales: int, max_distort: int = 1) -> list[tuple[int, int]]:

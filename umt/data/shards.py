@@ -1,10 +1,14 @@
-"""Shard builder: video files (+ labels/captions) → re-encoded WebDataset tar shards with DALI indices.
+"""Shard builder: video or image files (+ labels/captions) → re-encoded WebDataset tar shards with DALI indices.
+
+One directory holds one modality (``manifest.json["modality"]``): videos re-encoded by :mod:`umt.data.encode`, or
+images re-encoded as JPEG by :mod:`umt.data.images`. Captions may be several per item (``KEY.txt``, one a line).
 
 Output in ``out_dir`` (format documented in ``shards/README.md``)::
 
-    {split}-{index:06d}.tar      WebDataset shard; per sample KEY.mp4, KEY.meta, KEY.json, KEY.cls?, KEY.txt?
+    {split}-{index:06d}.tar      WebDataset shard; per sample KEY.mp4 (KEY.jpg), KEY.meta, KEY.json, KEY.cls?, KEY.txt?
     {split}-{index:06d}.idx      DALI index of the tar (the ``wds2idx`` v1.2 format)
-    manifest.json                num_samples, shards (name, samples, bytes, sha256), encoding, classes, skipped,
+    manifest.json                modality, num_samples, shards (name, samples, bytes, sha256), encoding, classes,
+                                 captions (counts), skipped,
                                  warnings (samples packed with one, e.g. truncated inputs), build (key, inputs, appends)
     sources.jsonl                per sample: index, source path, sha256 of the source file (``append`` de-duplicates)
     .work/                       while building: per-input encode cache (resume); deleted with the manifest written
@@ -21,6 +25,7 @@ directory that already holds something (refuse, ``overwrite``, ``append``) is in
 
 from __future__ import annotations
 
+import collections
 import csv
 import hashlib
 import io
@@ -47,6 +52,8 @@ from umt.data.encode import (
     SampleSource,
     encode_video,
 )
+from umt.data.images import IMAGE_EXTS, ImageEncodeSettings, encode_image
+from umt.data.text import clean_caption, encode_captions
 from umt.data.video import probe_keyframes
 
 __all__ = [  # encoding names re-exported from umt.data.encode
@@ -56,6 +63,8 @@ __all__ = [  # encoding names re-exported from umt.data.encode
     "META_FIELDS",
     "BuildResult",
     "EncodeSettings",
+    "ImageEncodeSettings",
+    "MODALITIES",
     "SampleSource",
     "ShardDirError",
     "build_shards",
@@ -74,6 +83,9 @@ FORMAT_VERSION = 1
 #: ``fps_milli`` is frames per second × 1000; ``label`` is -1 when unlabelled; ``index`` is the manifest order.
 META_FIELDS = ("frames", "width", "height", "label", "index", "fps_milli", "duration_ms", "version")
 META_BYTES = 4 * len(META_FIELDS)
+
+#: A shard directory holds one modality (``manifest.json["modality"]``).
+MODALITIES = ("video", "image")
 
 VIDEO_EXTS = {".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ogv", ".flv", ".wmv", ".3gp"}
 @dataclass
@@ -96,6 +108,8 @@ class BuildResult:
     """Samples written by this run (``append``: the new ones; None when nothing was built)."""
     already_built: bool = False
     """The directory already held this exact data set; nothing was done."""
+    modality: str = "video"
+    """``video`` or ``image``."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -167,11 +181,12 @@ def read_manifest(shard_dir: str | Path) -> dict[str, Any]:
 # inputs and annotations
 
 
-def _find_videos(root: Path) -> list[Path]:
+def _find_media(root: Path, modality: str = "video") -> list[Path]:
+    exts = IMAGE_EXTS if modality == "image" else VIDEO_EXTS
     return sorted(
         p
         for p in root.rglob("*")
-        if p.suffix.lower() in VIDEO_EXTS and not p.name.startswith(".") and (p.is_file() or p.is_symlink())
+        if p.suffix.lower() in exts and not p.name.startswith(".") and (p.is_file() or p.is_symlink())
     )
 
 
@@ -183,24 +198,37 @@ def _parse_label(text: str) -> int | str:
         return t
 
 
-def _read_annotations(path: Path) -> list[tuple[str, int | str | None, str | None, str]]:
-    """Rows ``(absolute path, label (int, class name or None), caption or None, origin)``.
+def _parse_captions(value: Any, where: str) -> list[str] | None:
+    """An annotation's ``caption``: None when absent, else a list (a string is one caption; a list several)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(c, str) for c in value):
+        return list(value)
+    raise ValueError(f"{where}: 'caption' must be a string or a list of strings, got {value!r}")
 
-    Accepts Kinetics-style CSV/TXT (``path,label`` or ``path label``, optional header) and WebVid-style JSON (a list)
-    or JSONL (one object a line) with ``video`` (or ``path``), optional ``caption`` and ``label``. Relative paths are
-    resolved against the annotation file's directory.
+
+def _read_annotations(path: Path) -> tuple[list[tuple[str, int | str | None, list[str] | None, str]], str]:
+    """Rows ``(absolute path, label (int, class name or None), captions or None, origin)`` and the modality.
+
+    Accepts Kinetics-style CSV/TXT (``path,label`` or ``path label``, optional header; modality video), WebVid-style
+    JSON (a list) or JSONL (one object a line) with ``video`` (or ``path``), and COCO/CC3M-style JSON/JSONL with
+    ``image``; optional ``caption`` (a string or a list of strings) and ``label``. One file holds one modality.
+    Relative paths are resolved against the annotation file's directory.
 
     Raises:
-        ValueError: a row that cannot be parsed (the file itself is malformed, which is a user error).
+        ValueError: a row that cannot be parsed, or a file mixing image and video rows (a user error).
     """
     base = path.parent
-    rows: list[tuple[str, int | str | None, str | None, str]] = []
+    rows: list[tuple[str, int | str | None, list[str] | None, str]] = []
 
-    def add(video: str, label: Any, caption: Any, origin: str) -> None:
+    def add(media: str, label: Any, captions: list[str] | None, origin: str) -> None:
         lab = None if label is None or label == "" else _parse_label(str(label))
-        rows.append((os.path.abspath(base / video), lab, None if caption is None else str(caption), origin))
+        rows.append((os.path.abspath(base / media), lab, captions, origin))
 
     suffix = path.suffix.lower()
+    kinds: set[str] = set()
     if suffix in (".json", ".jsonl"):
         text = path.read_text()
         if suffix == ".jsonl":
@@ -209,11 +237,23 @@ def _read_annotations(path: Path) -> list[tuple[str, int | str | None, str | Non
             data = json.loads(text)
             items = list(enumerate(data if isinstance(data, list) else data.get("videos", []), start=1))
         for lineno, obj in items:
-            video = obj.get("video", obj.get("path"))
-            if not video:
-                raise ValueError(f"{path}:{lineno}: entry has no 'video' field: {obj}")
-            add(video, obj.get("label"), obj.get("caption"), f"{path.name}:{lineno}")
+            if not isinstance(obj, dict):
+                raise ValueError(f"{path}:{lineno}: expected an object, got {obj!r}")
+            if "image" in obj:
+                kinds.add("image")
+                media = obj["image"]
+            else:
+                kinds.add("video")
+                media = obj.get("video", obj.get("path"))
+            if len(kinds) > 1:
+                raise ValueError(f"{path} mixes image rows and video rows (line {lineno}): one shard directory holds "
+                                 "one modality, so build two directories from two annotation files")
+            if not media or not isinstance(media, str):
+                raise ValueError(f"{path}:{lineno}: entry has no 'video' or 'image' field: {obj}")
+            where = f"{path.name}:{lineno}"
+            add(media, obj.get("label"), _parse_captions(obj.get("caption"), f"{path}:{lineno}"), where)
     else:
+        kinds.add("video")
         with open(path, newline="") as f:
             for lineno, line in enumerate(f, start=1):
                 line = line.strip()
@@ -226,35 +266,62 @@ def _read_annotations(path: Path) -> list[tuple[str, int | str | None, str | Non
                 if lineno == 1 and label.lower() in ("label", "class", "category"):
                     continue  # header
                 add(video, label, None, f"{path.name}:{lineno}")
-    return rows
+    return rows, (kinds.pop() if kinds else "video")
 
 
 def collect_sources(
-    inputs: Sequence[str | Path], annotations: str | Path | None = None
-) -> tuple[list[SampleSource], list[str], list[dict[str, str]]]:
-    """Resolve inputs and annotations into sources, the class list and early skips.
+    inputs: Sequence[str | Path], annotations: str | Path | None = None, *, modality: str | None = None
+) -> tuple[list[SampleSource], list[str], list[dict[str, str]], str]:
+    """Resolve inputs and annotations into sources, the class list, early skips and the modality.
 
-    INPUT directories are searched recursively for video files. With ``annotations``, every annotated file is a
-    source (with its label/caption) and INPUT files that the annotations do not mention are added unlabelled.
-    String labels are mapped to ids by their sorted order (the class list); integer labels are kept.
+    INPUT directories are searched recursively for video files (image files with modality ``image``). With
+    ``annotations``, every annotated file is a source (with its label/captions) and INPUT files that the annotations
+    do not mention are added unlabelled. String labels are mapped to ids by their sorted order (the class list);
+    integer labels are kept. Rows repeating a path are one item (COCO's annotation files repeat the image once per
+    caption): their captions are gathered in file order, the first label is kept.
+
+    Captioned data sets (any annotation row has a ``caption``): empty captions are dropped; an item left with none
+    (every caption empty, or none given, including INPUT files the annotations do not mention) is skipped with the
+    reason.
+
+    Args:
+        modality: ``video`` or ``image``; None: the annotations' (``image`` rows → image), else video.
 
     Returns:
-        ``(sources sorted by path, class names ([] for integer labels), skipped [{input, reason}])``.
+        ``(sources sorted by path, class names ([] for integer labels), skipped [{input, reason}], modality)``.
+
+    Raises:
+        ValueError: a malformed annotation file, or ``modality`` contradicting the annotations.
     """
+    if modality not in (None, "video", "image"):
+        raise ValueError(f"modality must be 'video' or 'image', got {modality!r}")
     skipped: list[dict[str, str]] = []
     found: dict[str, SampleSource] = {}
     raw_labels: dict[str, int | str | None] = {}
+    captioned = False
+    origins: dict[str, list[str]] = {}
     if annotations is not None:
-        for video, label, caption, origin in _read_annotations(Path(annotations)):
-            if video in found:
-                log.warning("duplicate annotation for %s (%s); keeping the first", video, origin)
+        rows, ann_modality = _read_annotations(Path(annotations))
+        if modality is not None and rows and modality != ann_modality:
+            raise ValueError(f"{annotations} holds {ann_modality} rows but the modality asked for is {modality}: "
+                             "one shard directory holds one modality")
+        modality = ann_modality if rows else (modality or ann_modality)
+        for media, label, captions, origin in rows:
+            captioned = captioned or captions is not None
+            if media in found:  # a repeated path: one item (COCO repeats the image per caption)
+                found[media].captions += captions or []
+                origins[media].append(origin)
+                if captions is None or (label is not None and label != raw_labels[media]):
+                    log.warning("duplicate annotation for %s (%s); keeping the first label", media, origin)
                 continue
-            found[video] = SampleSource(video, None, caption, origin)
-            raw_labels[video] = label
+            found[media] = SampleSource(media, None, None, origin, captions=list(captions or []))
+            raw_labels[media] = label
+            origins[media] = [origin]
+    modality = modality or "video"
     for inp in inputs:
         p = Path(inp)
         if p.is_dir():
-            files = _find_videos(p)
+            files = _find_media(p, modality)
         elif p.exists() or p.is_symlink():
             files = [p]
         else:
@@ -264,6 +331,19 @@ def collect_sources(
             key = os.path.abspath(f)  # not resolve(): keep the name a dangling symlink was given
             if key not in found:
                 found[key] = SampleSource(key, None, None, "input")
+    if captioned:
+        for key in list(found):
+            s = found[key]
+            given = len(s.captions)
+            s.captions = [c for c in (clean_caption(c) for c in s.captions) if c]
+            if not s.captions:
+                where = ", ".join(origins.get(key, ["not in the annotations"]))
+                reason = "empty caption" if given else "missing caption"
+                skipped.append({"input": key, "reason": f"{reason} ({where})"})
+                del found[key]
+                raw_labels.pop(key, None)
+            else:
+                s.caption = s.captions[0]
     names = sorted({str(v) for v in raw_labels.values() if isinstance(v, str)})
     classes: list[str] = []
     if names:  # any class name: every label is a class name (ints too, as strings)
@@ -274,26 +354,31 @@ def collect_sources(
     else:
         for k, v in raw_labels.items():
             found[k].label = v  # type: ignore[assignment]
-    return [found[k] for k in sorted(found)], classes, skipped
+    return [found[k] for k in sorted(found)], classes, skipped, modality
 
 
-
-def _cache_name(src: SampleSource, st: EncodeSettings) -> str:
+def _cache_name(src: SampleSource, st: EncodeSettings | ImageEncodeSettings) -> str:
     return hashlib.sha256(f"{src.path}\0{st.digest()}".encode()).hexdigest()[:24]
 
 
-def _process_one(src: SampleSource, st: EncodeSettings, work: Path) -> dict[str, Any]:
+def _media_ext(st: EncodeSettings | ImageEncodeSettings) -> str:
+    """The stored member's extension: ``jpg`` for images, ``mp4`` for videos."""
+    return "jpg" if isinstance(st, ImageEncodeSettings) else "mp4"
+
+
+def _process_one(src: SampleSource, st: EncodeSettings | ImageEncodeSettings, work: Path) -> dict[str, Any]:
     """Encode one input into the cache (or reuse it).
 
     Returns:
         ``{"ok", "cache", "reason"?, "info"?, "source_sha256"?, "encoded"}``.
     """
     name = _cache_name(src, st)
+    ext = _media_ext(st)
     res_path = work / f"{name}.json"
     if res_path.is_file():
         try:
             res = json.loads(res_path.read_text())
-            if not res["ok"] or (work / f"{name}.mp4").is_file():
+            if not res["ok"] or (work / f"{name}.{ext}").is_file():
                 if res["ok"] and "source_sha256" not in res:
                     try:
                         res["source_sha256"] = sha256_file(Path(src.path))
@@ -303,8 +388,8 @@ def _process_one(src: SampleSource, st: EncodeSettings, work: Path) -> dict[str,
         except (json.JSONDecodeError, KeyError):
             pass  # a damaged cache entry is redone
     try:
-        data, info = encode_video(src, st)
-        _atomic_write(work / f"{name}.mp4", data)  # video first, then the record that says it is complete
+        data, info = encode_image(src, st) if isinstance(st, ImageEncodeSettings) else encode_video(src, st)
+        _atomic_write(work / f"{name}.{ext}", data)  # media first, then the record that says it is complete
         # content hash of the source: --append recognises an input already in the set under another name
         res = {"ok": True, "cache": name, "info": info, "source_sha256": sha256_file(Path(src.path))}
     except Reject as e:
@@ -383,17 +468,23 @@ def _foreign_names(out: Path) -> list[str]:
     return sorted(p.name for p in out.iterdir() if not _OURS.match(p.name))
 
 
+def _caption_key(s: SampleSource) -> str | list[str] | None:
+    """What a sample's captions contribute to build keys: the caption itself when there is at most one (the keys of
+    sets built before caption lists existed stay valid), else the list."""
+    return list(s.captions) if len(s.captions) > 1 else s.caption
+
+
 def _build_key(sources: Sequence[SampleSource], classes: Sequence[str], skipped: Sequence[dict[str, str]],
-               st: EncodeSettings, seed: int, samples_per_shard: int, split: str) -> str:
+               st: EncodeSettings | ImageEncodeSettings, seed: int, samples_per_shard: int, split: str) -> str:
     """What a build is a pure function of: same key = same data set (a re-run resumes or is a no-op)."""
     spec = [FORMAT_VERSION, st.digest(), seed, samples_per_shard, split, list(classes),
-            [(s.path, s.label, s.caption) for s in sources], sorted(s["input"] for s in skipped)]
+            [(s.path, s.label, _caption_key(s)) for s in sources], sorted(s["input"] for s in skipped)]
     return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:32]
 
 
 def _result_from_manifest(out: Path, m: dict[str, Any]) -> BuildResult:
     return BuildResult(out, m["num_samples"], m["shards"], m.get("skipped", []), m.get("classes", []),
-                       warnings=m.get("warnings", []), already_built=True)
+                       warnings=m.get("warnings", []), already_built=True, modality=m.get("modality", "video"))
 
 
 def _read_sources(out: Path, m: dict[str, Any]) -> list[dict[str, Any]]:
@@ -417,7 +508,8 @@ def build_shards(
     out_dir: str | Path,
     *,
     annotations: str | Path | None = None,
-    settings: EncodeSettings | None = None,
+    settings: EncodeSettings | ImageEncodeSettings | None = None,
+    modality: str | None = None,
     samples_per_shard: int = 256,
     workers: int = 1,
     seed: int = 0,
@@ -427,7 +519,7 @@ def build_shards(
     keep_cache: bool = False,
     _after_shard: Callable[[int], None] | None = None,
 ) -> BuildResult:
-    """Build WebDataset shards from videos (see the module docstring for the layout and resume semantics).
+    """Build WebDataset shards from videos or images (see the module docstring for the layout and resume semantics).
 
     What happens to ``out_dir`` (issue 9):
 
@@ -446,10 +538,13 @@ def build_shards(
     keeps the cache); neither resume, a no-op re-run nor ``append`` needs them.
 
     Args:
-        inputs: video files and/or directories (searched recursively).
+        inputs: video (or image) files and/or directories (searched recursively).
         out_dir: output directory (created).
-        annotations: Kinetics-style CSV/TXT or WebVid-style JSON/JSONL (see :func:`collect_sources`).
-        settings: re-encoding settings (``on_truncated`` decides about truncated inputs).
+        annotations: Kinetics-style CSV/TXT, WebVid-style JSON/JSONL (``video``) or COCO/CC3M-style JSON/JSONL
+            (``image``), captions a string or a list (see :func:`collect_sources`).
+        settings: re-encoding settings: :class:`EncodeSettings` for videos (``on_truncated`` decides about
+            truncated inputs), :class:`ImageEncodeSettings` for images (None: the defaults of the modality).
+        modality: ``video`` or ``image`` (None: from the annotations, else video); one per directory.
         samples_per_shard: samples per tar (the last one holds the rest).
         workers: encoding processes (1 = in this process).
         seed: shuffles samples across shards; same inputs + settings + seed give byte-identical shards.
@@ -466,9 +561,9 @@ def build_shards(
         ShardDirError: ``out_dir`` holds another data set, an interrupted build of one, or files that are not ours
             (the message says which option or directory to use instead).
         OSError: the output directory cannot be created or written.
-        ValueError: bad arguments or a malformed annotation file.
+        ValueError: bad arguments, settings of the other modality, or a malformed annotation file (including one
+            that mixes image and video rows).
     """
-    st = settings or EncodeSettings()
     if samples_per_shard < 1 or workers < 1:
         raise ValueError("samples_per_shard and workers must be >= 1")
     if not split or "/" in split or "." in split:
@@ -476,9 +571,15 @@ def build_shards(
     if mode not in ("new", "overwrite", "append"):
         raise ValueError(f"mode must be 'new', 'overwrite' or 'append', got {mode!r}")
     out = Path(out_dir)
-    sources, classes, skipped = collect_sources(inputs, annotations)
+    if modality is None and settings is not None:
+        modality = "image" if isinstance(settings, ImageEncodeSettings) else None
+    sources, classes, skipped, modality = collect_sources(inputs, annotations, modality=modality)
+    st = settings or (ImageEncodeSettings() if modality == "image" else EncodeSettings())
+    if isinstance(st, ImageEncodeSettings) != (modality == "image"):
+        raise ValueError(f"{type(st).__name__} given for a {modality} data set (images take ImageEncodeSettings, "
+                         "videos EncodeSettings)")
     key = _build_key(sources, classes, skipped, st, seed, samples_per_shard, split)
-    opts = dict(st=st, samples_per_shard=samples_per_shard, workers=workers, seed=seed, split=split,
+    opts = dict(st=st, modality=modality, samples_per_shard=samples_per_shard, workers=workers, seed=seed, split=split,
                 progress=progress, keep_cache=keep_cache, _after_shard=_after_shard,
                 origin={"inputs": [str(i) for i in inputs], "annotations": None if annotations is None
                         else os.path.abspath(annotations)})
@@ -549,7 +650,8 @@ def _build(
     skipped: list[dict[str, str]],
     key: str,
     *,
-    st: EncodeSettings,
+    st: EncodeSettings | ImageEncodeSettings,
+    modality: str,
     samples_per_shard: int,
     workers: int,
     seed: int,
@@ -577,6 +679,9 @@ def _build(
     duplicates: list[dict[str, str]] = []
     old_rows: list[dict[str, Any]] = []
     if existing is not None:
+        if existing.get("modality", "video") != modality:
+            raise ShardDirError(f"{out} holds {existing.get('modality', 'video')}s; --append cannot add {modality}s "
+                                "to it (one modality per directory): build them into another --out")
         enc = {k: existing["encoding"].get(k) for k in asdict(st)}
         if enc != asdict(st) or existing.get("split", split) != split:
             raise ShardDirError(f"{out}: --append needs the existing set's encoding and split "
@@ -661,11 +766,12 @@ def _build(
         chunk = ordered[j * samples_per_shard : (j + 1) * samples_per_shard]
         base = first_index + j * samples_per_shard
         for i, (s, r) in enumerate(chunk):
-            new_rows.append({"index": base + i, "source": s.path, "sha256": r.get("source_sha256")})
+            new_rows.append({"index": base + i, "source": s.path, "sha256": r.get("source_sha256"),
+                             **({"captions": len(s.captions)} if s.captions else {})})
             for w in r["info"].get("warnings", []):
                 warnings.append({"input": s.path, "index": base + i, "warning": w})
         plan = hashlib.sha256(
-            json.dumps([st.digest(), base, [(r["cache"], s.label, s.caption) for s, r in chunk]]).encode()
+            json.dumps([st.digest(), base, [(r["cache"], s.label, _caption_key(s)) for s, r in chunk]]).encode()
         ).hexdigest()
         path = out / name
         rec = done.get(name)
@@ -677,20 +783,23 @@ def _build(
         for i, (s, r) in enumerate(chunk):
             idx = base + i
             info = r["info"]
-            video = (work / f"{r['cache']}.mp4").read_bytes()
-            if "keyframes" not in info:  # cache written before key frames were recorded
-                info = {**info, "keyframes": probe_keyframes(video)}
+            media = (work / f"{r['cache']}.{_media_ext(st)}").read_bytes()
+            if modality == "video" and "keyframes" not in info:  # cache written before key frames were recorded
+                info = {**info, "keyframes": probe_keyframes(media)}
             meta = {
                 "source": s.path,
                 **info,
                 **({"label": s.label} if s.label is not None else {}),
                 **({"class_name": classes[s.label]} if s.label is not None and classes else {}),
                 **({"caption": s.caption} if s.caption is not None else {}),
+                **({"captions": s.captions} if len(s.captions) > 1 else {}),
                 "index": idx,
             }
-            comps = {
-                "mp4": video,
-                "meta": encode_meta(
+            if modality == "image":
+                meta_bytes = encode_meta(frames=1, width=info["width"], height=info["height"],
+                                         label=-1 if s.label is None else s.label, index=idx)
+            else:
+                meta_bytes = encode_meta(
                     frames=info["frames"],
                     width=info["width"],
                     height=info["height"],
@@ -698,12 +807,17 @@ def _build(
                     index=idx,
                     fps_milli=round(info["fps"] * 1000),
                     duration_ms=round(info["duration"] * 1000),
-                ),
+                )
+            comps = {
+                _media_ext(st): media,
+                "meta": meta_bytes,
                 "json": json.dumps(meta, sort_keys=True).encode(),
             }
             if s.label is not None:
                 comps["cls"] = str(s.label).encode()
-            if s.caption is not None:
+            if s.captions:
+                comps["txt"] = encode_captions(s.captions)
+            elif s.caption is not None:
                 comps["txt"] = s.caption.encode()
             samples.append((f"{idx:08d}", comps))
         nbytes, sha = _write_shard(path, samples)
@@ -717,7 +831,7 @@ def _build(
     total = first_index + len(ordered)
     result = BuildResult(out, total, shards, skipped, classes, encoded, time.perf_counter() - t0,
                          warnings=[w for w in warnings if w["index"] >= first_index], duplicates=duplicates,
-                         added=len(ordered))
+                         added=len(ordered), modality=modality)
     if total:
         build = dict(existing["build"]) if existing and "build" in existing else {"key": key, **origin}
         if existing is not None:
@@ -726,16 +840,18 @@ def _build(
         manifest = {
             "format": "umt-webdataset",
             "version": FORMAT_VERSION,
+            "modality": modality,
             "split": split,
             "num_samples": total,
             "shards": shards,
-            "encoding": {**asdict(st), "container": "mp4"},
+            "encoding": {**asdict(st), "container": "jpeg" if modality == "image" else "mp4"},
             "seed": seed if existing is None else existing.get("seed", seed),
             "samples_per_shard": samples_per_shard if existing is None else existing.get("samples_per_shard"),
             "meta_fields": list(META_FIELDS),
-            "components": ["mp4", "meta", "json", "cls", "txt"],
+            "components": [_media_ext(st), "meta", "json", "cls", "txt"],
             "codecs": sorted({r["info"]["codec"] for _, r in ordered} | set(existing["codecs"] if existing else [])),
             "classes": classes,
+            "captions": _caption_stats(old_rows + new_rows),
             "skipped": all_skipped,
             "warnings": warnings,
             "build": build,
@@ -757,6 +873,13 @@ def _build(
         if created and not any(out.iterdir()):
             out.rmdir()
     return result
+
+
+def _caption_stats(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The manifest's ``captions``: items with captions, captions in all, and items per caption count."""
+    counts = collections.Counter(int(r.get("captions", 0)) for r in rows)
+    return {"captioned": sum(n for k, n in counts.items() if k), "total": sum(k * n for k, n in counts.items()),
+            "per_item": {str(k): n for k, n in sorted(counts.items()) if k}}
 
 
 def iter_reasons(skipped: Iterable[dict[str, str]]) -> dict[str, int]:

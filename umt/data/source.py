@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from umt.data.config import DataConfig
-from umt.data.sampling import FIX_OFFSETS_13, RRC_ATTEMPTS, crop_pairs, eval_crop, multiscale_crop, rrc_window, tsn_indices
+from umt.data.sampling import (FIX_OFFSETS_13, RRC_ATTEMPTS, crop_pairs, eval_crop, frame_indices, multiscale_crop,
+                               rrc_window)
 from umt.data.shards import META_FIELDS, decode_meta
 from umt.data.video import DecodeStats, decode_sampled
 
@@ -148,6 +149,8 @@ def draw_params(cfg: DataConfig, seed: int, epoch: int, index: int) -> ClipParam
 def clip_windows(cfg: DataConfig, width: int, height: int, params: ClipParams) -> list[tuple[int, int, int, int, bool]]:
     """Per output clip, the crop window and flip: ``(x, y, crop_w, crop_h, flip)`` in pixels of the stored frames."""
     if not params.crops:
+        if cfg.eval_crop == "resize":  # the whole frame, resized to input_size² (official stage-2 test)
+            return [(0, 0, width, height, False)] * cfg.num_sample
         return [(*eval_crop(width, height), False)] * cfg.num_sample
     if params.rrc:
         return [
@@ -184,7 +187,7 @@ def read_clip(index: ShardIndex, i: int, cfg: DataConfig, params: ClipParams, *,
         ValueError: the stored video has fewer decodable frames than its meta says.
     """
     meta = decode_meta(index.read(i, "meta"))
-    ind = tsn_indices(meta["frames"], cfg.num_frames, params.u)  # [T]
+    ind = frame_indices(meta["frames"], cfg.num_frames, params.u, cfg.sampling)  # [T]
     windows = clip_windows(cfg, meta["width"], meta["height"], params)
     video = index.read(i, "mp4")
     clip = SampleClip(meta, ind, windows)

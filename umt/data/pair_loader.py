@@ -1,0 +1,224 @@
+"""``PairLoader``: batches of (video or image, caption) from one captioned shard directory (stage 2).
+
+Batch contract (shared with the stage-2 task and its synthetic loader)::
+
+    {"modality": "video" | "image",   # python str: a whole batch is one modality
+     "video": float [B, 3, T, H, W],   # normalised (data.mean/std); T = data.num_frames for video, 1 for images;
+                                       # bf16 on CUDA, float32 on CPU
+     "text_ids": int64 [B, L],         # [CLS] ... [SEP] then [PAD]; L = the batch's longest (<= max_len)
+     "text_mask": int64 [B, L],        # 1 = real token
+     "index": int64 [B],               # the item's index in its data set (equal index = same item)
+     "dataset": int}                   # which data set of the mix the batch came from
+
+Training (``cfg.train``): the stage-1 order and resume rules (a fresh global permutation per ``(seed, epoch)`` split
+into rank blocks, whole batches only, ``epoch_iter(e, k)`` exactly the tail of ``epoch_iter(e, 0)``) over the rows:
+every item once with one caption drawn per ``(seed, epoch, item)`` (``data.caption_sampling="draw"``), or every
+(item, caption) pair once (``"each"``, the official pre-training epoch). Evaluation: every item of the rank's block
+exactly once in index order, the last batch partial (see :func:`umt.data.pair_source.eval_order`), the first
+caption, the middle frames and ``data.eval_crop``.
+
+Backends: ``dali`` (the graphs of :mod:`umt.data.dali_pairs`; images are always decoded by DALI, videos on CPU by the
+source's seeking decoder) or ``reference`` (:class:`umt.data.pair_source.PairDataset`: PIL / PyAV + torch), chosen by
+``data.backend`` as for stage 1 (``auto``: DALI where it imports and can decode).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from umt.data.config import DataConfig
+from umt.data.loader import choose_backend, dali_available
+from umt.data.shards import read_manifest
+from umt.data.text import CaptionTokenizer, caption_counts, caption_rows, pad_to_longest, require_captions
+
+__all__ = ["PairLoader"]
+
+log = logging.getLogger(__name__)
+
+
+class PairLoader:
+    """Stage-2 batches from one shard directory (see the module docstring for the contract).
+
+    Attributes:
+        modality: ``video`` or ``image`` (the manifest's).
+        cfg: the data settings this directory is read with (``batch_size`` the modality's, ``num_frames`` 1 for
+            images, ``shards`` the directory).
+        num_samples: items in the directory.
+        dataset_id: the ``dataset`` value of its batches.
+    """
+
+    def __init__(
+        self,
+        cfg: DataConfig,
+        shard_dir: str | Path,
+        *,
+        tokenizer: CaptionTokenizer,
+        rank: int = 0,
+        world_size: int = 1,
+        device: Any = "cpu",
+        dataset_id: int = 0,
+    ) -> None:
+        from umt.data.source import ShardIndex
+
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        self.shard_dir = Path(shard_dir)
+        self.manifest = read_manifest(self.shard_dir)
+        self.modality: str = self.manifest.get("modality", "video")
+        image = self.modality == "image"
+        bs = (cfg.image_batch_size or cfg.batch_size) if image else cfg.batch_size
+        self.cfg = dataclasses.replace(cfg, shards=str(self.shard_dir), batch_size=bs,
+                                       num_frames=1 if image else cfg.num_frames)
+        if self.cfg.num_sample != 1:
+            raise ValueError(f"stage-2 loaders take one view per item (data.num_sample = 1), got {cfg.num_sample}")
+        self.tokenizer = tokenizer
+        self.rank, self.world_size = rank, world_size
+        self.device = torch.device(device)
+        self.dataset_id = dataset_id
+        self.num_samples: int = int(self.manifest["num_samples"])
+        self.batch_size: int = bs
+        self._index = ShardIndex(self.shard_dir, self.manifest["shards"])
+        require_captions(self._index, self.shard_dir)
+        self._rows = None
+        if self.cfg.train and self.cfg.caption_sampling == "each":  # one row per (item, caption) pair
+            self._rows = caption_rows(caption_counts(self.shard_dir, self._index))
+        self.num_rows: int = self.num_samples if self._rows is None else len(self._rows[0])
+        """What an epoch permutes: items, or (item, caption) pairs with ``caption_sampling="each"``."""
+        if self.cfg.train:
+            self._len = (self.num_rows // world_size) // bs
+            if self._len == 0:
+                raise ValueError(f"{self.shard_dir}: {self.num_rows} rows over {world_size} ranks give no full "
+                                 f"batch of {bs}")
+        else:
+            per = -(-self.num_samples // world_size)
+            n = max(0, min(self.num_samples, (rank + 1) * per) - rank * per)
+            self._len = -(-n // bs)
+        self.backend = self._choose_backend()
+        self._pipe: Any = None
+        self._dali_it: Any = None
+        self._next: tuple[int, int] | None = None
+        self.pipeline_builds = 0
+        """DALI pipelines built so far (one per loader unless resumed or an epoch is abandoned part-way)."""
+
+    def _choose_backend(self) -> str:
+        if self.modality == "video":
+            return choose_backend(self.cfg, list(self.manifest.get("codecs", [])), self.device)
+        if self.cfg.backend == "reference":
+            return "reference"
+        if not dali_available():  # images: DALI decodes the JPEG on CPU (libjpeg-turbo) and GPU (nvJPEG) alike
+            if self.cfg.backend == "dali":
+                raise RuntimeError("data.backend='dali' but nvidia-dali is not installed (pip install '.[dali]')")
+            return "reference"
+        return "dali"
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return self.epoch_iter(0)
+
+    def _source(self, epoch: int, start_batch: int, decode: bool) -> Any:
+        from umt.data.pair_source import PairSource
+
+        return PairSource(self._index, self.cfg, modality=self.modality, tokenizer=self.tokenizer, rank=self.rank,
+                          world_size=self.world_size, first_epoch=epoch, start_batch=start_batch, decode=decode,
+                          rows=self._rows)
+
+    def _real_rows(self, b: int) -> int:
+        """Rows of batch ``b`` that are real items (evaluation pads the last batch)."""
+        if self.cfg.train:
+            return self.batch_size
+        per = -(-self.num_samples // self.world_size)
+        n = max(0, min(self.num_samples, (self.rank + 1) * per) - self.rank * per)
+        return min(self.batch_size, n - b * self.batch_size)
+
+    def _dali_iter(self, epoch: int, start_batch: int) -> Iterator[dict[str, Any]]:
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+        from umt.data.dali_pairs import PAIR_OUTPUTS, build_pair_pipeline
+
+        if self._pipe is None or self._next != (epoch, start_batch):
+            self._close_pipe()
+            gpu = self.device.type == "cuda"
+            device_id = (self.device.index or 0) if gpu else None
+            self._pipe = build_pair_pipeline(self._source(epoch, start_batch, decode=not gpu), device_id=device_id)
+            self._dali_it = DALIGenericIterator([self._pipe], PAIR_OUTPUTS, auto_reset=False)
+            self.pipeline_builds += 1
+        else:
+            self._dali_it.reset()  # the source's next epoch
+        self._next = None  # a generator abandoned part-way leaves the pipeline mid-epoch: rebuild next time
+        b = start_batch
+        for out in self._dali_it:
+            out = out[0]
+            video = out["video"]
+            if self.modality == "image":
+                video = video.unsqueeze(2)  # [B, 3, S, S] -> [B, 3, 1, S, S]
+            yield self._finish(b, video, out["text_ids"], out["text_len"], out["meta"][:, 4])
+            b += 1
+        if b != self._len:
+            raise RuntimeError(f"DALI delivered {b - start_batch} batches, expected {self._len - start_batch}")
+        self._next = (epoch + 1, 0)
+
+    def _ref_iter(self, epoch: int, start_batch: int) -> Iterator[dict[str, Any]]:
+        from umt.data.pair_source import PairDataset
+
+        ds = PairDataset(self._source(epoch, start_batch, decode=True))
+        dl = torch.utils.data.DataLoader(ds, batch_size=self.batch_size, shuffle=False, drop_last=False,
+                                         num_workers=self.cfg.num_workers, persistent_workers=False,
+                                         pin_memory=self.device.type == "cuda")
+        try:
+            for b, batch in enumerate(dl, start=start_batch):
+                yield self._finish(b, batch["video"], batch["text_ids"], batch["text_len"], batch["index"])
+        finally:
+            ds.source.index.close()
+
+    def _finish(self, b: int, video: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor,
+                index: torch.Tensor) -> dict[str, Any]:
+        n = self._real_rows(b)
+        video, ids, lengths, index = video[:n], ids[:n], lengths[:n], index[:n]
+        text_ids, text_mask = pad_to_longest(ids, lengths)  # [n, L] each
+        dev = self.device
+        if dev.type == "cuda":
+            video = video.to(dev, non_blocking=True).to(torch.bfloat16)
+        else:
+            video = video.to(dev, torch.float32)
+        return {
+            "modality": self.modality,
+            "video": video,  # [n, 3, T, S, S]
+            "text_ids": text_ids.to(dev, non_blocking=True),
+            "text_mask": text_mask.to(dev, non_blocking=True),
+            "index": index.long().to(dev, non_blocking=True),  # [n]
+            "dataset": self.dataset_id,
+        }
+
+    def epoch_iter(self, epoch: int, start_batch: int = 0) -> Iterator[dict[str, Any]]:
+        """Batches of ``epoch`` for this rank from batch ``start_batch`` on (exactly the tail of the full epoch).
+
+        Raises:
+            ValueError: ``start_batch`` outside ``[0, len(self)]``.
+        """
+        if not 0 <= start_batch <= self._len:
+            raise ValueError(f"start_batch must be in [0, {self._len}], got {start_batch}")
+        if self._len == 0 or start_batch == self._len:
+            return iter(())
+        if self.backend == "dali":
+            return self._dali_iter(epoch, start_batch)
+        return self._ref_iter(epoch, start_batch)
+
+    def _close_pipe(self) -> None:
+        if self._pipe is not None:
+            self._dali_it = None
+            del self._pipe
+            self._pipe = None
+        self._next = None
+
+    def close(self) -> None:
+        """Release the DALI pipeline (and its worker processes) and the open shard files."""
+        self._close_pipe()
+        self._index.close()
