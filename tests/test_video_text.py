@@ -227,6 +227,11 @@ def test_recipes_follow_the_official_configs() -> None:
             (1e-4, 1e-6, (0.9, 0.999), 0.02, 10, 1, 0.0)
         assert cfg.model.align_layers == 6 and cfg.text.max_len == 32 and cfg.text.mlm_prob == 0.5
         assert cfg.text.grad_checkpointing and cfg.text.temp == 0.07
+        d = cfg.data  # the official stage-2 data path (dataset/__init__.py, video_utils.py)
+        assert (d.sampling, d.crop, d.rrc_scale, d.interp, d.flip) == ("rand_middle", "rrc", (0.5, 1.0), "bicubic",
+                                                                         True)
+        assert (d.caption_sampling, d.eval_crop, d.image_batch_size) == ("each", "resize", 128)
+        assert cfg.text.vtc_local_grad  # the official all-gather gradient convention
     assert (b.text.fusion_layer, b.text.embed_dim, b.model.teacher, b.model.teacher_image_size) == \
         (9, 512, "ViT-B-16", 224)
     assert (l16.text.fusion_layer, l16.text.embed_dim, l16.model.teacher, l16.model.teacher_image_size) == \

@@ -9,6 +9,10 @@ with fusion from layer 9 (UMT-B) / BERT-large from layer 19 (UMT-L), max 32 capt
 batch-scaled), betas (0.9, 0.999), weight decay 0.02, no clipping, cosine over 10 epochs after 1 warm-up epoch to
 0.01 × lr. The variants differ by data only.
 
+VTC's gradient follows the official convention (``text.vtc_local_grad=true``: the all-gather returns only the local
+slice, so under DDP's averaging the VTC gradient is 1/world of the global-batch loss's), because the paper's numbers
+were trained that way; ``text.vtc_local_grad=false`` gives the exact global-batch gradient.
+
 Set ``model.init_from`` to the stage-1 checkpoint (or its export) and ``text.encoder`` to a local BERT directory
 (``bert-base-uncased`` / ``bert-large-uncased`` in Hugging Face format; nothing is downloaded).
 """
@@ -21,7 +25,7 @@ from umt.data.config import DataConfig
 from umt.train.config import (CheckpointConfig, LogConfig, MaskConfig, ModelConfig, OptimConfig, TextConfig,
                               TrainConfig)
 
-__all__ = ["CORPORA", "VIDEO_TEXT_RECIPES", "umt_b16_25m", "umt_b16_17m", "umt_b16_5m", "umt_l16_25m", "umt_l16_17m",
+__all__ = ["CORPORA", "STAGE2_DATA", "VIDEO_TEXT_RECIPES", "umt_b16_25m", "umt_b16_17m", "umt_b16_5m", "umt_l16_25m", "umt_l16_17m",
            "umt_l16_5m"]
 
 #: The official corpora (``configs/data.py``) as shard directories (comma-separated in ``data.shards``):
@@ -33,18 +37,25 @@ CORPORA: dict[str, tuple[str, ...]] = {
     "25m": ("shards/webvid10m", "shards/cc3m", "shards/cc12m", "shards/coco", "shards/vg", "shards/sbu"),
 }
 
+#: The official stage-2 data path (``multi_modality/dataset/__init__.py``, ``video_utils.py``, the pre-training
+#: datasets): one random frame per equal segment (``get_frame_indices(sample="rand")``; the middle in evaluation),
+#: ``RandomResizedCrop(224, scale=(0.5, 1), bicubic)`` + flip, every (item, caption) pair once per epoch as the
+#: official rows are, and the official test view (the whole frame resized to 224², bicubic) for retrieval.
+STAGE2_DATA: dict = {"sampling": "rand_middle", "crop": "rrc", "rrc_scale": (0.5, 1.0), "interp": "bicubic",
+                     "caption_sampling": "each", "eval_crop": "resize"}
+
 
 def umt_b16_25m() -> TrainConfig:
     """UMT-B stage 2 on 25M (official ``exp/pretraining/b16_25m.py``; 16 GPUs × 128 in the official scripts)."""
     return TrainConfig(
         task="video_text",
-        data=DataConfig(shards=",".join(CORPORA["25m"]), batch_size=128, num_frames=4, input_size=224,
-                        num_workers=12),
+        data=DataConfig(shards=",".join(CORPORA["25m"]), batch_size=128, image_batch_size=128, num_frames=4,
+                        input_size=224, num_workers=12, **STAGE2_DATA),
         model=ModelConfig(student="umt_vit_base_patch16_224", drop_path=0.1, align_layers=6, teacher="ViT-B-16",
                           teacher_image_size=224),
         mask=MaskConfig(kind="semantic", ratio=0.8, image_ratio=0.5),
         text=TextConfig(encoder="bert-base-uncased", fusion_layer=9, max_len=32, embed_dim=512, temp=0.07,
-                        mlm_prob=0.5, grad_checkpointing=True),
+                        mlm_prob=0.5, grad_checkpointing=True, vtc_local_grad=True),
         optim=OptimConfig(lr=1e-4, min_lr=1e-6, betas=(0.9, 0.999), weight_decay=0.02, epochs=10, warmup_epochs=1,
                           clip_grad=0.0),
         checkpoint=CheckpointConfig(every_steps=1000, keep_last=3),
@@ -59,7 +70,7 @@ def umt_l16_25m() -> TrainConfig:
     cfg.model = ModelConfig(student="umt_vit_large_patch16_224", drop_path=0.2, align_layers=6, teacher="ViT-L-14",
                             teacher_image_size=196)
     cfg.text = TextConfig(encoder="bert-large-uncased", fusion_layer=19, max_len=32, embed_dim=768, temp=0.07,
-                          mlm_prob=0.5, grad_checkpointing=True)
+                          mlm_prob=0.5, grad_checkpointing=True, vtc_local_grad=True)
     return cfg
 
 
