@@ -226,3 +226,168 @@ def write_report(out_dir: str | Path, metrics: dict[str, float], info: dict[str,
              ""]
     atomic_write_text(md, "\n".join(lines))
     return js, md
+
+
+# --------------------------------------------------------------------------------------------------- from files
+def build_vision_text(cfg: Any, teacher_dim: int, *, text_encoder: str | None = None,
+                      num_frames: int | None = None) -> torch.nn.Module:
+    """A :class:`~umt.model.vision_text.UMTVisionText` of the sizes ``cfg`` (a run's
+    :class:`~umt.train.config.TrainConfig`) names, without the teacher (retrieval needs none).
+
+    Args:
+        teacher_dim: the UMA heads' output width (read off a checkpoint's ``heads.proj.0.weight``).
+        text_encoder: the BERT directory for its config and tokenizer (default ``cfg.text.encoder``); its weights are
+            replaced by the checkpoint's.
+        num_frames: frames at test time (default the run's ``data.num_frames``; the position table follows).
+
+    Raises:
+        umt.model.text.TextEncoderError: the directory is missing or not a BERT.
+    """
+    import timm
+
+    import umt.model  # noqa: F401 - registers the umt_vit_* names
+    from umt.model.heads import UMAHeads
+    from umt.model.text import build_text_encoder
+    from umt.model.vision_text import UMTVisionText
+
+    d, m, t = cfg.data, cfg.model, cfg.text
+    student = timm.create_model(m.student, num_frames=num_frames or d.num_frames, img_size=d.input_size,
+                                drop_path_rate=0.0, align_layers=m.align_layers)
+    heads = UMAHeads(student.embed_dim, teacher_dim, student.align_layers)
+    text, _ = build_text_encoder(text_encoder or t.encoder, t.fusion_layer, student.embed_dim)
+    return UMTVisionText(student, heads, text, t.embed_dim, t.temp, t.mlm_prob, t.vtm_hard_negatives,
+                         t.vtc_local_grad)
+
+
+def load_vision_text(checkpoint: str | Path, *, text_encoder: str | None = None,
+                     num_frames: int | None = None) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+    """A stage-2 checkpoint (``step_*.pt`` or ``best.pt`` of task ``video_text``) as ``(model, cfg, state)`` with
+    every weight loaded strictly.
+
+    Raises:
+        ValueError: not a stage-2 checkpoint (one line naming the file and the task it holds).
+        umt.model.text.TextEncoderError: the text encoder directory is missing or not a BERT.
+    """
+    from umt.train.config import config_from_dict
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such checkpoint")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or state.get("task") != "video_text" or "config" not in state:
+        task = state.get("task") if isinstance(state, dict) else None
+        raise ValueError(f"{path} is not a stage-2 (video_text) checkpoint (task {task!r}); retrieval needs the text "
+                         "side and the match head")
+    cfg = config_from_dict(state["config"])
+    sd = state["model"]
+    model = build_vision_text(cfg, int(sd["heads.proj.0.weight"].shape[0]), text_encoder=text_encoder,
+                              num_frames=num_frames)
+    model.load_state_dict(sd, strict=True)
+    return model, cfg, state
+
+
+def tokenize_captions(captions: Sequence[str], tokenizer_dir: str | Path, max_len: int
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every caption as the training loader tokenises it (:class:`umt.data.text.CaptionTokenizer`), padded to the
+    longest: ``(ids int64 [Nt, L], mask int64 [Nt, L])``."""
+    from umt.data.text import CaptionTokenizer, pad_to_longest
+
+    tok = CaptionTokenizer(tokenizer_dir, max_len)
+    rows = [tok.encode(c) for c in captions]
+    ids = torch.from_numpy(np.stack([r[0] for r in rows])).long()
+    lengths = torch.tensor([r[1] for r in rows])
+    return pad_to_longest(ids, lengths)
+
+
+def retrieval_on_shards(model: torch.nn.Module, cfg: Any, shard_dir: str | Path, *, tokenizer_dir: str | Path,
+                        device: torch.device, amp_dtype: torch.dtype | None = None, rerank_k: int = 128,
+                        batch_size: int = 16) -> tuple[dict[str, float], dict[str, Any]]:
+    """:func:`evaluate_retrieval` over a captioned shard directory (every caption of every item is a query;
+    :func:`umt.data.text.read_captions`), this process's rank's share of the videos.
+
+    Args:
+        cfg: the run's config (its ``data`` section: frames, size, normalisation, sampling, ``eval_crop``).
+
+    Returns:
+        ``(metrics, info)``: info names the shards and counts videos and captions.
+    """
+    import dataclasses
+
+    from umt.data.meta_loader import build_video_text_eval_loader
+    from umt.data.text import read_captions
+
+    rank, world = dist_info()
+    data = dataclasses.replace(cfg.data, batch_size=batch_size, num_sample=1)
+    loader = build_video_text_eval_loader(data, shard_dir, tokenizer_dir=tokenizer_dir, max_len=cfg.text.max_len,
+                                          rank=rank, world_size=world, device=device)
+    try:
+        caps = read_captions(shard_dir)
+        ids, mask = tokenize_captions([c for _, c in caps], tokenizer_dir, cfg.text.max_len)
+        metrics = evaluate_retrieval(model, loader.epoch_iter(0), loader.num_samples, [i for i, _ in caps], ids,
+                                     mask, device=device, amp_dtype=amp_dtype, rerank_k=rerank_k)
+    finally:
+        loader.close()
+    info = {"shards": str(shard_dir), "videos": loader.num_samples, "captions": len(caps), "rerank_k": rerank_k,
+            "frames": cfg.data.num_frames, "input_size": cfg.data.input_size, "eval_crop": cfg.data.eval_crop}
+    return metrics, info
+
+
+def _parser() -> Any:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m umt.eval retrieval",
+                                description="Zero-shot text-video retrieval of a stage-2 checkpoint: R@1/5/10, median "
+                                            "and mean rank both ways, dual encoder and VTM re-ranked (works under "
+                                            "torchrun).")
+    p.add_argument("--checkpoint", required=True, help="stage-2 checkpoint (run/checkpoints/step_*.pt or best.pt)")
+    p.add_argument("--shards", required=True, help="captioned shard directory (video-text or image-text)")
+    p.add_argument("--text-encoder", default=None,
+                   help="BERT directory for the tokenizer and config (default: the run's text.encoder)")
+    p.add_argument("--rerank-k", type=int, default=128, help="VTM re-ranking candidates per query (official 128; 0: "
+                                                             "dual encoder only)")
+    p.add_argument("--batch-size", type=int, default=16, help="videos per batch per rank")
+    p.add_argument("--num-frames", type=int, default=None, help="test frames (default: the run's)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--out", default=None, help="write retrieval.json and retrieval.md here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing report in --out")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m umt.eval retrieval ...``; returns the exit status (2: bad input, one line on stderr)."""
+    import dataclasses
+    import sys
+
+    from umt.eval.common import close_distributed, init_distributed
+    from umt.model.text import TextEncoderError, resolve_text_dir
+
+    a = _parser().parse_args(argv)
+    ctx = init_distributed(a.device)
+    try:
+        if a.out:
+            check_free([Path(a.out) / "retrieval.json", Path(a.out) / "retrieval.md"], a.overwrite)
+        model, cfg, state = load_vision_text(a.checkpoint, text_encoder=a.text_encoder, num_frames=a.num_frames)
+        if a.num_frames:
+            cfg.data = dataclasses.replace(cfg.data, num_frames=a.num_frames)
+        model = model.to(ctx.device)
+        text_dir = resolve_text_dir(a.text_encoder or cfg.text.encoder)
+        amp = torch.bfloat16 if ctx.device.type == "cuda" else None
+        metrics, info = retrieval_on_shards(model, cfg, a.shards, tokenizer_dir=text_dir, device=ctx.device,
+                                            amp_dtype=amp, rerank_k=a.rerank_k, batch_size=a.batch_size)
+    except (ValueError, FileNotFoundError, FileExistsError, TextEncoderError) as e:
+        print(f"umt.eval retrieval: {str(e).splitlines()[0]}", file=sys.stderr)
+        close_distributed(ctx)
+        return 2
+    info.update(checkpoint=str(a.checkpoint), step=state.get("step"))
+    if ctx.rank == 0:
+        print(f"text→video R@1 {metrics['t2v_r1']:.1f} R@5 {metrics['t2v_r5']:.1f} R@10 {metrics['t2v_r10']:.1f} "
+              f"MdR {metrics['t2v_medr']:.0f}; video→text R@1 {metrics['v2t_r1']:.1f} R@5 {metrics['v2t_r5']:.1f} "
+              f"R@10 {metrics['v2t_r10']:.1f} MdR {metrics['v2t_medr']:.0f} (dual encoder t2v R@1 "
+              f"{metrics['emb_t2v_r1']:.1f}); {info['videos']} videos, {info['captions']} captions"
+              if "t2v_r1" in metrics else
+              f"dual encoder: text→video R@1 {metrics['emb_t2v_r1']:.1f}, video→text R@1 {metrics['emb_v2t_r1']:.1f}")
+        if a.out:
+            for path in write_report(a.out, metrics, info, overwrite=a.overwrite):
+                print(f"wrote {path}")
+    close_distributed(ctx)
+    return 0

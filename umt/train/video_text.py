@@ -95,6 +95,8 @@ class VideoTextTask(DistillationTask):
 
     name = "video_text"
     metrics = ("loss", "loss_vtc", "loss_vtm", "loss_mlm", "loss_uta")
+    #: zero-shot retrieval's mean of the six recalls picks ``best.pt`` (the official ``stop_key`` ``r_mean``)
+    eval_key = "r_mean"
 
     def __init__(self, cfg: TrainConfig, rt: Runtime) -> None:
         Task.__init__(self, cfg, rt)
@@ -205,3 +207,20 @@ class VideoTextTask(DistillationTask):
                               "text.allow_change=true to resume anyway")
         log.warning("text encoder changed since %s: %s (allowed by text.allow_change)", path, what)
 
+
+    def evaluate(self, final: bool, out_dir: Path) -> dict[str, float] | None:
+        """Zero-shot retrieval (:func:`umt.eval.retrieval.retrieval_on_shards`) on ``eval.shards`` with VTM
+        re-ranking of ``eval.rerank_k`` candidates, every rank scoring its share of the videos; the final evaluation
+        also writes ``<run_dir>/retrieval.{json,md}``. None without ``eval.shards``."""
+        cfg = self.cfg
+        if not cfg.eval.shards:
+            return None
+        from umt.eval.retrieval import retrieval_on_shards, write_report
+
+        metrics, info = retrieval_on_shards(self.model, cfg, cfg.eval.shards,
+                                            tokenizer_dir=resolve_text_dir(cfg.text.encoder), device=self.rt.device,
+                                            amp_dtype=self.rt.amp_dtype, rerank_k=cfg.eval.rerank_k,
+                                            batch_size=cfg.eval.batch_size)
+        if final and self.rt.is_main:
+            write_report(out_dir, metrics, info, overwrite=True)  # the run's own report: a resumed run rewrites it
+        return metrics
