@@ -35,9 +35,9 @@ __all__ = [
     "multi_view",
     "num_views",
     "read_views",
-    "test_clip_indices",
-    "test_crop_anchor",
-    "test_resize_size",
+    "temporal_view_indices",
+    "spatial_view_anchor",
+    "short_side_resize",
     "views_outputs",
     "views_reference",
 ]
@@ -55,7 +55,7 @@ def num_views(cfg: "DataConfig") -> int:  # noqa: F821
     return cfg.temporal_views * cfg.spatial_views if multi_view(cfg) else 1
 
 
-def test_clip_indices(num_frames: int, num_segments: int, clip: int, num_clips: int) -> np.ndarray:
+def temporal_view_indices(num_frames: int, num_segments: int, clip: int, num_clips: int) -> np.ndarray:
     """Frame indices of temporal clip ``clip`` of ``num_clips`` (official ``_get_seq_frames`` in test mode).
 
     Args:
@@ -77,7 +77,7 @@ def test_clip_indices(num_frames: int, num_segments: int, clip: int, num_clips: 
     return np.asarray(idx, np.int32)
 
 
-def test_resize_size(width: int, height: int, size: int) -> tuple[int, int]:
+def short_side_resize(width: int, height: int, size: int) -> tuple[int, int]:
     """(width, height) after resizing the short side to ``size`` (official ``get_resize_sizes``)."""
     if min(width, height) == size:
         return width, height
@@ -86,7 +86,7 @@ def test_resize_size(width: int, height: int, size: int) -> tuple[int, int]:
     return int(size * width / height), size
 
 
-def test_crop_anchor(width: int, height: int, size: int, crop: int, num_crops: int) -> tuple[int, int]:
+def spatial_view_anchor(width: int, height: int, size: int, crop: int, num_crops: int) -> tuple[int, int]:
     """``(x, y)`` of spatial crop ``crop`` of ``num_crops`` in a frame already resized to ``(width, height)``.
 
     Raises:
@@ -131,9 +131,9 @@ def read_views(index: Any, i: int, cfg: Any, *, decode: bool = True) -> ViewsCli
     """
     meta = decode_meta(index.read(i, "meta"))
     n_t, n_s, size = cfg.temporal_views, cfg.spatial_views, cfg.input_size
-    ind = [test_clip_indices(meta["frames"], cfg.num_frames, c, n_t) for c in range(n_t)]
-    rw, rh = test_resize_size(meta["width"], meta["height"], size)
-    anchors = [test_crop_anchor(rw, rh, size, s, n_s) for _ in range(n_t) for s in range(n_s)]
+    ind = [temporal_view_indices(meta["frames"], cfg.num_frames, c, n_t) for c in range(n_t)]
+    rw, rh = short_side_resize(meta["width"], meta["height"], size)
+    anchors = [spatial_view_anchor(rw, rh, size, s, n_s) for _ in range(n_t) for s in range(n_s)]
     video = index.read(i, "mp4")
     out = ViewsClip(meta, ind, (rw, rh), anchors)
     if not decode:
