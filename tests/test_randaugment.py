@@ -209,7 +209,7 @@ def test_dali_ops_match_reference(dali_ra: Any) -> None:
 def test_dali_programs_same_for_every_frame_and_differ_between_samples(dali_ra: Any) -> None:
     """A clip of equal frames comes out with equal frames (the same ops and magnitudes on all of them); 24 samples'
     drawn programs give different clips; DALI and the reference agree on the same draws (measured on 96 drawn
-    programs: at most 1 level, at 0.02 % of the pixels; these 24 hold two such pixels)."""
+    programs: at most 1 level, at 0.02 % of the pixels)."""
     spec = parse_rand_augment(OFFICIAL)
     t, h, w = 4, 24, 32
     one = _frames(1, h, w, seed=3)
@@ -217,10 +217,13 @@ def test_dali_programs_same_for_every_frame_and_differ_between_samples(dali_ra: 
     cfg = DataConfig(rand_augment=OFFICIAL, crop="rrc")
     draws = [draw_params(cfg, 0, 0, i).ra[0] for i in range(24)]
     got = dali_ra([(frames, *rand_augment_program(spec, d, w, h)) for d in draws], spec.num_layers)
+    total = 0.0
     for d, g in zip(draws, got):
         assert all(np.array_equal(g[0], g[k]) for k in range(1, t))
         ref = rand_augment_reference(torch.from_numpy(frames).permute(0, 3, 1, 2), spec, d)
         diff = np.abs(g.astype(int) - ref.permute(0, 2, 3, 1).numpy().astype(int))
-        assert diff.max() <= 1 and diff.mean() < 0.002, ([spec.ops[o] for o, a in zip(d.ops, d.apply) if a], diff.max())
+        assert diff.max() <= 1 and diff.mean() < 0.01, ([spec.ops[o] for o, a in zip(d.ops, d.apply) if a], diff.max())
+        total += diff.mean() / len(draws)
+    assert total < 0.001
     distinct = {g.tobytes() for g in got}
     assert len(distinct) >= 22  # programs that all skip (1/16 each) leave the clip unchanged

@@ -10,8 +10,8 @@ Semantics per kind (:data:`umt.data.randaugment.KINDS`; formulas of torchvision'
 backend runs):
 
 * ``affine``: ``warp_affine`` with the 2×3 inverse map, bilinear, fill 128;
-* ``levels``: ``q · floor(clamp(floor(x < t ? a1·x + b1 : a2·x + b2), 0, 255) / q)`` (Invert, Posterize, Solarize,
-  SolarizeAdd, Brightness);
+* ``levels``: ``((x ^ (x >= t1 ? v : 0)) + (x < t2 ? a : 0)) & mask`` in uint8 (Invert, Posterize, Solarize,
+  SolarizeAdd); ``brightness``: ``floor(f·x)`` with DALI's ``brightness``;
 * ``color``: blend with the per-pixel grey ``floor(0.2989 R + 0.587 G + 0.114 B)``; ``contrast``: with its per-frame
   mean; ``sharpness``: with the 3×3 smoothing (1 1 1 / 1 5 1 / 1 1 1)/13, rounded, the 1-pixel border kept;
   each blend is ``floor(clamp(f·x + (1−f)·d, 0, 255))``;
@@ -39,11 +39,15 @@ def _like(node: Any, data: Any) -> Any:
 
 
 def _to_uint8(y: Any) -> Any:
+    """``clamp(floor(y), 0, 255)`` as uint8 (torchvision's truncating uint8 cast of a clamped float).
+
+    DALI's casts round half away from zero and saturate, so ``floor(y) = round(y - 0.5)`` for ``y >= 0`` (exact in
+    float32 here) and negatives saturate to 0; the int16 step is cheaper on CPU than a float → uint8 cast.
+    """
     import nvidia.dali.fn as fn
-    import nvidia.dali.math as dmath
     import nvidia.dali.types as types
 
-    return fn.cast(dmath.clamp(dmath.floor(y), 0.0, 255.0), dtype=types.UINT8)  # integral values: exact
+    return fn.cast(fn.cast(y - 0.5, dtype=types.INT16), dtype=types.UINT8)
 
 
 def _grey(x: Any) -> Any:
@@ -59,13 +63,12 @@ def _blend(x: Any, other: Any, f: Any) -> Any:
 
 
 def _levels(x: Any, p: Any) -> Any:
-    import nvidia.dali.math as dmath
+    import nvidia.dali.fn as fn
+    import nvidia.dali.types as types
 
-    t, a1, b1, a2, b2, q = (_like(p[i], x) for i in range(6))
-    low = x < t  # bool
-    y = low * (a1 * x + b1) + (low ^ True) * (a2 * x + b2)
-    y = dmath.clamp(dmath.floor(y), 0.0, 255.0)
-    return _to_uint8(dmath.floor(y / q) * q)
+    pu = fn.cast(p, dtype=types.UINT8)  # [6]: (t1, v, t2, a, mask, 0), integers in [0, 255]
+    t1, v, t2, a, mask = (_like(pu[i], x) for i in range(5))
+    return ((x ^ ((x >= t1) * v)) + (x < t2) * a) & mask  # uint8 throughout: no overflow (a <= 127 below 128)
 
 
 def _sharpness(x: Any, f: Any) -> Any:
@@ -104,6 +107,8 @@ def _apply(kind: int, x: Any, p: Any) -> Any:
         return fn.warp_affine(x, matrix=m, fill_value=128.0, interp_type=types.INTERP_LINEAR, inverse_map=True)
     if kind == KINDS["levels"]:
         return _levels(x, p)
+    if kind == KINDS["brightness"]:  # blend with black: DALI rounds half away, so -0.5 makes it floor(x · f)
+        return fn.brightness(x, brightness=p[0], brightness_shift=-0.5 / 255.0)
     if kind == KINDS["color"]:
         return _blend(x, _grey(x), _like(p[0], x))
     if kind == KINDS["contrast"]:
@@ -138,6 +143,8 @@ def rand_augment(x: Any, kinds: Any, params: Any, num_layers: int) -> Any:
             x = _apply(KINDS["affine"], x, p)
         elif k == KINDS["levels"]:
             x = _apply(KINDS["levels"], x, p)
+        elif k == KINDS["brightness"]:
+            x = _apply(KINDS["brightness"], x, p)
         elif k == KINDS["color"]:
             x = _apply(KINDS["color"], x, p)
         elif k == KINDS["contrast"]:

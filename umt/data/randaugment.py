@@ -23,6 +23,7 @@ Arithmetic follows torchvision's uint8 kernels (blends truncate, the grey level 
 * Rotate, Shear, Translate resample **bilinearly** (official: bicubic, ``train_interpolation``): DALI's
   ``warp_affine`` has no cubic filter. Outside the frame reads the fill grey 128 (official ``_FILL``).
 * Equalize follows OpenCV's formula (DALI's ``fn.equalize``), not PIL's: the reference implements the same.
+* Blends, AutoContrast and Posterize match PIL's within two levels (PIL rounds its grey level and mean).
 """
 
 from __future__ import annotations
@@ -69,11 +70,12 @@ KINDS = {
     "none": 0,
     "affine": 1,
     "levels": 2,
-    "color": 3,
-    "contrast": 4,
-    "sharpness": 5,
-    "autocontrast": 6,
-    "equalize": 7,
+    "brightness": 3,
+    "color": 4,
+    "contrast": 5,
+    "sharpness": 6,
+    "autocontrast": 7,
+    "equalize": 8,
 }
 
 
@@ -204,24 +206,26 @@ def _affine_matrix(name: str, arg: float, width: int, height: int) -> np.ndarray
 
 
 def _levels(name: str, arg: float) -> tuple[float, float, float, float, float, float]:
-    """Pointwise ops as ``y = a1·x + b1 if x < t else a2·x + b2``, ``floor``, clamp to [0, 255], then posterize to
-    multiples of ``q``: the parameters ``(t, a1, b1, a2, b2, q)``."""
+    """Integer pointwise ops in uint8 as ``((x ^ (v if x >= t1 else 0)) + (a if x < t2 else 0)) & mask``: the
+    parameters ``(t1, v, t2, a, mask, 0)`` (integers in [0, 255]; ``255 - x == x ^ 255`` in uint8)."""
     base = name.removesuffix("Increasing")
     if name == "Invert":
-        return (256.0, -1.0, 255.0, -1.0, 255.0, 1.0)
-    if base == "Posterize":  # keep the top ``bits`` bits: multiples of 2^(8 - bits)
-        return (256.0, 1.0, 0.0, 1.0, 0.0, float(2 ** (8 - min(int(arg), 8))))
-    if base == "Solarize":  # x >= threshold → 255 - x
-        return (arg, 1.0, 0.0, -1.0, 255.0, 1.0)
-    if name == "SolarizeAdd":  # x < 128 → min(x + shift, 255)
-        return (128.0, 1.0, arg, 1.0, 0.0, 1.0)
-    if base == "Brightness":  # blend with black: floor(x · f)
-        return (256.0, arg, 0.0, arg, 0.0, 1.0)
+        return (0.0, 255.0, 0.0, 0.0, 255.0, 0.0)
+    if base == "Posterize":  # keep the top ``bits`` bits
+        bits = min(int(arg), 8)
+        return (0.0, 0.0, 0.0, 0.0, float(((1 << bits) - 1) << (8 - bits)), 0.0)
+    if base == "Solarize":  # x >= threshold → 255 - x (threshold 256: nothing)
+        return (min(arg, 255.0), 255.0 if arg <= 255 else 0.0, 0.0, 0.0, 255.0, 0.0)
+    if name == "SolarizeAdd":  # x < 128 → x + shift (shift <= 110: never past 255)
+        if not 0 <= arg <= 127:
+            raise ValueError(f"SolarizeAdd shift must be in [0, 127], got {arg}")
+        return (0.0, 0.0, 128.0, arg, 255.0, 0.0)
     raise KeyError(name)
 
 
 _KIND_OF = {
     "AutoContrast": "autocontrast",
+    "Brightness": "brightness",
     "Equalize": "equalize",
     "Color": "color",
     "Contrast": "contrast",
@@ -246,8 +250,8 @@ def rand_augment_program(
     Returns:
         ``kinds`` int32 [n] (:data:`KINDS`; ``none`` for skipped layers) and ``params`` float32 [n, 6]:
         ``affine``: the row-major 2×3 inverse map (output → input pixel coordinates); ``levels``:
-        ``(t, a1, b1, a2, b2, q)`` (see :func:`_levels`); ``color``/``contrast``/``sharpness``: the factor in
-        ``params[:, 0]``; the others read nothing.
+        ``(t1, v, t2, a, mask, 0)`` (see :func:`_levels`); ``brightness``/``color``/``contrast``/``sharpness``: the
+        factor in ``params[:, 0]``; the others read nothing.
     """
     n = spec.num_layers
     kinds = np.zeros(n, np.int32)
