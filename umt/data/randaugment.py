@@ -31,8 +31,12 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # torch is imported where the reference ops run, not in DALI's source workers
+    import torch
 
 __all__ = [
     "KINDS",
@@ -275,7 +279,7 @@ def rand_augment_program(
 # -- reference (torch / torchvision) -----------------------------------------------------------------------------
 
 
-def warp_affine_reference(frames: "torch.Tensor", matrix: np.ndarray, fill: float = _FILL) -> "torch.Tensor":
+def warp_affine_reference(frames: torch.Tensor, matrix: np.ndarray, fill: float = _FILL) -> torch.Tensor:
     """Bilinear inverse-map warp with the fill value read outside the frame (DALI ``warp_affine`` semantics).
 
     Args:
@@ -303,7 +307,7 @@ def warp_affine_reference(frames: "torch.Tensor", matrix: np.ndarray, fill: floa
     return torch.floor(out + 0.5).clamp(0, 255).to(torch.uint8)
 
 
-def equalize_reference(frames: "torch.Tensor") -> "torch.Tensor":
+def equalize_reference(frames: torch.Tensor) -> torch.Tensor:
     """Per frame and channel histogram equalisation with OpenCV's formula (DALI ``fn.equalize``).
 
     ``lut[v] = round(255 · (cdf(v) − h[v0]) / (H·W − h[v0]))`` for ``v > v0`` (``v0``: the lowest value present),
@@ -332,15 +336,15 @@ def equalize_reference(frames: "torch.Tensor") -> "torch.Tensor":
     return out.reshape(t, c, h, w)
 
 
-def _solarize_add(frames: "torch.Tensor", shift: float) -> "torch.Tensor":
+def _solarize_add(frames: torch.Tensor, shift: float) -> torch.Tensor:
     import torch
 
     return torch.where(frames < 128, (frames.int() + int(shift)).clamp(max=255), frames.int()).to(torch.uint8)
 
 
 def rand_augment_reference(
-    frames: "torch.Tensor", spec: RandAugmentSpec, draws: RandAugmentDraws
-) -> "torch.Tensor":
+    frames: torch.Tensor, spec: RandAugmentSpec, draws: RandAugmentDraws
+) -> torch.Tensor:
     """Apply one clip's RandAugment with torchvision's tensor ops (the reference backend's path).
 
     Args:

@@ -23,12 +23,18 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from umt.data.config import DataConfig
 from umt.data.shards import META_FIELDS, decode_meta
 from umt.data.video import DecodeStats, decode_sampled
+
+if TYPE_CHECKING:  # umt.data.source imports this module
+    import torch
+
+    from umt.data.source import ShardIndex
 
 __all__ = [
     "ViewsClip",
@@ -43,12 +49,12 @@ __all__ = [
 ]
 
 
-def multi_view(cfg: "DataConfig") -> bool:  # noqa: F821 - typing only
+def multi_view(cfg: DataConfig) -> bool:
     """Whether ``cfg`` asks for the multi-view evaluation (``train=False`` and more than one view)."""
     return not cfg.train and cfg.temporal_views * cfg.spatial_views > 1
 
 
-def num_views(cfg: "DataConfig") -> int:  # noqa: F821
+def num_views(cfg: DataConfig) -> int:
     """Rows per video in a batch: ``num_sample`` (training), ``temporal_views · spatial_views`` (multi-view) or 1."""
     if cfg.train:
         return cfg.num_sample
@@ -119,12 +125,12 @@ class ViewsClip:
     stats: DecodeStats | None = None
 
 
-def read_views(index: Any, i: int, cfg: Any, *, decode: bool = True) -> ViewsClip:
+def read_views(index: ShardIndex, i: int, cfg: DataConfig, *, decode: bool = True) -> ViewsClip:
     """Read sample ``i``'s views: one seeking decode of the union of every temporal clip's frames.
 
     Args:
         index: the data set's :class:`umt.data.source.ShardIndex`.
-        cfg: :class:`umt.data.config.DataConfig` with ``train=False``.
+        cfg: data settings with ``train=False``.
 
     Raises:
         ValueError: the stored video has fewer decodable frames than its meta says.
@@ -149,7 +155,9 @@ def read_views(index: Any, i: int, cfg: Any, *, decode: bool = True) -> ViewsCli
     return out
 
 
-def views_outputs(index: Any, i: int, cfg: Any, *, decode: bool, pad: bool = False) -> tuple[np.ndarray, ...]:
+def views_outputs(
+    index: ShardIndex, i: int, cfg: DataConfig, *, decode: bool, pad: bool = False
+) -> tuple[np.ndarray, ...]:
     """The DALI external source's outputs for sample ``i`` in multi-view evaluation (:mod:`umt.data.dali_views`).
 
     Returns ``(frames_0 .. frames_{n-1}, meta, size, anchor_0 .. anchor_{V-1})``: per temporal clip uint8
@@ -169,7 +177,7 @@ def views_outputs(index: Any, i: int, cfg: Any, *, decode: bool, pad: bool = Fal
     return tuple(out)
 
 
-def views_reference(frames: list[np.ndarray], clip: ViewsClip, cfg: Any) -> "torch.Tensor":  # noqa: F821
+def views_reference(frames: list[np.ndarray], clip: ViewsClip, cfg: DataConfig) -> torch.Tensor:
     """The reference backend's views of one video: float32 [V, 3, T, S, S], normalised.
 
     Each temporal clip is resized once (``cfg.interp``, antialiased, bicubic clamped) and cut ``spatial_views`` times.
