@@ -81,6 +81,23 @@ class DataConfig:
     image_batch_size: int = 0
     """Stage 2: images per rank per step for image-text shard directories in ``shards`` (0: ``batch_size``; the
     official configs use 128 for both, ``batch_size = dict(image=128, video=128)``)."""
+    rand_augment: str = ""
+    """Training: timm RandAugment string, e.g. ``rand-m7-n4-mstd0.5-inc1`` (official fine-tuning), applied to the full
+    frames before the crop with the same ops and magnitudes on every frame of a clip (:mod:`umt.data.randaugment`);
+    empty: off."""
+    erase_prob: float = 0.0
+    """Training: probability of random erasing (one box per clip, per-pixel N(0, 1) after normalisation; official
+    fine-tuning 0.25, :mod:`umt.data.erasing`)."""
+    temporal_views: int = 1
+    """Evaluation: clips per video at segment offsets ``(c + 1) / (n + 1)`` (official ``test_num_segment``);
+    more than one view in all selects the official test sampling (:mod:`umt.data.views`)."""
+    spatial_views: int = 1
+    """Evaluation: crops per clip along the long side after resizing the short side to ``input_size`` (official
+    ``test_num_crop``: 1 = centre, 3 = both ends and centre)."""
+    drop_last: bool = True
+    """True: every rank reads ``len`` whole batches (the remainder is dropped). False (evaluation): ranks split the
+    samples contiguously (the first ``N mod world`` ranks take one more), every sample of a rank's share is read
+    exactly once and the last batch is padded with rows whose ``index`` is -1."""
 
     def __post_init__(self) -> None:
         if self.backend not in ("auto", "dali", "reference"):
@@ -107,3 +124,12 @@ class DataConfig:
             raise ValueError(f"data.rrc_scale must satisfy 0 < low <= high <= 1, got {self.rrc_scale}")
         if not 0 < self.rrc_ratio[0] <= self.rrc_ratio[1]:
             raise ValueError(f"data.rrc_ratio must satisfy 0 < low <= high, got {self.rrc_ratio}")
+        if self.rand_augment:
+            from umt.data.randaugment import parse_rand_augment
+
+            parse_rand_augment(self.rand_augment)  # raises ValueError naming the bad section
+        if not 0.0 <= self.erase_prob <= 1.0:
+            raise ValueError(f"data.erase_prob must be in [0, 1], got {self.erase_prob}")
+        for name in ("temporal_views", "spatial_views"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"data.{name} must be >= 1, got {getattr(self, name)}")

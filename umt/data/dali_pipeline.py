@@ -11,6 +11,11 @@ order, draws the sample's TSN positions, crop and flip from ``(seed, epoch, samp
 * on a GPU hands the encoded video and the sampled indices to ``fn.decoders.video(device="mixed")`` (NVDEC). Whether
   the mixed decoder seeks is checked by the ``gpu`` test ``test_mixed_decoder_seeks`` (not yet run: no GPU lent).
 
+Fine-tuning (issue 12): RandAugment (``data.rand_augment``) runs on the whole frames before the crop as per-sample
+programs drawn in the source (:mod:`umt.data.dali_augment`, DALI conditionals), and random erasing
+(``data.erase_prob``) after normalisation, with the source's box and noise. Multi-view evaluation has its own graph
+(:mod:`umt.data.dali_views`).
+
 The crop, resize (bilinear, antialiased), flip and normalisation run in DALI (on the GPU with ``device_id``). One
 pipeline serves every epoch: the source raises ``StopIteration`` at an epoch's end and ``reset()`` starts the next,
 so there is no per-epoch rebuild; resuming at ``start_batch`` builds the pipeline with that offset (nothing is
@@ -22,6 +27,8 @@ from __future__ import annotations
 from typing import Any
 
 from umt.data.config import DataConfig
+from umt.data.dali_augment import erase_pixels, rand_augment
+from umt.data.randaugment import parse_rand_augment
 from umt.data.source import ClipSource
 
 __all__ = ["GPU_DECODABLE", "build_pipeline", "output_names"]
@@ -55,6 +62,12 @@ def build_pipeline(cfg: DataConfig, source: ClipSource, *, device_id: int | None
     import nvidia.dali.types as types
     from nvidia.dali import pipeline_def
 
+    from umt.data.views import multi_view
+
+    if multi_view(cfg):  # temporal x spatial evaluation views: their own graph
+        from umt.data.dali_views import build_views_pipeline
+
+        return build_views_pipeline(cfg, source, device_id=device_id)
     gpu = device_id is not None
     if source.decode == gpu:
         raise ValueError("the source decodes on CPU pipelines only; GPU pipelines decode with DALI's mixed decoder")
@@ -66,6 +79,19 @@ def build_pipeline(cfg: DataConfig, source: ClipSource, *, device_id: int | None
     dtypes = [types.UINT8, types.INT32] + [types.INT32] * (n_out - 2)
     ndims = [4 if source.decode else 1, 1] + [1, 1, 0] * k + ([] if source.decode else [1])
     layouts = ["FHWC" if source.decode else "", ""] + [""] * (n_out - 2)
+    # fine-tuning augmentation (umt.data.source.ft_outputs): per clip a RandAugment program, an erasing box + noise
+    ra_layers = parse_rand_augment(cfg.rand_augment).num_layers if cfg.train and cfg.rand_augment else 0
+    erase = cfg.train and cfg.erase_prob > 0
+    ft_base, ft_per_clip = n_out, 2 * bool(ra_layers) + 2 * erase
+    for _ in range(k if cfg.train else 0):
+        if ra_layers:
+            dtypes += [types.INT32, types.FLOAT]
+            ndims += [1, 2]
+        if erase:
+            dtypes += [types.INT32, types.FLOAT]
+            ndims += [1, 4]
+    layouts += [""] * (len(dtypes) - n_out)
+    n_out = len(dtypes)
     interp = types.INTERP_CUBIC if cfg.interp == "bicubic" else types.INTERP_LINEAR
     start_method = "spawn" if gpu else "fork"  # fork is cheap, but not after CUDA is initialised
 
@@ -77,6 +103,7 @@ def build_pipeline(cfg: DataConfig, source: ClipSource, *, device_id: int | None
         exec_dynamic=True,
         py_num_workers=max(1, workers),
         py_start_method=start_method,
+        enable_conditionals=bool(ra_layers) or erase,  # per-sample op selection (umt.data.dali_augment)
     )
     def pipe() -> Any:
         parallel = {"parallel": True, "prefetch_queue_depth": 2} if workers > 0 else {}  # 0: in this process
@@ -97,8 +124,10 @@ def build_pipeline(cfg: DataConfig, source: ClipSource, *, device_id: int | None
         clips = []
         for j in range(k):
             anchor, shape, flip = outs[2 + 3 * j], outs[3 + 3 * j], outs[4 + 3 * j]
+            ft = outs[ft_base + ft_per_clip * j : ft_base + ft_per_clip * (j + 1)]
+            augmented = rand_augment(frames, ft[0], ft[1], ra_layers) if ra_layers else frames  # whole frames
             crop = fn.slice(
-                frames, anchor, shape, axis_names="WH", normalized_anchor=False, normalized_shape=False
+                augmented, anchor, shape, axis_names="WH", normalized_anchor=False, normalized_shape=False
             )  # [T, ch, cw, 3]
             # bilinear with antialiasing (PIL's BILINEAR in the official code also filters when shrinking), or
             # bicubic (stage 2 / fine-tuning), clamped to the pixel range like torchvision's uint8 output
@@ -107,11 +136,14 @@ def build_pipeline(cfg: DataConfig, source: ClipSource, *, device_id: int | None
             )  # [T, S, S, 3] float
             if cfg.interp == "bicubic":
                 res = dmath.clamp(res, 0.0, 255.0)
-            clips.append(
-                fn.crop_mirror_normalize(
-                    res, dtype=types.FLOAT, output_layout="CFHW", mean=mean, std=std, mirror=flip
-                )  # [3, T, S, S]
-            )
+            clip = fn.crop_mirror_normalize(
+                res, dtype=types.FLOAT, output_layout="CFHW", mean=mean, std=std, mirror=flip
+            )  # [3, T, S, S]
+            if erase:
+                box, noise = ft[-2], ft[-1]
+                if box[2] > 0:  # erased: 25 % of clips in the official recipe
+                    clip = erase_pixels(clip, box, noise)
+            clips.append(clip)
         return (*clips, meta.gpu() if gpu else meta)
 
     return pipe()

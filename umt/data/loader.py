@@ -10,9 +10,14 @@ Contract (issue 2)::
     loader.close()
 
     batch = {"video": float [B, 3, T, H, W] (bf16 on CUDA, float32 on CPU), normalised with cfg.mean/std,
-             "label": int64 [B] (-1 unlabelled), "index": int64 [B] (the sample's index in manifest order)}
+             "label": int64 [B] (-1 unlabelled), "index": int64 [B] (the sample's index in manifest order),
+             "view": int64 [B] (0 in training; the evaluation view ``c * spatial_views + s``)}
 
-With ``num_sample = k`` the k clips of one video are adjacent in the batch (rows ``k*b .. k*b + k - 1``).
+With ``num_sample = k`` the k clips of one video are adjacent in the batch (rows ``k*b .. k*b + k - 1``); in
+multi-view evaluation (``train=False``, ``temporal_views * spatial_views = V > 1``, :mod:`umt.data.views`) its V views
+are. ``drop_last=False``: ranks split the samples contiguously (the first ``N mod world`` take one more), each
+sample of a rank's share comes exactly once, the last batch is padded with rows of ``index`` -1 (and label -1), and
+``len`` may differ by one between ranks.
 
 Per-rank split and order (:func:`umt.data.source.epoch_order`): every epoch a fresh global permutation of the
 samples from ``(seed, epoch)``, split into contiguous rank blocks (the official ``DistributedSampler(shuffle=True)``);
@@ -35,6 +40,7 @@ import torch
 
 from umt.data.config import DataConfig
 from umt.data.shards import read_manifest
+from umt.data.views import multi_view, num_views
 
 __all__ = ["VideoLoader", "build_loader", "choose_backend", "dali_available"]
 
@@ -90,10 +96,15 @@ class VideoLoader:
         self.shard_dir = Path(cfg.shards)
         self.manifest = read_manifest(self.shard_dir)
         self.num_samples: int = int(self.manifest["num_samples"])
-        self.batch_size: int = cfg.batch_size * cfg.num_sample
+        self.views = num_views(cfg)
+        """Rows per video: ``num_sample`` (training), ``temporal_views * spatial_views`` or 1 (evaluation)."""
+        self.batch_size: int = cfg.batch_size * self.views
         self.per_rank = self.num_samples // world_size
         self._len = self.per_rank // cfg.batch_size
-        if self._len == 0:
+        if not cfg.drop_last:  # every sample once: the first N mod W ranks take one more, the last batch is padded
+            self.per_rank += rank < self.num_samples % world_size
+            self._len = -(-self.per_rank // cfg.batch_size)
+        elif self._len == 0:
             raise ValueError(
                 f"{self.num_samples} samples over {world_size} ranks give no full batch of {cfg.batch_size}"
             )
@@ -137,7 +148,9 @@ class VideoLoader:
 
         from umt.data.dali_pipeline import build_pipeline, output_names
 
-        names = output_names(self.cfg.num_sample)
+        names = output_names(self.views)
+        if self._len == start_batch:  # nothing left (a rank whose share is empty with drop_last=False)
+            return
         if self._pipe is None or self._next != (epoch, start_batch):
             self._close_pipe()
             gpu = self.device.type == "cuda"
@@ -187,7 +200,7 @@ class VideoLoader:
     # -- common -------------------------------------------------------------------------------------------------
 
     def _finish(self, video: torch.Tensor, label: torch.Tensor, index: torch.Tensor) -> dict[str, torch.Tensor]:
-        k = self.cfg.num_sample
+        k = self.views
         dev = self.device
         if dev.type == "cuda":
             video = video.to(dev, non_blocking=True).to(torch.bfloat16)
@@ -197,6 +210,9 @@ class VideoLoader:
             "video": video,
             "label": label.long().repeat_interleave(k).to(dev, non_blocking=True),  # [B*k]
             "index": index.long().repeat_interleave(k).to(dev, non_blocking=True),  # [B*k]
+            "view": (torch.arange(k) if multi_view(self.cfg) else torch.zeros(k, dtype=torch.int64))
+            .repeat(len(index))
+            .to(dev, non_blocking=True),  # [B*k]
         }
 
     def epoch_iter(self, epoch: int, start_batch: int = 0) -> Iterator[dict[str, torch.Tensor]]:

@@ -15,24 +15,39 @@ import torch
 import torch.nn.functional as F
 
 from umt.data.config import DataConfig
+from umt.data.erasing import EraseBox, erase_noise
+from umt.data.randaugment import RandAugmentDraws, parse_rand_augment, rand_augment_reference
 from umt.data.source import ClipParams, ClipSource, ShardIndex, read_clip
+from umt.data.views import multi_view, read_views, views_reference
 
 __all__ = ["EpochDataset", "augment_clip", "load_sample"]
 
 
-def augment_clip(frames: np.ndarray, cfg: DataConfig, window: tuple[int, int, int, int, bool]) -> torch.Tensor:
-    """Crop, resize (``cfg.interp``: bilinear or bicubic, antialiased; bicubic clamped to [0, 255]), flip and
-    normalise one clip.
+def augment_clip(
+    frames: np.ndarray,
+    cfg: DataConfig,
+    window: tuple[int, int, int, int, bool],
+    ra: RandAugmentDraws | None = None,
+    erase: EraseBox | None = None,
+) -> torch.Tensor:
+    """(RandAugment on the whole frames,) crop, resize (``cfg.interp``: bilinear or bicubic, antialiased; bicubic
+    clamped to [0, 255]), flip, normalise (and erase) one clip.
 
     Args:
         frames: uint8 [T, H0, W0, 3].
         window: ``(x, y, crop_w, crop_h, flip)`` from :func:`umt.data.source.clip_windows`.
+        ra: the clip's RandAugment draws (``cfg.rand_augment``), applied before the crop as officially.
+        erase: the clip's erased box, filled after normalisation with :func:`umt.data.erasing.erase_noise`.
 
     Returns:
         float32 [3, T, S, S], ``(x / 255 - mean) / std``.
     """
     s = cfg.input_size
     x, y, cw, ch, flip = window
+    if ra is not None:
+        whole = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # [T, 3, H0, W0] uint8
+        whole = rand_augment_reference(whole, parse_rand_augment(cfg.rand_augment), ra)
+        frames = whole.permute(0, 2, 3, 1).numpy()  # [T, H0, W0, 3]
     v = torch.from_numpy(np.ascontiguousarray(frames[:, y : y + ch, x : x + cw]))  # [T, ch, cw, 3] uint8
     v = v.permute(0, 3, 1, 2).float()  # [T, 3, ch, cw]
     v = F.interpolate(v, size=(s, s), mode=cfg.interp, align_corners=False, antialias=True)  # [T, 3, S, S]
@@ -43,18 +58,44 @@ def augment_clip(frames: np.ndarray, cfg: DataConfig, window: tuple[int, int, in
     mean = torch.tensor(cfg.mean).view(1, 3, 1, 1) * 255.0
     std = torch.tensor(cfg.std).view(1, 3, 1, 1) * 255.0
     v = (v - mean) / std
-    return v.permute(1, 0, 2, 3).contiguous()  # [3, T, S, S]
+    v = v.permute(1, 0, 2, 3).contiguous()  # [3, T, S, S]
+    if erase is not None:
+        v[:, :, erase.y : erase.y + erase.h, erase.x : erase.x + erase.w] = torch.from_numpy(
+            erase_noise(erase, 3, v.shape[1])
+        )  # [3, T, h, w]
+    return v
 
 
-def load_sample(index: ShardIndex, i: int, cfg: DataConfig, params: ClipParams) -> dict[str, torch.Tensor]:
-    """Read, decode and augment sample ``i``: ``{"video": [k, 3, T, S, S], "label": [], "index": []}``."""
-    clip = read_clip(index, i, cfg, params)
-    assert clip.frames is not None
-    clips = torch.stack([augment_clip(clip.frames, cfg, w) for w in clip.windows])  # [k, 3, T, S, S]
+def load_sample(
+    index: ShardIndex, i: int, cfg: DataConfig, params: ClipParams, *, pad: bool = False
+) -> dict[str, torch.Tensor]:
+    """Read, decode and augment sample ``i``: ``{"video": [k, 3, T, S, S], "label": [], "index": []}`` (k views:
+    ``num_sample`` in training, ``temporal_views · spatial_views`` in multi-view evaluation); ``pad``: label and
+    index -1 (a padding row of ``drop_last=False``)."""
+    if multi_view(cfg):
+        vc = read_views(index, i, cfg)
+        assert vc.frames is not None
+        clips, meta = views_reference(vc.frames, vc, cfg), vc.meta  # [V, 3, T, S, S]
+    else:
+        clip = read_clip(index, i, cfg, params)
+        assert clip.frames is not None
+        clips = torch.stack(
+            [
+                augment_clip(
+                    clip.frames,
+                    cfg,
+                    w,
+                    params.ra[j] if params.ra else None,
+                    params.erase[j] if params.erase else None,
+                )
+                for j, w in enumerate(clip.windows)
+            ]
+        )  # [k, 3, T, S, S]
+        meta = clip.meta
     return {
         "video": clips,
-        "label": torch.tensor(clip.meta["label"], dtype=torch.int64),
-        "index": torch.tensor(clip.meta["index"], dtype=torch.int64),
+        "label": torch.tensor(-1 if pad else meta["label"], dtype=torch.int64),
+        "index": torch.tensor(-1 if pad else meta["index"], dtype=torch.int64),
     }
 
 
@@ -70,5 +111,5 @@ class EpochDataset(torch.utils.data.Dataset):
         return len(self.order)
 
     def __getitem__(self, j: int) -> dict[str, torch.Tensor]:
-        i = int(self.order[j])
-        return load_sample(self.source.index, i, self.source.cfg, self.source.params(self.epoch, i))
+        i, pad = self.source.resolve(self.order, j)
+        return load_sample(self.source.index, i, self.source.cfg, self.source.params(self.epoch, i), pad=pad)

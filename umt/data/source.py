@@ -6,8 +6,9 @@ One definition serves the DALI pipeline (as its external source) and the referen
   contiguous per-rank blocks, as the official code's ``DistributedSampler(shuffle=True)`` does (issue 9, item 7).
   Evaluation keeps the manifest order.
 * **Draws** (:func:`draw_params`): per sample, from a generator seeded with ``(seed, epoch, sample index)``: TSN
-  positions, crop pair, crop offset and flip. Results depend neither on the number of workers nor on where an epoch
-  was resumed, and tests can observe every draw.
+  positions, crop pair, crop offset and flip; fine-tuning's RandAugment and random erasing from a second stream
+  ``(seed, epoch, sample index, 1)``, so switching them on changes no frame or crop. Results depend neither on the
+  number of workers nor on where an epoch was resumed, and tests can observe every draw.
 * **Read + decode** (:func:`read_clip`): the sample's components by random access through the DALI ``.idx`` files,
   then only the sampled frames, by seeking to key frames (:mod:`umt.data.video`).
 
@@ -26,10 +27,13 @@ from typing import Any
 import numpy as np
 
 from umt.data.config import DataConfig
+from umt.data.erasing import EraseBox, draw_erase
+from umt.data.randaugment import RandAugmentDraws, draw_rand_augment, parse_rand_augment
 from umt.data.sampling import (FIX_OFFSETS_13, RRC_ATTEMPTS, crop_pairs, eval_crop, frame_indices, multiscale_crop,
                                rrc_window)
 from umt.data.shards import META_FIELDS, decode_meta
 from umt.data.video import DecodeStats, decode_sampled
+from umt.data.views import multi_view, views_outputs
 
 __all__ = [
     "ClipParams",
@@ -92,17 +96,33 @@ class ShardIndex:
 
 
 def epoch_order(
-    num_samples: int, *, seed: int, epoch: int, rank: int, world_size: int, batch_size: int, train: bool = True
+    num_samples: int,
+    *,
+    seed: int,
+    epoch: int,
+    rank: int,
+    world_size: int,
+    batch_size: int,
+    train: bool = True,
+    drop_last: bool = True,
 ) -> np.ndarray:
     """Sample indices (manifest order) that rank ``rank`` reads in ``epoch``, in reading order.
 
     Training: a global permutation drawn from ``(seed, epoch)``, rank r taking the r-th contiguous block of
     ``num_samples // world_size``; evaluation: manifest order, same blocks. Truncated to whole batches.
+    ``drop_last=False``: blocks of ``N // W + (r < N mod W)`` (every sample on exactly one rank), padded with -1 to
+    whole batches.
 
     Returns:
         int64 [len(loader) * batch_size].
     """
     perm = np.random.default_rng([seed, epoch]).permutation(num_samples) if train else np.arange(num_samples)
+    if not drop_last:
+        base, extra = divmod(num_samples, world_size)
+        lo = rank * base + min(rank, extra)
+        mine = perm[lo : lo + base + (rank < extra)]  # [N // W (+ 1)]
+        pad = -len(mine) % batch_size
+        return np.concatenate([mine, np.full(pad, -1, mine.dtype)])
     per_rank = num_samples // world_size
     mine = perm[rank * per_rank : (rank + 1) * per_rank]  # [N // W]
     return mine[: (per_rank // batch_size) * batch_size]
@@ -119,6 +139,10 @@ class ClipParams:
     ``crop="rrc"`` the pair and offset are -1 (unused) and :attr:`rrc` holds the window's draws."""
     rrc: tuple[np.ndarray, ...] = ()
     """``crop="rrc"``: per clip the float64 [10, 4] uniforms of :func:`umt.data.sampling.rrc_window`."""
+    ra: tuple[RandAugmentDraws, ...] = ()
+    """``rand_augment``: per clip the RandAugment draws (:func:`umt.data.randaugment.draw_rand_augment`)."""
+    erase: tuple[EraseBox | None, ...] = ()
+    """``erase_prob > 0``: per clip the erased box in output pixels, or None."""
 
 
 def draw_params(cfg: DataConfig, seed: int, epoch: int, index: int) -> ClipParams:
@@ -126,10 +150,27 @@ def draw_params(cfg: DataConfig, seed: int, epoch: int, index: int) -> ClipParam
 
     Training: ``u ~ U[0, 1)`` per segment (float32), then per clip: ``multiscale``: crop pair uniform over
     :func:`crop_pairs` (10 for 4 scales), offset uniform over the 13 fixed positions, flip with probability 0.5 when
-    ``cfg.flip``; ``rrc``: the window's [10, 4] uniforms, then the flip. Evaluation: no draws.
+    ``cfg.flip``; ``rrc``: the window's [10, 4] uniforms, then the flip. Then, from the generator seeded with
+    ``(seed, epoch, index, 1)``, per clip the RandAugment draws and the erasing box (when on). Evaluation: no draws.
     """
     if not cfg.train:
         return ClipParams(None, ())
+    crops = _draw_crops(cfg, seed, epoch, index)
+    if not (cfg.rand_augment or cfg.erase_prob > 0):
+        return crops
+    ft = np.random.default_rng([seed, epoch, index, 1])  # a second stream: the crops stay those drawn without it
+    spec = parse_rand_augment(cfg.rand_augment) if cfg.rand_augment else None
+    ra: list[RandAugmentDraws] = []
+    erase: list[EraseBox | None] = []
+    for _ in range(cfg.num_sample):
+        if spec is not None:
+            ra.append(draw_rand_augment(ft, spec))
+        if cfg.erase_prob > 0:
+            erase.append(draw_erase(ft, cfg.erase_prob, cfg.input_size, cfg.input_size))
+    return ClipParams(crops.u, crops.crops, crops.rrc, tuple(ra), tuple(erase))
+
+
+def _draw_crops(cfg: DataConfig, seed: int, epoch: int, index: int) -> ClipParams:
     rng = np.random.default_rng([seed, epoch, index])
     u = rng.random(cfg.num_frames, dtype=np.float32)  # [T] in [0, 1)
     if cfg.crop == "rrc":
@@ -212,7 +253,11 @@ class ClipSource:
     the clips' crop windows (uint8 [T, h, w, 3]; anchors relative to it),
     or with ``decode=False`` the encoded bytes (uint8 [bytes]) for DALI's GPU decoder, followed then by the sampled
     indices (int32 [T]); meta int32 [8]; per clip the window as int32 [2] anchor ``(x, y)``, int32 [2] shape
-    ``(w, h)`` and int32 [] flip.
+    ``(w, h)`` and int32 [] flip. Then, per clip, with ``rand_augment``: its program, int32 [n] kinds and float32
+    [n, 6] parameters (:func:`umt.data.randaugment.rand_augment_program`; the video is then the whole frame, which
+    the geometric ops need); with ``erase_prob > 0``: int32 [4] box ``(y, x, h, w)`` (``h = 0``: none) and its
+    float32 [3, T, h, w] noise. Multi-view evaluation returns :func:`umt.data.views.views_outputs` instead.
+    Padding entries of the order (``drop_last=False``) deliver the rank's last sample again with label and index -1.
     Raises ``StopIteration`` past the epoch's end (DALI's end-of-epoch signal); one pipeline serves every epoch.
     """
 
@@ -247,9 +292,17 @@ class ClipSource:
                     world_size=self.world_size,
                     batch_size=self.cfg.batch_size,
                     train=self.cfg.train,
+                    drop_last=self.cfg.drop_last,
                 )
             }
         return self._orders[epoch]
+
+    def resolve(self, order: np.ndarray, j: int) -> tuple[int, bool]:
+        """Sample of entry ``j`` of ``order`` and whether it pads (-1: the last real entry is read again)."""
+        i = int(order[j])
+        if i >= 0:
+            return i, False
+        return int(order[order >= 0][-1]), True
 
     def params(self, epoch: int, i: int) -> ClipParams:
         """The draws for sample ``i`` (the fixed-crop test hook: segment centres, one crop, no flip)."""
@@ -264,11 +317,18 @@ class ClipSource:
         j = start + info.idx_in_epoch
         if j >= len(order):
             raise StopIteration
-        i = int(order[j])
-        clip = read_clip(self.index, i, self.cfg, self.params(epoch, i), decode=self.decode)
+        i, pad = self.resolve(order, j)
+        if multi_view(self.cfg):
+            return views_outputs(self.index, i, self.cfg, decode=self.decode, pad=pad)
+        params = self.params(epoch, i)
+        clip = read_clip(self.index, i, self.cfg, params, decode=self.decode)
+        if pad:
+            clip.meta = {**clip.meta, "label": -1, "index": -1}
         meta = np.array([clip.meta[k] for k in META_FIELDS], np.int32)  # [8]
         x0 = y0 = 0
-        if self.decode:
+        if self.decode and self.cfg.rand_augment and params.ra:
+            video = clip.frames  # RandAugment runs on the whole frame (rotation, shear and translation move pixels in)
+        elif self.decode:
             # hand DALI only the union of the clips' windows: less to copy through shared memory and to slice
             x0, y0 = min(w[0] for w in clip.windows), min(w[1] for w in clip.windows)
             x1 = max(w[0] + w[2] for w in clip.windows)
@@ -281,4 +341,28 @@ class ClipSource:
             out += [np.array([x - x0, y - y0], np.int32), np.array([w, h], np.int32), np.array(int(flip), np.int32)]
         if not self.decode:
             out.append(clip.indices.astype(np.int32))  # for the GPU decoder's ``frames``
-        return tuple(out)
+        return tuple(out + ft_outputs(self.cfg, params, clip.meta["width"], clip.meta["height"]))
+
+
+def ft_outputs(cfg: DataConfig, params: ClipParams, width: int, height: int) -> list[np.ndarray]:
+    """The fine-tuning augmentation outputs of one sample (see :class:`ClipSource`): per clip the RandAugment
+    program (``cfg.rand_augment``) and the erasing box and noise (``cfg.erase_prob > 0``); empty draws (the
+    fixed-crop test hook) give identity programs and no box."""
+    from umt.data.erasing import erase_noise
+    from umt.data.randaugment import rand_augment_program
+
+    out: list[np.ndarray] = []
+    spec = parse_rand_augment(cfg.rand_augment) if cfg.rand_augment else None
+    for j in range(cfg.num_sample if cfg.train else 0):
+        if spec is not None:
+            if params.ra:
+                out += list(rand_augment_program(spec, params.ra[j], width, height))
+            else:
+                out += [np.zeros(spec.num_layers, np.int32), np.zeros((spec.num_layers, 6), np.float32)]
+        if cfg.erase_prob > 0:
+            box = params.erase[j] if params.erase else None
+            if box is None:
+                out += [np.zeros(4, np.int32), np.zeros((3, cfg.num_frames, 0, 0), np.float32)]
+            else:
+                out += [np.array([box.y, box.x, box.h, box.w], np.int32), erase_noise(box, 3, cfg.num_frames)]
+    return out
