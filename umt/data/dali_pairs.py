@@ -42,9 +42,10 @@ def build_pair_pipeline(source: PairSource, *, device_id: int | None) -> Any:
         ValueError: ``source.decode`` does not match the device (videos).
     """
     import nvidia.dali.fn as fn
-    import nvidia.dali.math as dmath
     import nvidia.dali.types as types
     from nvidia.dali import pipeline_def
+
+    from umt.data.dali_common import external_outputs, normalize, pipeline_kwargs, resize
 
     cfg = source.cfg
     gpu = device_id is not None
@@ -52,30 +53,15 @@ def build_pair_pipeline(source: PairSource, *, device_id: int | None) -> Any:
     if not image and source.decode == gpu:
         raise ValueError("the source decodes on CPU pipelines only; GPU pipelines decode with DALI's mixed decoder")
     S = cfg.input_size
-    mean = [255.0 * m for m in cfg.mean]
-    std = [255.0 * s for s in cfg.std]
-    workers = cfg.num_workers
     encoded = image or not source.decode  # the source hands over encoded bytes
     n_out = 5 + (1 if not image and gpu else 0) + 2
     dtypes = [types.UINT8] + [types.INT32] * (n_out - 1)
     ndims = [1 if encoded else 4, 1, 1, 1, 0] + ([1] if not image and gpu else []) + [1, 0]
     layouts = ["" if encoded else "FHWC"] + [""] * (n_out - 1)
-    interp = types.INTERP_CUBIC if cfg.interp == "bicubic" else types.INTERP_LINEAR
-    start_method = "spawn" if gpu else "fork"  # fork is cheap, but not after CUDA is initialised
 
-    @pipeline_def(
-        batch_size=cfg.batch_size,
-        num_threads=max(1, workers),
-        device_id=device_id,
-        prefetch_queue_depth=2,
-        exec_dynamic=True,
-        py_num_workers=max(1, workers),
-        py_start_method=start_method,
-    )
+    @pipeline_def(**pipeline_kwargs(cfg, device_id))
     def pipe() -> Any:
-        parallel = {"parallel": True, "prefetch_queue_depth": 2} if workers > 0 else {}  # 0: in this process
-        outs = fn.external_source(source=source, num_outputs=n_out, batch=False, **parallel, dtype=dtypes,
-                                  ndim=ndims, layout=layouts)
+        outs = external_outputs(source, cfg, dtypes, ndims, layouts)
         media, meta, anchor, shape, flip = outs[:5]
         ids, length = outs[-2], outs[-1]
         if image:
@@ -89,11 +75,7 @@ def build_pair_pipeline(source: PairSource, *, device_id: int | None) -> Any:
             crop = fn.slice(frames, anchor, shape, axis_names="WH", normalized_anchor=False,
                             normalized_shape=False)  # [T, h, w, 3]
             layout = "CFHW"
-        res = fn.resize(crop, size=[S, S], interp_type=interp, antialias=True, dtype=types.FLOAT)  # [(T,) S, S, 3]
-        if cfg.interp == "bicubic":
-            res = dmath.clamp(res, 0.0, 255.0)  # cubic overshoots; torchvision's uint8 output clamps too
-        out = fn.crop_mirror_normalize(res, dtype=types.FLOAT, output_layout=layout, mean=mean, std=std,
-                                       mirror=flip)  # [3, (T,) S, S]
+        out = normalize(resize(crop, [S, S], cfg), cfg, layout, flip)  # [3, (T,) S, S] float
         return out, (meta.gpu() if gpu else meta), ids, length
 
     return pipe()

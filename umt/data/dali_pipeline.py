@@ -58,10 +58,10 @@ def build_pipeline(cfg: DataConfig, source: ClipSource, *, device_id: int | None
         ValueError: ``source.decode`` does not match the device.
     """
     import nvidia.dali.fn as fn
-    import nvidia.dali.math as dmath
     import nvidia.dali.types as types
     from nvidia.dali import pipeline_def
 
+    from umt.data.dali_common import external_outputs, normalize, pipeline_kwargs, resize
     from umt.data.views import multi_view
 
     if multi_view(cfg):  # temporal x spatial evaluation views: their own graph
@@ -72,9 +72,6 @@ def build_pipeline(cfg: DataConfig, source: ClipSource, *, device_id: int | None
     if source.decode == gpu:
         raise ValueError("the source decodes on CPU pipelines only; GPU pipelines decode with DALI's mixed decoder")
     k, S = cfg.num_sample, cfg.input_size
-    mean = [255.0 * m for m in cfg.mean]
-    std = [255.0 * s for s in cfg.std]
-    workers = cfg.num_workers
     n_out = 2 + 3 * k + (0 if source.decode else 1)
     dtypes = [types.UINT8, types.INT32] + [types.INT32] * (n_out - 2)
     ndims = [4 if source.decode else 1, 1] + [1, 1, 0] * k + ([] if source.decode else [1])
@@ -91,31 +88,11 @@ def build_pipeline(cfg: DataConfig, source: ClipSource, *, device_id: int | None
             dtypes += [types.INT32, types.FLOAT]
             ndims += [1, 4]
     layouts += [""] * (len(dtypes) - n_out)
-    n_out = len(dtypes)
-    interp = types.INTERP_CUBIC if cfg.interp == "bicubic" else types.INTERP_LINEAR
-    start_method = "spawn" if gpu else "fork"  # fork is cheap, but not after CUDA is initialised
 
-    @pipeline_def(
-        batch_size=cfg.batch_size,
-        num_threads=max(1, workers),
-        device_id=device_id,
-        prefetch_queue_depth=2,
-        exec_dynamic=True,
-        py_num_workers=max(1, workers),
-        py_start_method=start_method,
-        enable_conditionals=bool(ra_layers) or erase,  # per-sample op selection (umt.data.dali_augment)
-    )
+    # per-sample op selection (umt.data.dali_augment) needs DALI's conditionals
+    @pipeline_def(**pipeline_kwargs(cfg, device_id, conditionals=bool(ra_layers) or erase))
     def pipe() -> Any:
-        parallel = {"parallel": True, "prefetch_queue_depth": 2} if workers > 0 else {}  # 0: in this process
-        outs = fn.external_source(
-            source=source,
-            num_outputs=n_out,
-            batch=False,
-            **parallel,
-            dtype=dtypes,
-            ndim=ndims,
-            layout=layouts,
-        )
+        outs = external_outputs(source, cfg, dtypes, ndims, layouts)
         video, meta = outs[0], outs[1]
         if gpu:
             frames = fn.decoders.video(video, device="mixed", frames=outs[-1])  # [T, H0, W0, 3] uint8, on GPU
@@ -129,16 +106,7 @@ def build_pipeline(cfg: DataConfig, source: ClipSource, *, device_id: int | None
             crop = fn.slice(
                 augmented, anchor, shape, axis_names="WH", normalized_anchor=False, normalized_shape=False
             )  # [T, ch, cw, 3]
-            # bilinear with antialiasing (PIL's BILINEAR in the official code also filters when shrinking), or
-            # bicubic (stage 2 / fine-tuning), clamped to the pixel range like torchvision's uint8 output
-            res = fn.resize(
-                crop, size=[S, S], interp_type=interp, antialias=True, dtype=types.FLOAT
-            )  # [T, S, S, 3] float
-            if cfg.interp == "bicubic":
-                res = dmath.clamp(res, 0.0, 255.0)
-            clip = fn.crop_mirror_normalize(
-                res, dtype=types.FLOAT, output_layout="CFHW", mean=mean, std=std, mirror=flip
-            )  # [3, T, S, S]
+            clip = normalize(resize(crop, [S, S], cfg), cfg, "CFHW", flip)  # [3, T, S, S] float
             if erase:
                 box, noise = ft[-2], ft[-1]
                 if box[2] > 0:  # erased: 25 % of clips in the official recipe

@@ -29,9 +29,10 @@ def build_views_pipeline(cfg: DataConfig, source: Any, *, device_id: int | None)
         ValueError: ``source.decode`` does not match the device.
     """
     import nvidia.dali.fn as fn
-    import nvidia.dali.math as dmath
     import nvidia.dali.types as types
     from nvidia.dali import pipeline_def
+
+    from umt.data.dali_common import external_outputs, normalize, pipeline_kwargs, resize
 
     gpu = device_id is not None
     if source.decode == gpu:
@@ -42,25 +43,10 @@ def build_views_pipeline(cfg: DataConfig, source: Any, *, device_id: int | None)
     dtypes = [types.UINT8] * n_video + [types.INT32, types.FLOAT] + [types.INT32] * (n_out - n_video - 2)
     ndims = [4 if source.decode else 1] * n_video + [1, 1] + [1] * (n_out - n_video - 2)
     layouts = ["FHWC" if source.decode else ""] * n_video + [""] * (n_out - n_video)
-    mean = [255.0 * m for m in cfg.mean]
-    std = [255.0 * s for s in cfg.std]
-    interp = types.INTERP_CUBIC if cfg.interp == "bicubic" else types.INTERP_LINEAR
-    workers = cfg.num_workers
 
-    @pipeline_def(
-        batch_size=cfg.batch_size,
-        num_threads=max(1, workers),
-        device_id=device_id,
-        prefetch_queue_depth=2,
-        exec_dynamic=True,
-        py_num_workers=max(1, workers),
-        py_start_method="spawn" if gpu else "fork",
-    )
+    @pipeline_def(**pipeline_kwargs(cfg, device_id))
     def pipe() -> Any:
-        parallel = {"parallel": True, "prefetch_queue_depth": 2} if workers > 0 else {}
-        outs = fn.external_source(
-            source=source, num_outputs=n_out, batch=False, **parallel, dtype=dtypes, ndim=ndims, layout=layouts
-        )
+        outs = external_outputs(source, cfg, dtypes, ndims, layouts)
         meta, resized = outs[n_video], outs[n_video + 1]
         anchors = outs[n_video + 2 : n_video + 2 + n_t * n_s]
         views = []
@@ -69,17 +55,13 @@ def build_views_pipeline(cfg: DataConfig, source: Any, *, device_id: int | None)
                 frames = fn.decoders.video(outs[0], device="mixed", frames=outs[n_out - n_t + c])  # [T, H0, W0, 3]
             else:
                 frames = outs[c]
-            res = fn.resize(frames, size=resized, interp_type=interp, antialias=True, dtype=types.FLOAT)  # [T, H, W, 3]
-            if cfg.interp == "bicubic":
-                res = dmath.clamp(res, 0.0, 255.0)
+            res = resize(frames, resized, cfg)  # [T, H, W, 3] float
             for s in range(n_s):
                 crop = fn.slice(
                     res, anchors[c * n_s + s], [size, size], axis_names="WH", normalized_anchor=False,
                     normalized_shape=False,
                 )  # [T, S, S, 3]
-                views.append(
-                    fn.crop_mirror_normalize(crop, dtype=types.FLOAT, output_layout="CFHW", mean=mean, std=std)
-                )  # [3, T, S, S]
+                views.append(normalize(crop, cfg, "CFHW"))  # [3, T, S, S]
         return (*views, meta.gpu() if gpu else meta)
 
     return pipe()
