@@ -41,7 +41,9 @@ def test_stage1_checkpoint_loads_backbone_and_reports_heads(tmp_path: Path) -> N
     assert _equal_backbone(clf, pre.student)
     assert torch.equal(clf.head.weight, head_before)  # the fresh classifier is kept
     assert set(rep.missing) == {"fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"}
-    assert all(k.startswith("heads.") for k in rep.dropped)
+    # the UMA heads and the pre-training final norm (the classifier has none, as official) are dropped
+    assert all(k.startswith("heads.") for k in rep.dropped if k not in ("norm.weight", "norm.bias"))
+    assert {"norm.weight", "norm.bias"} <= set(rep.dropped) and "norm.weight" not in clf.state_dict()
 
 
 def test_export_and_finetuned_files(tmp_path: Path) -> None:

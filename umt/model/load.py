@@ -29,12 +29,17 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-__all__ = ["BackboneLoadError", "BackboneState", "LoadReport", "read_backbone", "load_backbone", "HEAD_KEYS"]
+__all__ = ["BackboneLoadError", "BackboneState", "LoadReport", "read_backbone", "load_backbone", "HEAD_KEYS",
+           "FINAL_NORM_KEYS"]
 
 log = logging.getLogger(__name__)
 
 #: keys of the classification head: never part of a pre-trained backbone, dropped unless asked for
 HEAD_KEYS = ("fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias")
+#: the pre-training student's final LayerNorm over the tokens; the classifier has none (official
+#: ``modeling_finetune.py``, ``use_mean_pooling``: ``norm = Identity``), so loading a pre-trained file into a
+#: classifier drops these (reported)
+FINAL_NORM_KEYS = ("norm.weight", "norm.bias")
 
 
 class BackboneLoadError(ValueError):
@@ -156,7 +161,8 @@ def load_backbone(model: nn.Module, source: str | Path | BackboneState, *, head:
     strictly: every backbone key of the file must exist in the model with the same shape and every backbone key of
     the model must be in the file. ``head=True`` also loads ``fc_norm``/``head`` when the file has them (resuming a
     fine-tuned classifier; the shapes must match); otherwise they are dropped and reported, and the model keeps its
-    own (fresh) classifier.
+    own (fresh) classifier. A pre-trained file's final ``norm`` is dropped (reported) when the model is a classifier
+    without one (:data:`FINAL_NORM_KEYS`, as the official fine-tuning loads stage-1 weights).
 
     Raises:
         BackboneLoadError: another architecture (the message names the mismatched keys and both sizes) or a file
@@ -168,6 +174,11 @@ def load_backbone(model: nn.Module, source: str | Path | BackboneState, *, head:
     dropped = []
     if not head:
         for k in HEAD_KEYS:
+            if k in file_sd:
+                dropped.append(k)
+                del file_sd[k]
+    if "head.weight" in own and not any(k in own for k in FINAL_NORM_KEYS):
+        for k in FINAL_NORM_KEYS:
             if k in file_sd:
                 dropped.append(k)
                 del file_sd[k]
