@@ -327,7 +327,7 @@ class TrainConfig:
         if self.data.input_size % 16:
             raise ConfigError(f"data.input_size must be a multiple of the patch size 16, got {self.data.input_size}")
         grid = self.data.input_size // 16
-        if self.model.teacher_image_size % grid:
+        if self.task != "finetune" and self.model.teacher_image_size % grid:  # fine-tuning has no teacher
             raise ConfigError(f"model.teacher_image_size {self.model.teacher_image_size} must give the student's "
                               f"{grid}×{grid} grid (input_size {self.data.input_size} / 16)")
         if self.synthetic_data and self.synthetic_samples < self.data.batch_size:

@@ -390,7 +390,8 @@ class FinetuneTask(Task):
         """Classification on ``eval.shards``: 1 × 1 views periodically, ``eval.views`` for the final evaluation.
 
         Returns:
-            ``{"top1", "top5", "mean_class_acc", ...}`` (numbers only), or None without ``eval.shards``.
+            ``{"top1", "top5", "mean_class_acc", ..., "num_views"}`` (numbers only; ``num_views`` the test views per
+            video actually used), or None without ``eval.shards``.
         """
         cfg, rt = self.cfg, self.rt
         if not cfg.eval.shards:
@@ -408,4 +409,6 @@ class FinetuneTask(Task):
                            amp_dtype=rt.amp_dtype, out_dir=out_dir / "eval_final" if final else None)
         finally:
             loader.close()
-        return {k: float(v) for k, v in res.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        out = {k: float(v) for k, v in res.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        out["num_views"] = float(views[0] * views[1] if multi else 1)
+        return out

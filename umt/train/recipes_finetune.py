@@ -140,7 +140,7 @@ def demo_ft() -> TrainConfig:
                        input_size=112, num_workers=2, **FT_AUGMENT),
         model=ModelConfig(student="umt_vit_pico_patch16_224", drop_path=0.1, init_from="runs/demo",
                           teacher_image_size=112),
-        optim=OptimConfig(lr=1e-2, min_lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05, epochs=40, warmup_epochs=4),
+        optim=OptimConfig(lr=3e-2, min_lr=3e-4, betas=(0.9, 0.999), weight_decay=0.05, epochs=40, warmup_epochs=4),
         checkpoint=CheckpointConfig(every_steps=0, keep_last=2),
         log=LogConfig(every_steps=5),
         eval=EvalConfig(every_epochs=10, at_end=True, shards="shards/built/sample_ft/heldout", batch_size=2,
