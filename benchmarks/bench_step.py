@@ -251,7 +251,8 @@ def run(*, quick: bool = False, models: tuple[str, ...] | list[str] = ("umt_b16"
     if dev.type == "cpu":
         notes.append("CPU: real B/L architectures at 2 frames × 112² (teacher 112 px for B, 98 px for L), batch 1, "
                      "fp32; MFU undefined without a bf16 peak. Two shared cores: indicative only.")
-        notes.append("CPU finetune rows: 2 frames × 112², 1 video × 2 views, fp32: they do not speak to GPU figures.")
+        notes.append("CPU finetune rows: 2 frames × 112², 1 video × 2 views, fp32: they do not speak to GPU "
+                     "figures.")
     return BenchResult(name="bench_step", rows=rows, notes=notes)
 
 

@@ -277,3 +277,75 @@ def test_finetuning_stops_and_resumes_exactly(tmp_path: Path) -> None:
     # resuming with another class count is refused
     with pytest.raises(ConfigError, match="num_classes 4, this run has 5"):
         Trainer(_cfg(init, "finetune.num_classes=5", "optim.epochs=3"), tmp_path / "part", resume="auto")
+
+
+# ---------------------------------------------------------------------------------------------------------- recipes
+#: the official scripts (single_modality/exp/finetuning/{k710,k400,ssv2}/*.sh): epochs, warm-up, lr, layer decay,
+#: drop path, classes, test views, flip
+OFFICIAL = {
+    "umt_b16_k710_ft": (35, 2, 2e-4, 0.75, 0.1, 710, "4x3", True),
+    "umt_b16_k400_ft": (5, 1, 2e-5, 0.75, 0.1, 400, "4x3", True),
+    "umt_l16_k710_ft": (20, 2, 1e-4, 0.85, 0.2, 710, "4x3", True),
+    "umt_l16_k400_ft": (5, 1, 1e-5, 0.85, 0.2, 400, "4x3", True),
+    "umt_b16_ssv2_ft": (30, 5, 2e-4, 0.75, 0.1, 174, "2x3", False),
+    "umt_l16_ssv2_ft": (14, 4, 4e-4, 0.85, 0.2, 174, "2x3", False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL))
+def test_recipes_carry_the_official_numbers(name: str) -> None:
+    from umt.train.recipes import get_recipe
+    from umt.train.step import peak_lr
+
+    cfg = get_recipe(name)
+    epochs, warmup, lr, ld, dp, k, views, flip = OFFICIAL[name]
+    o, f, d = cfg.optim, cfg.finetune, cfg.data
+    assert (cfg.task, o.epochs, o.warmup_epochs, o.lr, o.min_lr, f.layer_decay, cfg.model.drop_path) == (
+        "finetune", epochs, warmup, lr, 1e-6, ld, dp)
+    assert (f.num_classes, cfg.eval.views, d.flip, f.head_init_scale) == (k, views, flip, 0.001)
+    assert (o.betas, o.weight_decay, f.mixup, f.cutmix, f.mixup_switch_prob, f.label_smoothing) == (
+        (0.9, 0.999), 0.05, 0.8, 1.0, 0.5, 0.1)
+    assert (d.batch_size, d.num_sample, o.global_batch, d.num_frames, d.input_size) == (16, 2, 256, 8, 224)
+    assert f.label_map == ("first" if "k400" in name else "")
+    # lr × 256 videos × 2 views / 256, the same on 16 GPUs or on 4 that accumulate 4 micro-batches
+    assert peak_lr(cfg, 16) == pytest.approx((2 * lr, 2e-6)) and peak_lr(cfg, 4) == pytest.approx((2 * lr, 2e-6))
+
+
+def test_finetune_config_checks() -> None:
+    with pytest.raises(ConfigError, match="finetune.layer_decay must be in"):
+        apply_overrides(TrainConfig(task="finetune"), ["finetune.layer_decay=0", "synthetic_data=true"])
+    with pytest.raises(ConfigError, match="must be even, got 3 × 1"):
+        apply_overrides(TrainConfig(task="finetune"), ["data.batch_size=3", "data.num_sample=1",
+                                                       "synthetic_data=true"])
+    ok = apply_overrides(TrainConfig(task="finetune"), ["data.batch_size=3", "data.num_sample=1", "finetune.mixup=0",
+                                                        "finetune.cutmix=0", "synthetic_data=true"])
+    assert not ok.finetune.mixup_active
+
+
+def test_fallback_classification_averages_views_per_sample() -> None:
+    """The in-task evaluation used until umt.eval.classify lands (it goes with it): softmax averaged over each
+    sample's views, padding rows (index −1) ignored, top-1/top-5/mean per-class accuracy by hand."""
+    from umt.train.finetune import _classify_fallback
+
+    class _Scores(torch.nn.Module):  # the "video" rows are the logits
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    class _Loader:
+        num_samples = 3
+
+        def epoch_iter(self, epoch: int):  # noqa: ANN202
+            # sample 0 (label 0): views favour 0 then 1 → averaged, 0 wins; sample 1 (label 1): both views say 2;
+            # sample 2 (label 2): one view, says 2; last row: padding that says 1 for sample 0 (ignored)
+            yield {"video": torch.tensor([[3.0, 0, 0, 0, 0, 0], [0, 1.0, 0, 0, 0, 0]]), "label": torch.tensor([0, 0]),
+                   "index": torch.tensor([0, 0])}
+            yield {"video": torch.tensor([[0, 0, 2.0, 0, 0, 0], [0, 1.0, 2.0, 0, 0, 0]]),
+                   "label": torch.tensor([1, 1]), "index": torch.tensor([1, 1])}
+            yield {"video": torch.tensor([[0, 0, 5.0, 0, 0, 0], [0, 9.0, 0, 0, 0, 0]]),
+                   "label": torch.tensor([2, 0]), "index": torch.tensor([2, -1])}
+
+    res = _classify_fallback(_Scores(), _Loader(), num_classes=6, device=torch.device("cpu"), amp_dtype=None)
+    assert res["num_samples"] == 3
+    assert res["top1"] == pytest.approx(2 / 3)  # samples 0 and 2 right
+    assert res["top5"] == pytest.approx(1.0)  # sample 1's label is second
+    assert res["mean_class_acc"] == pytest.approx((1 + 0 + 1) / 3)

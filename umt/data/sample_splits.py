@@ -4,8 +4,9 @@ issue 12 item 7).
 The split is per class and deterministic: within each label the clips are sorted by file name and every fourth one
 from the first on (positions 0, 4, 8, ...) is held out, so each of the 4 labels has clips on both sides (20 clips →
 14 train, 6 held out). Both sets list the same class names, so label ids agree between them. Shards are built
-with :func:`umt.data.shards.build_shards` from the clips themselves (like :func:`umt.data.samples.ensure_sample_shards`),
-only into their own default location, and rebuilt only when stale.
+with :func:`umt.data.shards.build_shards` from the clips themselves (as
+:func:`umt.data.samples.ensure_sample_shards` does), only into their own default location, and rebuilt only when
+stale.
 """
 
 from __future__ import annotations
