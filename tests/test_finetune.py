@@ -253,30 +253,31 @@ def _rows(run_dir: Path) -> dict[int, tuple[float, float]]:
 def test_finetuning_stops_and_resumes_exactly(tmp_path: Path) -> None:
     _stage1_file(tmp_path / "s1.pt")
     init = f"model.init_from={tmp_path / 's1.pt'}"
-    full = Trainer(_cfg(init, "optim.max_steps=6", "optim.epochs=3"), tmp_path / "full")  # 4 steps per epoch
+    four = "synthetic_samples=4"  # 2 steps per epoch
+    full = Trainer(_cfg(init, four, "optim.max_steps=4"), tmp_path / "full")
     try:
         full.fit()
     finally:
         full.close()
-    part = Trainer(_cfg(init, "optim.max_steps=3", "optim.epochs=3"), tmp_path / "part")  # stops mid-epoch 0
+    part = Trainer(_cfg(init, four, "optim.max_steps=3"), tmp_path / "part")  # stops mid-epoch 1
     try:
         part.fit()
     finally:
         part.close()
-    rest = Trainer(_cfg(init, "optim.max_steps=6", "optim.epochs=3"), tmp_path / "part", resume="auto")
+    rest = Trainer(_cfg(init, four, "optim.max_steps=4"), tmp_path / "part", resume="auto")
     try:
-        assert (rest.step, rest.epoch, rest.batch_in_epoch) == (3, 0, 3)
+        assert (rest.step, rest.epoch, rest.batch_in_epoch) == (3, 1, 1)
         rest.fit()
     finally:
         rest.close()
     want, got = _rows(tmp_path / "full"), _rows(tmp_path / "part")
-    assert sorted(want) == list(range(1, 7)) and got == want  # bit-identical per-step losses (mixup, drop path)
-    assert len({v[0] for v in want.values()}) == 6
+    assert sorted(want) == list(range(1, 5)) and got == want  # bit-identical per-step losses (mixup, drop path)
+    assert len({v[0] for v in want.values()}) == 4
     cfg = json.loads((tmp_path / "full" / "config.json").read_text())
     assert cfg["task"] == "finetune" and cfg["num_classes"] == 4 and cfg["pretrain_grid"] == [2, 2, 2]
     # resuming with another class count is refused
     with pytest.raises(ConfigError, match="num_classes 4, this run has 5"):
-        Trainer(_cfg(init, "finetune.num_classes=5", "optim.epochs=3"), tmp_path / "part", resume="auto")
+        Trainer(_cfg(init, four, "finetune.num_classes=5"), tmp_path / "part", resume="auto")
 
 
 # ---------------------------------------------------------------------------------------------------------- recipes

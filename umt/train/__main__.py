@@ -101,7 +101,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"umt-train: {problem}", file=sys.stderr)
             return 2
     demo_ft = args.recipe == "demo_ft" and not cfg.synthetic_data
-    if demo_ft and rank == 0:  # split shards; init_from = the stage-1 demo's checkpoint (trained first if absent)
+    if demo_ft and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        print("umt-train: the demo_ft recipe runs in one process (it may train the stage-1 demo first)",
+              file=sys.stderr)
+        return 2
+    if demo_ft:  # split shards; init_from = the stage-1 demo's checkpoint (trained first if absent)
         from umt.train.demo_ft import DemoError, prepare
 
         try:
