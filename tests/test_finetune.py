@@ -347,6 +347,6 @@ def test_fallback_classification_averages_views_per_sample() -> None:
 
     res = _classify_fallback(_Scores(), _Loader(), num_classes=6, device=torch.device("cpu"), amp_dtype=None)
     assert res["num_samples"] == 3
-    assert res["top1"] == pytest.approx(2 / 3)  # samples 0 and 2 right
-    assert res["top5"] == pytest.approx(1.0)  # sample 1's label is second
-    assert res["mean_class_acc"] == pytest.approx((1 + 0 + 1) / 3)
+    assert res["top1"] == pytest.approx(100 * 2 / 3)  # percent: samples 0 and 2 right
+    assert res["top5"] == pytest.approx(100.0)  # sample 1's label is second
+    assert res["mean_class_acc"] == pytest.approx(100 * (1 + 0 + 1) / 3)

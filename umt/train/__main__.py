@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             from umt.train.demo_ft import final_top1, knn_side_by_side
 
             after = final_top1(summary["run_dir"])
-            fmt = lambda r: f"{r['top1']:.1%}" if r and "top1" in r else "n/a"  # noqa: E731
+            fmt = lambda r: f"{r['top1']:.1f} %" if r and "top1" in r else "n/a"  # noqa: E731
             views = int(after.get("num_views", 1)) if after else 1
             print(f"held-out top-1 ({cfg.eval.shards}): {fmt(before)} before fine-tuning (stage-1 backbone, fresh "
                   f"head), {fmt(after)} after ({views} view{'s' if views > 1 else ''} per clip, best.pt)")

@@ -7,7 +7,7 @@ trainer runs and what it prints around it.
    is the stage-1 demo's default run directory; when it does not exist the stage-1 demo is trained there first. A
    directory that holds a run without checkpoints is never written to (a one-line error says what to do).
 3. Held-out top-1 is printed before fine-tuning (the stage-1 backbone with a fresh head) and after (the final
-   evaluation, on ``best.pt``).
+   evaluation, on ``best.pt``), then the k-NN probe of a random backbone beside the stage-1 checkpoint.
 """
 
 from __future__ import annotations
@@ -106,16 +106,22 @@ def final_top1(run_dir: str | Path) -> dict[str, Any] | None:
 
 
 def knn_side_by_side(cfg: TrainConfig) -> str:
-    """CALL SITE (evalcls, issue 12 items 5 and 7): the k-NN probe accuracy on the held-out split, with the training
-    split as the bank, for a randomly initialised backbone and for the stage-1 checkpoint ``model.init_from``, side
-    by side. It is filled in with ``umt.eval.features`` + ``umt.eval.probe`` once they land; until then it says so.
+    """The k-NN probe (issue 12 items 5 and 7) on the held-out split, the training split as the bank, for a randomly
+    initialised backbone and for the stage-1 checkpoint ``model.init_from``, side by side (evalcls's
+    ``umt.eval.probe.knn_probe_checkpoints`` and ``format_knn_table``; ``eval.knn_k``, ``eval.knn_temperature``).
 
     Returns:
-        One line to print.
+        One line to print (``k-NN top-1: random backbone X %, stage-1 checkpoint Y %``), or a line saying the probe
+        module is not there yet.
     """
-    if importlib.util.find_spec("umt.eval.probe") is None or importlib.util.find_spec("umt.eval.features") is None:
-        return "k-NN probe (random backbone vs stage-1): waiting for umt.eval.probe / umt.eval.features (evalcls)"
-    # --- evalcls: extract features of cfg.data.shards (bank) and cfg.eval.shards (queries) for
-    # --- timm.create_model(cfg.model.student, ...) at random init and loaded from cfg.model.init_from, run the k-NN
-    # --- probe (cfg.eval.knn_k, cfg.eval.knn_temperature) on both, return "k-NN top-1: random X %, stage-1 Y %".
-    return "k-NN probe (random backbone vs stage-1): umt.eval.probe is present; this call site is not wired yet"
+    if importlib.util.find_spec("umt.eval.probe") is None:
+        return "k-NN probe (random backbone vs stage-1): waiting for umt.eval.probe (evalcls)"
+    from umt.eval.probe import format_knn_table, knn_probe_checkpoints  # a broken module fails here
+
+    ev = cfg.eval
+    res = knn_probe_checkpoints({"random backbone": None, "stage-1 checkpoint": cfg.model.init_from},
+                                cfg.data.shards, ev.shards, arch=cfg.model.student, num_frames=cfg.data.num_frames,
+                                input_size=cfg.data.input_size, batch_size=ev.batch_size, k=ev.knn_k,
+                                temperature=ev.knn_temperature, device="cpu", seed=cfg.seed,
+                                num_workers=cfg.data.num_workers)
+    return format_knn_table(res)

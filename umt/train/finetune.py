@@ -176,6 +176,15 @@ def eval_data_config(cfg: TrainConfig, temporal_views: int = 1, spatial_views: i
         ``(DataConfig, multi_view)``: ``multi_view`` is False when this ``DataConfig`` has no view fields yet (the
         loader then yields one centre view per video).
     """
+    if importlib.util.find_spec("umt.eval.common") is not None:  # evalcls's builder, the same for every evaluation
+        from umt.eval.common import eval_data_config as _eval_data_config
+        from umt.eval.common import supports_multiview
+
+        multi = supports_multiview()
+        dc = _eval_data_config(cfg.eval.shards, batch_size=cfg.eval.batch_size, num_frames=cfg.data.num_frames,
+                               input_size=cfg.data.input_size,
+                               views=(temporal_views, spatial_views) if multi else (1, 1), base=cfg.data)
+        return dc, multi
     known = {f.name for f in dataclasses.fields(type(cfg.data))}
     multi = {"temporal_views", "spatial_views"} <= known
     extra = {"temporal_views": temporal_views, "spatial_views": spatial_views, "drop_last": False}
@@ -189,8 +198,8 @@ def _classify_fallback(model: nn.Module, loader: Any, *, num_classes: int, devic
                        amp_dtype: torch.dtype | None) -> dict[str, float]:
     """Multi-view classification until :mod:`umt.eval.classify` lands (issue 12 item 4 is evalcls's): softmax
     scores summed per sample ``index`` over its views (rows with index −1 are padding), summed over ranks, then
-    top-1/top-5 and mean per-class accuracy (fractions) over the samples seen. To be removed when
-    ``umt.eval.classify.evaluate_classification`` exists (:func:`classify` then calls it)."""
+    top-1/top-5 and mean per-class accuracy in percent (as ``evaluate_classification``) over the samples seen. To be
+    removed when ``umt.eval.classify.evaluate_classification`` exists (:func:`classify` then calls it)."""
     n = int(loader.num_samples)
     scores = torch.zeros(n, num_classes, device=device)  # [N, K] summed softmax over views
     seen = torch.zeros(n, device=device)  # [N] views seen
@@ -216,25 +225,27 @@ def _classify_fallback(model: nn.Module, loader: Any, *, num_classes: int, devic
     hit1 = (top[:, 0] == labels).float()
     hit5 = (top == labels[:, None]).any(1).float()
     per_class = [hit1[labels == c].mean() for c in labels.unique()]
-    return {"top1": float(hit1.mean()), "top5": float(hit5.mean()),
-            "mean_class_acc": float(torch.stack(per_class).mean()), "num_samples": float(labels.numel())}
+    return {"top1": 100.0 * float(hit1.mean()), "top5": 100.0 * float(hit5.mean()),
+            "mean_class_acc": 100.0 * float(torch.stack(per_class).mean()), "num_samples": float(labels.numel())}
 
 
 def classify(model: nn.Module, loader: Any, *, num_classes: int, device: torch.device,
-             amp_dtype: torch.dtype | None, out_dir: Path | None = None) -> dict[str, Any]:
-    """Top-1/top-5/mean per-class accuracy of ``model`` over ``loader`` (every rank its share, reduced).
+             amp_dtype: torch.dtype | None, out_dir: Path | None = None, class_names: list[str] | None = None,
+             meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Top-1/top-5/mean per-class accuracy (percent) of ``model`` over ``loader`` (every rank its share, reduced).
 
-    Calls ``umt.eval.classify.evaluate_classification(model, loader, *, num_classes, device, amp_dtype)`` (evalcls,
-    issue 12 item 4: multi-view scores averaged per sample, exact-once over ranks; ``out_dir`` passed when it takes
-    one, for its reports) when that module exists, else :func:`_classify_fallback`.
+    Calls ``umt.eval.classify.evaluate_classification(model, loader, *, num_classes, device, amp_dtype, ...)``
+    (evalcls, issue 12 item 4: multi-view softmax averaged per sample, every sample counted once over the ranks;
+    with ``out_dir`` rank 0 writes its JSON/markdown/confusion-matrix report there; ``class_names``/``meta`` label
+    it) when that module exists, else :func:`_classify_fallback` (no report).
     """
     if importlib.util.find_spec("umt.eval.classify") is None:
         return _classify_fallback(model, loader, num_classes=num_classes, device=device, amp_dtype=amp_dtype)
     from umt.eval.classify import evaluate_classification  # a broken module fails here, never falls back
 
-    kwargs: dict[str, Any] = {}
-    if out_dir is not None and "out_dir" in inspect.signature(evaluate_classification).parameters:
-        kwargs["out_dir"] = out_dir
+    accepted = inspect.signature(evaluate_classification).parameters
+    extra = {"out_dir": out_dir, "class_names": class_names, "meta": meta}
+    kwargs = {k: v for k, v in extra.items() if v is not None and k in accepted}
     return evaluate_classification(model, loader, num_classes=num_classes, device=device, amp_dtype=amp_dtype,
                                    **kwargs)
 
@@ -390,8 +401,9 @@ class FinetuneTask(Task):
         """Classification on ``eval.shards``: 1 × 1 views periodically, ``eval.views`` for the final evaluation.
 
         Returns:
-            ``{"top1", "top5", "mean_class_acc", ..., "num_views"}`` (numbers only; ``num_views`` the test views per
-            video actually used), or None without ``eval.shards``.
+            ``{"top1", "top5", "mean_class_acc", ..., "num_views"}`` (accuracies in percent; numbers only;
+            ``num_views`` the test views per video actually used), or None without ``eval.shards``; with ``final``
+            the classification report goes to ``out_dir/eval_final`` (when :mod:`umt.eval.classify` is there).
         """
         cfg, rt = self.cfg, self.rt
         if not cfg.eval.shards:
@@ -404,9 +416,13 @@ class FinetuneTask(Task):
         from umt.data import build_loader
 
         loader = build_loader(dc, rank=rt.rank, world_size=rt.world_size, device=rt.device)
+        classes = list(getattr(loader, "manifest", {}).get("classes") or []) or None
+        meta = {"task": self.name, "shards": cfg.eval.shards, "views": f"{views[0]}x{views[1]}",
+                "init_from": cfg.model.init_from}
         try:
             res = classify(self.model, loader, num_classes=self.num_classes, device=rt.device,
-                           amp_dtype=rt.amp_dtype, out_dir=out_dir / "eval_final" if final else None)
+                           amp_dtype=rt.amp_dtype, out_dir=out_dir / "eval_final" if final else None,
+                           class_names=classes, meta=meta)
         finally:
             loader.close()
         out = {k: float(v) for k, v in res.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

@@ -143,8 +143,9 @@ def demo_ft() -> TrainConfig:
         optim=OptimConfig(lr=3e-2, min_lr=3e-4, betas=(0.9, 0.999), weight_decay=0.05, epochs=40, warmup_epochs=4),
         checkpoint=CheckpointConfig(every_steps=0, keep_last=2),
         log=LogConfig(every_steps=5),
+        # eval batch 2 divides both splits (14 / 6 clips); k-NN with 5 neighbours from the 14-clip bank
         eval=EvalConfig(every_epochs=10, at_end=True, shards="shards/built/sample_ft/heldout", batch_size=2,
-                        views="2x3"),
+                        views="2x3", knn_k=5),
         finetune=FinetuneConfig(num_classes=0, layer_decay=0.75),
         device="cpu",
     )
