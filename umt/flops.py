@@ -21,9 +21,6 @@ __all__ = [
     "student_forward_flops",
     "teacher_forward_flops",
     "train_flops_per_clip",
-    "ClassifierSpec",
-    "classifier_forward_flops",
-    "classifier_train_flops_per_clip",
     "mfu",
 ]
 
@@ -130,6 +127,17 @@ def train_flops_per_clip(spec: UMTSpec) -> float:
     return 3.0 * student_forward_flops(spec) + teacher_forward_flops(spec)
 
 
+def mfu(clips_per_s: float, flops_per_clip: float, peak_tflops: float) -> float:
+    """Model FLOPs utilisation: achieved FLOP/s ÷ peak FLOP/s (both per device). Returns a fraction in [0, ∞)."""
+    if peak_tflops <= 0:
+        raise ValueError("peak_tflops must be positive")
+    return clips_per_s * flops_per_clip / (peak_tflops * 1e12)
+
+
+# ------------------------------------------------------------------------------ fine-tuning (issue 12)
+__all__ += ["ClassifierSpec", "classifier_forward_flops", "classifier_train_flops_per_clip"]
+
+
 @dataclass(frozen=True)
 class ClassifierSpec:
     """One fine-tuning configuration (DESIGN.md, "Fine-tuning"): the student ViT over all tokens + a linear head."""
@@ -169,10 +177,3 @@ def classifier_train_flops_per_clip(spec: ClassifierSpec) -> float:
     costs twice the forward: gradients of activations and of weights). A clip is one augmented view: with repeated
     augmentation (``num_sample`` 2) a video counts twice. UMT-B 8 × 224²: ~1.08 TFLOP; UMT-L: ~3.57 TFLOP."""
     return 3.0 * classifier_forward_flops(spec)
-
-
-def mfu(clips_per_s: float, flops_per_clip: float, peak_tflops: float) -> float:
-    """Model FLOPs utilisation: achieved FLOP/s ÷ peak FLOP/s (both per device). Returns a fraction in [0, ∞)."""
-    if peak_tflops <= 0:
-        raise ValueError("peak_tflops must be positive")
-    return clips_per_s * flops_per_clip / (peak_tflops * 1e12)

@@ -18,7 +18,7 @@ from typing import Any
 from umt.data.config import DataConfig
 from umt.masking import MASK_KINDS
 
-__all__ = ["ModelConfig", "MaskConfig", "OptimConfig", "CheckpointConfig", "LogConfig", "FinetuneConfig", "TrainConfig",
+__all__ = ["ModelConfig", "MaskConfig", "OptimConfig", "CheckpointConfig", "LogConfig", "TrainConfig",
            "accumulation_steps", "apply_overrides", "config_to_dict", "config_from_dict", "ConfigError"]
 
 
@@ -225,6 +225,9 @@ class EvalConfig:
     def spatial_views(self) -> int:
         """Spatial crops of the multi-view test (the second number of :attr:`views`)."""
         return int(self.views.lower().split("x")[1])
+
+
+__all__ += ["FinetuneConfig"]
 
 
 @dataclass

@@ -10,7 +10,6 @@ from collections.abc import Callable
 
 from umt.data.config import DataConfig
 from umt.train.config import (CheckpointConfig, LogConfig, MaskConfig, ModelConfig, OptimConfig, TrainConfig)
-from umt.train.recipes_finetune import FT_RECIPES
 
 __all__ = ["RECIPES", "umt_b16_k710", "umt_l16_k710", "demo", "get_recipe"]
 
@@ -60,7 +59,6 @@ def demo() -> TrainConfig:
 
 
 RECIPES: dict[str, Callable[[], TrainConfig]] = {f.__name__: f for f in (umt_b16_k710, umt_l16_k710, demo)}
-RECIPES.update(FT_RECIPES)  # fine-tuning recipes (issue 12): umt.train.recipes_finetune
 
 
 def get_recipe(name: str) -> TrainConfig:
@@ -72,3 +70,8 @@ def get_recipe(name: str) -> TrainConfig:
     if name not in RECIPES:
         raise KeyError(f"unknown recipe {name!r}; available: {sorted(RECIPES)}")
     return RECIPES[name]()
+
+
+from umt.train.recipes_finetune import FT_RECIPES  # noqa: E402 - fine-tuning recipes (issue 12)
+
+RECIPES.update(FT_RECIPES)
