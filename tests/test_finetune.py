@@ -235,6 +235,26 @@ def test_classifier_loads_the_backbone_and_remaps_a_finetuned_head(tmp_path: Pat
         build_classifier(_cfg(f"finetune.label_map={tmp_path / 'm.json'}"), 4, read_backbone(tmp_path / "best.pt"))
 
 
+def test_a_finetuned_file_records_the_size_its_table_was_interpolated_from(tmp_path: Path) -> None:
+    """4 frames × 48² fine-tuned from a 2 × 32² backbone: the run's files record 2 × 32, so the next fine-tuning (or
+    an evaluation) from them rebuilds the same interpolated table, not a table made directly at 4 × 48."""
+    from umt.model.load import read_backbone
+
+    _stage1_file(tmp_path / "s1.pt")
+    sizes = ("data.num_frames=4", "data.input_size=48", "synthetic_samples=4")
+    tr = Trainer(_cfg(f"model.init_from={tmp_path / 's1.pt'}", *sizes, "optim.max_steps=1"), tmp_path / "a")
+    try:
+        tr.fit()
+        table = tr.model.pos_embed.clone()
+    finally:
+        tr.close()
+    st = read_backbone(next((tmp_path / "a" / "checkpoints").glob("*.pt")))
+    assert (st.kind, st.num_frames, st.img_size, st.pretrain_num_frames, st.pretrain_img_size) == (
+        "finetune", 4, 48, 2, 32)
+    again, _ = build_classifier(_cfg(*sizes), 4, st)
+    assert torch.equal(again.pos_embed, table) and not torch.equal(table, sincos_pos_table(4 * 9, 96))
+
+
 def test_another_architecture_is_a_clear_error_through_the_task(tmp_path: Path) -> None:
     _stage1_file(tmp_path / "tiny.pt", name="umt_vit_tiny_patch16_224")  # width 192, depth 12
     with pytest.raises(ConfigError, match=r"model.init_from: .*another architecture.*width 192, depth 12.*model "

@@ -67,6 +67,12 @@ class BackboneState:
     """Input side it was trained on, when recorded."""
     config: dict[str, Any] = field(default_factory=dict)
     """The run's resolved config (trainer files), else empty."""
+    pretrain_num_frames: int | None = None
+    """A fine-tuned file: the frame count its position table was built at before interpolation (the backbone's
+    pre-training size; ``finetune.pretrain_num_frames`` of its config, ``pretrain_num_frames`` of an export's
+    metadata), when recorded. Rebuild its classifier with ``UMTStudent(pretrain_num_frames=...)``."""
+    pretrain_img_size: int | None = None
+    """A fine-tuned file: the input side its position table was built at before interpolation, when recorded."""
 
     def arch_summary(self) -> str:
         """``width W, depth D, patch P`` read off the tensors (for error messages)."""
@@ -130,8 +136,11 @@ def read_backbone(path: str | Path) -> BackboneState:
             rest = {}
         arch = state.get("student") or (cfg.get("model") or {}).get("student")
         data = cfg.get("data") or {}
+        ft = cfg.get("finetune") or {}
         out = BackboneState(str(path), task, sd, rest, arch, _int(data.get("num_frames")),
-                            _int(data.get("input_size")), cfg)
+                            _int(data.get("input_size")), cfg,
+                            pretrain_num_frames=_int(ft.get("pretrain_num_frames")) or None,
+                            pretrain_img_size=_int(ft.get("pretrain_img_size")) or None)
     else:
         from safetensors import SafetensorError
         from safetensors.torch import load_file, safe_open
@@ -149,7 +158,9 @@ def read_backbone(path: str | Path) -> BackboneState:
             except ValueError:
                 cfg = {}
         out = BackboneState(str(path), "export", sd, {}, meta.get("arch"), _int(meta.get("num_frames")),
-                            _int(meta.get("img_size")), cfg)
+                            _int(meta.get("img_size")), cfg,
+                            pretrain_num_frames=_int(meta.get("pretrain_num_frames")) or None,
+                            pretrain_img_size=_int(meta.get("pretrain_img_size")) or None)
     if "patch_embed.proj.weight" not in out.state_dict:
         raise BackboneLoadError(f"{path}: holds no student backbone (no patch_embed.proj.weight among "
                                 f"{len(out.state_dict)} keys)")

@@ -160,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
 
             meta = {"arch": cfg.model.student, "num_frames": str(cfg.data.num_frames),
                     "img_size": str(cfg.data.input_size), "step": str(trainer.step)}
+            if cfg.task == "finetune":  # the size its position table was interpolated from
+                meta.update(pretrain_num_frames=str(cfg.finetune.pretrain_num_frames),
+                            pretrain_img_size=str(cfg.finetune.pretrain_img_size))
             export_student(getattr(trainer.model, "student", trainer.model), args.export, meta,
                            overwrite=args.export_overwrite)
             summary["export"] = args.export

@@ -262,9 +262,11 @@ class FinetuneConfig:
     :mod:`umt.model.label_map`; K710 → K600/K700). Empty: the counts must match."""
     pretrain_num_frames: int = 0
     """Frames the backbone was pre-trained at (the position table's T before interpolation); 0: what
-    ``model.init_from`` records, else ``data.num_frames``."""
+    ``model.init_from`` records, else ``data.num_frames``. The task writes the resolved value here, so the run's
+    config (and every file it writes) records it."""
     pretrain_img_size: int = 0
-    """Input side the backbone was pre-trained at; 0: what ``model.init_from`` records, else ``data.input_size``."""
+    """Input side the backbone was pre-trained at; 0: what ``model.init_from`` records, else ``data.input_size``
+    (resolved and recorded like ``pretrain_num_frames``)."""
 
     def __post_init__(self) -> None:
         if self.num_classes < 0 or self.pretrain_num_frames < 0 or self.pretrain_img_size < 0:

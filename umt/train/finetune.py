@@ -122,7 +122,8 @@ def build_classifier(cfg: TrainConfig, num_classes: int,
     """The classifier of ``cfg`` (``model.student`` with ``num_classes``) and its backbone from ``init``.
 
     The position table is built at the pre-training size (``finetune.pretrain_num_frames``/``pretrain_img_size``,
-    else what ``init`` records, else the run's own) and interpolated to ``data.num_frames × data.input_size``.
+    else what ``init`` records: a fine-tuned file's own pre-training size, a pre-trained file's size; else the run's
+    own) and interpolated to ``data.num_frames × data.input_size``.
     ``init``'s classifier is loaded when ``finetune.init_head`` (re-mapped with ``finetune.label_map`` when the class
     counts differ), else a fresh head (× ``finetune.head_init_scale``) is kept.
 
@@ -136,8 +137,11 @@ def build_classifier(cfg: TrainConfig, num_classes: int,
     m, d, f = cfg.model, cfg.data, cfg.finetune
     if m.student not in STUDENT_ARCHS:
         raise ConfigError(f"model.student {m.student!r} is not one of {sorted(STUDENT_ARCHS)}")
-    pre_frames = f.pretrain_num_frames or (init.num_frames if init is not None else None) or d.num_frames
-    pre_size = f.pretrain_img_size or (init.img_size if init is not None else None) or d.input_size
+    # a fine-tuned init file carries the size its own table was interpolated from; a pre-trained one its own size
+    pre_frames = (f.pretrain_num_frames or (init.pretrain_num_frames or init.num_frames if init is not None else None)
+                  or d.num_frames)
+    pre_size = (f.pretrain_img_size or (init.pretrain_img_size or init.img_size if init is not None else None)
+                or d.input_size)
     model = timm.create_model(m.student, num_classes=num_classes, num_frames=d.num_frames, img_size=d.input_size,
                               drop_path_rate=m.drop_path, pretrain_num_frames=pre_frames,
                               pretrain_img_size=pre_size, head_init_scale=f.head_init_scale)
@@ -330,6 +334,11 @@ class FinetuneTask(Task):
         self.num_classes = _resolve_num_classes(cfg)
         self._check_eval_classes()
         model, self.load_report = build_classifier(cfg, self.num_classes, self.init)
+        # the resolved pre-training size goes into the config (config.json, checkpoints, best.pt): evaluation and a
+        # later fine-tuning rebuild this exact table from the file (umt.model.load.BackboneState.pretrain_*)
+        t0, h0, _ = model.pretrain_grid
+        cfg.finetune.pretrain_num_frames = t0 * model.tubelet_size
+        cfg.finetune.pretrain_img_size = h0 * model.patch_size
         if self.load_report is not None:
             log.info("fine-tuning from %s: %s", cfg.model.init_from, self.load_report.summary())
         self.model = model.to(rt.device)
