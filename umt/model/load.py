@@ -92,7 +92,8 @@ class LoadReport:
     dropped: list[str]
     """Keys of the file not loaded (e.g. a fine-tuned head when ``head=False``)."""
     missing: list[str]
-    """Model keys the file did not set (only the classifier's ``fc_norm``/``head``: anything else is an error)."""
+    """Model keys the file did not set (only the classifier's ``fc_norm``/``head``, or the final ``norm`` from a
+    fine-tuned classifier file: anything else is an error)."""
 
     def summary(self) -> str:
         return (f"{len(self.loaded)} tensors loaded, {len(self.dropped)} dropped"
@@ -173,7 +174,9 @@ def load_backbone(model: nn.Module, source: str | Path | BackboneState, *, head:
     the model must be in the file. ``head=True`` also loads ``fc_norm``/``head`` when the file has them (resuming a
     fine-tuned classifier; the shapes must match); otherwise they are dropped and reported, and the model keeps its
     own (fresh) classifier. A pre-trained file's final ``norm`` is dropped (reported) when the model is a classifier
-    without one (:data:`FINAL_NORM_KEYS`, as the official fine-tuning loads stage-1 weights).
+    without one (:data:`FINAL_NORM_KEYS`, as the official fine-tuning loads stage-1 weights). The other way round, a
+    fine-tuned classifier file (``fc_norm``/``head``, no final ``norm``) loaded into a pre-training-layout student
+    (e.g. to extract features) leaves that ``norm`` at its init (unit weight, zero bias), reported in ``missing``.
 
     Raises:
         BackboneLoadError: another architecture (the message names the mismatched keys and both sizes) or a file
@@ -196,7 +199,9 @@ def load_backbone(model: nn.Module, source: str | Path | BackboneState, *, head:
     unexpected = sorted(k for k in file_sd if k not in own)
     shape = sorted(k for k in file_sd if k in own and tuple(file_sd[k].shape) != tuple(own[k].shape))
     missing = sorted(k for k in own if k not in file_sd)
-    bad_missing = [k for k in missing if k not in HEAD_KEYS]
+    classifier_file = any(k in st.state_dict for k in HEAD_KEYS)
+    may_miss = HEAD_KEYS + (FINAL_NORM_KEYS if classifier_file else ())
+    bad_missing = [k for k in missing if k not in may_miss]
     if unexpected or shape or bad_missing:
         w = own.get("patch_embed.proj.weight")
         depth = len({k.split(".")[1] for k in own if k.startswith("blocks.")})
