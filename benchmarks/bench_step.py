@@ -1,5 +1,5 @@
-"""Stage-1 train-step throughput: clips/s, MFU, and the time split into data wait, teacher forward, masking,
-student forward+backward and optimizer, plus peak memory.
+"""Train-step throughput: clips/s, MFU, and peak memory of the stage-1 step (with its time split into data wait,
+teacher forward, masking, student forward+backward and optimizer) and of the fine-tuning step (issue 12).
 
 Builds the run with the trainer's own builders (:mod:`umt.train.step`): same models, teacher, masks, loss and
 optimizer step. Protocol (:func:`benchmarks.common.measure`): warm-up steps, then timed whole steps with no sync
@@ -10,7 +10,14 @@ On a GPU: the paper configs (8 × 224², batch 64, bf16 autocast). On CPU: the r
 size (2 frames × 112², batch 1, teacher at 112/98 px) so the numbers exist in minutes; MFU is then not defined
 (no bf16 peak) and GFLOP/s is reported instead.
 
-Usage: ``python -m benchmarks.bench_step [--quick] [--models umt_b16,umt_l16] [--batch-size N] [--device cpu]``.
+Fine-tuning rows (model ``umt_b16_ft``/``umt_l16_ft``, task ``finetune``): the classifier step of
+:class:`umt.train.finetune.FinetuneStep` built by the task itself (layer-decay groups, mixup/CutMix, soft-target
+cross-entropy, every token, no teacher); GPU: 8 × 224², 16 videos × 2 repeated views = 32 clips per step, bf16
+autocast; CPU: 2 frames × 112², 1 video × 2 views. FLOPs from :func:`umt.flops.classifier_train_flops_per_clip`.
+The phase split of those rows is mixup (``mask_ms``) / forward+backward / optimizer.
+
+Usage: ``python -m benchmarks.bench_step [--quick] [--models umt_b16,umt_l16] [--tasks distill,finetune]
+[--batch-size N] [--device cpu]``.
 """
 
 from __future__ import annotations
@@ -27,12 +34,14 @@ from umt.data.synthetic import SyntheticVideoLoader
 from umt.flops import train_flops_per_clip
 from umt.train.config import apply_overrides
 from umt.train.recipes import get_recipe
-from umt.train.step import StageOneStep, build_models, build_optimizer, build_scheduler, umt_spec
+from umt.train.step import (StageOneStep, autocast_context, build_models, build_optimizer, build_scheduler,
+                            umt_spec)
 from umt.train.trainer import _peak_mem_bytes, _peak_tflops
 
 __all__ = ["run", "main"]
 
 _RECIPE = {"umt_b16": "umt_b16_k710", "umt_l16": "umt_l16_k710"}
+_FT_RECIPE = {"umt_b16": "umt_b16_k710_ft", "umt_l16": "umt_l16_k710_ft"}
 
 
 def _sync(device: torch.device) -> None:
@@ -122,9 +131,92 @@ def _bench_one(model: str, device: torch.device, *, quick: bool, batch_size: int
     }
 
 
+def _ft_config(model: str, device: torch.device, batch_size: int | None, kernels: str, compile: bool) -> Any:
+    sets = ["synthetic_data=true", f"device={device.type}", f"model.kernels={kernels}",
+            f"model.compile={str(compile).lower()}", "model.init_from="]
+    if device.type == "cpu":
+        sets += ["data.num_frames=2", "data.input_size=112", f"data.batch_size={batch_size or 1}"]
+    elif batch_size:
+        sets.append(f"data.batch_size={batch_size}")
+    cfg = apply_overrides(get_recipe(_FT_RECIPE[model]), sets)
+    cfg.synthetic_samples = max(cfg.data.batch_size * 4, 64)
+    return cfg
+
+
+def _bench_ft(model: str, device: torch.device, *, quick: bool, batch_size: int | None, kernels: str,
+              compile: bool) -> dict[str, Any]:
+    """The fine-tuning step of ``model`` (the task's own model, groups, step), timed as :func:`_bench_one`."""
+    from umt.flops import classifier_train_flops_per_clip
+    from umt.train.finetune import FinetuneTask
+    from umt.train.trainer import Runtime
+
+    cfg = _ft_config(model, device, batch_size, kernels, compile)
+    amp = torch.bfloat16 if device.type == "cuda" else None
+    torch.manual_seed(0)
+    task = FinetuneTask(cfg, Runtime(0, 1, 0, device, amp))
+    net = torch.compile(task.model) if compile else task.model
+    opt = build_optimizer(task.model, cfg.optim, 1e-4, device, groups=task.param_groups(cfg.optim.weight_decay))
+    sched = build_scheduler(opt, cfg, 100, 1e-4, 1e-6)
+    step = task.make_step(net, opt, sched)
+    loader = task.build_loader()
+    state = {"it": loader.epoch_iter(0), "seed": 0}
+
+    def next_batch() -> dict[str, torch.Tensor]:
+        b = next(state["it"], None)
+        if b is None:
+            state["it"] = loader.epoch_iter(0)
+            b = next(state["it"])
+        return b
+
+    def whole() -> None:
+        state["seed"] += 1
+        step.train_batch(next_batch(), state["seed"])
+        step.optimizer_step()
+
+    warmup, repeat = (1, 2) if quick else (3, 10)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    total = measure(whole, warmup=warmup, repeat=repeat, device=device)
+    phases: dict[str, list[float]] = {k: [] for k in ("data", "mask", "student_fwd_bwd", "optimizer")}
+    for i in range(repeat):
+        _sync(device)
+        t0 = time.perf_counter()
+        batch = next_batch()
+        _sync(device)
+        t1 = time.perf_counter()
+        video, target = step.mixup(batch["video"], batch["label"], 1000 + i) if step.mixup else (batch["video"],
+                                                                                                 batch["label"])
+        _sync(device)
+        t2 = time.perf_counter()
+        with autocast_context(device, amp):
+            logits = net(video)
+        step.criterion(logits.float(), target).backward()
+        _sync(device)
+        t3 = time.perf_counter()
+        step.optimizer_step()
+        _sync(device)
+        t4 = time.perf_counter()
+        for k, a, b in zip(phases, (t0, t1, t2, t3), (t1, t2, t3, t4)):
+            phases[k].append(b - a)
+    med = {k: Stats.of(v).median for k, v in phases.items()}
+    clips = loader.batch_size
+    cps = clips / total.median
+    flops = classifier_train_flops_per_clip(task.spec)
+    peak = _peak_tflops(device)
+    return {
+        "model": f"{model}_ft", "task": "finetune", "device": device.type,
+        "frames x px": f"{cfg.data.num_frames}x{cfg.data.input_size}", "batch": clips,
+        "step_s": total.median, "step_p10_s": total.p10, "step_p90_s": total.p90,
+        "clips_per_s": cps, "gflop_per_clip": flops / 1e9, "achieved_tflops": cps * flops / 1e12,
+        "mfu": cps * flops / (peak * 1e12) if peak else None,
+        **{f"{k}_ms": v * 1e3 for k, v in med.items()},
+        "peak_mem_gib": _peak_mem_bytes(device) / 2**30, "kernels": kernels,
+    }
+
+
 def run(*, quick: bool = False, models: tuple[str, ...] | list[str] = ("umt_b16", "umt_l16"),
         device: str | None = None, batch_size: int | None = None, kernels: str = "torch", compile: bool = False,
-        **_ignored: Any) -> BenchResult:
+        tasks: tuple[str, ...] | list[str] = ("distill", "finetune"), **_ignored: Any) -> BenchResult:
     """Benchmark the stage-1 step for each of ``models`` (keys of :data:`umt.flops.UMT_SPECS`).
 
     Args:
@@ -138,16 +230,29 @@ def run(*, quick: bool = False, models: tuple[str, ...] | list[str] = ("umt_b16"
         :class:`BenchResult` with one row per model (times in seconds/milliseconds, memory in GiB).
     """
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    rows = [_bench_one(m, dev, quick=quick, batch_size=batch_size, kernels=kernels, compile=compile) for m in models]
+    unknown = sorted(set(tasks) - {"distill", "finetune"})
+    if unknown:
+        raise ValueError(f"unknown tasks {unknown}: bench_step measures distill and finetune")
+    rows = []
+    if "distill" in tasks:
+        rows += [{**_bench_one(m, dev, quick=quick, batch_size=batch_size, kernels=kernels, compile=compile),
+                  "task": "distill"} for m in models]
+    if "finetune" in tasks:
+        # --batch-size is the stage-1 batch; the fine-tuning rows keep their recipe's 16 videos × 2 views on a GPU
+        rows += [_bench_ft(m, dev, quick=quick, batch_size=None, kernels=kernels, compile=compile) for m in models]
     notes = [
         "clips/s and MFU from whole steps without syncs inside; the phase split (ms) from separate steps with a "
         "device sync between phases.",
         "FLOPs per clip from umt.flops (DESIGN.md formula) at the sizes actually run.",
         "data_ms is the synthetic loader (random videos generated on the host), not the shard decoder.",
+        "finetune rows (umt_*_ft): the classifier over all tokens, 16 videos × 2 repeated views per step on a GPU; "
+        "FLOPs 3 × forward (umt.flops.classifier_train_flops_per_clip); mask_ms is mixup/CutMix there.",
     ]
     if dev.type == "cpu":
         notes.append("CPU: real B/L architectures at 2 frames × 112² (teacher 112 px for B, 98 px for L), batch 1, "
                      "fp32; MFU undefined without a bf16 peak. Two shared cores: indicative only.")
+        notes.append("CPU finetune rows: 2 frames × 112², 1 video × 2 views, fp32: they do not speak to GPU "
+                     "figures.")
     return BenchResult(name="bench_step", rows=rows, notes=notes)
 
 
@@ -159,10 +264,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--kernels", default="torch", choices=["torch", "triton"])
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--tasks", default="distill,finetune", help="distill (stage 1) and/or finetune")
     p.add_argument("--no-write", action="store_true", help="print only")
     a = p.parse_args(argv)
     res = run(quick=a.quick, models=tuple(a.models.split(",")), device=a.device, batch_size=a.batch_size,
-              kernels=a.kernels, compile=a.compile)
+              kernels=a.kernels, compile=a.compile, tasks=tuple(a.tasks.split(",")))
     print(format_table(res.rows))
     if not a.no_write:
         for path in write_report(res):

@@ -41,7 +41,9 @@ def test_stage1_checkpoint_loads_backbone_and_reports_heads(tmp_path: Path) -> N
     assert _equal_backbone(clf, pre.student)
     assert torch.equal(clf.head.weight, head_before)  # the fresh classifier is kept
     assert set(rep.missing) == {"fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"}
-    assert all(k.startswith("heads.") for k in rep.dropped)
+    # the UMA heads and the pre-training final norm (the classifier has none, as official) are dropped
+    assert all(k.startswith("heads.") for k in rep.dropped if k not in ("norm.weight", "norm.bias"))
+    assert {"norm.weight", "norm.bias"} <= set(rep.dropped) and "norm.weight" not in clf.state_dict()
 
 
 def test_export_and_finetuned_files(tmp_path: Path) -> None:
@@ -63,6 +65,11 @@ def test_export_and_finetuned_files(tmp_path: Path) -> None:
     m3 = _student(num_classes=3)
     rep3 = load_backbone(m3, tmp_path / "best.pt")
     assert "head.weight" in rep3.dropped and not torch.equal(m3.head.weight, ft.head.weight)
+    # the fine-tuned classifier has no final norm (official): a pre-training-layout student keeps its own, reported
+    m4 = _student()
+    rep4 = load_backbone(m4, tmp_path / "best.pt")
+    assert set(rep4.missing) == {"norm.weight", "norm.bias"} and torch.equal(m4.norm.weight, torch.ones(96))
+    assert all(torch.equal(m4.state_dict()[k], v) for k, v in ft.state_dict().items() if k.startswith("blocks."))
 
 
 def test_other_architecture_is_refused_naming_keys(tmp_path: Path) -> None:

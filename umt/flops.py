@@ -255,3 +255,48 @@ def mfu(clips_per_s: float, flops_per_clip: float, peak_tflops: float) -> float:
     if peak_tflops <= 0:
         raise ValueError("peak_tflops must be positive")
     return clips_per_s * flops_per_clip / (peak_tflops * 1e12)
+
+
+# ------------------------------------------------------------------------------ fine-tuning (issue 12)
+__all__ += ["ClassifierSpec", "classifier_forward_flops", "classifier_train_flops_per_clip"]
+
+
+@dataclass(frozen=True)
+class ClassifierSpec:
+    """One fine-tuning configuration (DESIGN.md, "Fine-tuning"): the student ViT over all tokens + a linear head."""
+
+    student: ViTSpec
+    num_classes: int
+    num_frames: int = 8
+    input_size: int = 224
+    tubelet: int = 1
+
+    @property
+    def tokens(self) -> int:
+        """Tokens per clip: ``(T / tubelet) · (S / patch)²`` (1568 at 8 × 224², patch 16)."""
+        return (self.num_frames // self.tubelet) * (self.input_size // self.student.patch) ** 2
+
+
+def classifier_forward_flops(spec: ClassifierSpec) -> float:
+    """Forward FLOPs per clip of the fine-tuning classifier: nothing is masked, every block sees all N tokens.
+
+    Derivation (2 FLOPs per multiply-add, the counting rules above):
+
+    - patch embedding: a ``(3·tubelet·p²) → d`` matmul per token: ``2·N·3·tubelet·p²·d``;
+    - ``depth`` blocks over N tokens: ``depth · (24·N·d² + 4·N²·d)``;
+    - head: one ``d → K`` matmul per clip on the pooled token: ``2·d·K``.
+
+    Mean pooling, ``fc_norm`` and the loss are not counted (elementwise). UMT-B at 8 × 224², K = 400: N = 1568,
+    about 359 GFLOP (the official ``fvcore`` count for ``vit_base_patch16_224`` with 8 frames, ~180 GMAC, agrees).
+    """
+    s = spec.student
+    n = spec.tokens
+    patch_embed = 2.0 * n * (3 * spec.tubelet * s.patch**2) * s.width
+    return patch_embed + s.depth * block_flops(n, s.width) + 2.0 * s.width * spec.num_classes
+
+
+def classifier_train_flops_per_clip(spec: ClassifierSpec) -> float:
+    """FLOPs of one fine-tuning training step per clip: ``3 ×`` :func:`classifier_forward_flops` (the backward
+    costs twice the forward: gradients of activations and of weights). A clip is one augmented view: with repeated
+    augmentation (``num_sample`` 2) a video counts twice. UMT-B 8 × 224²: ~1.08 TFLOP; UMT-L: ~3.57 TFLOP."""
+    return 3.0 * classifier_forward_flops(spec)

@@ -29,12 +29,17 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-__all__ = ["BackboneLoadError", "BackboneState", "LoadReport", "read_backbone", "load_backbone", "HEAD_KEYS"]
+__all__ = ["BackboneLoadError", "BackboneState", "LoadReport", "read_backbone", "load_backbone", "HEAD_KEYS",
+           "FINAL_NORM_KEYS"]
 
 log = logging.getLogger(__name__)
 
 #: keys of the classification head: never part of a pre-trained backbone, dropped unless asked for
 HEAD_KEYS = ("fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias")
+#: the pre-training student's final LayerNorm over the tokens; the classifier has none (official
+#: ``modeling_finetune.py``, ``use_mean_pooling``: ``norm = Identity``), so loading a pre-trained file into a
+#: classifier drops these (reported)
+FINAL_NORM_KEYS = ("norm.weight", "norm.bias")
 
 
 class BackboneLoadError(ValueError):
@@ -62,6 +67,12 @@ class BackboneState:
     """Input side it was trained on, when recorded."""
     config: dict[str, Any] = field(default_factory=dict)
     """The run's resolved config (trainer files), else empty."""
+    pretrain_num_frames: int | None = None
+    """A fine-tuned file: the frame count its position table was built at before interpolation (the backbone's
+    pre-training size; ``finetune.pretrain_num_frames`` of its config, ``pretrain_num_frames`` of an export's
+    metadata), when recorded. Rebuild its classifier with ``UMTStudent(pretrain_num_frames=...)``."""
+    pretrain_img_size: int | None = None
+    """A fine-tuned file: the input side its position table was built at before interpolation, when recorded."""
 
     def arch_summary(self) -> str:
         """``width W, depth D, patch P`` read off the tensors (for error messages)."""
@@ -81,7 +92,8 @@ class LoadReport:
     dropped: list[str]
     """Keys of the file not loaded (e.g. a fine-tuned head when ``head=False``)."""
     missing: list[str]
-    """Model keys the file did not set (only the classifier's ``fc_norm``/``head``: anything else is an error)."""
+    """Model keys the file did not set (only the classifier's ``fc_norm``/``head``, or the final ``norm`` from a
+    fine-tuned classifier file: anything else is an error)."""
 
     def summary(self) -> str:
         return (f"{len(self.loaded)} tensors loaded, {len(self.dropped)} dropped"
@@ -125,8 +137,11 @@ def read_backbone(path: str | Path) -> BackboneState:
             rest = {}
         arch = state.get("student") or (cfg.get("model") or {}).get("student")
         data = cfg.get("data") or {}
+        ft = cfg.get("finetune") or {}
         out = BackboneState(str(path), task, sd, rest, arch, _int(data.get("num_frames")),
-                            _int(data.get("input_size")), cfg)
+                            _int(data.get("input_size")), cfg,
+                            pretrain_num_frames=_int(ft.get("pretrain_num_frames")) or None,
+                            pretrain_img_size=_int(ft.get("pretrain_img_size")) or None)
     else:
         from safetensors import SafetensorError
         from safetensors.torch import load_file, safe_open
@@ -144,7 +159,9 @@ def read_backbone(path: str | Path) -> BackboneState:
             except ValueError:
                 cfg = {}
         out = BackboneState(str(path), "export", sd, {}, meta.get("arch"), _int(meta.get("num_frames")),
-                            _int(meta.get("img_size")), cfg)
+                            _int(meta.get("img_size")), cfg,
+                            pretrain_num_frames=_int(meta.get("pretrain_num_frames")) or None,
+                            pretrain_img_size=_int(meta.get("pretrain_img_size")) or None)
     if "patch_embed.proj.weight" not in out.state_dict:
         raise BackboneLoadError(f"{path}: holds no student backbone (no patch_embed.proj.weight among "
                                 f"{len(out.state_dict)} keys)")
@@ -156,7 +173,10 @@ def load_backbone(model: nn.Module, source: str | Path | BackboneState, *, head:
     strictly: every backbone key of the file must exist in the model with the same shape and every backbone key of
     the model must be in the file. ``head=True`` also loads ``fc_norm``/``head`` when the file has them (resuming a
     fine-tuned classifier; the shapes must match); otherwise they are dropped and reported, and the model keeps its
-    own (fresh) classifier.
+    own (fresh) classifier. A pre-trained file's final ``norm`` is dropped (reported) when the model is a classifier
+    without one (:data:`FINAL_NORM_KEYS`, as the official fine-tuning loads stage-1 weights). The other way round, a
+    fine-tuned classifier file (``fc_norm``/``head``, no final ``norm``) loaded into a pre-training-layout student
+    (e.g. to extract features) leaves that ``norm`` at its init (unit weight, zero bias), reported in ``missing``.
 
     Raises:
         BackboneLoadError: another architecture (the message names the mismatched keys and both sizes) or a file
@@ -171,10 +191,17 @@ def load_backbone(model: nn.Module, source: str | Path | BackboneState, *, head:
             if k in file_sd:
                 dropped.append(k)
                 del file_sd[k]
+    if "head.weight" in own and not any(k in own for k in FINAL_NORM_KEYS):
+        for k in FINAL_NORM_KEYS:
+            if k in file_sd:
+                dropped.append(k)
+                del file_sd[k]
     unexpected = sorted(k for k in file_sd if k not in own)
     shape = sorted(k for k in file_sd if k in own and tuple(file_sd[k].shape) != tuple(own[k].shape))
     missing = sorted(k for k in own if k not in file_sd)
-    bad_missing = [k for k in missing if k not in HEAD_KEYS]
+    classifier_file = any(k in st.state_dict for k in HEAD_KEYS)
+    may_miss = HEAD_KEYS + (FINAL_NORM_KEYS if classifier_file else ())
+    bad_missing = [k for k in missing if k not in may_miss]
     if unexpected or shape or bad_missing:
         w = own.get("patch_embed.proj.weight")
         depth = len({k.split(".")[1] for k in own if k.startswith("blocks.")})

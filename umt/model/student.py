@@ -15,6 +15,12 @@ name                                      width  depth  heads  use
 ``umt_vit_tiny_patch16_224``              192    12     3      small experiments
 ``umt_vit_pico_patch16_224``              96     4      3      tests and the CPU demo
 ========================================  =====  =====  =====  ==============================
+
+With ``num_classes > 0`` the student is the fine-tuning classifier of the official
+``single_modality/models/modeling_finetune.py`` (``use_mean_pooling``): no final LayerNorm over the tokens
+(``norm`` is the identity), mean over all tokens → ``fc_norm`` → linear ``head`` (truncated-normal std 0.02, then
+× ``head_init_scale``, official ``init_scale`` 0.001). Fine-tuning at another frame count or resolution than the
+pre-training one builds the sin-cos table at the pre-training size and interpolates it (:func:`pos_table`).
 """
 
 from __future__ import annotations
@@ -24,13 +30,14 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, LayerNorm, Mlp, to_2tuple
+from timm.layers import DropPath, LayerNorm, Mlp, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from umt import ops
 from umt.data.config import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["Attention", "Block", "PatchEmbed3D", "UMTStudent", "sincos_pos_table", "STUDENT_ARCHS"]
+__all__ = ["Attention", "Block", "PatchEmbed3D", "UMTStudent", "sincos_pos_table", "interpolate_pos_table",
+           "pos_table", "STUDENT_ARCHS"]
 
 #: name → (width, depth, heads); DESIGN.md for B and L.
 STUDENT_ARCHS: dict[str, tuple[int, int, int]] = {
@@ -56,6 +63,60 @@ def sincos_pos_table(num_positions: int, dim: int) -> torch.Tensor:
     angle = pos / torch.pow(10000.0, 2 * torch.div(i, 2, rounding_mode="floor") / dim)  # [M, C]
     table = torch.where(i.long() % 2 == 0, torch.sin(angle), torch.cos(angle))
     return table.float()
+
+
+def interpolate_pos_table(table: torch.Tensor, src_grid: tuple[int, int, int],
+                          dst_grid: tuple[int, int, int]) -> torch.Tensor:
+    """Resample a T-major position table from grid ``(T0, h0, w0)`` to ``(T, h, w)``, as the official fine-tuning
+    code does (``get_sinusoid_encoding_table`` in ``single_modality/models/modeling_finetune.py``): first over space,
+    bicubic on each frame's ``h0 × w0`` grid (``align_corners=False``), then over time, linear per spatial position
+    (``align_corners=False``), in float32.
+
+    Args:
+        table: ``[T0·h0·w0, C]``.
+        src_grid, dst_grid: ``(frames / tubelet, H / patch, W / patch)``.
+
+    Returns:
+        ``[T·h·w, C]`` float32; ``table`` itself (no copy, bit for bit) when the grids are equal.
+
+    Raises:
+        ValueError: ``table`` does not have ``T0·h0·w0`` rows.
+    """
+    t0, h0, w0 = src_grid
+    t, h, w = dst_grid
+    if table.shape[0] != t0 * h0 * w0:
+        raise ValueError(f"position table has {table.shape[0]} rows, grid {src_grid} needs {t0 * h0 * w0}")
+    if tuple(src_grid) == tuple(dst_grid):
+        return table
+    c = table.shape[1]
+    x = table.float().reshape(t0, h0, w0, c)  # [T0, h0, w0, C]
+    if (h0, w0) != (h, w):
+        x = x.permute(0, 3, 1, 2)  # [T0, C, h0, w0]
+        x = F.interpolate(x, size=(h, w), mode="bicubic", align_corners=False)  # [T0, C, h, w]
+        x = x.permute(0, 2, 3, 1)  # [T0, h, w, C]
+    if t0 != t:
+        x = x.permute(1, 2, 3, 0).reshape(h * w, c, t0)  # [h·w, C, T0]
+        x = F.interpolate(x, size=t, mode="linear", align_corners=False)  # [h·w, C, T]
+        x = x.reshape(h, w, c, t).permute(3, 0, 1, 2)  # [T, h, w, C]
+    return x.reshape(t * h * w, c).contiguous()
+
+
+def pos_table(grid: tuple[int, int, int], dim: int,
+              pretrain_grid: tuple[int, int, int] | None = None) -> torch.Tensor:
+    """The student's fixed position table for token grid ``grid = (T, h, w)``.
+
+    Without ``pretrain_grid`` (or when it equals ``grid``) this is :func:`sincos_pos_table` over ``T·h·w``
+    positions, exactly; otherwise the table is built for the pre-training grid and resampled to ``grid`` with
+    :func:`interpolate_pos_table` (official fine-tuning at 16 frames or 384 px).
+
+    Returns:
+        float32 ``[T·h·w, C]``.
+    """
+    t, h, w = grid
+    if pretrain_grid is None or tuple(pretrain_grid) == tuple(grid):
+        return sincos_pos_table(t * h * w, dim)
+    t0, h0, w0 = pretrain_grid
+    return interpolate_pos_table(sincos_pos_table(t0 * h0 * w0, dim), (t0, h0, w0), (t, h, w))
 
 
 class PatchEmbed3D(nn.Module):
@@ -149,16 +210,24 @@ class UMTStudent(nn.Module):
         num_frames: T (8 in the paper recipe).
         tubelet_size: frames per token (1: every token lines up with one teacher token).
         in_chans: input channels.
-        num_classes: 0 for pre-training (no head); > 0 adds mean-pool → LayerNorm → Linear for fine-tuning.
+        num_classes: 0 for pre-training (no head, final LayerNorm ``norm`` over the tokens); > 0 is the fine-tuning
+            classifier: no ``norm`` (identity), mean-pool → ``fc_norm`` → ``head`` (official ``use_mean_pooling``).
         embed_dim, depth, num_heads, mlp_ratio: ViT size.
         drop_path_rate: drop path of the last block; block i gets ``rate·i/(depth-1)`` (linear ramp).
         align_layers: L, number of last blocks whose outputs :meth:`forward_align` returns (6 in UMT).
+        pretrain_num_frames, pretrain_img_size: the size the backbone was pre-trained at; when either differs from
+            ``num_frames``/``img_size`` the position table is built at the pre-training size and interpolated
+            (:func:`pos_table`). None: the same as the model's.
+        head_init_scale: the head's weight (truncated normal, std 0.02) and bias are multiplied by this after init
+            (official ``init_scale``, 0.001 in every fine-tuning script).
     """
 
     def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, num_frames: int = 8,
                  tubelet_size: int = 1, in_chans: int = 3, num_classes: int = 0, embed_dim: int = 768,
                  depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, drop_path_rate: float = 0.0,
-                 align_layers: int = 6, **kwargs: Any) -> None:
+                 align_layers: int = 6, pretrain_num_frames: int | None = None,
+                 pretrain_img_size: int | tuple[int, int] | None = None, head_init_scale: float = 0.001,
+                 **kwargs: Any) -> None:
         super().__init__()
         kwargs.pop("global_pool", None)
         if kwargs:
@@ -174,14 +243,26 @@ class UMTStudent(nn.Module):
         self.num_classes = num_classes
         norm_layer = _norm_layer()
         self.patch_embed = PatchEmbed3D(patch_size, tubelet_size, in_chans, embed_dim)
-        # Fixed, not learned: a non-persistent buffer, rebuilt from the size arguments (not in checkpoints).
-        self.register_buffer("pos_embed", sincos_pos_table(self.num_patches, embed_dim), persistent=False)
+        ph, pw = to_2tuple(pretrain_img_size if pretrain_img_size is not None else (h, w))
+        pt = pretrain_num_frames if pretrain_num_frames is not None else num_frames
+        #: token grid the position table was built for before interpolation (the pre-training size)
+        self.pretrain_grid = (pt // tubelet_size, ph // patch_size, pw // patch_size)
+        # Fixed, not learned: a non-persistent buffer, rebuilt from the size arguments (not in checkpoints). The
+        # official fine-tuning code makes an interpolated table an nn.Parameter but detaches it in forward: fixed too.
+        self.register_buffer("pos_embed", pos_table(self.grid, embed_dim, self.pretrain_grid), persistent=False)
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, dpr[i], norm_layer) for i in range(depth))
-        self.norm = norm_layer(embed_dim, eps=1e-6)
+        # The classifier pools the last block's tokens without a final LayerNorm, then fc_norm (official
+        # modeling_finetune.py with use_mean_pooling: norm = Identity); pre-training keeps norm (stage 1, UMA heads).
+        self.norm = norm_layer(embed_dim, eps=1e-6) if num_classes == 0 else nn.Identity()
         self.fc_norm = norm_layer(embed_dim, eps=1e-6) if num_classes > 0 else nn.Identity()
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
+        if num_classes > 0:  # official: trunc_normal_(std=.02), then weight and bias × init_scale
+            trunc_normal_(self.head.weight, std=0.02)
+            with torch.no_grad():
+                self.head.weight.mul_(head_init_scale)
+                self.head.bias.mul_(head_init_scale)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -232,7 +313,8 @@ class UMTStudent(nn.Module):
         return self.norm(torch.stack(outs))  # [L, B, K, C]
 
     def forward_features(self, video: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
-        """Last block's tokens after the final LayerNorm: ``[B, 3, T, H, W] → [B, K, C]``."""
+        """Last block's tokens after ``norm``: ``[B, 3, T, H, W] → [B, K, C]`` (the final LayerNorm for
+        pre-training, the identity for the classifier)."""
         x = self.embed(video, idx)  # [B, K, C]
         for blk in self.blocks:
             x = blk(x)
@@ -240,7 +322,11 @@ class UMTStudent(nn.Module):
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         """Mean-pool → fc_norm → head: ``[B, K, C] → [B, num_classes]`` (``[B, C]`` with no head)."""
-        return self.head(self.fc_norm(x.mean(dim=1)))
+        return self.head(self.fc_norm(x.mean(dim=1)))  # [B, num_classes]
+
+    def get_num_layers(self) -> int:
+        """Blocks (depth): layer-wise lr decay gives the head ``num_layers + 1`` (official ``get_num_layers``)."""
+        return len(self.blocks)
 
     def forward(self, video: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
         return self.forward_head(self.forward_features(video, idx))

@@ -102,6 +102,19 @@ def main(argv: list[str] | None = None) -> int:
         if problem:
             print(f"umt-train: {problem}", file=sys.stderr)
             return 2
+    demo_ft = args.recipe == "demo_ft" and not cfg.synthetic_data
+    if demo_ft and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        print("umt-train: the demo_ft recipe runs in one process (it may train the stage-1 demo first)",
+              file=sys.stderr)
+        return 2
+    if demo_ft:  # split shards; init_from = the stage-1 demo's checkpoint (trained first if absent)
+        from umt.train.demo_ft import DemoError, prepare
+
+        try:
+            cfg = prepare(cfg, lambda d: main(["--recipe", "demo", "--run-dir", str(d)]))
+        except DemoError as e:
+            print(f"umt-train: {e}", file=sys.stderr)
+            return 2
     from umt.train.trainer import Trainer
 
     if not args.run_dir and int(os.environ.get("WORLD_SIZE", 1)) > 1:
@@ -133,6 +146,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"umt-train: config error: {e}", file=sys.stderr)
         return 2
     try:
+        before = None
+        if demo_ft and trainer.rt.is_main:
+            from umt.train.demo_ft import held_out_top1
+
+            before = held_out_top1(trainer)
         try:
             summary = trainer.fit()
         except Preempted as e:
@@ -144,7 +162,11 @@ def main(argv: list[str] | None = None) -> int:
 
             meta = {"arch": cfg.model.student, "num_frames": str(cfg.data.num_frames),
                     "img_size": str(cfg.data.input_size), "step": str(trainer.step)}
-            export_student(trainer.model.student, args.export, meta, overwrite=args.export_overwrite)
+            if cfg.task == "finetune":  # the size its position table was interpolated from
+                meta.update(pretrain_num_frames=str(cfg.finetune.pretrain_num_frames),
+                            pretrain_img_size=str(cfg.finetune.pretrain_img_size))
+            export_student(getattr(trainer.model, "student", trainer.model), args.export, meta,
+                           overwrite=args.export_overwrite)
             summary["export"] = args.export
     finally:
         trainer.close()
@@ -153,6 +175,15 @@ def main(argv: list[str] | None = None) -> int:
               f"after {summary['steps']} steps ({summary['skipped_steps']} skipped); run dir: {summary['run_dir']}")
         if summary.get("export"):
             print(f"student backbone exported to {summary['export']}")
+        if demo_ft:
+            from umt.train.demo_ft import final_top1, knn_side_by_side
+
+            after = final_top1(summary["run_dir"])
+            fmt = lambda r: f"{r['top1']:.1f} %" if r and "top1" in r else "n/a"  # noqa: E731
+            views = int(after.get("num_views", 1)) if after else 1
+            print(f"held-out top-1 ({cfg.eval.shards}): {fmt(before)} before fine-tuning (stage-1 backbone, fresh "
+                  f"head), {fmt(after)} after ({views} view{'s' if views > 1 else ''} per clip, best.pt)")
+            print(knn_side_by_side(cfg))
     return 0
 
 

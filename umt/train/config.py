@@ -288,6 +288,68 @@ class EvalConfig:
         return int(self.views.lower().split("x")[1])
 
 
+__all__ += ["FinetuneConfig"]
+
+
+@dataclass
+class FinetuneConfig:
+    """Action-classification fine-tuning (task ``finetune``, :mod:`umt.train.finetune`; DESIGN.md, "Fine-tuning":
+    official ``single_modality/run_class_finetuning.py`` defaults)."""
+
+    num_classes: int = 0
+    """Classes of the head; 0: the length of the training shards' class list (``manifest.json`` ``classes``)."""
+    layer_decay: float = 0.75
+    """Layer-wise lr decay: group i (0 = patch embedding, 1..depth = blocks, depth+1 = fc_norm/head) gets
+    ``lr · layer_decay^(depth + 1 − i)``; 0.75 for B, 0.85 for L; 1 disables it."""
+    head_init_scale: float = 0.001
+    """A fresh head's weight (truncated normal, std 0.02) and bias are multiplied by this (official ``init_scale``)."""
+    mixup: float = 0.8
+    """Mixup Beta(α, α) parameter; 0 disables mixup (timm ``Mixup``, per batch, on ``[B, 3·T, H, W]``)."""
+    cutmix: float = 1.0
+    """CutMix Beta(α, α) parameter; 0 disables CutMix (one box for every frame of a clip)."""
+    mixup_prob: float = 1.0
+    """Probability of mixing a batch at all (official ``mixup_prob``)."""
+    mixup_switch_prob: float = 0.5
+    """With both on: probability of CutMix instead of mixup for a batch."""
+    label_smoothing: float = 0.1
+    """Label smoothing of the (mixed) targets; the loss is the soft-target cross-entropy with mixup/cutmix, else a
+    label-smoothing cross-entropy (plain cross-entropy at 0)."""
+    init_head: bool = True
+    """Load ``fc_norm``/``head`` from ``model.init_from`` when it holds a classifier (K710 → K400; official
+    fine-tuning keeps the head unless ``--delete_head``); false: always a fresh head."""
+    label_map: str = ""
+    """How the init file's head rows map to this run's classes when their counts differ: ``first`` (keep the first
+    ``num_classes`` rows: K710 → K400), or a label-map file (JSON list or one index per line, see
+    :mod:`umt.model.label_map`; K710 → K600/K700). Empty: the counts must match."""
+    pretrain_num_frames: int = 0
+    """Frames the backbone was pre-trained at (the position table's T before interpolation); 0: what
+    ``model.init_from`` records, else ``data.num_frames``. The task writes the resolved value here, so the run's
+    config (and every file it writes) records it."""
+    pretrain_img_size: int = 0
+    """Input side the backbone was pre-trained at; 0: what ``model.init_from`` records, else ``data.input_size``
+    (resolved and recorded like ``pretrain_num_frames``)."""
+
+    def __post_init__(self) -> None:
+        if self.num_classes < 0 or self.pretrain_num_frames < 0 or self.pretrain_img_size < 0:
+            raise ConfigError("finetune.num_classes, pretrain_num_frames and pretrain_img_size must be >= 0")
+        if not 0.0 < self.layer_decay <= 1.0:
+            raise ConfigError(f"finetune.layer_decay must be in (0, 1], got {self.layer_decay}")
+        if self.head_init_scale < 0 or self.mixup < 0 or self.cutmix < 0:
+            raise ConfigError("finetune.head_init_scale, mixup and cutmix must be >= 0")
+        for name in ("mixup_prob", "mixup_switch_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"finetune.{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"finetune.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.pretrain_img_size and self.pretrain_img_size % 16:
+            raise ConfigError(f"finetune.pretrain_img_size must be a multiple of 16, got {self.pretrain_img_size}")
+
+    @property
+    def mixup_active(self) -> bool:
+        """Whether the batch is mixed (mixup or CutMix on, with a non-zero probability)."""
+        return (self.mixup > 0 or self.cutmix > 0) and self.mixup_prob > 0
+
+
 @dataclass
 class TrainConfig:
     """Root config of a run: the task it trains (:mod:`umt.train.tasks`) and each part's settings."""
@@ -303,6 +365,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     seed: int = 0
     """Base seed of init, drop path and masks (per-step seeds derive from it, the step and the rank)."""
     device: str = "auto"
@@ -332,11 +395,15 @@ class TrainConfig:
         if self.data.input_size % 16:
             raise ConfigError(f"data.input_size must be a multiple of the patch size 16, got {self.data.input_size}")
         grid = self.data.input_size // 16
-        if self.model.teacher_image_size % grid:
+        if self.task != "finetune" and self.model.teacher_image_size % grid:  # fine-tuning has no teacher
             raise ConfigError(f"model.teacher_image_size {self.model.teacher_image_size} must give the student's "
                               f"{grid}×{grid} grid (input_size {self.data.input_size} / 16)")
         if self.synthetic_data and self.synthetic_samples < self.data.batch_size:
             raise ConfigError("synthetic_samples must be >= data.batch_size")
+        if (self.task == "finetune" and self.finetune.mixup_active
+                and (self.data.batch_size * self.data.num_sample) % 2):
+            raise ConfigError(f"mixup/cutmix pair each clip with its mirror in the batch: data.batch_size × "
+                              f"data.num_sample must be even, got {self.data.batch_size} × {self.data.num_sample}")
 
 
 def accumulation_steps(cfg: TrainConfig, world_size: int) -> int:

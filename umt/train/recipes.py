@@ -72,3 +72,8 @@ def get_recipe(name: str) -> TrainConfig:
     if name not in RECIPES:
         raise KeyError(f"unknown recipe {name!r}; available: {sorted(RECIPES)}")
     return RECIPES[name]()
+
+
+from umt.train.recipes_finetune import FT_RECIPES  # noqa: E402 - fine-tuning recipes (issue 12)
+
+RECIPES.update(FT_RECIPES)
