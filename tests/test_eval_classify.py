@@ -13,7 +13,7 @@ import torch
 
 from eval_utils import C, LABELS, V, ContractLoader, TableModel, all_rows, expected_scores, tiny_classifier_checkpoint
 from data_utils import good_shards
-from umt.eval.common import CountError, IndexAccumulator, eval_data_config, supports_multiview
+from umt.eval.common import CountError, IndexAccumulator, eval_data_config
 from umt.eval.metrics import classification_summary, confusion_matrix
 
 
@@ -163,7 +163,6 @@ def test_classify_cli_on_real_shards(shards: Path, ckpt: Path, tmp_path: Path,
     assert "no classification head" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not supports_multiview(), reason="needs the multi-view evaluation loader (DataConfig views)")
 def test_classify_cli_multiview_counts_every_view(shards: Path, ckpt: Path, tmp_path: Path) -> None:
     from umt.eval.classify import main
 
@@ -179,7 +178,7 @@ def test_features_one_row_per_sample_in_index_order(shards: Path, ckpt: Path) ->
 
     backbone, record = build_backbone(ckpt)  # the classifier file: its head is dropped
     assert not hasattr(backbone.head, "weight") and record["arch"] == "umt_vit_pico_patch16_224"
-    bs = 3 if supports_multiview() else 2  # 8 samples: a padded last batch once drop_last=False exists
+    bs = 3  # 8 samples: a padded last batch
     feats, labels, index = features_for(backbone, shards, batch_size=bs, device="cpu", backend="reference",
                                         num_workers=0)
     assert feats.shape == (8, 96) and feats.dtype == torch.float32 and index.tolist() == list(range(8))
@@ -217,3 +216,22 @@ def test_features_and_probe_clis(shards: Path, ckpt: Path, tmp_path: Path) -> No
     assert probe_main(["linear", str(f2), str(f2), "--json", str(out)]) == 0
     got = json.loads(out.read_text())
     assert got["linear_top1"] == pytest.approx(linear_probe(b.feats, b.labels, b.feats, b.labels)["linear_top1"])
+
+
+def test_build_classifier_rebuilds_the_interpolated_position_table(tmp_path: Path) -> None:
+    """A classifier fine-tuned at 4 frames from a 2-frame pre-training is evaluated with the table it was trained with
+    (built at 2 frames, interpolated), not a fresh 4-frame sin-cos table."""
+    import timm
+
+    from umt.eval.classify import build_classifier
+
+    ft = timm.create_model("umt_vit_pico_patch16_224", num_classes=3, num_frames=4, img_size=32,
+                           pretrain_num_frames=2, pretrain_img_size=32)
+    fresh = timm.create_model("umt_vit_pico_patch16_224", num_classes=3, num_frames=4, img_size=32)
+    assert not torch.allclose(ft.pos_embed, fresh.pos_embed)
+    torch.save({"model": ft.state_dict(), "task": "finetune", "student": "umt_vit_pico_patch16_224",
+                "config": {"data": {"num_frames": 4, "input_size": 32}, "finetune": {"pretrain_num_frames": 2,
+                                                                                      "pretrain_img_size": 32}}},
+               tmp_path / "best.pt")
+    model, _ = build_classifier(tmp_path / "best.pt")
+    assert torch.equal(model.pos_embed, ft.pos_embed) and torch.equal(model.head.weight, ft.head.weight)

@@ -32,13 +32,12 @@ def test_two_ranks_equal_one_process(tmp_path: Path, tmp_path_factory: pytest.Te
 
     from umt.eval.classify import evaluate_classification
     from umt.eval.classify import main as classify_main
-    from umt.eval.common import supports_multiview
-    from umt.eval.features import build_backbone, features_for, load_features
+        from umt.eval.features import build_backbone, features_for, load_features
     from umt.eval.features import main as features_main
 
     shards = good_shards(tmp_path_factory)
     ckpt = tiny_classifier_checkpoint(tmp_path / "ft.pt")
-    bs = 3 if supports_multiview() else 2  # 8 samples over 2 ranks: padded batches once drop_last=False exists
+    bs = 3  # 8 samples over 2 ranks: padded last batches
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", __file__,
            str(tmp_path), str(shards), str(ckpt), str(bs)]

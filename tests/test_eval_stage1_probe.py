@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from data_utils import good_shards, make_clip
-from umt.eval.common import supports_multiview
 from umt.train.config import apply_overrides
 from umt.train.recipes import get_recipe
 from umt.train.trainer import Trainer
@@ -35,7 +34,7 @@ def _held_out(root: Path) -> Path:
 def test_periodic_knn_probe_through_trainer(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     shards = good_shards(tmp_path_factory)  # 8 labelled clips, 3 classes: the bank (and the training set)
     queries = _held_out(tmp_path / "held_out")
-    bs = 3 if supports_multiview() else 2
+    bs = 3
     cfg = apply_overrides(get_recipe("demo"), [
         f"data.shards={shards}", "data.batch_size=4", "data.num_frames=2", "data.input_size=32",
         "model.teacher_image_size=32", "data.backend=reference", "data.num_workers=0", "optim.epochs=2",

@@ -341,32 +341,3 @@ def test_finetune_config_checks() -> None:
     ok = apply_overrides(TrainConfig(task="finetune"), ["data.batch_size=3", "data.num_sample=1", "finetune.mixup=0",
                                                         "finetune.cutmix=0", "synthetic_data=true"])
     assert not ok.finetune.mixup_active
-
-
-def test_fallback_classification_averages_views_per_sample() -> None:
-    """The in-task evaluation used until umt.eval.classify lands (it goes with it): softmax averaged over each
-    sample's views, padding rows (index −1) ignored, top-1/top-5/mean per-class accuracy by hand."""
-    from umt.train.finetune import _classify_fallback
-
-    class _Scores(torch.nn.Module):  # the "video" rows are the logits
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x
-
-    class _Loader:
-        num_samples = 3
-
-        def epoch_iter(self, epoch: int):  # noqa: ANN202
-            # sample 0 (label 0): views favour 0 then 1 → averaged, 0 wins; sample 1 (label 1): both views say 2;
-            # sample 2 (label 2): one view, says 2; last row: padding that says 1 for sample 0 (ignored)
-            yield {"video": torch.tensor([[3.0, 0, 0, 0, 0, 0], [0, 1.0, 0, 0, 0, 0]]), "label": torch.tensor([0, 0]),
-                   "index": torch.tensor([0, 0])}
-            yield {"video": torch.tensor([[0, 0, 2.0, 0, 0, 0], [0, 1.0, 2.0, 0, 0, 0]]),
-                   "label": torch.tensor([1, 1]), "index": torch.tensor([1, 1])}
-            yield {"video": torch.tensor([[0, 0, 5.0, 0, 0, 0], [0, 9.0, 0, 0, 0, 0]]),
-                   "label": torch.tensor([2, 0]), "index": torch.tensor([2, -1])}
-
-    res = _classify_fallback(_Scores(), _Loader(), num_classes=6, device=torch.device("cpu"), amp_dtype=None)
-    assert res["num_samples"] == 3
-    assert res["top1"] == pytest.approx(100 * 2 / 3)  # percent: samples 0 and 2 right
-    assert res["top5"] == pytest.approx(100.0)  # sample 1's label is second
-    assert res["mean_class_acc"] == pytest.approx(100 * (1 + 0 + 1) / 3)

@@ -61,8 +61,9 @@ class DataConfig:
     rrc_ratio: tuple[float, float] = (0.75, 4.0 / 3.0)
     """``rrc``: range of the crop's aspect ratio (width / height), drawn log-uniformly."""
     interp: str = "bilinear"
-    """Resize filter (:data:`INTERPS`): ``bilinear`` (stage 1, official PIL bilinear) or ``bicubic`` (stage 2 and
-    fine-tuning, official torchvision ``InterpolationMode.BICUBIC``); bicubic output is clamped to the pixel range."""
+    """Resize filter (:data:`INTERPS`): ``bilinear`` (stage 1, official PIL bilinear; fine-tuning, official
+    ``F.interpolate(mode="bilinear")`` in ``random_resized_crop``) or ``bicubic`` (stage 2, official torchvision
+    ``InterpolationMode.BICUBIC``); bicubic output is clamped to the pixel range."""
     flip: bool = True
     """Random horizontal flip (training only)."""
     mean: tuple[float, float, float] = IMAGENET_MEAN

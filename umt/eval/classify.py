@@ -156,7 +156,10 @@ def build_classifier(checkpoint: str | Path, *, num_frames: int | None = None,
     if (st.num_frames and frames != st.num_frames) or (st.img_size and size != st.img_size):
         log.warning("evaluating at %d frames × %d px; %s was trained at %s × %s", frames, size, checkpoint,
                     st.num_frames, st.img_size)
-    model = timm.create_model(st.arch, num_classes=int(head.shape[0]), num_frames=frames, img_size=size)
+    # the position table exactly as in fine-tuning: built at the pre-training size the file records, interpolated
+    model = timm.create_model(st.arch, num_classes=int(head.shape[0]), num_frames=frames, img_size=size,
+                              pretrain_num_frames=st.pretrain_num_frames or st.num_frames,
+                              pretrain_img_size=st.pretrain_img_size or st.img_size)
     load_backbone(model, st, head=True)
     return model, st
 

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["parse_views", "eval_data_config", "supports_multiview", "iterate", "loader_num_views",
+__all__ = ["parse_views", "eval_data_config", "iterate", "loader_num_views",
            "IndexAccumulator", "DistContext", "init_distributed", "close_distributed", "dist_info",
            "autocast", "atomic_write_bytes", "atomic_write_text", "check_free", "CountError", "broadcast_flag"]
 
@@ -49,24 +49,12 @@ def parse_views(text: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
-def supports_multiview() -> bool:
-    """Whether this checkout's :class:`~umt.data.config.DataConfig` has the multi-view evaluation fields
-    (``temporal_views``, ``spatial_views``, ``drop_last``)."""
-    from umt.data.config import DataConfig
-
-    names = {f.name for f in dataclasses.fields(DataConfig)}
-    return {"temporal_views", "spatial_views", "drop_last"} <= names
-
-
 def eval_data_config(shards: str | Path, *, batch_size: int, num_frames: int, input_size: int,
                      views: tuple[int, int] = (1, 1), base: Any = None, **overrides: Any) -> Any:
     """The evaluation :class:`~umt.data.config.DataConfig` of ``shards``: ``train=False`` (segment centres or the
     ``(clip_idx + 1)/(N + 1)`` offsets of ``temporal_views`` clips, centre or 3 crops, no flip), every sample
     delivered (``drop_last=False``, padding rows ``index = -1``), normalisation and backend from ``base`` (the run's
     own DataConfig) when given.
-
-    Raises:
-        ValueError: ``views`` other than 1x1 with a loader that has no multi-view evaluation yet.
     """
     from umt.data.config import DataConfig
 
@@ -76,11 +64,7 @@ def eval_data_config(shards: str | Path, *, batch_size: int, num_frames: int, in
                   seed=base.seed)
     kw.update(shards=str(shards), batch_size=batch_size, num_frames=num_frames, input_size=input_size,
               num_sample=1, train=False, flip=False)
-    if supports_multiview():
-        kw.update(temporal_views=views[0], spatial_views=views[1], drop_last=False)
-    elif tuple(views) != (1, 1):
-        raise ValueError(f"views {views[0]}x{views[1]}: this loader has no multi-view evaluation "
-                         "(DataConfig.temporal_views/spatial_views); use 1x1")
+    kw.update(temporal_views=views[0], spatial_views=views[1], drop_last=False)
     kw.update(overrides)
     return DataConfig(**kw)
 

@@ -12,7 +12,6 @@ trainer runs and what it prints around it.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -111,12 +110,9 @@ def knn_side_by_side(cfg: TrainConfig) -> str:
     ``umt.eval.probe.knn_probe_checkpoints`` and ``format_knn_table``; ``eval.knn_k``, ``eval.knn_temperature``).
 
     Returns:
-        One line to print (``k-NN top-1: random backbone X %, stage-1 checkpoint Y %``), or a line saying the probe
-        module is not there yet.
+        One line to print (``k-NN top-1: random backbone X %, stage-1 checkpoint Y %``).
     """
-    if importlib.util.find_spec("umt.eval.probe") is None:
-        return "k-NN probe (random backbone vs stage-1): waiting for umt.eval.probe (evalcls)"
-    from umt.eval.probe import format_knn_table, knn_probe_checkpoints  # a broken module fails here
+    from umt.eval.probe import format_knn_table, knn_probe_checkpoints
 
     ev = cfg.eval
     res = knn_probe_checkpoints({"random backbone": None, "stage-1 checkpoint": cfg.model.init_from},

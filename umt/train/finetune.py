@@ -16,8 +16,6 @@ criterion), ``optim_factory.py`` (``get_parameter_groups``, ``get_num_layer_for_
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import inspect
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +32,6 @@ from umt.model.load import BackboneLoadError, BackboneState, LoadReport, load_ba
 from umt.model.student import STUDENT_ARCHS, UMTStudent
 from umt.train.config import ConfigError, TrainConfig
 from umt.train.mixup import VideoMixup
-from umt.train.recipes_finetune import data_with
 from umt.train.step import TrainStep, autocast_context
 from umt.train.tasks import Task, register_task
 
@@ -171,87 +168,27 @@ def build_classifier(cfg: TrainConfig, num_classes: int,
 
 
 # ------------------------------------------------------------------------------------------------------ evaluation
-def eval_data_config(cfg: TrainConfig, temporal_views: int = 1, spatial_views: int = 1) -> tuple[Any, bool]:
-    """The evaluation loader's ``DataConfig``: ``eval.shards``, ``train=False`` (segment centres, centre or 3
-    spatial crops, no augmentation), ``eval.batch_size``, one view per video in training terms (``num_sample`` 1),
-    ``temporal_views × spatial_views`` test views, every sample once (``drop_last`` false).
+def eval_data_config(cfg: TrainConfig, temporal_views: int = 1, spatial_views: int = 1) -> Any:
+    """The evaluation loader's ``DataConfig`` (:func:`umt.eval.common.eval_data_config`): ``eval.shards``,
+    ``train=False`` (segment centres or the official test offsets, centre or 3 spatial crops, no augmentation),
+    ``eval.batch_size``, ``temporal_views × spatial_views`` test views, every sample once (``drop_last`` false);
+    normalisation and backend from the run's own ``data``."""
+    from umt.eval.common import eval_data_config as _eval_data_config
 
-    Returns:
-        ``(DataConfig, multi_view)``: ``multi_view`` is False when this ``DataConfig`` has no view fields yet (the
-        loader then yields one centre view per video).
-    """
-    if importlib.util.find_spec("umt.eval.common") is not None:  # evalcls's builder, the same for every evaluation
-        from umt.eval.common import eval_data_config as _eval_data_config
-        from umt.eval.common import supports_multiview
-
-        multi = supports_multiview()
-        dc = _eval_data_config(cfg.eval.shards, batch_size=cfg.eval.batch_size, num_frames=cfg.data.num_frames,
-                               input_size=cfg.data.input_size,
-                               views=(temporal_views, spatial_views) if multi else (1, 1), base=cfg.data)
-        return dc, multi
-    known = {f.name for f in dataclasses.fields(type(cfg.data))}
-    multi = {"temporal_views", "spatial_views"} <= known
-    extra = {"temporal_views": temporal_views, "spatial_views": spatial_views, "drop_last": False}
-    dc = data_with(dataclasses.replace(cfg.data, shards=cfg.eval.shards, train=False,
-                                       batch_size=cfg.eval.batch_size, num_sample=1),
-                   **{k: v for k, v in extra.items() if k in known})
-    return dc, multi
-
-
-def _classify_fallback(model: nn.Module, loader: Any, *, num_classes: int, device: torch.device,
-                       amp_dtype: torch.dtype | None) -> dict[str, float]:
-    """Multi-view classification until :mod:`umt.eval.classify` lands (issue 12 item 4 is evalcls's): softmax
-    scores summed per sample ``index`` over its views (rows with index −1 are padding), summed over ranks, then
-    top-1/top-5 and mean per-class accuracy in percent (as ``evaluate_classification``) over the samples seen. To be
-    removed when ``umt.eval.classify.evaluate_classification`` exists (:func:`classify` then calls it)."""
-    n = int(loader.num_samples)
-    scores = torch.zeros(n, num_classes, device=device)  # [N, K] summed softmax over views
-    seen = torch.zeros(n, device=device)  # [N] views seen
-    labels = torch.full((n,), -1, dtype=torch.long, device=device)  # [N]
-    for batch in loader.epoch_iter(0):
-        idx = batch["index"].to(device)  # [R]
-        keep = (idx >= 0).float()  # [R]
-        at = idx.clamp(min=0)
-        with autocast_context(device, amp_dtype):
-            logits = model(batch["video"])  # [R, K]
-        scores.index_add_(0, at, logits.float().softmax(-1) * keep[:, None])
-        seen.index_add_(0, at, keep)
-        labels.scatter_reduce_(0, at, torch.where(idx >= 0, batch["label"].to(device), -1), reduce="amax")
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(scores)
-        dist.all_reduce(seen)
-        dist.all_reduce(labels, op=dist.ReduceOp.MAX)
-    ok = (seen > 0) & (labels >= 0)
-    scores, labels = scores[ok], labels[ok]  # evaluation only: a boolean index is fine here
-    if labels.numel() == 0:
-        return {"top1": float("nan"), "top5": float("nan"), "mean_class_acc": float("nan"), "num_samples": 0.0}
-    top = scores.topk(min(5, num_classes), dim=1).indices  # [N, 5]
-    hit1 = (top[:, 0] == labels).float()
-    hit5 = (top == labels[:, None]).any(1).float()
-    per_class = [hit1[labels == c].mean() for c in labels.unique()]
-    return {"top1": 100.0 * float(hit1.mean()), "top5": 100.0 * float(hit5.mean()),
-            "mean_class_acc": 100.0 * float(torch.stack(per_class).mean()), "num_samples": float(labels.numel())}
+    return _eval_data_config(cfg.eval.shards, batch_size=cfg.eval.batch_size, num_frames=cfg.data.num_frames,
+                             input_size=cfg.data.input_size, views=(temporal_views, spatial_views), base=cfg.data)
 
 
 def classify(model: nn.Module, loader: Any, *, num_classes: int, device: torch.device,
              amp_dtype: torch.dtype | None, out_dir: Path | None = None, class_names: list[str] | None = None,
              meta: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Top-1/top-5/mean per-class accuracy (percent) of ``model`` over ``loader`` (every rank its share, reduced).
+    """Top-1/top-5/mean per-class accuracy (percent) of ``model`` over ``loader``, every rank its share:
+    :func:`umt.eval.classify.evaluate_classification` (multi-view softmax averaged per sample, every sample counted
+    once over the ranks; with ``out_dir`` rank 0 writes its JSON/markdown/confusion-matrix report there)."""
+    from umt.eval.classify import evaluate_classification
 
-    Calls ``umt.eval.classify.evaluate_classification(model, loader, *, num_classes, device, amp_dtype, ...)``
-    (evalcls, issue 12 item 4: multi-view softmax averaged per sample, every sample counted once over the ranks;
-    with ``out_dir`` rank 0 writes its JSON/markdown/confusion-matrix report there; ``class_names``/``meta`` label
-    it) when that module exists, else :func:`_classify_fallback` (no report).
-    """
-    if importlib.util.find_spec("umt.eval.classify") is None:
-        return _classify_fallback(model, loader, num_classes=num_classes, device=device, amp_dtype=amp_dtype)
-    from umt.eval.classify import evaluate_classification  # a broken module fails here, never falls back
-
-    accepted = inspect.signature(evaluate_classification).parameters
-    extra = {"out_dir": out_dir, "class_names": class_names, "meta": meta}
-    kwargs = {k: v for k, v in extra.items() if v is not None and k in accepted}
     return evaluate_classification(model, loader, num_classes=num_classes, device=device, amp_dtype=amp_dtype,
-                                   **kwargs)
+                                   out_dir=out_dir, class_names=class_names, meta=meta)
 
 
 # -------------------------------------------------------------------------------------------------------- the step
@@ -412,16 +349,13 @@ class FinetuneTask(Task):
         Returns:
             ``{"top1", "top5", "mean_class_acc", ..., "num_views"}`` (accuracies in percent; numbers only;
             ``num_views`` the test views per video actually used), or None without ``eval.shards``; with ``final``
-            the classification report goes to ``out_dir/eval_final`` (when :mod:`umt.eval.classify` is there).
+            the classification report goes to ``out_dir/eval_final``.
         """
         cfg, rt = self.cfg, self.rt
         if not cfg.eval.shards:
             return None
         views = (cfg.eval.temporal_views, cfg.eval.spatial_views) if final else (1, 1)
-        dc, multi = eval_data_config(cfg, *views)
-        if views != (1, 1) and not multi:
-            log.warning("eval.views %s: this DataConfig has no view fields yet; evaluating one centre view",
-                        cfg.eval.views)
+        dc = eval_data_config(cfg, *views)
         from umt.data import build_loader
 
         loader = build_loader(dc, rank=rt.rank, world_size=rt.world_size, device=rt.device)
@@ -435,5 +369,5 @@ class FinetuneTask(Task):
         finally:
             loader.close()
         out = {k: float(v) for k, v in res.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        out["num_views"] = float(views[0] * views[1] if multi else 1)
+        out["num_views"] = float(views[0] * views[1])
         return out

@@ -38,7 +38,7 @@ from umt.data.config import DataConfig
 from umt.train.config import (CheckpointConfig, EvalConfig, FinetuneConfig, LogConfig, ModelConfig, OptimConfig,
                               TrainConfig)
 
-__all__ = ["FT_RECIPES", "FT_AUGMENT", "data_with", "umt_b16_k710_ft", "umt_b16_k400_ft", "umt_l16_k710_ft",
+__all__ = ["FT_RECIPES", "FT_AUGMENT", "umt_b16_k710_ft", "umt_b16_k400_ft", "umt_l16_k710_ft",
            "umt_l16_k400_ft", "umt_b16_ssv2_ft", "umt_l16_ssv2_ft", "demo_ft"]
 
 log = logging.getLogger(__name__)
@@ -49,30 +49,13 @@ log = logging.getLogger(__name__)
 FT_AUGMENT: dict[str, Any] = {"crop": "rrc", "rrc_scale": (0.08, 1.0), "rrc_ratio": (0.75, 1.3333333),
                               "interp": "bilinear", "rand_augment": "rand-m7-n4-mstd0.5-inc1", "erase_prob": 0.25}
 
-_warned: set[str] = set()
-
-
-def data_with(base: DataConfig | None = None, **fields: Any) -> DataConfig:
-    """``base`` (default ``DataConfig()``) with ``fields`` set, skipping fields this ``DataConfig`` does not have yet
-    (the fine-tuning augmentation and multi-view fields of the data contract land with the data modules); each
-    skipped field is logged once as a warning."""
-    known = {f.name for f in dataclasses.fields(DataConfig)}
-    missing = sorted(set(fields) - known)
-    new = sorted(set(missing) - _warned)
-    if new:
-        _warned.update(new)
-        log.warning("DataConfig has no fields %s yet: running without them", new)
-    base = base if base is not None else DataConfig()
-    return dataclasses.replace(base, **{k: v for k, v in fields.items() if k in known})
-
-
 def _ft(student: str, *, num_classes: int, epochs: int, warmup: float, lr: float, layer_decay: float,
         drop_path: float, shards: str, eval_shards: str, views: str = "4x3", flip: bool = True,
         label_map: str = "") -> TrainConfig:
     """A paper fine-tuning run (module docstring for the shared numbers)."""
     return TrainConfig(
         task="finetune",
-        data=data_with(shards=shards, batch_size=16, num_sample=2, num_frames=8, input_size=224, num_workers=8,
+        data=DataConfig(shards=shards, batch_size=16, num_sample=2, num_frames=8, input_size=224, num_workers=8,
                        flip=flip, **FT_AUGMENT),
         model=ModelConfig(student=student, drop_path=drop_path),
         optim=OptimConfig(lr=lr, min_lr=1e-6, betas=(0.9, 0.999), weight_decay=0.05, epochs=epochs,
@@ -136,7 +119,7 @@ def demo_ft() -> TrainConfig:
     first when that directory is absent (``python -m umt.train --recipe demo_ft``; :mod:`umt.train.demo_ft`)."""
     return TrainConfig(
         task="finetune",
-        data=data_with(shards="shards/built/sample_ft/train", batch_size=4, num_sample=2, num_frames=4,
+        data=DataConfig(shards="shards/built/sample_ft/train", batch_size=4, num_sample=2, num_frames=4,
                        input_size=112, num_workers=2, **FT_AUGMENT),
         model=ModelConfig(student="umt_vit_pico_patch16_224", drop_path=0.1, init_from="runs/demo",
                           teacher_image_size=112),
