@@ -11,7 +11,7 @@ import torch
 
 from umt.data.sample_splits import split_rows
 from umt.train.config import apply_overrides
-from umt.train.demo_ft import DemoError, prepare
+from umt.train.demos import DEMOS, DemoError
 from umt.train.recipes import get_recipe
 
 SAMPLES = Path(__file__).resolve().parents[1] / "shards" / "samples" / "annotations.jsonl"
@@ -52,12 +52,12 @@ def test_demo_finds_or_trains_its_stage1_checkpoint(tmp_path: Path, monkeypatch:
         (run_dir / "checkpoints" / "step_00000060.pt").write_bytes(b"x")
         return 0
 
-    cfg = prepare(_demo_cfg(tmp_path), fake_stage1)  # runs/demo absent: the stage-1 demo is trained there first
+    cfg = DEMOS["demo_ft"].prepare(_demo_cfg(tmp_path), fake_stage1)  # runs/demo absent: the stage-1 demo is trained there first
     assert calls == [Path("runs/demo")] and cfg.model.init_from == str(Path("runs/demo/checkpoints/step_00000060.pt"))
     (tmp_path / "runs/demo/checkpoints/step_00000120.pt").write_bytes(b"y")
-    cfg = prepare(_demo_cfg(tmp_path), fake_stage1)  # present: its newest checkpoint, nothing trained
+    cfg = DEMOS["demo_ft"].prepare(_demo_cfg(tmp_path), fake_stage1)  # present: its newest checkpoint, nothing trained
     assert len(calls) == 1 and cfg.model.init_from.endswith("step_00000120.pt")
-    cfg = prepare(_demo_cfg(tmp_path, f"model.init_from={tmp_path / 'runs/demo/checkpoints/step_00000060.pt'}"),
+    cfg = DEMOS["demo_ft"].prepare(_demo_cfg(tmp_path, f"model.init_from={tmp_path / 'runs/demo/checkpoints/step_00000060.pt'}"),
                   fake_stage1)  # a file is used as it is
     assert cfg.model.init_from.endswith("step_00000060.pt")
     # a stage-1 run without checkpoints (a user's, in progress) is never written to
@@ -67,11 +67,11 @@ def test_demo_finds_or_trains_its_stage1_checkpoint(tmp_path: Path, monkeypatch:
     Path("runs/demo").mkdir(parents=True)
     Path("runs/demo/config.json").write_text("{}")
     with pytest.raises(DemoError, match="holds a stage-1 run without checkpoints"):
-        prepare(_demo_cfg(tmp_path), fake_stage1)
+        DEMOS["demo_ft"].prepare(_demo_cfg(tmp_path), fake_stage1)
     with pytest.raises(DemoError, match="neither a checkpoint file nor a run directory"):
-        prepare(_demo_cfg(tmp_path, "model.init_from=some/dir"), fake_stage1)
+        DEMOS["demo_ft"].prepare(_demo_cfg(tmp_path, "model.init_from=some/dir"), fake_stage1)
     with pytest.raises(DemoError, match="eval.shards=.* holds no shards"):
-        prepare(apply_overrides(_demo_cfg(tmp_path), [f"eval.shards={tmp_path / 'nothing'}"]), fake_stage1)
+        DEMOS["demo_ft"].prepare(apply_overrides(_demo_cfg(tmp_path), [f"eval.shards={tmp_path / 'nothing'}"]), fake_stage1)
     assert len(calls) == 1
 
 

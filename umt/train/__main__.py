@@ -37,24 +37,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _ensure_demo_shards(shards: str) -> str | None:
-    """The demo reads the embedded sample shards: (re)build them when absent or stale, but only in their own default
-    location. A directory the user named is never written to: it is trained on as it is (read-only).
-
-    Returns:
-        None when training can go on, else a one-line error (the named directory holds no data set).
-    """
-    from umt.data.samples import DEFAULT_SAMPLE_SHARDS, ensure_sample_shards
-
-    if Path(shards).resolve() == Path(DEFAULT_SAMPLE_SHARDS).resolve():
-        ensure_sample_shards(DEFAULT_SAMPLE_SHARDS)
-        return None
-    if not (Path(shards) / "manifest.json").is_file():
-        return (f"{shards} holds no shards (no manifest.json); build them with tools/make_shards.py, or leave "
-                f"data.shards at the demo's {DEFAULT_SAMPLE_SHARDS}, where the demo builds its sample itself")
-    return None
-
-
 def default_run_dir(recipe: str, resume: str | None, root: Path = Path("runs")) -> Path:
     """``runs/<recipe>`` for a first run; a fresh run never reuses a directory that holds a run (checkpoints,
     metrics or config: it takes the first free ``runs/<recipe>-N``), and ``--resume auto`` continues the newest run
@@ -97,21 +79,16 @@ def main(argv: list[str] | None = None) -> int:
 
         print(json.dumps(config_to_dict(cfg), indent=2))
         return 0
-    if args.recipe == "demo" and not cfg.synthetic_data and rank == 0:
-        problem = _ensure_demo_shards(cfg.data.shards)
-        if problem:
-            print(f"umt-train: {problem}", file=sys.stderr)
-            return 2
-    demo_ft = args.recipe == "demo_ft" and not cfg.synthetic_data
-    if demo_ft and int(os.environ.get("WORLD_SIZE", 1)) > 1:
-        print("umt-train: the demo_ft recipe runs in one process (it may train the stage-1 demo first)",
+    from umt.train.demos import DEMOS, DemoError
+
+    demo = None if cfg.synthetic_data else DEMOS.get(args.recipe)
+    if demo is not None and demo.single_process and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        print(f"umt-train: the {args.recipe} recipe runs in one process (it may train the stage-1 demo first)",
               file=sys.stderr)
         return 2
-    if demo_ft:  # split shards; init_from = the stage-1 demo's checkpoint (trained first if absent)
-        from umt.train.demo_ft import DemoError, prepare
-
+    if demo is not None and rank == 0:  # sample shards (default places only); init_from = the stage-1 demo's
         try:
-            cfg = prepare(cfg, lambda d: main(["--recipe", "demo", "--run-dir", str(d)]))
+            cfg = demo.prepare(cfg, lambda d: main(["--recipe", "demo", "--run-dir", str(d)]))
         except DemoError as e:
             print(f"umt-train: {e}", file=sys.stderr)
             return 2
@@ -146,11 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"umt-train: config error: {e}", file=sys.stderr)
         return 2
     try:
-        before = None
-        if demo_ft and trainer.rt.is_main:
-            from umt.train.demo_ft import held_out_top1
-
-            before = held_out_top1(trainer)
+        before = demo.before(trainer) if demo is not None and trainer.rt.is_main else None
         try:
             summary = trainer.fit()
         except Preempted as e:
@@ -175,15 +148,8 @@ def main(argv: list[str] | None = None) -> int:
               f"after {summary['steps']} steps ({summary['skipped_steps']} skipped); run dir: {summary['run_dir']}")
         if summary.get("export"):
             print(f"student backbone exported to {summary['export']}")
-        if demo_ft:
-            from umt.train.demo_ft import final_top1, knn_side_by_side
-
-            after = final_top1(summary["run_dir"])
-            fmt = lambda r: f"{r['top1']:.1f} %" if r and "top1" in r else "n/a"  # noqa: E731
-            views = int(after.get("num_views", 1)) if after else 1
-            print(f"held-out top-1 ({cfg.eval.shards}): {fmt(before)} before fine-tuning (stage-1 backbone, fresh "
-                  f"head), {fmt(after)} after ({views} view{'s' if views > 1 else ''} per clip, best.pt)")
-            print(knn_side_by_side(cfg))
+        for line in demo.report(cfg, before, summary["run_dir"]) if demo is not None else []:
+            print(line)
     return 0
 
 
