@@ -39,7 +39,8 @@ from benchmarks import budget as budget_mod
 from benchmarks.common import BenchResult, command_line, format_table, hardware_info, hardware_label, write_report
 from umt.flops import UMT_SPECS, train_flops_per_clip
 
-__all__ = ["PARTS", "SuiteOutcome", "data_rate_from", "exit_status", "main", "run_suite", "step_rates_from"]
+__all__ = ["PARTS", "SuiteOutcome", "data_rate_from", "exit_status", "main", "run_suite", "stage2_rates_from",
+           "step_rates_from"]
 
 log = logging.getLogger("benchmarks")
 
@@ -83,6 +84,17 @@ def step_rates_from(result: BenchResult | None, models: list[str]) -> dict[str, 
         model, rate = row.get("model"), _rate(row)
         if model in models and rate and rate > rates.get(model, 0.0):
             rates[model] = rate
+    return rates
+
+
+def stage2_rates_from(result: BenchResult | None, models: list[str]) -> dict[str, dict[str, float]]:
+    """Per-model stage-2 samples/s per GPU and modality from bench_step's ``<model>_vt`` rows (``modality``,
+    ``samples_per_s``): ``{"umt_b16": {"video": ..., "image": ...}}``."""
+    rates: dict[str, dict[str, float]] = {}
+    for row in result.rows if result else []:
+        model, rate = str(row.get("model", "")), _num(row.get("samples_per_s"))
+        if model.endswith("_vt") and model[:-3] in models and rate and row.get("modality") in ("video", "image"):
+            rates.setdefault(model[:-3], {})[row["modality"]] = rate
     return rates
 
 
@@ -171,16 +183,19 @@ def _summarise(outcome: SuiteOutcome, models: list[str], peak: float | None, ach
     if "step" in r:
         for row in r["step"].rows:
             model, rate = row.get("model"), _rate(row)
+            unit = "clips/s"
+            if rate is None and _num(row.get("samples_per_s")) is not None:  # stage-2 rows: samples of a modality
+                rate, unit = _num(row.get("samples_per_s")), "samples/s"
             extras = " ".join(f"{k}={v}" for k, v in row.items() if k not in ("model", "clips_per_s", "mfu") and isinstance(v, (str, bool)))
             parts = []
             mfu = _num(row.get("mfu"))
             parts.append(f"MFU {mfu:.1%}" if mfu is not None else "MFU n/a")
-            # FLOPs per clip at the sizes the step actually ran (bench_step's gflop_per_clip; tiny on CPU).
-            gflop = _num(row.get("gflop_per_clip"))
+            # FLOPs per clip (sample) at the sizes the step actually ran (bench_step's gflop_per_clip; tiny on CPU).
+            gflop = _num(row.get("gflop_per_clip", row.get("gflop_per_sample")))
             flops = gflop * 1e9 if gflop else (train_flops_per_clip(UMT_SPECS[model]) if model in UMT_SPECS else None)
             if rate and flops and achievable:
                 parts.append(f"{rate * flops / (achievable * 1e12):.1%} of achievable matmul")
-            s.append({"part": "step", "item": f"{model} {extras}".strip(), "value": rate, "unit": "clips/s", "note": ", ".join(parts)})
+            s.append({"part": "step", "item": f"{model} {extras}".strip(), "value": rate, "unit": unit, "note": ", ".join(parts)})
     if "scaling" in r:
         for row in r["scaling"].rows:
             if row["GPUs"] == 32 and row["single-GPU rate"] != "A100 @5.7% MFU (paper)" and "HDR" in row["interconnect"]:
@@ -290,7 +305,8 @@ def _budget(outcome: SuiteOutcome, models: list[str], peak: float | None, gpu_na
             ],
             extra={"totals": {}, "budget_hours": budget_mod.BUDGET_HOURS, "applicable": outcome.applicable, "gpu": gpu_name},
         )
-    res = budget_mod.project(step, data, peak_tflops=peak, gpu_name=gpu_name, applicable=outcome.applicable)
+    res = budget_mod.project(step, data, peak_tflops=peak, gpu_name=gpu_name, applicable=outcome.applicable,
+                             stage2_rates=stage2_rates_from(outcome.results.get("step"), models))
     res.rows += refs
     res.notes.append(ref_note)
     res.notes.insert(1, f"Data rate used: {data_label} ({'n/a' if data is None else f'{data:.1f} clips/s'}); step rates: " + ", ".join(f"{m} {v:.2f} clips/s" for m, v in step.items()))

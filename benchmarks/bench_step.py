@@ -16,7 +16,10 @@ cross-entropy, every token, no teacher); GPU: 8 × 224², 16 videos × 2 repeate
 autocast; CPU: 2 frames × 112², 1 video × 2 views. FLOPs from :func:`umt.flops.classifier_train_flops_per_clip`.
 The phase split of those rows is mixup (``mask_ms``) / forward+backward / optimizer.
 
-Usage: ``python -m benchmarks.bench_step [--quick] [--models umt_b16,umt_l16] [--tasks distill,finetune]
+Stage-2 rows (model ``umt_b16_vt``/``umt_l16_vt``, task ``video_text``, one per modality): see
+:mod:`benchmarks.bench_step_vt`.
+
+Usage: ``python -m benchmarks.bench_step [--quick] [--models umt_b16,umt_l16] [--tasks distill,finetune,video_text]
 [--batch-size N] [--device cpu]``.
 """
 
@@ -216,8 +219,10 @@ def _bench_ft(model: str, device: torch.device, *, quick: bool, batch_size: int 
 
 def run(*, quick: bool = False, models: tuple[str, ...] | list[str] = ("umt_b16", "umt_l16"),
         device: str | None = None, batch_size: int | None = None, kernels: str = "torch", compile: bool = False,
-        tasks: tuple[str, ...] | list[str] = ("distill", "finetune"), **_ignored: Any) -> BenchResult:
-    """Benchmark the stage-1 step for each of ``models`` (keys of :data:`umt.flops.UMT_SPECS`).
+        tasks: tuple[str, ...] | list[str] = ("distill", "finetune", "video_text"), **_ignored: Any) -> BenchResult:
+    """Benchmark the train steps of ``tasks`` for each of ``models`` (keys of :data:`umt.flops.UMT_SPECS`): stage 1
+    (``distill``), fine-tuning (``finetune``, rows ``<model>_ft``) and stage 2 (``video_text``, rows ``<model>_vt``
+    per modality, :mod:`benchmarks.bench_step_vt`).
 
     Args:
         quick: 1 warm-up + 2 timed steps instead of 3 + 10.
@@ -230,9 +235,9 @@ def run(*, quick: bool = False, models: tuple[str, ...] | list[str] = ("umt_b16"
         :class:`BenchResult` with one row per model (times in seconds/milliseconds, memory in GiB).
     """
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    unknown = sorted(set(tasks) - {"distill", "finetune"})
+    unknown = sorted(set(tasks) - {"distill", "finetune", "video_text"})
     if unknown:
-        raise ValueError(f"unknown tasks {unknown}: bench_step measures distill and finetune")
+        raise ValueError(f"unknown tasks {unknown}: bench_step measures distill, finetune and video_text")
     rows = []
     if "distill" in tasks:
         rows += [{**_bench_one(m, dev, quick=quick, batch_size=batch_size, kernels=kernels, compile=compile),
@@ -240,6 +245,12 @@ def run(*, quick: bool = False, models: tuple[str, ...] | list[str] = ("umt_b16"
     if "finetune" in tasks:
         # --batch-size is the stage-1 batch; the fine-tuning rows keep their recipe's 16 videos × 2 views on a GPU
         rows += [_bench_ft(m, dev, quick=quick, batch_size=None, kernels=kernels, compile=compile) for m in models]
+    if "video_text" in tasks:
+        from benchmarks.bench_step_vt import bench_stage2
+
+        # stage 2 keeps its recipe's 128 per modality on a GPU; rows <model>_vt, one per modality
+        rows += [{**r, "model": f"{m}_vt", "task": "video_text"} for m in models
+                 for r in bench_stage2(m, dev, quick=quick)]
     notes = [
         "clips/s and MFU from whole steps without syncs inside; the phase split (ms) from separate steps with a "
         "device sync between phases.",
@@ -247,6 +258,8 @@ def run(*, quick: bool = False, models: tuple[str, ...] | list[str] = ("umt_b16"
         "data_ms is the synthetic loader (random videos generated on the host), not the shard decoder.",
         "finetune rows (umt_*_ft): the classifier over all tokens, 16 videos × 2 repeated views per step on a GPU; "
         "FLOPs 3 × forward (umt.flops.classifier_train_flops_per_clip); mask_ms is mixup/CutMix there.",
+        "video_text rows (umt_*_vt): the stage-2 step (teacher, mask, VTC + VTM + MLM + UTA, AdamW) on video-text and "
+        "image-text batches separately, samples/s; FLOPs per sample from umt.flops.stage2_flops_per_sample.",
     ]
     if dev.type == "cpu":
         notes.append("CPU: real B/L architectures at 2 frames × 112² (teacher 112 px for B, 98 px for L), batch 1, "
@@ -264,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--kernels", default="torch", choices=["torch", "triton"])
     p.add_argument("--compile", action="store_true")
-    p.add_argument("--tasks", default="distill,finetune", help="distill (stage 1) and/or finetune")
+    p.add_argument("--tasks", default="distill,finetune,video_text",
+                   help="distill (stage 1), finetune and/or video_text (stage 2)")
     p.add_argument("--no-write", action="store_true", help="print only")
     a = p.parse_args(argv)
     res = run(quick=a.quick, models=tuple(a.models.split(",")), device=a.device, batch_size=a.batch_size,

@@ -67,6 +67,7 @@ __all__ = [
     "project",
     "reference_rows",
     "stage2_flops_per_pair",
+    "stage2_pair_rate",
     "wall_clock_hours",
     "main",
 ]
@@ -140,6 +141,19 @@ def stage2_flops_per_pair(
     return {k: video_fraction * video[k] + (1.0 - video_fraction) * image[k] for k in video}
 
 
+def stage2_pair_rate(rates: dict[str, float], video_fraction: float = STAGE2_VIDEO_FRACTION) -> float | None:
+    """Stage-2 pairs/s per GPU from measured video and image samples/s: the corpus mixes ``video_fraction`` video
+    pairs with image pairs, so a pair takes ``f / video + (1 − f) / image`` seconds on average.
+
+    Returns:
+        pairs/s, or None unless both modalities were measured (positive rates).
+    """
+    v, i = rates.get("video"), rates.get("image")
+    if not v or not i or v <= 0 or i <= 0:
+        return None
+    return 1.0 / (video_fraction / v + (1.0 - video_fraction) / i)
+
+
 def wall_clock_hours(total_clips: float, per_gpu_clips_per_s: float, gpus: int = GPUS, efficiency: float = 1.0) -> float:
     """Hours to process ``total_clips`` at ``per_gpu_clips_per_s`` on ``gpus`` GPUs with the given scaling efficiency.
 
@@ -206,6 +220,7 @@ def project(
     gpu_name: str,
     applicable: bool = True,
     efficiency: float = 1.0,
+    stage2_rates: dict[str, dict[str, float]] | None = None,
 ) -> BenchResult:
     """Project stages 1 and 2 for every model in ``step_rates`` on 32 GPUs, measured kind and A100-equivalent.
 
@@ -216,6 +231,9 @@ def project(
         gpu_name: label of the measured device.
         applicable: False on CPU: the rows are still computed, but marked as not speaking to the budget.
         efficiency: assumed multi-GPU scaling efficiency in (0, 1] (1 = linear).
+        stage2_rates: measured stage-2 step samples/s per GPU per model and modality (``{"umt_b16": {"video": 40.0,
+            "image": 90.0}}``, :mod:`benchmarks.bench_step_vt`); where a model has both, stage 2 uses them
+            (:func:`stage2_pair_rate`) instead of the estimate at the stage-1 MFU.
 
     Returns:
         A :class:`BenchResult` named ``"budget"`` whose ``extra`` holds ``totals`` (hours of stage 1 + 2 per model
@@ -229,8 +247,9 @@ def project(
         "Per-GPU rate = the slower of the measured train step and the measured data pipeline.",
         "A100-eq: the same MFU on an A100's 312 TFLOP/s dense bf16 peak (an assumption: a slower GPU may reach a "
         "different MFU, and the data pipeline's host is not modelled).",
-        "Stage 2 is an estimate: the stage-2 FLOP model (umt.flops.stage2_flops_per_sample) at the measured "
-        "stage-1 MFU; no stage-2 step rate is measured here.",
+        "Stage 2: the measured stage-2 step (video and image batches, mixed as the corpus mixes them) where measured; "
+        "otherwise an estimate: the stage-2 FLOP model (umt.flops.stage2_flops_per_sample) at the measured stage-1 "
+        "MFU. The stage-2 data pipeline is not in this projection.",
         f"Paper reference: stage 1 UMT-L 104 h = {PAPER_STAGE1_L_CLIPS_PER_S:.1f} clips/s per A100.",
     ]
     if not applicable:
@@ -247,8 +266,15 @@ def project(
         hw_rates: dict[str, tuple[float | None, float | None]] = {"measured": (rate, mfu)}
         if mfu is not None:
             hw_rates["A100-eq"] = (a100_equivalent_rate(mfu, flops1), mfu)
+        measured2 = stage2_pair_rate((stage2_rates or {}).get(model, {}))
+        mfu2 = measured2 * flops2 / (peak_tflops * 1e12) if (measured2 and peak_tflops) else None
         for hw, (r1, m) in hw_rates.items():
-            r2 = r1 * flops1 / flops2 if r1 else None  # same MFU on the stage-2 FLOPs per pair
+            if measured2 is None:
+                r2 = r1 * flops1 / flops2 if r1 else None  # same MFU on the stage-2 FLOPs per pair
+            elif hw == "measured":
+                r2 = measured2
+            else:
+                r2 = a100_equivalent_rate(mfu2, flops2) if mfu2 is not None else None
             total = 0.0
             for stage, r, clips in ((1, r1, STAGE1_CLIPS), (2, r2, STAGE2_PAIRS)):
                 h = wall_clock_hours(clips, r, GPUS, efficiency) if r is not None else None
@@ -259,12 +285,12 @@ def project(
                         stage,
                         hw if hw == "A100-eq" else gpu_name,
                         r,
-                        m,
+                        m if stage == 1 or measured2 is None else mfu2,
                         h,
                         paper,
                         paper / h if (paper and h) else None,
-                        estimate=stage == 2,
-                        note=bound if stage == 1 else "",
+                        estimate=stage == 2 and measured2 is None,
+                        note=bound if stage == 1 else ("measured stage-2 step" if measured2 else ""),
                     )
                 )
                 total = total + h if (h is not None and total is not None) else None

@@ -216,3 +216,39 @@ def test_reference_rows_ignored_by_check() -> None:
     res = _project({"umt_l16": 0.4 * 312e12 / flops})
     res.rows += refs  # the slow reference rows must not fail a passing measurement
     assert budget.check_failures(res) == []
+
+
+def test_stage2_pair_rate_mixes_modalities_by_time() -> None:
+    # 40 % video pairs at 10/s and 60 % image pairs at 30/s: 0.4/10 + 0.6/30 = 0.06 s per pair
+    assert budget.stage2_pair_rate({"video": 10.0, "image": 30.0}) == pytest.approx(1 / 0.06)
+    assert budget.stage2_pair_rate({"video": 10.0, "image": 30.0}, video_fraction=1.0) == pytest.approx(10.0)
+    assert budget.stage2_pair_rate({"video": 10.0}) is None and budget.stage2_pair_rate({}) is None
+
+
+def test_project_uses_the_measured_stage2_rate() -> None:
+    gpu = "NVIDIA A100-SXM4-80GB"
+    est = _project({"umt_b16": 100.0}, gpu=gpu)
+    res = budget.project({"umt_b16": 100.0}, None, peak_tflops=312.0, gpu_name=gpu,
+                         stage2_rates={"umt_b16": {"video": 10.0, "image": 30.0}})
+    s2 = [r for r in res.rows if str(r["stage"]).startswith("2") and r["32 GPUs"] != "A100-eq"][0]
+    s2_est = [r for r in est.rows if str(r["stage"]).startswith("2") and r["32 GPUs"] != "A100-eq"][0]
+    assert s2["stage"] == 2 and s2_est["stage"] == "2 (estimate)"  # measured: no longer marked as an estimate
+    assert s2["clips/s per GPU"] == pytest.approx(1 / 0.06) and "measured stage-2 step" in s2["note"]
+    assert s2["hours"] == pytest.approx(budget.STAGE2_PAIRS / (32 / 0.06) / 3600)
+    flops2 = budget.stage2_flops_per_pair("umt_b16")["total"]
+    assert s2["MFU"] == pytest.approx((1 / 0.06) * flops2 / 312e12)
+    eq = [r for r in res.rows if str(r["stage"]).startswith("2") and r["32 GPUs"] == "A100-eq"][0]
+    assert eq["hours"] == pytest.approx(s2["hours"])  # on an A100 the A100-equivalent equals the measurement
+
+
+def test_suite_reads_stage2_rows() -> None:
+    import benchmarks.__main__ as suite
+    from benchmarks.common import BenchResult
+
+    res = BenchResult("step", rows=[{"model": "umt_b16_vt", "modality": "video", "samples_per_s": 12.0},
+                                    {"model": "umt_b16_vt", "modality": "image", "samples_per_s": 30.0},
+                                    {"model": "umt_b16", "clips_per_s": 50.0},
+                                    {"model": "umt_l16_vt", "modality": "video", "samples_per_s": 4.0}])
+    assert suite.stage2_rates_from(res, ["umt_b16", "umt_l16"]) == {"umt_b16": {"video": 12.0, "image": 30.0},
+                                                                     "umt_l16": {"video": 4.0}}
+    assert suite.step_rates_from(res, ["umt_b16"]) == {"umt_b16": 50.0}  # stage-2 rows are not stage-1 rates
