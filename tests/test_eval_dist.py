@@ -32,7 +32,7 @@ def test_two_ranks_equal_one_process(tmp_path: Path, tmp_path_factory: pytest.Te
 
     from umt.eval.classify import evaluate_classification
     from umt.eval.classify import main as classify_main
-        from umt.eval.features import build_backbone, features_for, load_features
+    from umt.eval.features import build_backbone, features_for, load_features
     from umt.eval.features import main as features_main
 
     shards = good_shards(tmp_path_factory)
