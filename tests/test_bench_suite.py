@@ -152,3 +152,5 @@ def test_whole_suite_real_parts_quick(tmp_path: Path) -> None:
     for part in ran:
         assert f"## {part}" in md
     assert "DO NOT speak to the 6-day / 32-A100 budget" in md
+    # the step part measured stage 2 per modality, and the budget projected stage 2 from that measurement
+    assert "umt_b16_vt" in md and "measured stage-2 step" in md
