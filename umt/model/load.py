@@ -96,7 +96,7 @@ class LoadReport:
     fine-tuned classifier file: anything else is an error)."""
 
     def summary(self) -> str:
-        return (f"{len(self.loaded)} tensors loaded, {len(self.dropped)} dropped"
+        return (f"{len(self.loaded)} tensors loaded, {len(self.dropped)} not part of the backbone"
                 f"{' (' + ', '.join(self.dropped[:6]) + (', ...' if len(self.dropped) > 6 else '') + ')' if self.dropped else ''}, "
                 f"{len(self.missing)} left at init{' (' + ', '.join(self.missing) + ')' if self.missing else ''}")
 

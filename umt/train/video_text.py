@@ -119,8 +119,9 @@ class VideoTextTask(DistillationTask):
             self.init_report = {"path": cfg.model.init_from, "loaded": len(rep["loaded"]),
                                 "missing": len(rep["missing"]), "dropped": len(rep["dropped"])}
             prefixes = sorted({k.split(".")[0] for k in rep["missing"]})
-            log.info("init from %s: %d tensors loaded (student, %d UMA head tensors), %d left at init (%s), %d file "
-                     "keys unused", cfg.model.init_from, len(rep["loaded"]),
+            log.info("init from %s: %d tensors loaded (student, %d UMA head tensors), %d not in the file and kept as "
+                     "built (%s: the text encoder keeps its own pretrained weights), %d file keys unused",
+                     cfg.model.init_from, len(rep["loaded"]),
                      sum(k.startswith("heads.") for k in rep["loaded"]), len(rep["missing"]), ", ".join(prefixes),
                      len(rep["dropped"]))
         else:
