@@ -41,7 +41,7 @@ from umt.train.step import (StageOneStep, autocast_context, build_models, build_
                             umt_spec)
 from umt.train.trainer import _peak_mem_bytes, _peak_tflops
 
-__all__ = ["run", "main"]
+__all__ = ["bench_config", "run", "main"]
 
 _RECIPE = {"umt_b16": "umt_b16_k710", "umt_l16": "umt_l16_k710"}
 _FT_RECIPE = {"umt_b16": "umt_b16_k710_ft", "umt_l16": "umt_l16_k710_ft"}
@@ -52,23 +52,28 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _config(model: str, device: torch.device, batch_size: int | None, kernels: str, compile: bool) -> Any:
-    sets = ["synthetic_data=true", f"device={device.type}", f"model.kernels={kernels}",
-            f"model.compile={str(compile).lower()}"]
+def bench_config(recipe: str, model: str, device: torch.device, batch_size: int | None, *sets: str,
+                 kernels: str = "torch", compile: bool = False) -> Any:
+    """The recipe's config for a benchmark run on synthetic data: on CPU the real architecture at 2 frames × 112²
+    (a teacher, when the task has one, at 112 px for B/16 and 98 px for L/14: the same 7×7 grid), batch
+    ``batch_size or 1``; on a GPU the recipe's sizes (``batch_size`` overrides the batch). ``sets``: further
+    overrides."""
+    over = ["synthetic_data=true", f"device={device.type}", f"model.kernels={kernels}",
+            f"model.compile={str(compile).lower()}", "model.init_from=", *sets]
     if device.type == "cpu":
         teacher_px = 98 if model == "umt_l16" else 112  # 7×7 grid for patch 14 / 16
-        sets += ["data.num_frames=2", "data.input_size=112", f"model.teacher_image_size={teacher_px}",
+        over += ["data.num_frames=2", "data.input_size=112", f"model.teacher_image_size={teacher_px}",
                  f"data.batch_size={batch_size or 1}"]
     elif batch_size:
-        sets.append(f"data.batch_size={batch_size}")
-    cfg = apply_overrides(get_recipe(_RECIPE[model]), sets)
+        over.append(f"data.batch_size={batch_size}")
+    cfg = apply_overrides(get_recipe(recipe), over)
     cfg.synthetic_samples = max(cfg.data.batch_size * 4, 64)
     return cfg
 
 
 def _bench_one(model: str, device: torch.device, *, quick: bool, batch_size: int | None, kernels: str,
                compile: bool) -> dict[str, Any]:
-    cfg = _config(model, device, batch_size, kernels, compile)
+    cfg = bench_config(_RECIPE[model], model, device, batch_size, kernels=kernels, compile=compile)
     torch.manual_seed(0)
     net, teacher = build_models(cfg, device)
     if compile:
@@ -134,18 +139,6 @@ def _bench_one(model: str, device: torch.device, *, quick: bool, batch_size: int
     }
 
 
-def _ft_config(model: str, device: torch.device, batch_size: int | None, kernels: str, compile: bool) -> Any:
-    sets = ["synthetic_data=true", f"device={device.type}", f"model.kernels={kernels}",
-            f"model.compile={str(compile).lower()}", "model.init_from="]
-    if device.type == "cpu":
-        sets += ["data.num_frames=2", "data.input_size=112", f"data.batch_size={batch_size or 1}"]
-    elif batch_size:
-        sets.append(f"data.batch_size={batch_size}")
-    cfg = apply_overrides(get_recipe(_FT_RECIPE[model]), sets)
-    cfg.synthetic_samples = max(cfg.data.batch_size * 4, 64)
-    return cfg
-
-
 def _bench_ft(model: str, device: torch.device, *, quick: bool, batch_size: int | None, kernels: str,
               compile: bool) -> dict[str, Any]:
     """The fine-tuning step of ``model`` (the task's own model, groups, step), timed as :func:`_bench_one`."""
@@ -153,7 +146,7 @@ def _bench_ft(model: str, device: torch.device, *, quick: bool, batch_size: int 
     from umt.train.finetune import FinetuneTask
     from umt.train.trainer import Runtime
 
-    cfg = _ft_config(model, device, batch_size, kernels, compile)
+    cfg = bench_config(_FT_RECIPE[model], model, device, batch_size, kernels=kernels, compile=compile)
     amp = torch.bfloat16 if device.type == "cuda" else None
     torch.manual_seed(0)
     task = FinetuneTask(cfg, Runtime(0, 1, 0, device, amp))

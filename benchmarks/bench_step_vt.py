@@ -22,8 +22,6 @@ import torch
 import umt  # noqa: F401 - torchvision shim
 from benchmarks.common import BenchResult, measure
 from umt.flops import TextSpec, VideoTextSpec, stage2_flops_per_sample
-from umt.train.config import apply_overrides
-from umt.train.recipes import get_recipe
 
 __all__ = ["STAGE2_RECIPE", "bench_stage2", "run"]
 
@@ -36,15 +34,14 @@ _BERT = {"umt_b16": (768, 12, 12, 3072), "umt_l16": (1024, 24, 16, 4096)}
 
 
 def _config(model: str, device: torch.device, batch_size: int | None) -> Any:
-    sets = ["synthetic_data=true", f"device={device.type}", "model.init_from=", "text.vtc_local_grad=false"]
+    from benchmarks.bench_step import bench_config
+
+    extra = ["text.vtc_local_grad=false"]
     if device.type == "cpu":
-        teacher_px = 98 if model == "umt_l16" else 112
-        sets += ["data.num_frames=2", "data.input_size=112", f"model.teacher_image_size={teacher_px}",
-                 f"data.batch_size={batch_size or 1}", f"data.image_batch_size={batch_size or 1}",
-                 "text.grad_checkpointing=false"]
+        extra += [f"data.image_batch_size={batch_size or 1}", "text.grad_checkpointing=false"]
     elif batch_size:
-        sets += [f"data.batch_size={batch_size}", f"data.image_batch_size={batch_size}"]
-    return apply_overrides(get_recipe(STAGE2_RECIPE[model]), sets)
+        extra.append(f"data.image_batch_size={batch_size}")
+    return bench_config(STAGE2_RECIPE[model], model, device, batch_size, *extra)
 
 
 def _build(cfg: Any, model: str, device: torch.device) -> tuple[Any, Any, VideoTextSpec]:

@@ -42,7 +42,7 @@ from umt.data.config import DataConfig
 from umt.data.shards import read_manifest
 from umt.data.views import multi_view, num_views
 
-__all__ = ["VideoLoader", "build_loader", "choose_backend", "dali_available"]
+__all__ = ["ShardLoader", "VideoLoader", "build_loader", "choose_backend", "dali_available"]
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,60 @@ def choose_backend(cfg: DataConfig, codecs: list[str], device: torch.device) -> 
     return choice
 
 
-class VideoLoader:
+class ShardLoader:
+    """What the shard loaders share (:class:`VideoLoader`, :class:`umt.data.pair_loader.PairLoader`): ``len``, the
+    dispatch of :meth:`epoch_iter` to the DALI or the reference backend, and the release of the DALI pipeline and the
+    open shard files. Subclasses set ``_len``, ``backend``, ``_pipe``, ``_dali_it``, ``_next``, ``_index`` and define
+    ``_dali_iter``/``_ref_iter``."""
+
+    _len: int
+    backend: str
+    _pipe: Any = None
+    _dali_it: Any = None
+    _next: tuple[int, int] | None = None
+    _index: Any = None
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return self.epoch_iter(0)
+
+    def _dali_iter(self, epoch: int, start_batch: int) -> Iterator[dict[str, Any]]:
+        raise NotImplementedError
+
+    def _ref_iter(self, epoch: int, start_batch: int) -> Iterator[dict[str, Any]]:
+        raise NotImplementedError
+
+    def epoch_iter(self, epoch: int, start_batch: int = 0) -> Iterator[dict[str, Any]]:
+        """Batches of ``epoch`` for this rank, from batch ``start_batch`` on (exactly the tail of the full epoch).
+
+        Raises:
+            ValueError: ``start_batch`` outside ``[0, len(self)]``.
+        """
+        if not 0 <= start_batch <= self._len:
+            raise ValueError(f"start_batch must be in [0, {self._len}], got {start_batch}")
+        if self._len == 0 or start_batch == self._len:  # nothing left (e.g. an empty rank of an evaluation)
+            return iter(())
+        if self.backend == "dali":
+            return self._dali_iter(epoch, start_batch)
+        return self._ref_iter(epoch, start_batch)
+
+    def _close_pipe(self) -> None:
+        if self._pipe is not None:
+            self._dali_it = None
+            del self._pipe
+            self._pipe = None
+        self._next = None
+
+    def close(self) -> None:
+        """Release the DALI pipeline (and its worker processes) and the open shard files."""
+        self._close_pipe()
+        if self._index is not None:
+            self._index.close()
+
+
+class VideoLoader(ShardLoader):
     """Batches of augmented clips from a shard directory (see the module docstring for the contract)."""
 
     def __init__(
@@ -116,12 +169,6 @@ class VideoLoader:
         self._next: tuple[int, int] | None = None  # (epoch, start_batch) the DALI pipeline would deliver next
         self.pipeline_builds = 0
         """DALI pipelines built so far (one per loader unless resumed or an epoch is abandoned part-way)."""
-
-    def __len__(self) -> int:
-        return self._len
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        return self.epoch_iter(0)
 
     # -- DALI ---------------------------------------------------------------------------------------------------
 
@@ -214,31 +261,6 @@ class VideoLoader:
             .repeat(len(index))
             .to(dev, non_blocking=True),  # [B*k]
         }
-
-    def epoch_iter(self, epoch: int, start_batch: int = 0) -> Iterator[dict[str, torch.Tensor]]:
-        """Batches of ``epoch`` for this rank, from batch ``start_batch`` on (exactly the tail of the full epoch).
-
-        Raises:
-            ValueError: ``start_batch`` outside ``[0, len(self)]``.
-        """
-        if not 0 <= start_batch <= self._len:
-            raise ValueError(f"start_batch must be in [0, {self._len}], got {start_batch}")
-        if self.backend == "dali":
-            return self._dali_iter(epoch, start_batch)
-        return self._ref_iter(epoch, start_batch)
-
-    def _close_pipe(self) -> None:
-        if self._pipe is not None:
-            self._dali_it = None
-            del self._pipe
-            self._pipe = None
-        self._next = None
-
-    def close(self) -> None:
-        """Release the DALI pipeline (and its worker processes) and the open shard files."""
-        self._close_pipe()
-        if self._index is not None:
-            self._index.close()
 
 
 def build_loader(cfg: DataConfig, *, rank: int = 0, world_size: int = 1, device: Any = "cpu") -> VideoLoader:

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from umt.data.config import DataConfig
-from umt.data.loader import choose_backend, dali_available
+from umt.data.loader import ShardLoader, choose_backend, dali_available
 from umt.data.shards import read_manifest
 from umt.data.text import CaptionTokenizer, caption_counts, caption_rows, pad_to_longest, require_captions
 
@@ -42,7 +42,7 @@ __all__ = ["PairLoader"]
 log = logging.getLogger(__name__)
 
 
-class PairLoader:
+class PairLoader(ShardLoader):
     """Stage-2 batches from one shard directory (see the module docstring for the contract).
 
     Attributes:
@@ -117,12 +117,6 @@ class PairLoader:
             return "reference"
         return "dali"
 
-    def __len__(self) -> int:
-        return self._len
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        return self.epoch_iter(0)
-
     def _source(self, epoch: int, start_batch: int, decode: bool) -> Any:
         from umt.data.pair_source import PairSource
 
@@ -196,29 +190,3 @@ class PairLoader:
             "index": index.long().to(dev, non_blocking=True),  # [n]
             "dataset": self.dataset_id,
         }
-
-    def epoch_iter(self, epoch: int, start_batch: int = 0) -> Iterator[dict[str, Any]]:
-        """Batches of ``epoch`` for this rank from batch ``start_batch`` on (exactly the tail of the full epoch).
-
-        Raises:
-            ValueError: ``start_batch`` outside ``[0, len(self)]``.
-        """
-        if not 0 <= start_batch <= self._len:
-            raise ValueError(f"start_batch must be in [0, {self._len}], got {start_batch}")
-        if self._len == 0 or start_batch == self._len:
-            return iter(())
-        if self.backend == "dali":
-            return self._dali_iter(epoch, start_batch)
-        return self._ref_iter(epoch, start_batch)
-
-    def _close_pipe(self) -> None:
-        if self._pipe is not None:
-            self._dali_it = None
-            del self._pipe
-            self._pipe = None
-        self._next = None
-
-    def close(self) -> None:
-        """Release the DALI pipeline (and its worker processes) and the open shard files."""
-        self._close_pipe()
-        self._index.close()

@@ -29,7 +29,7 @@ import torch
 
 from umt.data.config import DataConfig
 from umt.data.images import decode_image
-from umt.data.reference import augment_clip
+from umt.data.reference import EpochDataset, augment_clip
 from umt.data.shards import META_FIELDS, decode_meta
 from umt.data.source import ClipSource, ShardIndex, clip_windows, epoch_order, read_clip
 from umt.data.text import CaptionTokenizer, caption_choice, decode_captions, pre_text
@@ -171,20 +171,12 @@ class PairSource(ClipSource):
         return (*out, ids, np.array(n, np.int32))
 
 
-class PairDataset(torch.utils.data.Dataset):
+class PairDataset(EpochDataset):
     """Reference backend: the rows of one epoch for one rank from ``start_batch`` on, augmented with torch.
 
     Item j: ``{"video": float32 [3, T, S, S] (T = 1 for images), "text_ids": int32 [max_len], "text_len": int32 [],
     "index": int64 []}``, the j-th of that tail, with :class:`PairSource`'s draws.
     """
-
-    def __init__(self, source: PairSource) -> None:
-        self.source = source
-        self.epoch = source.first_epoch
-        self.order = source.order(self.epoch)[source.start_batch * source.cfg.batch_size :]
-
-    def __len__(self) -> int:
-        return len(self.order)
 
     def __getitem__(self, j: int) -> dict[str, torch.Tensor]:
         src, cfg = self.source, self.source.cfg

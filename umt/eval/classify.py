@@ -27,7 +27,8 @@ import torch
 import torch.nn as nn
 
 from umt.eval.common import (DistContext, IndexAccumulator, autocast, broadcast_flag, close_distributed,
-                             dist_info, eval_data_config, init_distributed, iterate, loader_num_views, parse_views)
+                             dist_info, eval_data_config, init_distributed, loader_num_views, model_inputs,
+                             parse_views)
 from umt.eval.metrics import check_labels, classification_summary
 
 __all__ = ["evaluate_classification", "build_classifier", "main"]
@@ -84,10 +85,7 @@ def evaluate_classification(model: nn.Module, loader: Any, *, num_classes: int, 
     model.eval()
     try:
         with torch.no_grad():
-            for batch in iterate(loader):
-                video = batch["video"].to(device, non_blocking=True)
-                if amp_dtype is None:
-                    video = video.float()  # the GPU loader's bf16 clips into an fp32 model
+            for video, batch in model_inputs(loader, device, amp_dtype):
                 with autocast(device, amp_dtype):
                     logits = model(video)  # [R, C]
                 if logits.ndim != 2 or logits.shape[1] != num_classes:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["parse_views", "eval_data_config", "iterate", "loader_num_views",
+__all__ = ["parse_views", "eval_data_config", "iterate", "model_inputs", "loader_num_views",
            "IndexAccumulator", "DistContext", "init_distributed", "close_distributed", "dist_info",
            "autocast", "atomic_write_bytes", "atomic_write_text", "check_free", "CountError", "broadcast_flag"]
 
@@ -77,6 +77,15 @@ def loader_num_views(loader: Any) -> int:
         return int(n)
     cfg = getattr(loader, "cfg", None)
     return int(getattr(cfg, "temporal_views", 1)) * int(getattr(cfg, "spatial_views", 1))
+
+
+def model_inputs(loader: Any, device: torch.device, amp_dtype: torch.dtype | None
+                 ) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    """One pass over an evaluation loader as ``(video on device, batch)``: fp32 clips for an fp32 model (the GPU
+    loader delivers bf16); the caller runs its model under :func:`autocast` ``(device, amp_dtype)``."""
+    for batch in iterate(loader):
+        video = batch["video"].to(device, non_blocking=True)
+        yield (video.float() if amp_dtype is None else video), batch
 
 
 def iterate(loader: Any) -> Iterator[dict[str, torch.Tensor]]:

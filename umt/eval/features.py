@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 
 from umt.eval.common import (CountError, DistContext, IndexAccumulator, atomic_write_bytes, autocast,
-                             close_distributed, dist_info, eval_data_config, init_distributed, iterate)
+                             close_distributed, dist_info, eval_data_config, init_distributed, model_inputs)
 
 __all__ = ["extract_features", "FeatureSet", "save_features", "load_features", "build_backbone", "features_for",
            "main"]
@@ -73,10 +73,7 @@ def extract_features(backbone: nn.Module, loader: Any, *, device: torch.device |
     backbone.eval()
     try:
         with torch.no_grad():
-            for batch in iterate(loader):
-                video = batch["video"].to(device, non_blocking=True)
-                if amp_dtype is None:
-                    video = video.float()  # the GPU loader's bf16 clips into an fp32 model
+            for video, batch in model_inputs(loader, device, amp_dtype):
                 with autocast(device, amp_dtype):
                     tokens = backbone.forward_features(video)  # [R, K, C]
                 # views are not averaged here: a second row of a sample (any view) is a count error

@@ -168,11 +168,19 @@ class Stage1Demo(Demo):
         return cfg
 
 
-class FinetuneDemo(Demo):
-    """``demo_ft``: the sample's train / held-out split (:mod:`umt.data.sample_splits`), the stage-1 demo checkpoint,
-    held-out top-1 before and after, the k-NN side by side."""
+class _BeforeAfterDemo(Demo):
+    """A demo from the stage-1 demo checkpoint that evaluates the task before training (and reports the final
+    evaluation after it); one process, as it may train the stage-1 demo first."""
 
     single_process = True
+
+    def before(self, trainer: Any) -> Any:
+        return held_out_eval(trainer)
+
+
+class FinetuneDemo(_BeforeAfterDemo):
+    """``demo_ft``: the sample's train / held-out split (:mod:`umt.data.sample_splits`), the stage-1 demo checkpoint,
+    held-out top-1 before and after, the k-NN side by side."""
 
     def prepare(self, cfg: TrainConfig, train_stage1: Callable[[Path], int]) -> TrainConfig:
         from umt.data.sample_splits import DEFAULT_SPLIT_SHARDS, ensure_sample_splits
@@ -183,9 +191,6 @@ class FinetuneDemo(Demo):
         _require_shards(**{"data.shards": cfg.data.shards, "eval.shards": cfg.eval.shards})
         return resolve_init(cfg, train_stage1)
 
-    def before(self, trainer: Any) -> Any:
-        return held_out_eval(trainer)
-
     def report(self, cfg: TrainConfig, before: Any, run_dir: str | Path) -> list[str]:
         after = final_eval(run_dir)
         fmt = lambda r: f"{r['top1']:.1f} %" if r and "top1" in r else "n/a"  # noqa: E731
@@ -195,11 +200,9 @@ class FinetuneDemo(Demo):
                 knn_side_by_side(cfg)]
 
 
-class VideoTextDemo(Demo):
+class VideoTextDemo(_BeforeAfterDemo):
     """``demo_stage2``: the sample clip and image shards with their captions, the stage-1 demo checkpoint, zero-shot
     retrieval on the clips' captions before and after training."""
-
-    single_process = True
 
     def prepare(self, cfg: TrainConfig, train_stage1: Callable[[Path], int]) -> TrainConfig:
         from umt.data.samples import (DEFAULT_SAMPLE_IMAGE_SHARDS, DEFAULT_SAMPLE_SHARDS, ensure_sample_image_shards,
@@ -212,9 +215,6 @@ class VideoTextDemo(Demo):
             ensure_sample_image_shards(DEFAULT_SAMPLE_IMAGE_SHARDS)
         _require_shards(**{"data.shards": cfg.data.shards, "eval.shards": cfg.eval.shards})
         return resolve_init(cfg, train_stage1)
-
-    def before(self, trainer: Any) -> Any:
-        return held_out_eval(trainer)
 
     def report(self, cfg: TrainConfig, before: Any, run_dir: str | Path) -> list[str]:
         after = final_eval(run_dir)
