@@ -106,6 +106,27 @@ def good_shards(tmp_path_factory: Any, codec: str | None = None, n: int = 8, sam
     return cached(f"shards_{codec}_{n}_{samples_per_shard}", tmp_path_factory, build)
 
 
+def mjpeg_clip(path: Path, frames: Any, fps: int = 24) -> Path:
+    """Write RGB ``frames`` (uint8 [H, W, 3] each, one size) as a near-lossless all-intra MJPEG clip (4:4:4,
+    ``q:v`` 1), so pixel patterns survive the round trip; returns ``path``."""
+    import av
+
+    frames = list(frames)
+    h, w = frames[0].shape[:2]
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("mjpeg", rate=fps)
+        s.width, s.height, s.pix_fmt = w, h, "yuvj444p"
+        s.codec_context.options = {"q:v": "1"}
+        for k, img in enumerate(frames):
+            f = av.VideoFrame.from_ndarray(img, format="rgb24")
+            f.pts, f.time_base = k, Fraction(1, fps)
+            for p in s.encode(f):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    return path
+
+
 def tiny_bert(out: Path, layers: int = 3, width: int = 32) -> str:
     """A ``layers``-layer, ``width``-wide BERT with random weights and the real MiniLM's bert-base-uncased tokenizer,
     saved as a Hugging Face directory (stage-2 tests: the real MiniLM's 22 M parameters make each CPU step seconds).
@@ -131,24 +152,12 @@ def captioned_clip_shards(root: Path, captions: list[list[str]], n_frames: int =
                           height: int = 32) -> Path:
     """Video-text shards of ``len(captions)`` tiny MJPEG clips (clip i: :func:`frame_image` frames offset by 3·i, so
     clips differ), clip i captioned ``captions[i]`` (several captions per clip allowed)."""
-    import av
-
     from umt.data.shards import EncodeSettings, build_shards
 
     root.mkdir(parents=True, exist_ok=True)
     rows = []
     for i, caps in enumerate(captions):
-        path = root / f"c{i}.mp4"
-        with av.open(str(path), "w") as out:
-            s = out.add_stream("mjpeg", rate=24)
-            s.width, s.height, s.pix_fmt = width, height, "yuvj444p"
-            for k in range(n_frames):
-                f = av.VideoFrame.from_ndarray(frame_image(k + 3 * i, width, height), format="rgb24")
-                f.pts, f.time_base = k, Fraction(1, 24)
-                for p in s.encode(f):
-                    out.mux(p)
-            for p in s.encode():
-                out.mux(p)
+        path = mjpeg_clip(root / f"c{i}.mp4", [frame_image(k + 3 * i, width, height) for k in range(n_frames)])
         rows.append({"video": path.name, "caption": caps})
     (root / "ann.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out_dir = root / "shards"

@@ -9,13 +9,13 @@ horizontal flip reverses red only).
 from __future__ import annotations
 
 import json
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from data_utils import mjpeg_clip
 from umt.data import DataConfig
 from umt.data.loader import VideoLoader
 from umt.data.source import draw_params, epoch_order
@@ -31,22 +31,10 @@ def _pattern(k: int, w: int = W0, h: int = H0) -> np.ndarray:
 
 
 def _pattern_shards(root: Path, w: int, h: int) -> Path:
-    import av
-
     from umt.data.shards import EncodeSettings, build_shards
 
     for i in range(4):
-        with av.open(str(root / f"p{i}.mp4"), "w") as out:
-            s = out.add_stream("mjpeg", rate=24)
-            s.width, s.height, s.pix_fmt = w, h, "yuvj444p"
-            s.codec_context.options = {"q:v": "1"}
-            for k in range(N_FRAMES):
-                f = av.VideoFrame.from_ndarray(_pattern(k, w, h), format="rgb24")
-                f.pts, f.time_base = k, Fraction(1, 24)
-                for p in s.encode(f):
-                    out.mux(p)
-            for p in s.encode():
-                out.mux(p)
+        mjpeg_clip(root / f"p{i}.mp4", [_pattern(k, w, h) for k in range(N_FRAMES)])
     out_dir = root / "shards"
     build_shards([root], out_dir, settings=EncodeSettings(codec="mjpeg", gop=1), samples_per_shard=2)
     return out_dir

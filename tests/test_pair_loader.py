@@ -9,13 +9,13 @@ Pattern media encode their own coordinates (``test_loader_train``): red = 2·x, 
 from __future__ import annotations
 
 import json
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from data_utils import mjpeg_clip
 from test_loader_train import _pattern
 from test_rrc import _torchvision_rrc
 from umt.data import DataConfig
@@ -105,24 +105,12 @@ def image_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def video_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import av
-
     from umt.data.shards import EncodeSettings, build_shards
 
     root = tmp_path_factory.mktemp("s2_videos")
     rows = []
     for i in range(N_CLIPS):
-        with av.open(str(root / f"p{i}.mp4"), "w") as out:
-            s = out.add_stream("mjpeg", rate=24)
-            s.width, s.height, s.pix_fmt = W0, H0, "yuvj444p"
-            s.codec_context.options = {"q:v": "1"}
-            for k in range(N_FRAMES):
-                f = av.VideoFrame.from_ndarray(_pattern(k), format="rgb24")
-                f.pts, f.time_base = k, Fraction(1, 24)
-                for p in s.encode(f):
-                    out.mux(p)
-            for p in s.encode():
-                out.mux(p)
+        mjpeg_clip(root / f"p{i}.mp4", [_pattern(k) for k in range(N_FRAMES)])
         rows.append({"video": f"p{i}.mp4", "caption": _captions("clip", i)})
     (root / "ann.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out_dir = root / "shards"

@@ -8,13 +8,13 @@ Pattern clips: red = 2·x, green = 40 + 2·y, blue = 20 + 6·frame, so a view's 
 from __future__ import annotations
 
 from collections import Counter
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from data_utils import mjpeg_clip
 from umt.data import DataConfig
 from umt.data.loader import VideoLoader
 from umt.data.source import epoch_order
@@ -87,23 +87,11 @@ def _pattern(k: int, w: int, h: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def view_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import av
-
     from umt.data.shards import EncodeSettings, build_shards
 
     root = tmp_path_factory.mktemp("views")
     for i, (w, h, n) in enumerate(CLIPS):
-        with av.open(str(root / f"v{i}.mp4"), "w") as out:
-            s = out.add_stream("mjpeg", rate=24)
-            s.width, s.height, s.pix_fmt = w, h, "yuvj444p"
-            s.codec_context.options = {"q:v": "1"}
-            for k in range(n):
-                f = av.VideoFrame.from_ndarray(_pattern(k, w, h), format="rgb24")
-                f.pts, f.time_base = k, Fraction(1, 24)
-                for p in s.encode(f):
-                    out.mux(p)
-            for p in s.encode():
-                out.mux(p)
+        mjpeg_clip(root / f"v{i}.mp4", [_pattern(k, w, h) for k in range(n)])
     build_shards([root], root / "shards", settings=EncodeSettings(codec="mjpeg", gop=1), samples_per_shard=2)
     return root / "shards"
 
