@@ -52,6 +52,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _cycle(loader: Any) -> Any:
+    """A function returning the loader's next batch, starting epoch 0 over whenever it ends."""
+    it = iter(())
+
+    def next_batch() -> dict[str, torch.Tensor]:
+        nonlocal it
+        b = next(it, None)
+        if b is None:
+            it = loader.epoch_iter(0)
+            b = next(it)
+        return b
+
+    return next_batch
+
+
 def bench_config(recipe: str, model: str, device: torch.device, batch_size: int | None, *sets: str,
                  kernels: str = "torch", compile: bool = False) -> Any:
     """The recipe's config for a benchmark run on synthetic data: on CPU the real architecture at 2 frames × 112²
@@ -83,14 +98,8 @@ def _bench_one(model: str, device: torch.device, *, quick: bool, batch_size: int
     amp = torch.bfloat16 if device.type == "cuda" else None
     step = StageOneStep(net, teacher, opt, sched, cfg, device, amp)
     loader = SyntheticVideoLoader(cfg.data, device=device, num_samples=cfg.synthetic_samples)
-    state = {"it": loader.epoch_iter(0), "seed": 0}
-
-    def next_batch() -> dict[str, torch.Tensor]:
-        b = next(state["it"], None)
-        if b is None:
-            state["it"] = loader.epoch_iter(0)
-            b = next(state["it"])
-        return b
+    state = {"seed": 0}
+    next_batch = _cycle(loader)
 
     def whole() -> None:
         batch = next_batch()
@@ -155,14 +164,8 @@ def _bench_ft(model: str, device: torch.device, *, quick: bool, batch_size: int 
     sched = build_scheduler(opt, cfg, 100, 1e-4, 1e-6)
     step = task.make_step(net, opt, sched)
     loader = task.build_loader()
-    state = {"it": loader.epoch_iter(0), "seed": 0}
-
-    def next_batch() -> dict[str, torch.Tensor]:
-        b = next(state["it"], None)
-        if b is None:
-            state["it"] = loader.epoch_iter(0)
-            b = next(state["it"])
-        return b
+    state = {"seed": 0}
+    next_batch = _cycle(loader)
 
     def whole() -> None:
         state["seed"] += 1

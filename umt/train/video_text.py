@@ -208,7 +208,6 @@ class VideoTextTask(DistillationTask):
                               "text.allow_change=true to resume anyway")
         log.warning("text encoder changed since %s: %s (allowed by text.allow_change)", path, what)
 
-
     def evaluate(self, final: bool, out_dir: Path) -> dict[str, float] | None:
         """Zero-shot retrieval (:func:`umt.eval.retrieval.retrieval_on_shards`) on ``eval.shards`` with VTM
         re-ranking of ``eval.rerank_k`` candidates, every rank scoring its share of the videos; the final evaluation
