@@ -282,23 +282,35 @@ class UMTStudent(nn.Module):
     def embed(self, video: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
         """Patch-embed ``video [B, 3, T, H, W]``, add positions, keep the visible tokens.
 
+        Fewer frames than ``num_frames`` (an image, T = 1, in stage 2) take the first ``T·h·w`` rows of the table:
+        the T-major sin-cos table's first frame is the 196-position image table.
+
         Args:
             idx: ``[B, K]`` sorted clip-level kept positions in ``[0, T·h·w)``; None keeps every token.
 
         Returns:
             ``[B, K, C]`` (``K = T·h·w`` when ``idx`` is None).
+
+        Raises:
+            ValueError: more frames than the position table holds.
         """
         x = self.patch_embed(video)  # [B, M, C]
+        m = x.shape[1]
+        if m > self.pos_embed.shape[0]:
+            raise ValueError(f"{video.shape[2]} frames need {m} positions; the student's table has "
+                             f"{self.pos_embed.shape[0]} (num_frames {self.num_frames})")
+        pos = self.pos_embed[:m]  # [M, C]
         if idx is None:
-            return x + self.pos_embed.to(x.dtype)
-        return ops.gather_tokens(x, idx, self.pos_embed)  # [B, K, C]
+            return x + pos.to(x.dtype)
+        return ops.gather_tokens(x, idx, pos)  # [B, K, C]
 
-    def forward_align(self, video: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    def forward_align(self, video: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
         """Outputs of the last ``align_layers`` blocks over the visible tokens, after the final LayerNorm.
 
         Args:
             video: ``[B, 3, T, H, W]`` normalised pixels.
-            idx: ``[B, K]`` int64 sorted kept token positions (clip-level, K = T·keep_per_frame).
+            idx: ``[B, K]`` int64 sorted kept token positions (clip-level, K = T·keep_per_frame), or None for
+                every token.
 
         Returns:
             ``[L, B, K, C]`` with L = ``align_layers``.

@@ -26,7 +26,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from umt import ops
 from umt.losses import mlm_loss, mlm_mask, positive_mask, sample_vtm_negatives, uma_loss, vtc_loss, vtm_loss
 from umt.masking import step_seed
 from umt.model.heads import UMAHeads
@@ -107,21 +106,7 @@ class UMTVisionText(nn.Module):
         Raises:
             ValueError: more frames than the student's position table holds.
         """
-        s = self.student
-        x = s.patch_embed(video)  # [B, M, C_v], M = T·h·w
-        m = x.shape[1]
-        if m > s.pos_embed.shape[0]:
-            raise ValueError(f"{video.shape[2]} frames need {m} positions; the student's table has "
-                             f"{s.pos_embed.shape[0]} (num_frames {s.num_frames})")
-        pos = s.pos_embed[:m]  # [M, C_v]: the first T·h·w rows (an image: the 196-position table)
-        x = x + pos.to(x.dtype) if idx is None else ops.gather_tokens(x, idx, pos)  # [B, K, C_v]
-        first = len(s.blocks) - s.align_layers
-        outs = []
-        for i, blk in enumerate(s.blocks):
-            x = blk(x)
-            if i >= first:
-                outs.append(x)
-        return s.norm(torch.stack(outs))  # [L, B, K, C_v]
+        return self.student.forward_align(video, idx)  # [L, B, K, C_v]
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """``pool_norm`` of the mean visual token: ``[B, K, C_v] → [B, C_v]``."""
