@@ -42,7 +42,7 @@ from umt.data.config import DataConfig
 from umt.data.shards import read_manifest
 from umt.data.views import multi_view, num_views
 
-__all__ = ["ShardLoader", "VideoLoader", "build_loader", "choose_backend", "dali_available"]
+__all__ = ["ShardLoader", "VideoLoader", "video_to_device", "build_loader", "choose_backend", "dali_available"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,13 @@ def choose_backend(cfg: DataConfig, codecs: list[str], device: torch.device) -> 
         "data backend: %s (dali installed: %s, shard codecs %s, device %s)", choice, have, codecs, device.type
     )
     return choice
+
+
+def video_to_device(video: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A loader batch's clips on ``device`` in the trainer's dtype: bf16 on CUDA (autocast's), float32 elsewhere."""
+    if device.type == "cuda":
+        return video.to(device, non_blocking=True).to(torch.bfloat16)
+    return video.to(device, torch.float32)
 
 
 class ShardLoader:
@@ -249,10 +256,7 @@ class VideoLoader(ShardLoader):
     def _finish(self, video: torch.Tensor, label: torch.Tensor, index: torch.Tensor) -> dict[str, torch.Tensor]:
         k = self.views
         dev = self.device
-        if dev.type == "cuda":
-            video = video.to(dev, non_blocking=True).to(torch.bfloat16)
-        else:
-            video = video.to(dev, torch.float32)
+        video = video_to_device(video, dev)
         return {
             "video": video,
             "label": label.long().repeat_interleave(k).to(dev, non_blocking=True),  # [B*k]

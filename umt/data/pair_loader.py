@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from umt.data.config import DataConfig
-from umt.data.loader import ShardLoader, choose_backend, dali_available
+from umt.data.loader import ShardLoader, choose_backend, dali_available, video_to_device
 from umt.data.shards import read_manifest
 from umt.data.text import CaptionTokenizer, caption_counts, caption_rows, pad_to_longest, require_captions
 
@@ -178,10 +178,7 @@ class PairLoader(ShardLoader):
         video, ids, lengths, index = video[:n], ids[:n], lengths[:n], index[:n]
         text_ids, text_mask = pad_to_longest(ids, lengths)  # [n, L] each
         dev = self.device
-        if dev.type == "cuda":
-            video = video.to(dev, non_blocking=True).to(torch.bfloat16)
-        else:
-            video = video.to(dev, torch.float32)
+        video = video_to_device(video, dev)
         return {
             "modality": self.modality,
             "video": video,  # [n, 3, T, S, S]

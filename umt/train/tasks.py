@@ -30,9 +30,22 @@ from umt.train.step import StageOneStep, TrainStep, build_models, param_groups, 
 if TYPE_CHECKING:
     from umt.train.trainer import Runtime
 
-__all__ = ["Task", "DistillationTask", "TASKS", "register_task", "build_task"]
+__all__ = ["Task", "refuse_changed_input", "DistillationTask", "TASKS", "register_task", "build_task"]
 
 log = logging.getLogger(__name__)
+
+
+def refuse_changed_input(path: Path, kind: str, what: str, allowed: bool, flag: str, why: str = "") -> None:
+    """A resumed run's input (teacher, text encoder) differs from the checkpoint's record: refuse unless the config
+    ``flag`` allows it, then warn. ``kind`` completes "was trained with ..." (``"other teacher weights"``).
+
+    Raises:
+        ConfigError: not ``allowed`` (the one-line message names the change and the flag).
+    """
+    if not allowed:
+        raise ConfigError(f"{path} was trained with {kind}: {what}; {why + '. ' if why else ''}"
+                          f"Pass --set {flag}=true to resume anyway")
+    log.warning("resuming %s, trained with %s: %s (allowed by %s)", path, kind, what, flag)
 
 
 class Task:
@@ -159,10 +172,8 @@ class DistillationTask(Task):
             return
         what = (f"{saved.get('path', 'random init')} (sha256 {str(saved.get('sha256'))[:12]}) → "
                 f"{now.get('path', 'random init')} (sha256 {str(now.get('sha256'))[:12]})")
-        if not self.cfg.model.allow_teacher_change:
-            raise ConfigError(f"{path} was trained with other teacher weights: {what}; resuming would change the "
-                              "targets mid-run. Pass --set model.allow_teacher_change=true to resume anyway")
-        log.warning("teacher weights changed since %s: %s (allowed by model.allow_teacher_change)", path, what)
+        refuse_changed_input(path, "other teacher weights", what, self.cfg.model.allow_teacher_change,
+                             "model.allow_teacher_change", "resuming would change the targets mid-run")
 
     def evaluate(self, final: bool, out_dir: Path) -> dict[str, float] | None:
         """The k-NN probe of the student backbone (issue 12, item 5) when ``eval.shards`` and ``eval.train_shards``

@@ -29,7 +29,7 @@ from umt.model.text import TextEncoderError, build_text_encoder, resolve_text_di
 from umt.model.vision_text import LOSS_NAMES, UMTVisionText, load_pretrained
 from umt.train.config import ConfigError, TrainConfig
 from umt.train.step import StageOneStep, autocast_context, build_models, umt_spec
-from umt.train.tasks import DistillationTask, Task, register_task
+from umt.train.tasks import DistillationTask, Task, refuse_changed_input, register_task
 
 if TYPE_CHECKING:
     from umt.model import CLIPTeacher
@@ -203,10 +203,7 @@ class VideoTextTask(DistillationTask):
             return
         what = (f"{saved.get('path')} (sha256 {str(saved.get('sha256'))[:12]}, fusion {saved.get('fusion_layer')}) "
                 f"→ {now['path']} (sha256 {now['sha256'][:12]}, fusion {now['fusion_layer']})")
-        if not self.cfg.text.allow_change:
-            raise ConfigError(f"{path} was trained with another text encoder: {what}; pass --set "
-                              "text.allow_change=true to resume anyway")
-        log.warning("text encoder changed since %s: %s (allowed by text.allow_change)", path, what)
+        refuse_changed_input(path, "another text encoder", what, self.cfg.text.allow_change, "text.allow_change")
 
     def evaluate(self, final: bool, out_dir: Path) -> dict[str, float] | None:
         """Zero-shot retrieval (:func:`umt.eval.retrieval.retrieval_on_shards`) on ``eval.shards`` with VTM
