@@ -185,8 +185,9 @@ def _run_child(spec: dict[str, Any], env: dict[str, str] | None = None) -> dict[
 def _decode_work(shards: Path, epochs: int = 2) -> dict[str, float]:
     """Frames decoded per clip and decode CPU-s per clip on one core: read + TSN draws + seeking decode, no crop."""
     from umt.data import DataConfig
-    from umt.data.shards import read_manifest
-    from umt.data.source import ClipSource, ShardIndex, read_clip
+    from umt.data.format import read_manifest
+    from umt.data.clips import ClipSource, read_clip
+    from umt.data.format import ShardIndex
 
     m = read_manifest(shards)
     cfg = DataConfig(shards=str(shards), batch_size=1, num_workers=0)
@@ -209,9 +210,9 @@ def _seek_probe(shards: Path, label: str, reps: int = 3) -> list[dict[str, Any]]
     import numpy as np
     from nvidia.dali import fn, pipeline_def
 
-    from umt.data.shards import decode_meta, read_manifest
-    from umt.data.source import ShardIndex
-    from umt.data.video import DecodeStats, decode_sampled
+    from umt.data.format import decode_meta, read_manifest
+    from umt.data.format import ShardIndex
+    from umt.data.decode import DecodeStats, decode_sampled
 
     ix = ShardIndex(shards, read_manifest(shards)["shards"])
     data, n = ix.read(0, "mp4"), decode_meta(ix.read(0, "meta"))["frames"]
@@ -254,8 +255,8 @@ def _psnr(shards: Path, probes: int = 6) -> float:
     import av
     import numpy as np
 
-    from umt.data.shards import decode_meta, read_manifest
-    from umt.data.source import ShardIndex
+    from umt.data.format import decode_meta, read_manifest
+    from umt.data.format import ShardIndex
 
     ix = ShardIndex(shards, read_manifest(shards)["shards"])
     meta = decode_meta(ix.read(0, "meta"))
@@ -277,7 +278,7 @@ def _psnr(shards: Path, probes: int = 6) -> float:
 
 
 def _build(files: Sequence[Path], out: Path, codec: str, gop: int, fps: float | None, workers: int) -> dict[str, Any]:
-    from umt.data.shards import EncodeSettings, build_shards
+    from umt.data.build.shards import EncodeSettings, build_shards
 
     t0 = time.perf_counter()
     br = build_shards(list(files), out, settings=EncodeSettings(codec=codec, gop=gop, fps_cap=fps),
@@ -295,8 +296,8 @@ def _build(files: Sequence[Path], out: Path, codec: str, gop: int, fps: float | 
 
 def _extract_videos(shards: Path, out: Path) -> list[Path]:
     """The video files inside our shards, written out as plain files (the peers read files)."""
-    from umt.data.shards import read_manifest
-    from umt.data.source import ShardIndex
+    from umt.data.format import read_manifest
+    from umt.data.format import ShardIndex
 
     ix = ShardIndex(shards, read_manifest(shards)["shards"])
     out.mkdir(parents=True, exist_ok=True)
@@ -311,7 +312,7 @@ def _extract_videos(shards: Path, out: Path) -> list[Path]:
 
 def _default_sources(tmp: Path, copies: int = 6) -> tuple[list[Path], Path | None]:
     """The four embedded 10 s sample cuts, symlinked ``copies`` times (distinct paths are distinct samples)."""
-    from umt.data.samples import SAMPLES_DIR
+    from umt.data.build.samples import SAMPLES_DIR
 
     out = []
     for c in range(copies):
@@ -358,7 +359,7 @@ def run(
 
     ``quick``: two settings on 8 clips, batch <= 4, one timed epoch (a smoke run for the suite, not a measurement).
     """
-    from umt.data.encode import DEFAULT_CODEC, DEFAULT_GOP
+    from umt.data.build.encode import DEFAULT_CODEC, DEFAULT_GOP
     from umt.data.loader import dali_available
 
     dev = device or "cpu"

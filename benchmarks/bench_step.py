@@ -35,7 +35,7 @@ import umt  # noqa: F401 - torchvision shim
 from benchmarks.common import BenchResult, Stats, format_table, measure, write_report
 from umt.data.synthetic import SyntheticVideoLoader
 from umt.flops import train_flops_per_clip
-from umt.train.config import apply_overrides
+from umt.config import apply_overrides
 from umt.train.recipes import get_recipe
 from umt.train.step import (StageOneStep, autocast_context, build_models, build_optimizer, build_scheduler,
                             umt_spec)

@@ -92,7 +92,7 @@ def cached(key: str, tmp_path_factory: Any, build: Any) -> Any:
 
 def good_shards(tmp_path_factory: Any, codec: str | None = None, n: int = 8, samples_per_shard: int = 3) -> Path:
     """Shards of :func:`make_good_set` (built once per session per codec)."""
-    from umt.data.shards import DEFAULT_CODEC, EncodeSettings, build_shards
+    from umt.data.build.shards import DEFAULT_CODEC, EncodeSettings, build_shards
 
     codec = codec or DEFAULT_CODEC
 
@@ -152,7 +152,7 @@ def captioned_clip_shards(root: Path, captions: list[list[str]], n_frames: int =
                           height: int = 32) -> Path:
     """Video-text shards of ``len(captions)`` tiny MJPEG clips (clip i: :func:`frame_image` frames offset by 3·i, so
     clips differ), clip i captioned ``captions[i]`` (several captions per clip allowed)."""
-    from umt.data.shards import EncodeSettings, build_shards
+    from umt.data.build.shards import EncodeSettings, build_shards
 
     root.mkdir(parents=True, exist_ok=True)
     rows = []

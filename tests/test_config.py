@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from umt.train.__main__ import main
-from umt.train.config import ConfigError, apply_overrides, config_from_dict, config_to_dict
+from umt.config import ConfigError, apply_overrides, config_from_dict, config_to_dict
 from umt.train.recipes import RECIPES, get_recipe
 from umt.train.step import peak_lr
 
@@ -65,7 +65,7 @@ def test_cli_rejects_bad_set(capsys) -> None:
 
 
 def test_recipe_epochs_documented_and_global_batch_fixed() -> None:
-    from umt.train.config import accumulation_steps
+    from umt.config import accumulation_steps
 
     b = get_recipe("umt_b16_k710")
     assert b.optim.epochs == 200 and "201" in (RECIPES["umt_b16_k710"].__doc__ or "")  # paper 200, scripts 201

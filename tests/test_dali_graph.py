@@ -1,4 +1,4 @@
-"""The DALI graph alone (``umt.data.dali_pipeline.build_pipeline``) on hand-made source outputs: exact values.
+"""The DALI graph alone (``umt.data.dali.clips.build_pipeline``) on hand-made source outputs: exact values.
 
 A stand-in source hands the graph frames whose expected output is known in closed form: a constant frame stays
 constant through crop and resize, so the normalised value must equal ``(v − 255·mean) / (255·std)`` to float
@@ -38,7 +38,7 @@ class _Source:
 
 
 def _run(cfg: DataConfig, src: _Source) -> list[torch.Tensor]:
-    from umt.data.dali_pipeline import build_pipeline
+    from umt.data.dali.clips import build_pipeline
 
     pipe = build_pipeline(cfg, src, device_id=None)
     pipe.build()
@@ -69,7 +69,7 @@ def test_window_and_mirror_follow_the_source() -> None:
 
 
 def test_source_must_match_the_device() -> None:
-    from umt.data.dali_pipeline import build_pipeline
+    from umt.data.dali.clips import build_pipeline
 
     src = _Source(np.zeros((T, H, W, 3), np.uint8), [(0, 0, 8, 8, 0)])
     src.decode = False  # an encoded-bytes source on a CPU pipeline

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.data_utils import frame_image
-from umt.data.video import DecodeStats, decode_sampled, probe_keyframes
+from umt.data.decode import DecodeStats, decode_sampled, probe_keyframes
 
 
 def _encode(
@@ -109,8 +109,9 @@ def test_h264_and_wrong_records_fall_back_exactly() -> None:
 def test_shards_record_key_frames(tmp_path: Path) -> None:
     """The builder stores each sample's key frames (no per-sample probing at read time), and they are right."""
     from tests.data_utils import make_clip
-    from umt.data.shards import EncodeSettings, build_shards, read_manifest
-    from umt.data.source import ShardIndex
+    from umt.data.build.shards import EncodeSettings, build_shards
+    from umt.data.format import read_manifest
+    from umt.data.format import ShardIndex
 
     src = make_clip(tmp_path / "a.mp4", n_frames=40)
     out = tmp_path / "shards"

@@ -59,7 +59,7 @@ def _worker(out: Path) -> None:
     from umt import ops
     from umt.losses import uma_loss
     from umt.masking import random_mask
-    from umt.train.config import apply_overrides
+    from umt.config import apply_overrides
     from umt.train.recipes import get_recipe
     from umt.train.step import build_models
     from umt.train.trainer import close_process_group

@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from data_utils import good_shards, make_clip
-from umt.train.config import apply_overrides
+from umt.config import apply_overrides
 from umt.train.recipes import get_recipe
 from umt.train.trainer import Trainer
 
 
 def _held_out(root: Path) -> Path:
     """6 other clips (other lengths and sizes) of the same three classes: the probe's queries."""
-    from umt.data.shards import DEFAULT_CODEC, EncodeSettings, build_shards
+    from umt.data.build.shards import DEFAULT_CODEC, EncodeSettings, build_shards
 
     rows = []
     for i in range(6):

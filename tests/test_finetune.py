@@ -17,7 +17,7 @@ import umt.model  # noqa: F401 - registers the umt_vit_* names
 from umt.model import UMTPretrain
 from umt.model.label_map import LabelMapError, read_label_map, remap_head
 from umt.model.student import interpolate_pos_table, pos_table, sincos_pos_table
-from umt.train.config import ConfigError, TrainConfig, apply_overrides
+from umt.config import ConfigError, TrainConfig, apply_overrides
 from umt.train.finetune import FinetuneStep, build_classifier, layer_decay_groups
 from umt.train.mixup import VideoMixup
 from umt.train.step import build_optimizer

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from umt.data.sample_splits import split_rows
-from umt.train.config import apply_overrides
+from umt.data.build.sample_splits import split_rows
+from umt.config import apply_overrides
 from umt.train.demos import DEMOS, DemoError
 from umt.train.recipes import get_recipe
 

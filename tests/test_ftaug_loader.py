@@ -13,9 +13,9 @@ import torch
 
 from test_loader_train import _pattern_shards
 from umt.data import DataConfig
-from umt.data.erasing import erase_noise
+from umt.data.augment.erasing import erase_noise
 from umt.data.loader import VideoLoader
-from umt.data.source import draw_params
+from umt.data.clips import draw_params
 
 BACKENDS = ["reference", pytest.param("dali", marks=pytest.mark.dali)]
 RA = "rand-m7-n4-mstd0.5-inc1"

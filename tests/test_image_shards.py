@@ -11,10 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from umt.data.images import ImageEncodeSettings, decode_image, psnr
-from umt.data.shards import ShardDirError, build_shards, decode_meta, read_manifest
-from umt.data.source import ShardIndex
-from umt.data.text import decode_captions
+from umt.data.build.images import ImageEncodeSettings, psnr
+from umt.data.decode import decode_image
+from umt.data.build.shards import ShardDirError, build_shards
+from umt.data.format import decode_meta, read_manifest
+from umt.data.format import ShardIndex
+from umt.data.format import decode_captions
 
 
 def _photo(w: int, h: int, seed: int) -> np.ndarray:
@@ -178,7 +180,7 @@ def test_image_build_is_deterministic_and_resumes(built: tuple[Path, Path], tmp_
 def test_append_images_and_one_modality_per_directory(built: tuple[Path, Path], tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     from tests.data_utils import make_clip
-    from umt.data.cli import main
+    from umt.data.build.cli import main
 
     ann, ref = built
     out = tmp_path / "set"
@@ -219,7 +221,7 @@ def test_append_images_and_one_modality_per_directory(built: tuple[Path, Path], 
 
 
 def test_info_shows_images_and_captions(built: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    from umt.data.info import main, summarize
+    from umt.data.build.info import main, summarize
 
     s = summarize(built[1])
     assert s["modality"] == "image" and s["captions"] == {"items": 6, "total": 10, "per_item": {"1": 3, "2": 2, "3": 1}}
@@ -233,7 +235,7 @@ def test_info_shows_images_and_captions(built: tuple[Path, Path], capsys: pytest
 def test_sample_image_shards(built: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil
 
-    from umt.data.samples import SAMPLE_IMAGES_DIR, ensure_sample_image_shards
+    from umt.data.build.samples import SAMPLE_IMAGES_DIR, ensure_sample_image_shards
 
     monkeypatch.chdir(tmp_path)
     out = ensure_sample_image_shards()

@@ -1,4 +1,4 @@
-"""``python -m umt.data.info`` (issue 13): the summary's counts, and ``--verify`` catching a flipped byte in a shard
+"""``python -m umt.data.build.info`` (issue 13): the summary's counts, and ``--verify`` catching a flipped byte in a shard
 and a missing or stale ``.idx``."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.data_utils import good_shards
-from umt.data.info import main, summarize, verify
+from umt.data.build.info import main, summarize, verify
 
 
 @pytest.fixture()

@@ -83,9 +83,9 @@ def test_batch_contract(tmp_path_factory: pytest.TempPathFactory, backend: str) 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_eval_frames_are_tsn_centres(tmp_path_factory: pytest.TempPathFactory, backend: str) -> None:
     """Grey level encodes the frame number: the loader must deliver the TSN centre frames, normalised."""
-    from umt.data.shards import decode_meta
-    from umt.data.source import ShardIndex
-    from umt.data.shards import read_manifest
+    from umt.data.format import decode_meta
+    from umt.data.format import ShardIndex
+    from umt.data.format import read_manifest
 
     d = good_shards(tmp_path_factory)
     ix = ShardIndex(d, read_manifest(d)["shards"])
@@ -171,7 +171,7 @@ def test_real_sample_clips_through_dali_and_reference(tmp_path_factory: pytest.T
     import json
 
     from umt.data import ensure_sample_shards
-    from umt.data.samples import SAMPLES_DIR
+    from umt.data.build.samples import SAMPLES_DIR
 
     d = ensure_sample_shards(tmp_path_factory.mktemp("sample"))
     rows = [json.loads(x) for x in (SAMPLES_DIR / "annotations.jsonl").read_text().splitlines()]

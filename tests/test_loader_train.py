@@ -18,7 +18,7 @@ import torch
 from data_utils import mjpeg_clip
 from umt.data import DataConfig
 from umt.data.loader import VideoLoader
-from umt.data.source import draw_params, epoch_order
+from umt.data.clips import draw_params, epoch_order
 
 W0, H0, N_FRAMES = 128, 96, 28
 BACKENDS = ["reference", pytest.param("dali", marks=pytest.mark.dali)]
@@ -31,7 +31,7 @@ def _pattern(k: int, w: int = W0, h: int = H0) -> np.ndarray:
 
 
 def _pattern_shards(root: Path, w: int, h: int) -> Path:
-    from umt.data.shards import EncodeSettings, build_shards
+    from umt.data.build.shards import EncodeSettings, build_shards
 
     for i in range(4):
         mjpeg_clip(root / f"p{i}.mp4", [_pattern(k, w, h) for k in range(N_FRAMES)])
@@ -217,8 +217,8 @@ def test_resume_tail_with_repeated_augmentation(tmp_path_factory: pytest.TempPat
 
 
 def test_manifest_records_keyframes_json_is_valid(pattern_shards: Path) -> None:
-    from umt.data.shards import read_manifest
-    from umt.data.source import ShardIndex
+    from umt.data.format import read_manifest
+    from umt.data.format import ShardIndex
 
     ix = ShardIndex(pattern_shards, read_manifest(pattern_shards)["shards"])
     kf = json.loads(ix.read(0, "json"))["keyframes"]
@@ -243,8 +243,8 @@ def test_shard_index_pickles_without_files_and_reads_the_same(pattern_shards: Pa
     """DALI's spawned workers (GPU pipelines) receive the index by pickle: entries travel, open files do not."""
     import pickle
 
-    from umt.data.shards import read_manifest
-    from umt.data.source import ShardIndex
+    from umt.data.format import read_manifest
+    from umt.data.format import ShardIndex
 
     ix = ShardIndex(pattern_shards, read_manifest(pattern_shards)["shards"])
     before = ix.read(3, "mp4")
@@ -256,9 +256,10 @@ def test_shard_index_pickles_without_files_and_reads_the_same(pattern_shards: Pa
 
 def test_read_clip_uses_the_recorded_key_frames(pattern_shards: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Shards record each sample's key frames: reading a clip never probes the video, and reports its decode work."""
-    import umt.data.video as video
-    from umt.data.shards import read_manifest
-    from umt.data.source import ShardIndex, read_clip
+    import umt.data.decode as video
+    from umt.data.format import read_manifest
+    from umt.data.clips import read_clip
+    from umt.data.format import ShardIndex
 
     def no_probe(*a: object, **k: object) -> None:
         raise AssertionError("probed a sample whose key frames the shard records")
@@ -278,8 +279,9 @@ def test_gpu_source_hands_over_encoded_bytes_and_indices(pattern_shards: Path) -
     from types import SimpleNamespace
 
     from umt.data.sampling import tsn_indices
-    from umt.data.shards import read_manifest
-    from umt.data.source import ClipSource, ShardIndex
+    from umt.data.format import read_manifest
+    from umt.data.clips import ClipSource
+    from umt.data.format import ShardIndex
 
     ix = ShardIndex(pattern_shards, read_manifest(pattern_shards)["shards"])
     cfg = DataConfig(num_frames=8, input_size=48, num_sample=2, batch_size=2)
@@ -315,8 +317,9 @@ def test_dali_resumed_epoch_then_full_epochs(pattern_shards: Path) -> None:
 
 def test_shards_without_key_frame_records_are_probed_not_decoded_whole(pattern_shards: Path) -> None:
     """Older shards (no ``KEY.json``): the clip's key frames are probed (demux only) and decoding still seeks."""
-    from umt.data.shards import read_manifest
-    from umt.data.source import ShardIndex, read_clip
+    from umt.data.format import read_manifest
+    from umt.data.clips import read_clip
+    from umt.data.format import ShardIndex
 
     ix = ShardIndex(pattern_shards, read_manifest(pattern_shards)["shards"])
     ix.entries[2][1].pop("json")

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from umt import ops
-from umt.train.config import apply_overrides
+from umt.config import apply_overrides
 from umt.train.recipes import get_recipe
 from umt.train.trainer import Trainer
 

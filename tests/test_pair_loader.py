@@ -20,8 +20,8 @@ from test_loader_train import _pattern
 from test_rrc import _torchvision_rrc
 from umt.data import DataConfig
 from umt.data.sampling import rand_middle_indices
-from umt.data.source import draw_params
-from umt.data.text import caption_choice, pre_text
+from umt.data.clips import draw_params
+from umt.data.captions import caption_choice, pre_text
 
 W0, H0, N_FRAMES, N_IMAGES, N_CLIPS = 128, 96, 28, 6, 4
 BACKENDS = ["reference", pytest.param("dali", marks=pytest.mark.dali)]
@@ -75,7 +75,7 @@ def tok_dir() -> str:
 
 @pytest.fixture(scope="module")
 def tok(tok_dir: str):  # noqa: ANN201
-    from umt.data.text import CaptionTokenizer
+    from umt.data.captions import CaptionTokenizer
 
     return CaptionTokenizer(tok_dir, 32)
 
@@ -88,8 +88,8 @@ def _captions(kind: str, k: int) -> list[str]:
 def image_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from PIL import Image
 
-    from umt.data.images import ImageEncodeSettings
-    from umt.data.shards import build_shards
+    from umt.data.build.images import ImageEncodeSettings
+    from umt.data.build.shards import build_shards
 
     root = tmp_path_factory.mktemp("s2_images")
     rows = []
@@ -105,7 +105,7 @@ def image_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def video_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from umt.data.shards import EncodeSettings, build_shards
+    from umt.data.build.shards import EncodeSettings, build_shards
 
     root = tmp_path_factory.mktemp("s2_videos")
     rows = []
@@ -310,7 +310,7 @@ def test_meta_loader_order_coverage_proportion_and_resume(image_shards: Path, vi
 
 def test_eval_loader_yields_every_item_once(image_shards: Path, tok_dir: str, tok) -> None:  # noqa: ANN001
     from umt.data.meta_loader import build_video_text_eval_loader
-    from umt.data.text import read_captions
+    from umt.data.captions import read_captions
 
     caps = _source_captions(image_shards)
     cfg = _cfg(image_shards, "reference", image_batch_size=4)
@@ -355,7 +355,7 @@ def test_each_caption_epoch_reads_every_pair_once(image_shards: Path, tok) -> No
     """``caption_sampling="each"`` (the official pre-training epoch): every (item, caption) pair once per epoch, the
     window drawn per row; ``epoch_iter(e, k)`` is still the tail."""
     from umt.data.pair_loader import PairLoader
-    from umt.data.text import caption_rows
+    from umt.data.captions import caption_rows
 
     caps = _source_captions(image_shards)
     cfg = _cfg(image_shards, "reference", image_batch_size=1, caption_sampling="each")

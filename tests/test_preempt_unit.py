@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from umt.train.checkpoint import drop_metrics_after, load_checkpoint
-from umt.train.config import ConfigError, apply_overrides
+from umt.config import ConfigError, apply_overrides
 from umt.train.preempt import (EXIT_PREEMPTED, MARKER, Preempted, PreemptionHandler, preempted_before_restart,
                                read_marker, write_marker)
 from umt.train.recipes import get_recipe

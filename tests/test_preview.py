@@ -1,4 +1,4 @@
-"""``umt.data.preview`` (issue 13): the kept cells drawn are exactly the kept indices, and the PNG is written
+"""``umt.train.preview`` (issue 13): the kept cells drawn are exactly the kept indices, and the PNG is written
 atomically, never over a file it did not make."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from umt.data.preview import GREY, render_clip
+from umt.train.preview import GREY, render_clip
 
 
 def test_kept_cells_drawn_are_exactly_the_kept_indices() -> None:
@@ -38,7 +38,7 @@ def test_kept_cells_drawn_are_exactly_the_kept_indices() -> None:
 def test_png_written_atomically_and_never_over_another_file(tmp_path: Path) -> None:
     from PIL import Image
 
-    from umt.data.preview import _write_png
+    from umt.train.preview import _write_png
 
     out = tmp_path / "p.png"
     img = np.zeros((4, 6, 3), np.uint8)
@@ -56,7 +56,7 @@ def test_preview_through_the_loader_is_deterministic(tmp_path: Path, tmp_path_fa
     from PIL import Image
 
     from tests.data_utils import good_shards
-    from umt.data.preview import main
+    from umt.train.preview import main
 
     shards = good_shards(tmp_path_factory)
     a, b = tmp_path / "a.png", tmp_path / "b.png"

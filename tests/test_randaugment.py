@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from umt.data import DataConfig
-from umt.data.randaugment import (
+from umt.data.augment.randaugment import (
     RAND_INCREASING_OPS,
     RAND_OPS,
     RandAugmentDraws,
@@ -22,7 +22,7 @@ from umt.data.randaugment import (
     rand_augment_reference,
     warp_affine_reference,
 )
-from umt.data.source import draw_params
+from umt.data.clips import draw_params
 
 OFFICIAL = "rand-m7-n4-mstd0.5-inc1"
 
@@ -98,7 +98,7 @@ def test_warp_reference_matches_pil_geometry() -> None:
     transform inside the frame (PIL keeps a hard edge at the fill where we blend over one pixel)."""
     from PIL import Image
 
-    from umt.data.randaugment import _affine_matrix
+    from umt.data.augment.randaugment import _affine_matrix
 
     img = np.random.default_rng(0).integers(0, 256, (6, 6, 3), dtype=np.uint8)
     m = _affine_matrix("Rotate", 90.0, 6, 6)
@@ -161,12 +161,12 @@ def test_reference_ops_follow_timms_pil_ops() -> None:
 
 @pytest.fixture(scope="module")
 def dali_ra() -> Any:
-    """Runs :func:`umt.data.dali_augment.rand_augment` on given (frames, program) samples in a CPU pipeline."""
+    """Runs :func:`umt.data.dali.augment.rand_augment` on given (frames, program) samples in a CPU pipeline."""
     import nvidia.dali.fn as fn
     import nvidia.dali.types as types
     from nvidia.dali import pipeline_def
 
-    from umt.data.dali_augment import rand_augment
+    from umt.data.dali.augment import rand_augment
 
     def run(samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n: int) -> list[np.ndarray]:
         @pipeline_def(batch_size=len(samples), num_threads=1, device_id=None, enable_conditionals=True,

@@ -11,7 +11,7 @@ import torch
 
 from tests.data_utils import good_shards
 from umt.data import DataConfig, build_loader
-from umt.train.config import apply_overrides
+from umt.config import apply_overrides
 from umt.train.recipes import get_recipe
 from umt.train.trainer import Trainer
 

@@ -12,7 +12,7 @@ import pytest
 
 from data_utils import captioned_clip_shards, tiny_bert
 from umt.eval.retrieval import main as retrieval_main
-from umt.train.config import apply_overrides
+from umt.config import apply_overrides
 from umt.train.recipes import get_recipe
 from umt.train.trainer import Trainer
 

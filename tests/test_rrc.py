@@ -15,7 +15,7 @@ from test_loader_train import N_FRAMES, _pattern_shards
 from umt.data import DataConfig
 from umt.data.loader import VideoLoader
 from umt.data.sampling import rrc_window
-from umt.data.source import draw_params
+from umt.data.clips import draw_params
 
 BACKENDS = ["reference", pytest.param("dali", marks=pytest.mark.dali)]
 W0, H0 = 128, 96

@@ -109,8 +109,8 @@ def test_crop_snap_and_clamp_by_hand() -> None:
 def test_eval_loader_frames_are_hand_computed_centres(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Reference backend, evaluation: the grey level of every delivered frame is that of the hand-computed centre
     (``tests.data_utils``: frame k has level (16 + 10·k) mod 224), so an off-by-one in the TSN formula shows."""
-    from umt.data.source import ShardIndex
-    from umt.data.shards import decode_meta, read_manifest
+    from umt.data.format import ShardIndex
+    from umt.data.format import decode_meta, read_manifest
 
     d = good_shards(tmp_path_factory)
     ix = ShardIndex(d, read_manifest(d)["shards"])

@@ -12,17 +12,9 @@ import numpy as np
 import pytest
 
 from tests.data_utils import cached, good_shards, make_audio_only, make_clip, make_good_set
-from umt.data.video import decode_sampled as decode_frames
-from umt.data.shards import (
-    DEFAULT_CODEC,
-    DEFAULT_GOP,
-    META_BYTES,
-    EncodeSettings,
-    build_shards,
-    decode_meta,
-    encode_meta,
-    read_manifest,
-)
+from umt.data.decode import decode_sampled as decode_frames
+from umt.data.build.shards import DEFAULT_CODEC, DEFAULT_GOP, EncodeSettings, build_shards
+from umt.data.format import META_BYTES, decode_meta, encode_meta, read_manifest
 
 
 def _digest_dir(d: Path) -> dict[str, str]:
@@ -162,7 +154,7 @@ def test_truncated_inputs_are_packed_with_a_warning(tmp_path: Path) -> None:
     m = read_manifest(tmp_path / "out")
     assert sorted(Path(w["input"]).name for w in m["warnings"]) == ["cut.avi", "cut.mp4"]
     assert all(w["warning"].startswith("truncated") for w in m["warnings"]) and len(res.warnings) == 2
-    from umt.data.source import ShardIndex
+    from umt.data.format import ShardIndex
 
     ix = ShardIndex(tmp_path / "out", m["shards"])
     frames = {}
@@ -225,7 +217,7 @@ def test_settings_scale_gop_fps_and_copy(tmp_path: Path) -> None:
     src = make_clip(tmp_path / "big.mp4", n_frames=40, width=96, height=72, fps=25)
     st = EncodeSettings(codec="mjpeg", short_side=36, gop=1, fps_cap=12.5)
     build_shards([src], tmp_path / "o1", settings=st)
-    from umt.data.source import ShardIndex
+    from umt.data.format import ShardIndex
 
     m = read_manifest(tmp_path / "o1")
     ix = ShardIndex(tmp_path / "o1", m["shards"])
@@ -251,7 +243,7 @@ def test_gop_controls_keyframes(tmp_path: Path) -> None:
     import av
     import io
 
-    from umt.data.source import ShardIndex
+    from umt.data.format import ShardIndex
 
     src = make_clip(tmp_path / "v.mp4", n_frames=24)
     for codec in ("vp9", "h264"):
@@ -267,7 +259,7 @@ def test_gop_controls_keyframes(tmp_path: Path) -> None:
 
 
 def test_cli_exit_status_and_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from umt.data.cli import main
+    from umt.data.build.cli import main
 
     make_clip(tmp_path / "in" / "a.mp4", n_frames=9)
     (tmp_path / "in" / "b.mp4").write_bytes(b"")
@@ -297,8 +289,8 @@ def test_existing_directory_is_refused_resumed_or_replaced_atomically(tmp_path: 
                                                                        capsys: pytest.CaptureFixture[str]) -> None:
     """Issue 9 items 1 and 5: another data set is never silently replaced; the same build resumes or is a no-op;
     --overwrite swaps only a complete new set in; a finished build leaves only the data set behind."""
-    from umt.data.cli import main
-    from umt.data.shards import ShardDirError
+    from umt.data.build.cli import main
+    from umt.data.build.shards import ShardDirError
 
     a, b = _two_clip_dirs(tmp_path)
     out = tmp_path / "out"
@@ -345,7 +337,7 @@ def test_existing_directory_is_refused_resumed_or_replaced_atomically(tmp_path: 
 
 
 def test_interrupted_build_resumes_only_with_the_same_inputs(tmp_path: Path) -> None:
-    from umt.data.shards import ShardDirError
+    from umt.data.build.shards import ShardDirError
 
     a, b = _two_clip_dirs(tmp_path)
     out = tmp_path / "out"
@@ -367,8 +359,8 @@ def test_interrupted_build_resumes_only_with_the_same_inputs(tmp_path: Path) -> 
 def test_append_adds_shards_and_deduplicates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Issue 9 item 1 (--append): new inputs become further shards, the manifest covers both, inputs already in the
     set (same path, or same content under another name) are left out and reported; the cache is not needed."""
-    from umt.data.cli import main
-    from umt.data.shards import ShardDirError
+    from umt.data.build.cli import main
+    from umt.data.build.shards import ShardDirError
 
     a, b = _two_clip_dirs(tmp_path)
     shutil.copy(a / "a0.mp4", b / "copy_of_a0.mp4")
@@ -387,7 +379,7 @@ def test_append_adds_shards_and_deduplicates(tmp_path: Path, capsys: pytest.Capt
     rows = [json.loads(x) for x in (out / "sources.jsonl").read_text().splitlines()]
     assert [r["index"] for r in rows] == [0, 1, 2, 3]
     assert sorted(Path(r["source"]).name for r in rows) == ["a0.mp4", "a1.mp4", "b0.mp4", "b1.mp4"]
-    from umt.data.source import ShardIndex
+    from umt.data.format import ShardIndex
 
     ix = ShardIndex(out, m["shards"])
     assert [decode_meta(ix.read(i, "meta"))["index"] for i in range(4)] == [0, 1, 2, 3]

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from umt.flops import ViTSpec
-from umt.train.config import apply_overrides
+from umt.config import apply_overrides
 from umt.train.recipes import get_recipe
 from umt.train.step import (StageOneStep, autocast_context, build_models, build_optimizer, build_scheduler,
                             lr_multiplier, param_groups, peak_lr, umt_spec)
@@ -216,7 +216,7 @@ def test_build_models_maps_every_field(tmp_path) -> None:  # noqa: ANN001
 
 
 def test_build_models_rejects_a_grid_mismatch() -> None:
-    from umt.train.config import ConfigError
+    from umt.config import ConfigError
 
     cfg = _cfg("data.input_size=32", "model.teacher_image_size=32")
     cfg.model.teacher_image_size = 48  # past the config check: 3×3 teacher grid vs the student's 2×2

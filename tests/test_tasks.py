@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from umt.train.config import ConfigError, TrainConfig, apply_overrides
+from umt.config import ConfigError, TrainConfig, apply_overrides
 from umt.train.step import TrainStep
 from umt.train.tasks import TASKS, Task, build_task, register_task
 from umt.train.trainer import Runtime, Trainer

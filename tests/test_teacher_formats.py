@@ -154,7 +154,7 @@ def test_run_records_the_teacher_and_refuses_another_on_resume(tmp_path: Path) -
     """config.json and checkpoints record format, sha256 and counts; resuming with a changed file is refused unless
     ``model.allow_teacher_change``."""
     from tests.test_train import _tiny
-    from umt.train.config import ConfigError
+    from umt.config import ConfigError
     from umt.train.trainer import Trainer
 
     weights = tmp_path / "teacher.bin"

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from umt.data.text import (CaptionTokenizer, caption_choice, clean_caption, decode_captions, encode_captions,
-                           pad_to_longest, pre_text)
+from umt.data.captions import CaptionTokenizer, caption_choice, pad_to_longest, pre_text
+from umt.data.format import clean_caption, decode_captions, encode_captions
 
 
 def test_pre_text_follows_the_official_rules() -> None:
@@ -89,8 +89,8 @@ def test_stage2_loader_on_uncaptioned_shards_errors_in_one_line(tmp_path_factory
     from tests.data_utils import make_clip
     from umt.data import DataConfig
     from umt.data.meta_loader import build_video_text_loader
-    from umt.data.shards import EncodeSettings, build_shards
-    from umt.data.text import read_captions
+    from umt.data.build.shards import EncodeSettings, build_shards
+    from umt.data.captions import read_captions
 
     root = tmp_path_factory.mktemp("nocap")
     for i in range(2):

@@ -12,7 +12,7 @@ import pytest
 import timm
 import torch
 
-from umt.train.config import apply_overrides
+from umt.config import apply_overrides
 from umt.train.export import export_checkpoint
 from umt.train.recipes import get_recipe
 from umt.train.step import lr_multiplier, param_groups
@@ -172,7 +172,7 @@ def test_accumulation_4x2_equals_one_batch_of_8() -> None:
 
 
 def test_global_batch_sets_accumulation_lr_and_logs_it(tmp_path: Path) -> None:
-    from umt.train.config import ConfigError
+    from umt.config import ConfigError
 
     tr = Trainer(_tiny("optim.global_batch=4", "optim.max_steps=3"), tmp_path / "acc")  # batch 2 × 1 rank × 2
     try:
@@ -190,7 +190,7 @@ def test_global_batch_sets_accumulation_lr_and_logs_it(tmp_path: Path) -> None:
 
 
 def test_teacher_precision_setting() -> None:
-    from umt.train.config import ConfigError
+    from umt.config import ConfigError
     from umt.train.step import StageOneStep, build_models, build_optimizer, teacher_autocast_dtype
 
     assert teacher_autocast_dtype("bf16", torch.bfloat16) == torch.bfloat16  # the default

@@ -49,8 +49,8 @@ def test_demo_never_writes_into_a_user_shard_dir(tmp_path: Path, tmp_path_factor
 
     import umt.train.trainer as trainer_mod
     from tests.data_utils import good_shards
-    from umt.data.samples import ensure_sample_shards
-    from umt.data.shards import ShardDirError
+    from umt.data.build.samples import ensure_sample_shards
+    from umt.data.build.shards import ShardDirError
 
     user = tmp_path / "mine"
     shutil.copytree(good_shards(tmp_path_factory), user)  # the user's own 8-sample data set

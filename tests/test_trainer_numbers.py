@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from umt.train.config import apply_overrides
+from umt.config import apply_overrides
 from umt.train.recipes import get_recipe
 from umt.train.trainer import Trainer
 

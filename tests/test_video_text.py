@@ -15,7 +15,7 @@ import torch
 from umt.data.config import DataConfig
 from umt.data.synthetic import SyntheticPairLoader
 from umt.flops import stage2_flops_per_sample
-from umt.train.config import ConfigError, apply_overrides
+from umt.config import ConfigError, apply_overrides
 from umt.train.recipes import get_recipe
 from umt.train.trainer import Runtime, Trainer
 

@@ -17,7 +17,7 @@ import torch
 from data_utils import mjpeg_clip
 from umt.data import DataConfig
 from umt.data.loader import VideoLoader
-from umt.data.source import epoch_order
+from umt.data.clips import epoch_order
 from umt.data.views import temporal_view_indices, spatial_view_anchor, short_side_resize
 
 BACKENDS = ["reference", pytest.param("dali", marks=pytest.mark.dali)]
@@ -87,7 +87,7 @@ def _pattern(k: int, w: int, h: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def view_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from umt.data.shards import EncodeSettings, build_shards
+    from umt.data.build.shards import EncodeSettings, build_shards
 
     root = tmp_path_factory.mktemp("views")
     for i, (w, h, n) in enumerate(CLIPS):
@@ -97,8 +97,8 @@ def view_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _metas(shards: Path) -> dict[int, dict[str, int]]:
-    from umt.data.shards import decode_meta, read_manifest
-    from umt.data.source import ShardIndex
+    from umt.data.format import decode_meta, read_manifest
+    from umt.data.format import ShardIndex
 
     ix = ShardIndex(shards, read_manifest(shards)["shards"])
     try:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a source checkout without installing
 
-from umt.data.cli import main  # noqa: E402
+from umt.data.build.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

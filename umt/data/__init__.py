@@ -39,9 +39,9 @@ def build_video_text_loader(cfg: DataConfig, *, tokenizer_dir: Any, max_len: int
 def ensure_sample_shards(out_dir: Any = "shards/built/sample", **kwargs: Any) -> Any:
     """Build shards from the embedded sample clips unless present; returns the directory.
 
-    See :func:`umt.data.samples.ensure_sample_shards`.
+    See :func:`umt.data.build.samples.ensure_sample_shards`.
     """
-    from umt.data.samples import ensure_sample_shards as _ensure
+    from umt.data.build.samples import ensure_sample_shards as _ensure
 
     return _ensure(out_dir, **kwargs)
 
@@ -49,8 +49,8 @@ def ensure_sample_shards(out_dir: Any = "shards/built/sample", **kwargs: Any) ->
 def ensure_sample_image_shards(out_dir: Any = "shards/built/sample_images", **kwargs: Any) -> Any:
     """Build shards from the embedded sample images unless present; returns the directory.
 
-    See :func:`umt.data.samples.ensure_sample_image_shards`.
+    See :func:`umt.data.build.samples.ensure_sample_image_shards`.
     """
-    from umt.data.samples import ensure_sample_image_shards as _ensure
+    from umt.data.build.samples import ensure_sample_image_shards as _ensure
 
     return _ensure(out_dir, **kwargs)

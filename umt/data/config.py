@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from umt.constants import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = ["DataConfig", "IMAGENET_MEAN", "IMAGENET_STD", "UMT_CROP_SCALES", "CROPS", "EVAL_CROPS", "INTERPS",
            "SAMPLINGS", "CAPTION_SAMPLINGS"]
 
-#: ImageNet normalisation, as the official UMT code feeds both student and CLIP teacher.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 #: UMT's multi-scale crop: fractions of the short side (official ``GroupMultiScaleCrop``).
 UMT_CROP_SCALES = (1.0, 0.875, 0.75, 0.66)
 #: Training crops: ``multiscale`` (stage 1, official ``GroupMultiScaleCrop``), ``rrc`` (``RandomResizedCrop``: stage 2
@@ -84,11 +83,11 @@ class DataConfig:
     official configs use 128 for both, ``batch_size = dict(image=128, video=128)``)."""
     rand_augment: str = ""
     """Training: timm RandAugment string, e.g. ``rand-m7-n4-mstd0.5-inc1`` (official fine-tuning), applied to the full
-    frames before the crop with the same ops and magnitudes on every frame of a clip (:mod:`umt.data.randaugment`);
+    frames before the crop with the same ops and magnitudes on every frame of a clip (:mod:`umt.data.augment.randaugment`);
     empty: off."""
     erase_prob: float = 0.0
     """Training: probability of random erasing (one box per clip, per-pixel N(0, 1) after normalisation; official
-    fine-tuning 0.25, :mod:`umt.data.erasing`)."""
+    fine-tuning 0.25, :mod:`umt.data.augment.erasing`)."""
     temporal_views: int = 1
     """Evaluation: clips per video at segment offsets ``(c + 1) / (n + 1)`` (official ``test_num_segment``);
     more than one view in all selects the official test sampling (:mod:`umt.data.views`)."""
@@ -126,7 +125,7 @@ class DataConfig:
         if not 0 < self.rrc_ratio[0] <= self.rrc_ratio[1]:
             raise ValueError(f"data.rrc_ratio must satisfy 0 < low <= high, got {self.rrc_ratio}")
         if self.rand_augment:
-            from umt.data.randaugment import parse_rand_augment
+            from umt.data.augment.randaugment import parse_rand_augment
 
             parse_rand_augment(self.rand_augment)  # raises ValueError naming the bad section
         if not 0.0 <= self.erase_prob <= 1.0:

@@ -19,7 +19,7 @@ are. ``drop_last=False``: ranks split the samples contiguously (the first ``N mo
 sample of a rank's share comes exactly once, the last batch is padded with rows of ``index`` -1 (and label -1), and
 ``len`` may differ by one between ranks.
 
-Per-rank split and order (:func:`umt.data.source.epoch_order`): every epoch a fresh global permutation of the
+Per-rank split and order (:func:`umt.data.clips.epoch_order`): every epoch a fresh global permutation of the
 samples from ``(seed, epoch)``, split into contiguous rank blocks (the official ``DistributedSampler(shuffle=True)``);
 the ranks cover the data set up to the ``num_samples mod world_size`` remainder. Every random draw of a sample comes
 from ``(seed, epoch, sample index)``, so both backends give the same frames and crops and ``start_batch`` yields
@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from umt.data.config import DataConfig
-from umt.data.shards import read_manifest
+from umt.data.format import read_manifest
 from umt.data.views import multi_view, num_views
 
 __all__ = ["ShardLoader", "VideoLoader", "video_to_device", "build_loader", "choose_backend", "dali_available"]
@@ -62,7 +62,7 @@ def choose_backend(cfg: DataConfig, codecs: list[str], device: torch.device) -> 
     Raises:
         RuntimeError: ``backend="dali"`` but DALI is missing or cannot decode the shards' codec on this device.
     """
-    from umt.data.dali_pipeline import GPU_DECODABLE
+    from umt.data.dali.clips import GPU_DECODABLE
 
     # CPU: the source decodes with PyAV (any codec FFmpeg reads); GPU: DALI's mixed decoder
     decodable = bool(codecs) and (device.type != "cuda" or all(c in GPU_DECODABLE for c in codecs))
@@ -172,7 +172,7 @@ class VideoLoader(ShardLoader):
         self._fixed_crop = _fixed_crop  # test hook: (pair index, offset index), flip off, same in both backends
         self._pipe: Any = None
         self._dali_it: Any = None
-        self._index: Any = None  # umt.data.source.ShardIndex, built on first use
+        self._index: Any = None  # umt.data.format.ShardIndex, built on first use
         self._next: tuple[int, int] | None = None  # (epoch, start_batch) the DALI pipeline would deliver next
         self.pipeline_builds = 0
         """DALI pipelines built so far (one per loader unless resumed or an epoch is abandoned part-way)."""
@@ -180,10 +180,10 @@ class VideoLoader(ShardLoader):
     # -- DALI ---------------------------------------------------------------------------------------------------
 
     def _source(self, epoch: int, start_batch: int, decode: bool) -> Any:
-        from umt.data.source import ClipSource
+        from umt.data.clips import ClipSource
 
         if self._index is None:  # parse the .idx files once, not per epoch
-            from umt.data.source import ShardIndex
+            from umt.data.format import ShardIndex
 
             self._index = ShardIndex(self.shard_dir, self.manifest["shards"])
         return ClipSource(
@@ -200,7 +200,7 @@ class VideoLoader(ShardLoader):
     def _dali_iter(self, epoch: int, start_batch: int) -> Iterator[dict[str, torch.Tensor]]:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
-        from umt.data.dali_pipeline import build_pipeline, output_names
+        from umt.data.dali.clips import build_pipeline, output_names
 
         names = output_names(self.views)
         if self._len == start_batch:  # nothing left (a rank whose share is empty with drop_last=False)

@@ -27,7 +27,7 @@ import numpy as np
 
 from umt.data.config import DataConfig
 from umt.data.pair_loader import PairLoader
-from umt.data.text import CaptionTokenizer
+from umt.data.captions import CaptionTokenizer
 
 __all__ = ["MetaLoader", "build_video_text_eval_loader", "build_video_text_loader", "shard_dirs"]
 

@@ -14,11 +14,11 @@ Training (``cfg.train``): the stage-1 order and resume rules (a fresh global per
 into rank blocks, whole batches only, ``epoch_iter(e, k)`` exactly the tail of ``epoch_iter(e, 0)``) over the rows:
 every item once with one caption drawn per ``(seed, epoch, item)`` (``data.caption_sampling="draw"``), or every
 (item, caption) pair once (``"each"``, the official pre-training epoch). Evaluation: every item of the rank's block
-exactly once in index order, the last batch partial (see :func:`umt.data.pair_source.eval_order`), the first
+exactly once in index order, the last batch partial (see :func:`umt.data.pairs.eval_order`), the first
 caption, the middle frames and ``data.eval_crop``.
 
-Backends: ``dali`` (the graphs of :mod:`umt.data.dali_pairs`; images are always decoded by DALI, videos on CPU by the
-source's seeking decoder) or ``reference`` (:class:`umt.data.pair_source.PairDataset`: PIL / PyAV + torch), chosen by
+Backends: ``dali`` (the graphs of :mod:`umt.data.dali.pairs`; images are always decoded by DALI, videos on CPU by the
+source's seeking decoder) or ``reference`` (:class:`umt.data.pairs.PairDataset`: PIL / PyAV + torch), chosen by
 ``data.backend`` as for stage 1 (``auto``: DALI where it imports and can decode).
 """
 
@@ -34,8 +34,9 @@ import torch
 
 from umt.data.config import DataConfig
 from umt.data.loader import ShardLoader, choose_backend, dali_available, video_to_device
-from umt.data.shards import read_manifest
-from umt.data.text import CaptionTokenizer, caption_counts, caption_rows, pad_to_longest, require_captions
+from umt.data.format import read_manifest
+from umt.data.captions import CaptionTokenizer, caption_rows, pad_to_longest
+from umt.data.format import caption_counts, require_captions
 
 __all__ = ["PairLoader"]
 
@@ -64,7 +65,7 @@ class PairLoader(ShardLoader):
         device: Any = "cpu",
         dataset_id: int = 0,
     ) -> None:
-        from umt.data.source import ShardIndex
+        from umt.data.format import ShardIndex
 
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
@@ -118,7 +119,7 @@ class PairLoader(ShardLoader):
         return "dali"
 
     def _source(self, epoch: int, start_batch: int, decode: bool) -> Any:
-        from umt.data.pair_source import PairSource
+        from umt.data.pairs import PairSource
 
         return PairSource(self._index, self.cfg, modality=self.modality, tokenizer=self.tokenizer, rank=self.rank,
                           world_size=self.world_size, first_epoch=epoch, start_batch=start_batch, decode=decode,
@@ -135,7 +136,7 @@ class PairLoader(ShardLoader):
     def _dali_iter(self, epoch: int, start_batch: int) -> Iterator[dict[str, Any]]:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
-        from umt.data.dali_pairs import PAIR_OUTPUTS, build_pair_pipeline
+        from umt.data.dali.pairs import PAIR_OUTPUTS, build_pair_pipeline
 
         if self._pipe is None or self._next != (epoch, start_batch):
             self._close_pipe()
@@ -160,7 +161,7 @@ class PairLoader(ShardLoader):
         self._next = (epoch + 1, 0)
 
     def _ref_iter(self, epoch: int, start_batch: int) -> Iterator[dict[str, Any]]:
-        from umt.data.pair_source import PairDataset
+        from umt.data.pairs import PairDataset
 
         ds = PairDataset(self._source(epoch, start_batch, decode=True))
         dl = torch.utils.data.DataLoader(ds, batch_size=self.batch_size, shuffle=False, drop_last=False,

@@ -1,7 +1,7 @@
 """Reference backend: shards → seeking PyAV decode → torch augmentation, with the DALI graph's semantics.
 
 It is the oracle in tests and needs nothing beyond PyAV and torch. Order, draws and decoding come from
-:mod:`umt.data.source`, exactly as the DALI pipeline's external source uses them; only the augmentation (crop, resize,
+:mod:`umt.data.clips`, exactly as the DALI pipeline's external source uses them; only the augmentation (crop, resize,
 flip, normalise) is done here with torch instead of DALI. Samples are read by random access through the DALI ``.idx``
 files, so an epoch's order is a global permutation computed up front and starting at ``start_batch`` yields exactly
 the tail of the full epoch, for free.
@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from umt.data.config import DataConfig
-from umt.data.erasing import EraseBox, erase_noise
-from umt.data.randaugment import RandAugmentDraws, parse_rand_augment, rand_augment_reference
-from umt.data.source import ClipParams, ClipSource, ShardIndex, read_clip
+from umt.data.augment.erasing import EraseBox, erase_noise
+from umt.data.augment.randaugment import RandAugmentDraws, parse_rand_augment, rand_augment_reference
+from umt.data.clips import ClipParams, ClipSource, read_clip
+from umt.data.format import ShardIndex
 from umt.data.views import multi_view, read_views, views_reference
 
 __all__ = ["EpochDataset", "augment_clip", "load_sample"]
@@ -35,9 +36,9 @@ def augment_clip(
 
     Args:
         frames: uint8 [T, H0, W0, 3].
-        window: ``(x, y, crop_w, crop_h, flip)`` from :func:`umt.data.source.clip_windows`.
+        window: ``(x, y, crop_w, crop_h, flip)`` from :func:`umt.data.clips.clip_windows`.
         ra: the clip's RandAugment draws (``cfg.rand_augment``), applied before the crop as officially.
-        erase: the clip's erased box, filled after normalisation with :func:`umt.data.erasing.erase_noise`.
+        erase: the clip's erased box, filled after normalisation with :func:`umt.data.augment.erasing.erase_noise`.
 
     Returns:
         float32 [3, T, S, S], ``(x / 255 - mean) / std``.

@@ -28,13 +28,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from umt.data.config import DataConfig
-from umt.data.shards import META_FIELDS, decode_meta
-from umt.data.video import DecodeStats, decode_sampled
+from umt.data.decode import DecodeStats, decode_sampled
+from umt.data.format import META_FIELDS, ShardIndex, decode_meta
 
-if TYPE_CHECKING:  # umt.data.source imports this module
+if TYPE_CHECKING:
     import torch
-
-    from umt.data.source import ShardIndex
 
 __all__ = [
     "ViewsClip",
@@ -129,7 +127,7 @@ def read_views(index: ShardIndex, i: int, cfg: DataConfig, *, decode: bool = Tru
     """Read sample ``i``'s views: one seeking decode of the union of every temporal clip's frames.
 
     Args:
-        index: the data set's :class:`umt.data.source.ShardIndex`.
+        index: the data set's :class:`umt.data.format.ShardIndex`.
         cfg: data settings with ``train=False``.
 
     Raises:
@@ -158,7 +156,7 @@ def read_views(index: ShardIndex, i: int, cfg: DataConfig, *, decode: bool = Tru
 def views_outputs(
     index: ShardIndex, i: int, cfg: DataConfig, *, decode: bool, pad: bool = False
 ) -> tuple[np.ndarray, ...]:
-    """The DALI external source's outputs for sample ``i`` in multi-view evaluation (:mod:`umt.data.dali_views`).
+    """The DALI external source's outputs for sample ``i`` in multi-view evaluation (:mod:`umt.data.dali.views`).
 
     Returns ``(frames_0 .. frames_{n-1}, meta, size, anchor_0 .. anchor_{V-1})``: per temporal clip uint8
     [T, H0, W0, 3] (``decode=False``: one uint8 [bytes] encoded video instead, and the per-clip int32 [T] indices

@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from umt.data import build_loader
-    from umt.data.shards import read_manifest
+    from umt.data.format import read_manifest
     from umt.model.load import BackboneLoadError
 
     ctx: DistContext | None = None
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         loader = build_loader(cfg, rank=ctx.rank, world_size=ctx.world_size, device=ctx.device)
         amp = (torch.bfloat16 if args.precision == "bf16" or (args.precision == "auto" and ctx.device.type == "cuda")
                else None)
-        from umt.data.shards import sha256_file
+        from umt.fileio import sha256_file
 
         meta = {"checkpoint": str(args.checkpoint), "sha256": sha256_file(args.checkpoint), "arch": st.arch,
                 "num_frames": model.num_frames, "input_size": cfg.input_size, "shards": str(args.shards),

@@ -197,7 +197,7 @@ def build_backbone(checkpoint: str | Path | None, *, arch: str | None = None, nu
         model = timm.create_model(arch, num_frames=frames, img_size=size)
         record.update(checkpoint="random", sha256="", seed=seed)
     else:
-        from umt.data.shards import sha256_file
+        from umt.fileio import sha256_file
 
         st = read_backbone(checkpoint)
         arch = arch or st.arch
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     """CLI entry; returns 0, or 2 on bad input or an existing ``--out``."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from umt.data.shards import read_manifest
+    from umt.data.format import read_manifest
     from umt.model.load import BackboneLoadError
 
     out = Path(args.out)

@@ -167,7 +167,7 @@ def knn_probe(backbone: torch.nn.Module, train_shards: str | Path, test_shards: 
         ValueError: unlabelled samples in either set.
         umt.eval.common.CountError: a loader that drops or repeats samples.
     """
-    from umt.data.shards import read_manifest
+    from umt.data.format import read_manifest
     from umt.eval.features import features_for
 
     kw = dict(batch_size=batch_size, device=device, amp_dtype=amp_dtype, base=base, **data_overrides)

@@ -232,7 +232,7 @@ def write_report(out_dir: str | Path, metrics: dict[str, float], info: dict[str,
 def build_vision_text(cfg: Any, teacher_dim: int, *, text_encoder: str | None = None,
                       num_frames: int | None = None) -> torch.nn.Module:
     """A :class:`~umt.model.vision_text.UMTVisionText` of the sizes ``cfg`` (a run's
-    :class:`~umt.train.config.TrainConfig`) names, without the teacher (retrieval needs none).
+    :class:`~umt.config.TrainConfig`) names, without the teacher (retrieval needs none).
 
     Args:
         teacher_dim: the UMA heads' output width (read off a checkpoint's ``heads.proj.0.weight``).
@@ -268,7 +268,7 @@ def load_vision_text(checkpoint: str | Path, *, text_encoder: str | None = None,
         ValueError: not a stage-2 checkpoint (one line naming the file and the task it holds).
         umt.model.text.TextEncoderError: the text encoder directory is missing or not a BERT.
     """
-    from umt.train.config import config_from_dict
+    from umt.config import config_from_dict
 
     path = Path(checkpoint)
     if not path.is_file():
@@ -288,9 +288,9 @@ def load_vision_text(checkpoint: str | Path, *, text_encoder: str | None = None,
 
 def tokenize_captions(captions: Sequence[str], tokenizer_dir: str | Path, max_len: int
                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every caption as the training loader tokenises it (:class:`umt.data.text.CaptionTokenizer`), padded to the
+    """Every caption as the training loader tokenises it (:class:`umt.data.captions.CaptionTokenizer`), padded to the
     longest: ``(ids int64 [Nt, L], mask int64 [Nt, L])``."""
-    from umt.data.text import CaptionTokenizer, pad_to_longest
+    from umt.data.captions import CaptionTokenizer, pad_to_longest
 
     tok = CaptionTokenizer(tokenizer_dir, max_len)
     rows = [tok.encode(c) for c in captions]
@@ -303,7 +303,7 @@ def retrieval_on_shards(model: torch.nn.Module, cfg: Any, shard_dir: str | Path,
                         device: torch.device, amp_dtype: torch.dtype | None = None, rerank_k: int = 128,
                         batch_size: int = 16) -> tuple[dict[str, float], dict[str, Any]]:
     """:func:`evaluate_retrieval` over a captioned shard directory (every caption of every item is a query;
-    :func:`umt.data.text.read_captions`), this process's rank's share of the videos.
+    :func:`umt.data.captions.read_captions`), this process's rank's share of the videos.
 
     Args:
         cfg: the run's config (its ``data`` section: frames, size, normalisation, sampling, ``eval_crop``).
@@ -314,7 +314,7 @@ def retrieval_on_shards(model: torch.nn.Module, cfg: Any, shard_dir: str | Path,
     import dataclasses
 
     from umt.data.meta_loader import build_video_text_eval_loader
-    from umt.data.text import read_captions
+    from umt.data.captions import read_captions
 
     rank, world = dist_info()
     data = dataclasses.replace(cfg.data, batch_size=batch_size, num_sample=1)

@@ -34,7 +34,7 @@ from timm.layers import DropPath, LayerNorm, Mlp, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from umt import ops
-from umt.data.config import IMAGENET_MEAN, IMAGENET_STD
+from umt.constants import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["Attention", "Block", "PatchEmbed3D", "UMTStudent", "sincos_pos_table", "interpolate_pos_table",
            "pos_table", "STUDENT_ARCHS"]

@@ -33,8 +33,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from umt import ops
-from umt.data.config import IMAGENET_MEAN, IMAGENET_STD
-from umt.data.shards import sha256_file
+from umt.constants import IMAGENET_MEAN, IMAGENET_STD
+from umt.fileio import sha256_file
 
 __all__ = ["CLIPTeacher", "TeacherOutput", "TeacherLoadInfo", "TeacherWeightsError", "TEACHER_CONFIGS", "build_clip",
            "load_clip_weights", "hf_clip_to_open_clip", "resize_pos_embed", "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD"]

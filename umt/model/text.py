@@ -120,7 +120,7 @@ def text_weights_file(path: Path) -> Path:
 @functools.lru_cache(maxsize=8)
 def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:  # noqa: ARG001 - size and mtime key the cache
     """sha256 of a weights file, once per (path, size, mtime) in a process (BERT-large's is 1.3 GB)."""
-    from umt.data.shards import sha256_file
+    from umt.fileio import sha256_file
 
     return sha256_file(path)
 

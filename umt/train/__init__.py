@@ -3,7 +3,7 @@
 ``python -m umt.train --recipe NAME [--set section.field=value ...] [--run-dir DIR] [--resume auto|PATH]``.
 """
 
-from umt.train.config import (CheckpointConfig, ConfigError, LogConfig, MaskConfig, ModelConfig, OptimConfig,
+from umt.config import (CheckpointConfig, ConfigError, LogConfig, MaskConfig, ModelConfig, OptimConfig,
                               TrainConfig, apply_overrides)
 from umt.train.recipes import RECIPES, get_recipe
 

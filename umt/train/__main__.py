@@ -10,7 +10,7 @@ from pathlib import Path
 
 import umt  # noqa: F401 - torchvision shim before timm/open_clip
 from umt.train.checkpoint import run_dir_in_use
-from umt.train.config import ConfigError, apply_overrides
+from umt.config import ConfigError, apply_overrides
 from umt.train.recipes import RECIPES, get_recipe
 
 log = logging.getLogger("umt.train")
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         import json
 
-        from umt.train.config import config_to_dict
+        from umt.config import config_to_dict
 
         print(json.dumps(config_to_dict(cfg), indent=2))
         return 0

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from umt.train.checkpoint import run_dir_in_use
-from umt.train.config import TrainConfig
+from umt.config import TrainConfig
 
 __all__ = ["DemoError", "DEMO_STAGE1_RUN", "DEMOS", "Demo", "newest_checkpoint", "resolve_init", "held_out_eval",
            "final_eval", "knn_side_by_side"]
@@ -157,10 +157,10 @@ class Demo:
 
 
 class Stage1Demo(Demo):
-    """``demo``: the sample clip shards (:func:`umt.data.samples.ensure_sample_shards`)."""
+    """``demo``: the sample clip shards (:func:`umt.data.build.samples.ensure_sample_shards`)."""
 
     def prepare(self, cfg: TrainConfig, train_stage1: Callable[[Path], int]) -> TrainConfig:
-        from umt.data.samples import DEFAULT_SAMPLE_SHARDS, ensure_sample_shards
+        from umt.data.build.samples import DEFAULT_SAMPLE_SHARDS, ensure_sample_shards
 
         if _same(cfg.data.shards, DEFAULT_SAMPLE_SHARDS):
             ensure_sample_shards(DEFAULT_SAMPLE_SHARDS)
@@ -179,11 +179,11 @@ class _BeforeAfterDemo(Demo):
 
 
 class FinetuneDemo(_BeforeAfterDemo):
-    """``demo_ft``: the sample's train / held-out split (:mod:`umt.data.sample_splits`), the stage-1 demo checkpoint,
+    """``demo_ft``: the sample's train / held-out split (:mod:`umt.data.build.sample_splits`), the stage-1 demo checkpoint,
     held-out top-1 before and after, the k-NN side by side."""
 
     def prepare(self, cfg: TrainConfig, train_stage1: Callable[[Path], int]) -> TrainConfig:
-        from umt.data.sample_splits import DEFAULT_SPLIT_SHARDS, ensure_sample_splits
+        from umt.data.build.sample_splits import DEFAULT_SPLIT_SHARDS, ensure_sample_splits
 
         train, held = Path(DEFAULT_SPLIT_SHARDS, "train"), Path(DEFAULT_SPLIT_SHARDS, "heldout")
         if _same(cfg.data.shards, train) or (cfg.eval.shards and _same(cfg.eval.shards, held)):
@@ -205,7 +205,7 @@ class VideoTextDemo(_BeforeAfterDemo):
     retrieval on the clips' captions before and after training."""
 
     def prepare(self, cfg: TrainConfig, train_stage1: Callable[[Path], int]) -> TrainConfig:
-        from umt.data.samples import (DEFAULT_SAMPLE_IMAGE_SHARDS, DEFAULT_SAMPLE_SHARDS, ensure_sample_image_shards,
+        from umt.data.build.samples import (DEFAULT_SAMPLE_IMAGE_SHARDS, DEFAULT_SAMPLE_SHARDS, ensure_sample_image_shards,
                                       ensure_sample_shards)
 
         named = [d.strip() for d in cfg.data.shards.split(",")] + ([cfg.eval.shards] if cfg.eval.shards else [])
@@ -220,7 +220,7 @@ class VideoTextDemo(_BeforeAfterDemo):
         after = final_eval(run_dir)
         if not before or not after:
             return []
-        from umt.data.text import read_captions
+        from umt.data.captions import read_captions
 
         n_videos = len({i for i, _ in read_captions(cfg.eval.shards)})
         chance = 100.0 / n_videos

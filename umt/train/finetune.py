@@ -30,7 +30,7 @@ from umt.flops import ClassifierSpec, ViTSpec, classifier_train_flops_per_clip
 from umt.model.label_map import LabelMapError, remap_head
 from umt.model.load import BackboneLoadError, BackboneState, LoadReport, load_backbone, read_backbone
 from umt.model.student import STUDENT_ARCHS, UMTStudent
-from umt.train.config import ConfigError, TrainConfig
+from umt.config import ConfigError, TrainConfig
 from umt.train.mixup import VideoMixup
 from umt.train.step import TrainStep, autocast_context
 from umt.train.tasks import Task, register_task
@@ -106,7 +106,7 @@ def _resolve_num_classes(cfg: TrainConfig) -> int:
         return cfg.finetune.num_classes
     if cfg.synthetic_data:
         raise ConfigError("finetune.num_classes=0 reads the class count from the shards: set it with synthetic data")
-    from umt.data.shards import read_manifest
+    from umt.data.format import read_manifest
 
     classes = read_manifest(Path(cfg.data.shards)).get("classes") or []
     if not classes:
@@ -287,7 +287,7 @@ class FinetuneTask(Task):
         cfg = self.cfg
         if cfg.synthetic_data or not cfg.eval.shards:
             return
-        from umt.data.shards import read_manifest
+        from umt.data.format import read_manifest
 
         try:
             train = read_manifest(Path(cfg.data.shards)).get("classes") or []

@@ -1,4 +1,4 @@
-"""Named runs: functions returning a :class:`~umt.train.config.TrainConfig` (DESIGN.md, "Recipe").
+"""Named runs: functions returning a :class:`~umt.config.TrainConfig` (DESIGN.md, "Recipe").
 
 A variant calls its base and edits a few fields. ``python -m umt.train --recipe NAME`` looks names up in
 :data:`RECIPES`.
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from umt.data.config import DataConfig
-from umt.train.config import (CheckpointConfig, LogConfig, MaskConfig, ModelConfig, OptimConfig, TrainConfig)
+from umt.config import (CheckpointConfig, LogConfig, MaskConfig, ModelConfig, OptimConfig, TrainConfig)
 from umt.train.recipes_video_text import VIDEO_TEXT_RECIPES
 
 __all__ = ["RECIPES", "umt_b16_k710", "umt_l16_k710", "demo", "get_recipe"]

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 from umt.data.config import DataConfig
-from umt.train.config import (CheckpointConfig, EvalConfig, FinetuneConfig, LogConfig, ModelConfig, OptimConfig,
+from umt.config import (CheckpointConfig, EvalConfig, FinetuneConfig, LogConfig, ModelConfig, OptimConfig,
                               TrainConfig)
 
 __all__ = ["FT_RECIPES", "FT_AUGMENT", "umt_b16_k710_ft", "umt_b16_k400_ft", "umt_l16_k710_ft",
@@ -114,7 +114,7 @@ def umt_l16_ssv2_ft() -> TrainConfig:
 
 def demo_ft() -> TrainConfig:
     """A few CPU minutes: the stage-1 ``demo`` student (4 blocks, width 96, 4 frames × 112²) fine-tuned on the
-    embedded sample's 4 labels (a fixed per-class split of its 20 clips, :mod:`umt.data.sample_splits`), evaluated
+    embedded sample's 4 labels (a fixed per-class split of its 20 clips, :mod:`umt.data.build.sample_splits`), evaluated
     on the held-out clips. ``model.init_from`` = ``runs/demo``: the newest checkpoint of the stage-1 demo run, trained
     first when that directory is absent (``python -m umt.train --recipe demo_ft``; :mod:`umt.train.demos`)."""
     return TrainConfig(

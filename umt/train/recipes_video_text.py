@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from umt.data.config import DataConfig
-from umt.train.config import (CheckpointConfig, EvalConfig, LogConfig, MaskConfig, ModelConfig, OptimConfig,
+from umt.config import (CheckpointConfig, EvalConfig, LogConfig, MaskConfig, ModelConfig, OptimConfig,
                               TextConfig, TrainConfig)
 
 __all__ = ["CORPORA", "STAGE2_DATA", "VIDEO_TEXT_RECIPES", "demo_stage2", "umt_b16_25m", "umt_b16_17m", "umt_b16_5m", "umt_l16_25m", "umt_l16_17m",

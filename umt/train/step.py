@@ -23,7 +23,7 @@ from umt import masking, ops
 from umt.flops import UMTSpec, ViTSpec
 from umt.losses import uma_loss
 from umt.model import CLIPTeacher, TeacherOutput, UMTPretrain
-from umt.train.config import ConfigError, OptimConfig, TrainConfig, accumulation_steps
+from umt.config import ConfigError, OptimConfig, TrainConfig, accumulation_steps
 
 __all__ = ["build_models", "build_optimizer", "build_scheduler", "lr_multiplier", "param_groups", "peak_lr",
            "StageOneStep", "TrainStep", "umt_spec", "autocast_context", "teacher_autocast_dtype"]

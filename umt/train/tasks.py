@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from umt import ops
 from umt.flops import train_flops_per_clip
-from umt.train.config import ConfigError, TrainConfig
+from umt.config import ConfigError, TrainConfig
 from umt.train.step import StageOneStep, TrainStep, build_models, param_groups, peak_lr, umt_spec
 
 if TYPE_CHECKING:
@@ -195,8 +195,8 @@ class DistillationTask(Task):
         return {"knn_top1": res["knn_top1"], "knn_top5": res["knn_top5"]}
 
     def log_image(self, step_fn: TrainStep, tb: Any, step: int) -> None:
-        """The preview panel (:func:`umt.data.preview.render_clip`) of the step's first clip."""
-        from umt.data.preview import render_clip
+        """The preview panel (:func:`umt.train.preview.render_clip`) of the step's first clip."""
+        from umt.train.preview import render_clip
 
         video, q_cls, k, kept = step_fn.first_clip  # type: ignore[misc]
         t = video.shape[1]

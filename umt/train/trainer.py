@@ -32,7 +32,7 @@ from umt import ops
 from umt.flops import peak_bf16_tflops
 from umt.masking import step_seed
 from umt.train import checkpoint as ckpt
-from umt.train.config import TrainConfig, accumulation_steps, config_to_dict
+from umt.config import TrainConfig, accumulation_steps, config_to_dict
 from umt.train.preempt import Preempted, PreemptionHandler, restart_count, write_marker
 from umt.train.step import build_optimizer, build_scheduler
 from umt.train.tasks import Task, build_task

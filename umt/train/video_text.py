@@ -27,7 +27,7 @@ from umt.masking import keep_per_frame
 from umt.model.load import BackboneLoadError
 from umt.model.text import TextEncoderError, build_text_encoder, resolve_text_dir
 from umt.model.vision_text import LOSS_NAMES, UMTVisionText, load_pretrained
-from umt.train.config import ConfigError, TrainConfig
+from umt.config import ConfigError, TrainConfig
 from umt.train.step import StageOneStep, autocast_context, build_models, umt_spec
 from umt.train.tasks import DistillationTask, Task, refuse_changed_input, register_task
 

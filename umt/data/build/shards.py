@@ -1,7 +1,7 @@
 """Shard builder: video or image files (+ labels/captions) → re-encoded WebDataset tar shards with DALI indices.
 
-One directory holds one modality (``manifest.json["modality"]``): videos re-encoded by :mod:`umt.data.encode`, or
-images re-encoded as JPEG by :mod:`umt.data.images`. Captions may be several per item (``KEY.txt``, one a line).
+One directory holds one modality (``manifest.json["modality"]``): videos re-encoded by :mod:`umt.data.build.encode`, or
+images re-encoded as JPEG by :mod:`umt.data.build.images`. Captions may be several per item (``KEY.txt``, one a line).
 
 Output in ``out_dir`` (format documented in ``shards/README.md``)::
 
@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from umt.data.encode import (
+from umt.data.build.encode import (
     CODECS,
     DEFAULT_CODEC,
     DEFAULT_GOP,
@@ -52,40 +52,37 @@ from umt.data.encode import (
     SampleSource,
     encode_video,
 )
-from umt.data.images import IMAGE_EXTS, ImageEncodeSettings, encode_image
-from umt.data.text import clean_caption, encode_captions
-from umt.data.video import probe_keyframes
+from umt.data.build.images import IMAGE_EXTS, ImageEncodeSettings, encode_image
+from umt.data.decode import probe_keyframes
+from umt.data.format import (
+    FORMAT_VERSION,
+    META_FIELDS,
+    MODALITIES,
+    clean_caption,
+    encode_captions,
+    encode_meta,
+    index_text,
+    read_manifest,
+)
+from umt.fileio import atomic_path, atomic_write, sha256_file
 
-__all__ = [  # encoding names re-exported from umt.data.encode
+__all__ = [  # encoding names re-exported from umt.data.build.encode
     "CODECS",
     "DEFAULT_CODEC",
     "DEFAULT_GOP",
-    "META_FIELDS",
     "BuildResult",
     "EncodeSettings",
     "ImageEncodeSettings",
-    "MODALITIES",
     "SampleSource",
     "ShardDirError",
     "build_shards",
     "collect_sources",
-    "decode_meta",
-    "encode_meta",
-    "read_manifest",
-    "sha256_file",
     "write_index",
 ]
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-#: Fields of ``KEY.meta``: little-endian int32, fixed size so DALI can carry it through ``DALIGenericIterator``.
-#: ``fps_milli`` is frames per second × 1000; ``label`` is -1 when unlabelled; ``index`` is the manifest order.
-META_FIELDS = ("frames", "width", "height", "label", "index", "fps_milli", "duration_ms", "version")
-META_BYTES = 4 * len(META_FIELDS)
 
-#: A shard directory holds one modality (``manifest.json["modality"]``).
-MODALITIES = ("video", "image")
 
 VIDEO_EXTS = {".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ogv", ".flv", ".wmv", ".3gp"}
 @dataclass
@@ -110,71 +107,6 @@ class BuildResult:
     """The directory already held this exact data set; nothing was done."""
     modality: str = "video"
     """``video`` or ``image``."""
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# meta component and DALI index
-
-
-def encode_meta(**values: int) -> bytes:
-    """Pack :data:`META_FIELDS` (missing ones 0, ``label`` default -1) into little-endian int32 bytes."""
-    vals = {"label": -1, "version": FORMAT_VERSION, **values}
-    return np.array([int(vals.get(k, 0)) for k in META_FIELDS], dtype="<i4").tobytes()
-
-
-def decode_meta(data: bytes | np.ndarray) -> dict[str, int]:
-    """Inverse of :func:`encode_meta`."""
-    arr = np.frombuffer(bytes(data), dtype="<i4")
-    if arr.shape != (len(META_FIELDS),):
-        raise ValueError(f"meta must be {META_BYTES} bytes, got {arr.nbytes}")
-    return {k: int(v) for k, v in zip(META_FIELDS, arr)}
-
-
-def write_index(members: Sequence[tuple[str, int, int]], path: Path) -> None:
-    """Write a DALI webdataset index (``wds2idx`` format v1.2) for tar members ``(name, data offset, size)``.
-
-    Format (DALI ``wds2idx.IndexCreator``): a line ``v1.2 <samples>``, then per sample one line of
-    ``<ext> <offset> <size> <name>`` groups, consecutive members with the same key forming one sample.
-    """
-    samples: list[list[str]] = []
-    last = None
-    for name, offset, size in members:
-        base = os.path.basename(name)
-        dot = base.find(".")
-        key, ext = name[: len(name) - len(base) + dot], base[dot + 1 :]
-        if key != last:
-            samples.append([])
-            last = key
-        samples[-1].append(f"{ext} {offset} {size} {name}")
-    text = f"v1.2 {len(samples)}\n" + "".join(" ".join(s) + "\n" for s in samples)
-    _atomic_write(path, text.encode())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def read_manifest(shard_dir: str | Path) -> dict[str, Any]:
-    """Load ``shard_dir/manifest.json``.
-
-    Raises:
-        FileNotFoundError: no manifest (the directory was never built, or a build is incomplete).
-    """
-    path = Path(shard_dir) / "manifest.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: build shards with tools/make_shards.py first")
-    return json.loads(path.read_text())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -389,14 +321,14 @@ def _process_one(src: SampleSource, st: EncodeSettings | ImageEncodeSettings, wo
             pass  # a damaged cache entry is redone
     try:
         data, info = encode_image(src, st) if isinstance(st, ImageEncodeSettings) else encode_video(src, st)
-        _atomic_write(work / f"{name}.{ext}", data)  # media first, then the record that says it is complete
+        atomic_write(work / f"{name}.{ext}", data)  # media first, then the record that says it is complete
         # content hash of the source: --append recognises an input already in the set under another name
         res = {"ok": True, "cache": name, "info": info, "source_sha256": sha256_file(Path(src.path))}
     except Reject as e:
         res = {"ok": False, "cache": name, "reason": str(e)}
     except Exception as e:  # noqa: BLE001 - bad input must never stop the run; report it
         res = {"ok": False, "cache": name, "reason": f"unexpected error ({type(e).__name__}: {e})"}
-    _atomic_write(res_path, json.dumps(res).encode())
+    atomic_write(res_path, json.dumps(res).encode())
     return {**res, "encoded": True}
 
 
@@ -410,20 +342,24 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
     return ti  # fixed metadata: byte-identical tars for identical inputs
 
 
+def write_index(members: Sequence[tuple[str, int, int]], path: Path) -> None:
+    """Write the DALI index of a tar durably (:func:`umt.data.format.index_text`, :func:`umt.fileio.atomic_write`)."""
+    atomic_write(path, index_text(members))
+
+
 def _write_shard(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> tuple[int, str]:
-    """Write one tar (+ its .idx) atomically. ``samples``: (key, {ext: bytes}). Returns (bytes, sha256)."""
-    tmp = path.with_name(path.name + ".tmp")
+    """Write one tar (+ its .idx) durably. ``samples``: (key, {ext: bytes}). Returns (bytes, sha256)."""
     members: list[tuple[str, int, int]] = []
-    with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tf:
-        for key, comps in samples:
-            for ext, data in comps.items():
-                ti = _tarinfo(f"{key}.{ext}", len(data))
-                data_offset = tf.offset + len(ti.tobuf(tarfile.USTAR_FORMAT, tf.encoding, tf.errors))
-                tf.addfile(ti, io.BytesIO(data))
-                members.append((ti.name, data_offset, ti.size))
-    sha = sha256_file(tmp)
-    write_index(members, path.with_suffix(".idx"))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tf:
+            for key, comps in samples:
+                for ext, data in comps.items():
+                    ti = _tarinfo(f"{key}.{ext}", len(data))
+                    data_offset = tf.offset + len(ti.tobuf(tarfile.USTAR_FORMAT, tf.encoding, tf.errors))
+                    tf.addfile(ti, io.BytesIO(data))
+                    members.append((ti.name, data_offset, ti.size))
+        sha = sha256_file(tmp)
+        write_index(members, path.with_suffix(".idx"))  # the index first: a tar under its final name is indexed
     return path.stat().st_size, sha
 
 
@@ -670,7 +606,7 @@ def _build(
     work = out / ".work"
     work.mkdir(parents=True, exist_ok=True)
     if not (out / ".build.json").is_file() or existing is not None:
-        _atomic_write(out / ".build.json", json.dumps({"key": key, "append": existing is not None}).encode())
+        atomic_write(out / ".build.json", json.dumps({"key": key, "append": existing is not None}).encode())
     for stale in out.glob("*.tmp"):  # leftovers of an interrupted run
         stale.unlink()
     for stale in work.glob("*.tmp"):
@@ -822,7 +758,7 @@ def _build(
             samples.append((f"{idx:08d}", comps))
         nbytes, sha = _write_shard(path, samples)
         done[name] = {"sha256": sha, "bytes": nbytes, "plan": plan}
-        _atomic_write(prog_path, json.dumps(done, indent=1, sort_keys=True).encode())
+        atomic_write(prog_path, json.dumps(done, indent=1, sort_keys=True).encode())
         shards.append({"name": name, "samples": len(chunk), "bytes": nbytes, "sha256": sha})
         if _after_shard is not None:
             _after_shard(k)
@@ -857,8 +793,8 @@ def _build(
             "build": build,
         }
         rows = old_rows + new_rows
-        _atomic_write(out / "sources.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
-        _atomic_write(out / "manifest.json", json.dumps(manifest, indent=1).encode())
+        atomic_write(out / "sources.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+        atomic_write(out / "manifest.json", json.dumps(manifest, indent=1).encode())
         # The data set is complete: only it stays (the cache on request). Resume and append never need these.
         prog_path.unlink(missing_ok=True)
         (out / ".build.json").unlink(missing_ok=True)

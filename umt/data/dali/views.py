@@ -1,6 +1,6 @@
 """The DALI graph of the multi-view evaluation: per temporal clip one short-side resize, then its spatial crops.
 
-Source: :func:`umt.data.views.views_outputs` (through :class:`umt.data.source.ClipSource`). On CPU the source has
+Source: :func:`umt.data.views.views_outputs` (through :class:`umt.data.clips.ClipSource`). On CPU the source has
 decoded the union of the video's temporal clips once with the seeking decoder; on a GPU each temporal clip's frames
 go to DALI's mixed decoder (one decode call per clip over the same encoded bytes; merging them into one call
 depends on the mixed decoder accepting an unsorted frame list, not yet checked on a GPU). Outputs are
@@ -21,7 +21,7 @@ def build_views_pipeline(cfg: DataConfig, source: Any, *, device_id: int | None)
 
     Args:
         cfg: data settings with ``train=False`` and ``temporal_views · spatial_views > 1``.
-        source: the per-sample :class:`umt.data.source.ClipSource`; ``source.decode`` is False exactly on a GPU.
+        source: the per-sample :class:`umt.data.clips.ClipSource`; ``source.decode`` is False exactly on a GPU.
         device_id: CUDA device, or None for a CPU pipeline.
 
     Raises:
@@ -32,7 +32,7 @@ def build_views_pipeline(cfg: DataConfig, source: Any, *, device_id: int | None)
     import nvidia.dali.types as types
     from nvidia.dali import pipeline_def
 
-    from umt.data.dali_common import external_outputs, normalize, pipeline_kwargs, resize
+    from umt.data.dali.common import external_outputs, normalize, pipeline_kwargs, resize
 
     gpu = device_id is not None
     if source.decode == gpu:

@@ -10,7 +10,7 @@ One definition serves the DALI pipeline (as its external source) and the referen
   ``(seed, epoch, sample index, 1)``, so switching them on changes no frame or crop. Results depend neither on the
   number of workers nor on where an epoch was resumed, and tests can observe every draw.
 * **Read + decode** (:func:`read_clip`): the sample's components by random access through the DALI ``.idx`` files,
-  then only the sampled frames, by seeking to key frames (:mod:`umt.data.video`).
+  then only the sampled frames, by seeking to key frames (:mod:`umt.data.decode`).
 
 Nothing here imports DALI or uses torch (importing :mod:`umt` loads torch for its compatibility shim): the DALI
 external source runs this in worker processes.
@@ -19,20 +19,18 @@ external source runs this in worker processes.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from umt.data.config import DataConfig
-from umt.data.erasing import EraseBox, draw_erase
-from umt.data.randaugment import RandAugmentDraws, draw_rand_augment, parse_rand_augment
+from umt.data.augment.erasing import EraseBox, draw_erase, erase_noise
+from umt.data.augment.randaugment import RandAugmentDraws, draw_rand_augment, parse_rand_augment, rand_augment_program
 from umt.data.sampling import (FIX_OFFSETS_13, RRC_ATTEMPTS, crop_pairs, eval_crop, frame_indices, multiscale_crop,
                                rrc_window)
-from umt.data.shards import META_FIELDS, decode_meta
-from umt.data.video import DecodeStats, decode_sampled
+from umt.data.format import META_FIELDS, ShardIndex, decode_meta
+from umt.data.decode import DecodeStats, decode_sampled
 from umt.data.views import multi_view, views_outputs
 
 __all__ = [
@@ -45,54 +43,6 @@ __all__ = [
     "epoch_order",
     "read_clip",
 ]
-
-
-class ShardIndex:
-    """Random access to samples (in manifest order) through the shards' DALI index files.
-
-    Attributes:
-        entries: per sample, ``(tar path, {ext: (offset, size)})``.
-    """
-
-    def __init__(self, shard_dir: str | Path, shards: Sequence[dict[str, Any]]) -> None:
-        self.entries: list[tuple[str, dict[str, tuple[int, int]]]] = []
-        for sh in shards:
-            tar = Path(shard_dir) / sh["name"]
-            lines = tar.with_suffix(".idx").read_text().splitlines()
-            version, count = lines[0].split()
-            if version != "v1.2":
-                raise ValueError(f"{tar}.idx: unsupported index version {version}")
-            for line in lines[1 : 1 + int(count)]:
-                parts = line.split()
-                comps = {parts[i]: (int(parts[i + 1]), int(parts[i + 2])) for i in range(0, len(parts), 4)}
-                self.entries.append((str(tar), comps))
-        self._files: dict[str, Any] = {}
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def read(self, i: int, ext: str) -> bytes:
-        """Bytes of component ``ext`` of sample ``i``.
-
-        Raises:
-            KeyError: the sample has no such component.
-        """
-        tar, comps = self.entries[i]
-        off, size = comps[ext]
-        f = self._files.get(tar)
-        if f is None:  # one handle per tar per process (workers open their own after fork/spawn)
-            f = self._files[tar] = open(tar, "rb")
-        f.seek(off)
-        return f.read(size)
-
-    def close(self) -> None:
-        """Close the open tar files (reopened on the next read)."""
-        for f in self._files.values():
-            f.close()
-        self._files = {}
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"entries": self.entries, "_files": {}}
 
 
 def epoch_order(
@@ -140,7 +90,7 @@ class ClipParams:
     rrc: tuple[np.ndarray, ...] = ()
     """``crop="rrc"``: per clip the float64 [10, 4] uniforms of :func:`umt.data.sampling.rrc_window`."""
     ra: tuple[RandAugmentDraws, ...] = ()
-    """``rand_augment``: per clip the RandAugment draws (:func:`umt.data.randaugment.draw_rand_augment`)."""
+    """``rand_augment``: per clip the RandAugment draws (:func:`umt.data.augment.randaugment.draw_rand_augment`)."""
     erase: tuple[EraseBox | None, ...] = ()
     """``erase_prob > 0``: per clip the erased box in output pixels, or None."""
 
@@ -254,7 +204,7 @@ class ClipSource:
     or with ``decode=False`` the encoded bytes (uint8 [bytes]) for DALI's GPU decoder, followed then by the sampled
     indices (int32 [T]); meta int32 [8]; per clip the window as int32 [2] anchor ``(x, y)``, int32 [2] shape
     ``(w, h)`` and int32 [] flip. Then, per clip, with ``rand_augment``: its program, int32 [n] kinds and float32
-    [n, 6] parameters (:func:`umt.data.randaugment.rand_augment_program`; the video is then the whole frame, which
+    [n, 6] parameters (:func:`umt.data.augment.randaugment.rand_augment_program`; the video is then the whole frame, which
     the geometric ops need); with ``erase_prob > 0``: int32 [4] box ``(y, x, h, w)`` (``h = 0``: none) and its
     float32 [3, T, h, w] noise. Multi-view evaluation returns :func:`umt.data.views.views_outputs` instead.
     Padding entries of the order (``drop_last=False``) deliver the rank's last sample again with label and index -1.
@@ -348,9 +298,6 @@ def ft_outputs(cfg: DataConfig, params: ClipParams, width: int, height: int) -> 
     """The fine-tuning augmentation outputs of one sample (see :class:`ClipSource`): per clip the RandAugment
     program (``cfg.rand_augment``) and the erasing box and noise (``cfg.erase_prob > 0``); empty draws (the
     fixed-crop test hook) give identity programs and no box."""
-    from umt.data.erasing import erase_noise
-    from umt.data.randaugment import rand_augment_program
-
     out: list[np.ndarray] = []
     spec = parse_rand_augment(cfg.rand_augment) if cfg.rand_augment else None
     for j in range(cfg.num_sample if cfg.train else 0):

@@ -1,12 +1,12 @@
 """Fine-tuning augmentation in the DALI graph: RandAugment programs and pixel-mode random erasing.
 
-Every random decision is drawn in the source (:func:`umt.data.source.draw_params`), so a resumed run is exact: the
+Every random decision is drawn in the source (:func:`umt.data.clips.draw_params`), so a resumed run is exact: the
 graph only *applies* per-sample programs with argument inputs, selecting each layer's op by its kind through DALI
 conditionals (the pipeline needs ``enable_conditionals=True``). The ops work on uint8 ``FHWC`` video on CPU and GPU
 (checked on CPU: ``warp_affine``, ``equalize``, ``filter``, reductions and arithmetic take sequences; the GPU path
 moves the per-sample parameters to the device where an arithmetic input needs it, as DALI's ``auto_aug`` does).
 
-Semantics per kind (:data:`umt.data.randaugment.KINDS`; formulas of torchvision's uint8 kernels, which the reference
+Semantics per kind (:data:`umt.data.augment.randaugment.KINDS`; formulas of torchvision's uint8 kernels, which the reference
 backend runs):
 
 * ``affine``: ``warp_affine`` with the 2×3 inverse map, bilinear, fill 128;
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from umt.data.randaugment import KINDS
+from umt.data.augment.randaugment import KINDS
 
 __all__ = ["erase_pixels", "rand_augment"]
 
@@ -129,7 +129,7 @@ def rand_augment(x: Any, kinds: Any, params: Any, num_layers: int) -> Any:
     Args:
         x: DataNode, uint8 [F, H, W, 3] per sample (CPU or GPU).
         kinds: DataNode (CPU), int32 [n] per sample: the op kind of each layer (0: skip).
-        params: DataNode (CPU), float32 [n, 6] per sample (:func:`umt.data.randaugment.rand_augment_program`).
+        params: DataNode (CPU), float32 [n, 6] per sample (:func:`umt.data.augment.randaugment.rand_augment_program`).
         num_layers: n.
 
     Returns:

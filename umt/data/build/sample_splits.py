@@ -4,8 +4,8 @@ issue 12 item 7).
 The split is per class and deterministic: within each label the clips are sorted by file name and every fourth one
 from the first on (positions 0, 4, 8, ...) is held out, so each of the 4 labels has clips on both sides (20 clips →
 14 train, 6 held out). Both sets list the same class names, so label ids agree between them. Shards are built
-with :func:`umt.data.shards.build_shards` from the clips themselves (as
-:func:`umt.data.samples.ensure_sample_shards` does), only into their own default location, and rebuilt only when
+with :func:`umt.data.build.shards.build_shards` from the clips themselves (as
+:func:`umt.data.build.samples.ensure_sample_shards` does), only into their own default location, and rebuilt only when
 stale.
 """
 
@@ -19,8 +19,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from umt.data.samples import SAMPLES_DIR
-from umt.data.shards import DEFAULT_CODEC, EncodeSettings, ShardDirError, build_shards, read_manifest
+from umt.data.build.samples import SAMPLES_DIR
+from umt.data.build.shards import DEFAULT_CODEC, EncodeSettings, ShardDirError, build_shards
+from umt.data.format import read_manifest
 
 __all__ = ["DEFAULT_SPLIT_SHARDS", "HELD_OUT_EVERY", "split_rows", "ensure_sample_splits"]
 
@@ -101,7 +102,7 @@ def ensure_sample_splits(out_root: str | Path = DEFAULT_SPLIT_SHARDS, *, codec: 
 
     Raises:
         FileNotFoundError: the sample clips are missing (not a source checkout).
-        umt.data.shards.ShardDirError: a target directory holds another data set.
+        umt.data.build.shards.ShardDirError: a target directory holds another data set.
     """
     src = SAMPLES_DIR / "annotations.jsonl"
     if not src.is_file():

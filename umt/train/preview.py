@@ -1,4 +1,4 @@
-"""``python -m umt.data.preview``: look at what the model sees, as a PNG.
+"""``python -m umt.train.preview``: look at what the model sees, as a PNG.
 
 For a few clips of a shard directory, after the recipe's training augmentation (the loader the trainer uses), one
 block per clip with T columns and these rows: the frames (de-normalised), the teacher's last-block CLS attention
@@ -90,7 +90,7 @@ def preview(shards: str, out: str | Path, *, recipe: str = "demo", teacher_weigh
     from umt import masking
     from umt.data import build_loader
     from umt.model import CLIPTeacher
-    from umt.train.config import apply_overrides
+    from umt.config import apply_overrides
     from umt.train.recipes import get_recipe
 
     out = Path(out)
@@ -128,7 +128,7 @@ def preview(shards: str, out: str | Path, *, recipe: str = "demo", teacher_weigh
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m umt.data.preview", description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog="python -m umt.train.preview", description=__doc__.split("\n\n")[0],
                                  epilog="Rows per clip: frames, CLS attention, semantic / tube / random kept tokens.")
     ap.add_argument("--shards", required=True, help="shard directory (tools/make_shards.py output)")
     ap.add_argument("--recipe", default="demo", help="recipe whose augmentation, teacher and mask ratio to use")

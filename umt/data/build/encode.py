@@ -17,7 +17,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from umt.data.video import probe_keyframes
+from umt.data.decode import probe_keyframes
 
 __all__ = ["CODECS", "DEFAULT_CODEC", "DEFAULT_GOP", "EncodeSettings", "Reject", "SampleSource", "encode_video"]
 
@@ -235,7 +235,7 @@ def encode_video(src: SampleSource, st: EncodeSettings) -> tuple[bytes, dict[str
         "duration": round(n_out / fps, 6),
         "codec": st.codec if st.codec != "copy" else src_codec,
         "source_codec": src_codec,
-        # where a reader can seek: [[frame index, pts], ...] (umt.data.video.decode_sampled); no per-sample probing
+        # where a reader can seek: [[frame index, pts], ...] (umt.data.decode.decode_sampled); no per-sample probing
         "keyframes": probe_keyframes(data),
     }
     if warnings:  # only then: a clean input's info (and its sample's JSON) is unchanged

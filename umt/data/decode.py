@@ -1,4 +1,5 @@
-"""Sampled-frame video decoding: seek to the key frame at or before each target and decode forward only that far.
+"""Sampled-frame video decoding (seek to the key frame at or before each target and decode forward only that far),
+and stored-image decoding (:func:`decode_image`).
 
 Sparse (TSN) sampling takes T = 8 frames from a video of N frames. Decoding from the first frame to the last target
 costs O(N) frames; seeking costs O(T x GOP) frames, whatever the video's length (issue 8). DALI 2.4's CPU video
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DecodeStats", "decode_sampled", "probe_keyframes"]
+__all__ = ["DecodeStats", "decode_image", "decode_sampled", "probe_keyframes"]
 
 
 @dataclass
@@ -170,3 +171,15 @@ def decode_sampled(
     if missing:
         raise ValueError(f"frames {missing} not decodable (video has fewer frames)")
     return np.stack([got[int(i)] for i in indices])  # [T, H, W, 3]
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Decode stored JPEG bytes with PIL (libjpeg-turbo; the same pixels as DALI's CPU decoder).
+
+    Returns:
+        uint8 [H, W, 3] RGB.
+    """
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return np.array(im.convert("RGB"))  # writable: torch.from_numpy takes it without a warning

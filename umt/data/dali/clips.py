@@ -1,6 +1,6 @@
 """The DALI graph: sample source → (GPU decode) → multi-scale crop + flip → resize → normalise.
 
-The source is :class:`umt.data.source.ClipSource`, a per-sample ``fn.external_source`` callback run by DALI's
+The source is :class:`umt.data.clips.ClipSource`, a per-sample ``fn.external_source`` callback run by DALI's
 worker processes (``parallel=True``): it reads each sample through the shards' ``.idx`` files in the epoch's global
 order, draws the sample's TSN positions, crop and flip from ``(seed, epoch, sample)``, and
 
@@ -12,9 +12,9 @@ order, draws the sample's TSN positions, crop and flip from ``(seed, epoch, samp
   the mixed decoder seeks is checked by the ``gpu`` test ``test_mixed_decoder_seeks`` (not yet run: no GPU lent).
 
 Fine-tuning (issue 12): RandAugment (``data.rand_augment``) runs on the whole frames before the crop as per-sample
-programs drawn in the source (:mod:`umt.data.dali_augment`, DALI conditionals), and random erasing
+programs drawn in the source (:mod:`umt.data.dali.augment`, DALI conditionals), and random erasing
 (``data.erase_prob``) after normalisation, with the source's box and noise. Multi-view evaluation has its own graph
-(:mod:`umt.data.dali_views`).
+(:mod:`umt.data.dali.views`).
 
 The crop, resize (bilinear, antialiased), flip and normalisation run in DALI (on the GPU with ``device_id``). One
 pipeline serves every epoch: the source raises ``StopIteration`` at an epoch's end and ``reset()`` starts the next,
@@ -27,9 +27,9 @@ from __future__ import annotations
 from typing import Any
 
 from umt.data.config import DataConfig
-from umt.data.dali_augment import erase_pixels, rand_augment
-from umt.data.randaugment import parse_rand_augment
-from umt.data.source import ClipSource
+from umt.data.dali.augment import erase_pixels, rand_augment
+from umt.data.augment.randaugment import parse_rand_augment
+from umt.data.clips import ClipSource
 
 __all__ = ["GPU_DECODABLE", "build_pipeline", "output_names"]
 
@@ -61,11 +61,11 @@ def build_pipeline(cfg: DataConfig, source: ClipSource, *, device_id: int | None
     import nvidia.dali.types as types
     from nvidia.dali import pipeline_def
 
-    from umt.data.dali_common import external_outputs, normalize, pipeline_kwargs, resize
+    from umt.data.dali.common import external_outputs, normalize, pipeline_kwargs, resize
     from umt.data.views import multi_view
 
     if multi_view(cfg):  # temporal x spatial evaluation views: their own graph
-        from umt.data.dali_views import build_views_pipeline
+        from umt.data.dali.views import build_views_pipeline
 
         return build_views_pipeline(cfg, source, device_id=device_id)
     gpu = device_id is not None
@@ -76,7 +76,7 @@ def build_pipeline(cfg: DataConfig, source: ClipSource, *, device_id: int | None
     dtypes = [types.UINT8, types.INT32] + [types.INT32] * (n_out - 2)
     ndims = [4 if source.decode else 1, 1] + [1, 1, 0] * k + ([] if source.decode else [1])
     layouts = ["FHWC" if source.decode else "", ""] + [""] * (n_out - 2)
-    # fine-tuning augmentation (umt.data.source.ft_outputs): per clip a RandAugment program, an erasing box + noise
+    # fine-tuning augmentation (umt.data.clips.ft_outputs): per clip a RandAugment program, an erasing box + noise
     ra_layers = parse_rand_augment(cfg.rand_augment).num_layers if cfg.train and cfg.rand_augment else 0
     erase = cfg.train and cfg.erase_prob > 0
     ft_base, ft_per_clip = n_out, 2 * bool(ra_layers) + 2 * erase
@@ -89,7 +89,7 @@ def build_pipeline(cfg: DataConfig, source: ClipSource, *, device_id: int | None
             ndims += [1, 4]
     layouts += [""] * (len(dtypes) - n_out)
 
-    # per-sample op selection (umt.data.dali_augment) needs DALI's conditionals
+    # per-sample op selection (umt.data.dali.augment) needs DALI's conditionals
     @pipeline_def(**pipeline_kwargs(cfg, device_id, conditionals=bool(ra_layers) or erase))
     def pipe() -> Any:
         outs = external_outputs(source, cfg, dtypes, ndims, layouts)

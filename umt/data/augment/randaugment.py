@@ -8,9 +8,9 @@ drawn uniformly (with replacement) from the 15-op list, applied with probability
 image statistics (AutoContrast, Equalize, Contrast) read each frame's own, as PIL does frame by frame.
 
 Here every draw comes from the sample's generator (:func:`draw_rand_augment`, called by
-:func:`umt.data.source.draw_params`), so resume stays exact and tests can observe the draws. The draws become
+:func:`umt.data.clips.draw_params`), so resume stays exact and tests can observe the draws. The draws become
 
-* for the DALI graph (:mod:`umt.data.dali_augment`) a small program per clip (:func:`rand_augment_program`): per
+* for the DALI graph (:mod:`umt.data.dali.augment`) a small program per clip (:func:`rand_augment_program`): per
   layer an op *kind* (int32) and six float32 parameters (the inverse affine map, the levels of a pointwise op, a
   blend factor), computed from the draws and the frame size;
 * for the reference backend, the same ops through torchvision's tensor functional ops
@@ -245,7 +245,7 @@ _KIND_OF = {
 def rand_augment_program(
     spec: RandAugmentSpec, draws: RandAugmentDraws, width: int, height: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The clip's draws as a program for the DALI graph (:func:`umt.data.dali_augment.rand_augment`).
+    """The clip's draws as a program for the DALI graph (:func:`umt.data.dali.augment.rand_augment`).
 
     Args:
         spec, draws: the clip's RandAugment.

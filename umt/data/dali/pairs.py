@@ -1,9 +1,9 @@
 """The stage-2 DALI graphs: item source → decode → crop + flip → resize → normalise, for videos and for images.
 
-The source is :class:`umt.data.pair_source.PairSource` (``fn.external_source``, ``parallel=True``), which draws the
+The source is :class:`umt.data.pairs.PairSource` (``fn.external_source``, ``parallel=True``), which draws the
 window and flip from ``(seed, epoch, item)`` and tokenises the caption on the host. Per modality:
 
-* **video**: as the stage-1 graph (:mod:`umt.data.dali_pipeline`) with one view: on CPU the source hands over only the
+* **video**: as the stage-1 graph (:mod:`umt.data.dali.clips`) with one view: on CPU the source hands over only the
   sampled frames, already cut to the window; on a GPU the encoded video goes to ``fn.decoders.video(device="mixed")``
   with the sampled indices. Then ``fn.slice`` to the window, ``fn.resize`` to S² (``data.interp``, antialiased;
   bicubic clamped to [0, 255]), ``fn.crop_mirror_normalize`` to float [3, T, S, S].
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from umt.data.pair_source import PairSource
+from umt.data.pairs import PairSource
 
 __all__ = ["PAIR_OUTPUTS", "build_pair_pipeline"]
 
@@ -45,7 +45,7 @@ def build_pair_pipeline(source: PairSource, *, device_id: int | None) -> Any:
     import nvidia.dali.types as types
     from nvidia.dali import pipeline_def
 
-    from umt.data.dali_common import external_outputs, normalize, pipeline_kwargs, resize
+    from umt.data.dali.common import external_outputs, normalize, pipeline_kwargs, resize
 
     cfg = source.cfg
     gpu = device_id is not None

@@ -8,7 +8,7 @@ never upsample, hence the default 320), the EXIF orientation is applied (DALI an
 input becomes 3-channel RGB (grey, palette, CMYK, alpha dropped as the official ``Image.open(p).convert("RGB")``
 does), and the JPEG is baseline, 4:2:0, at a fixed quality, with no metadata: identical inputs give identical bytes.
 
-Every way an input can be unusable raises :class:`umt.data.encode.Reject` with a reason.
+Every way an input can be unusable raises :class:`umt.data.build.encode.Reject` with a reason.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from umt.data.encode import Reject, SampleSource
+from umt.data.build.encode import Reject, SampleSource
 
-__all__ = ["IMAGE_EXTS", "ImageEncodeSettings", "decode_image", "encode_image", "psnr"]
+__all__ = ["IMAGE_EXTS", "ImageEncodeSettings", "encode_image", "psnr"]
 
 #: File suffixes the builder takes as images when searching INPUT directories (``--modality image``).
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -108,18 +108,6 @@ def encode_image(src: SampleSource, st: ImageEncodeSettings) -> tuple[bytes, dic
     rgb.save(buf, "JPEG", quality=st.quality, subsampling="4:2:0", optimize=False, progressive=False)
     info = {"width": w, "height": h, "source_width": sw, "source_height": sh, "source_format": fmt, "codec": "jpeg"}
     return buf.getvalue(), info
-
-
-def decode_image(data: bytes) -> np.ndarray:
-    """Decode stored JPEG bytes with PIL (libjpeg-turbo; the same pixels as DALI's CPU decoder).
-
-    Returns:
-        uint8 [H, W, 3] RGB.
-    """
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as im:
-        return np.array(im.convert("RGB"))  # writable: torch.from_numpy takes it without a warning
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -1,23 +1,23 @@
 """What both stage-2 loader backends read for one item: media, crop window, flip and the tokenised caption.
 
-One source per shard directory (one modality) serves the DALI graph (:mod:`umt.data.dali_pairs`, as its external
-source) and the reference backend (:class:`PairDataset`), as :class:`umt.data.source.ClipSource` does for stage 1,
+One source per shard directory (one modality) serves the DALI graph (:mod:`umt.data.dali.pairs`, as its external
+source) and the reference backend (:class:`PairDataset`), as :class:`umt.data.clips.ClipSource` does for stage 1,
 whose order, draws and reading it extends:
 
 * **Order**: training, the stage-1 per-epoch global permutation split into rank blocks
-  (:func:`umt.data.source.epoch_order`); evaluation, :func:`eval_order` (every item exactly once, in index order,
+  (:func:`umt.data.clips.epoch_order`); evaluation, :func:`eval_order` (every item exactly once, in index order,
   the last batch padded with repeats that the loader drops).
 * **Rows**: an epoch permutes items (``data.caption_sampling="draw"``) or (item, caption) pairs (``"each"``, the
   official pre-training epoch: its annotation files hold one row per caption).
-* **Draws** (:func:`umt.data.source.draw_params`, from ``(seed, epoch, row)``): frame positions and the crop window
-  + flip (``data.crop="rrc"`` for stage 2); with ``draw`` the caption (:func:`umt.data.text.caption_choice`, from
+* **Draws** (:func:`umt.data.clips.draw_params`, from ``(seed, epoch, row)``): frame positions and the crop window
+  + flip (``data.crop="rrc"`` for stage 2); with ``draw`` the caption (:func:`umt.data.captions.caption_choice`, from
   ``(seed, epoch, item)``, its own stream).
 * **Video items**: exactly stage 1's read (only the sampled frames decoded, ``data.sampling`` chooses them), the
   decoded frames cut to the window on CPU, or the encoded video + frame indices for DALI's GPU decoder.
 * **Image items**: the stored JPEG bytes and the window; DALI decodes only the window (``fn.decoders.image_slice``,
   libjpeg-turbo on CPU, nvJPEG on a GPU), the reference backend decodes with PIL (identical pixels on CPU) and crops.
-* **Caption**: the drawn caption (the first in evaluation), :func:`umt.data.text.pre_text`, tokenised here on the
-  host (:class:`umt.data.text.CaptionTokenizer`): int32 [max_len] ids + an int32 length, fixed-size for DALI.
+* **Caption**: the drawn caption (the first in evaluation), :func:`umt.data.captions.pre_text`, tokenised here on the
+  host (:class:`umt.data.captions.CaptionTokenizer`): int32 [max_len] ids + an int32 length, fixed-size for DALI.
 """
 
 from __future__ import annotations
@@ -28,11 +28,13 @@ import numpy as np
 import torch
 
 from umt.data.config import DataConfig
-from umt.data.images import decode_image
+from umt.data.decode import decode_image
 from umt.data.reference import EpochDataset, augment_clip
-from umt.data.shards import META_FIELDS, decode_meta
-from umt.data.source import ClipSource, ShardIndex, clip_windows, epoch_order, read_clip
-from umt.data.text import CaptionTokenizer, caption_choice, decode_captions, pre_text
+from umt.data.format import META_FIELDS, decode_meta
+from umt.data.clips import ClipSource, clip_windows, epoch_order, read_clip
+from umt.data.format import ShardIndex
+from umt.data.captions import CaptionTokenizer, caption_choice, pre_text
+from umt.data.format import decode_captions
 
 __all__ = ["PairDataset", "PairSource", "eval_order"]
 

@@ -23,18 +23,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from umt.data.format import ShardIndex, decode_captions, decode_meta, read_manifest, require_captions
+
 __all__ = [
     "CaptionTokenizer",
     "caption_choice",
-    "caption_counts",
     "caption_rows",
-    "clean_caption",
-    "decode_captions",
-    "encode_captions",
     "pad_to_longest",
     "pre_text",
     "read_captions",
-    "require_captions",
 ]
 
 #: Characters the official ``pre_text`` deletes (after lower-casing).
@@ -53,23 +50,6 @@ def pre_text(text: str) -> str:
     t = t.replace("-", " ").replace("/", " ").replace("<person>", "person")
     t = _WS_RUN.sub(" ", t)
     return t.rstrip("\n").strip(" ")
-
-
-def clean_caption(text: str) -> str:
-    """A caption as stored: surrounding whitespace stripped, each line break (``\\r\\n``, ``\\n``, ``\\r``) a space."""
-    return re.sub(r"\r\n|\r|\n", " ", text).strip()
-
-
-def encode_captions(captions: list[str]) -> bytes:
-    """``KEY.txt`` bytes of an item's captions (already :func:`clean_caption`-ed, none empty)."""
-    if not captions or any(not c or "\n" in c or "\r" in c for c in captions):
-        raise ValueError(f"captions must be non-empty single lines, got {captions!r}")
-    return "\n".join(captions).encode("utf-8")
-
-
-def decode_captions(data: bytes) -> list[str]:
-    """Inverse of :func:`encode_captions`."""
-    return data.decode("utf-8").split("\n")
 
 
 def caption_choice(seed: int, epoch: int, index: int, num_captions: int) -> int:
@@ -161,9 +141,6 @@ def read_captions(shard_dir: str | Path) -> list[tuple[int, str]]:
         FileNotFoundError: no ``manifest.json``.
         ValueError: the directory's items carry no captions (one line naming it).
     """
-    from umt.data.shards import decode_meta, read_manifest
-    from umt.data.source import ShardIndex
-
     m = read_manifest(shard_dir)
     index = ShardIndex(shard_dir, m["shards"])
     try:
@@ -175,34 +152,6 @@ def read_captions(shard_dir: str | Path) -> list[tuple[int, str]]:
     finally:
         index.close()
     return out
-
-
-def require_captions(index: Any, shard_dir: str | Path) -> None:
-    """Raise ``ValueError`` (one line naming ``shard_dir``) unless every item of ``index`` has a ``txt`` member."""
-    missing = sum(1 for _, comps in index.entries if "txt" not in comps)
-    if missing == len(index.entries):
-        raise ValueError(f"{shard_dir} holds no captions: stage-2 (video-text) loaders need shards built from "
-                         "annotations with a 'caption' per item (tools/make_shards.py --annotations)")
-    if missing:
-        raise ValueError(f"{shard_dir}: {missing} of {len(index.entries)} items have no caption; stage-2 loaders "
-                         "need every item captioned (rebuild from annotations with a 'caption' per item)")
-
-
-def caption_counts(shard_dir: str | Path, index: Any) -> np.ndarray:
-    """Captions per item (int64 [N], manifest order): from ``sources.jsonl`` (written with the counts by the
-    builder), else by reading every item's ``txt`` member."""
-    import json
-
-    n = len(index.entries)
-    path = Path(shard_dir) / "sources.jsonl"
-    if path.is_file():
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        if len(rows) == n and all("captions" in r for r in rows):
-            out = np.zeros(n, np.int64)
-            for r in rows:
-                out[int(r["index"])] = int(r["captions"])
-            return out
-    return np.array([len(decode_captions(index.read(i, "txt"))) for i in range(n)], np.int64)
 
 
 def caption_rows(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -230,7 +230,7 @@ class LogConfig:
     """tqdm progress bar on rank 0."""
     image_every_steps: int = 0
     """Every N steps (0: never) rank 0 sends TensorBoard the preview panel of the step's first clip (frames,
-    teacher CLS attention, the kept tokens of the mask used): ``umt.data.preview.render_clip``, from tensors the
+    teacher CLS attention, the kept tokens of the mask used): ``umt.train.preview.render_clip``, from tensors the
     step already has."""
 
     def __post_init__(self) -> None:

@@ -1,0 +1,103 @@
+"""Crash-consistent file writes: every writer of the project (shards, ``.idx``, manifests, progress records,
+checkpoints, exports, evaluation reports, benchmark reports, previews) goes through this module.
+
+A file is durable only once its data *and* its directory entry are on disk. The protocol, as SQLite and PostgreSQL do
+it: write a temporary file in the same directory (same file system, so the rename is atomic), flush it, ``fsync`` it,
+``os.replace`` it onto the final name, then ``fsync`` the directory so that the rename itself survives a power loss.
+A reader therefore sees either the old file or the whole new one, never a prefix; an interrupted writer leaves at most
+a ``*.tmp`` file, which the next run of the same writer overwrites.
+
+Imports nothing else of :mod:`umt` (it sits at the bottom of the layer order in ``docs/design.md``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["atomic_path", "atomic_write", "fsync_dir", "fsync_file", "replace", "sha256_file", "tmp_path"]
+
+
+def tmp_path(path: str | Path) -> Path:
+    """The temporary name a write of ``path`` goes through: ``NAME.tmp`` in the same directory."""
+    path = Path(path)
+    return path.with_name(path.name + ".tmp")
+
+
+def fsync_file(path: str | Path) -> None:
+    """``fsync`` the data of the file at ``path``."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str | Path) -> None:
+    """``fsync`` the directory ``path`` so that entries created, renamed or deleted in it are durable.
+
+    A no-op on platforms that cannot open a directory (Windows), where the rename itself is the best available.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except (IsADirectoryError, PermissionError):  # pragma: no cover - Windows
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace(src: str | Path, dst: str | Path) -> None:
+    """``os.replace(src, dst)``, then ``fsync`` the directories involved (the rename is durable on return)."""
+    src, dst = Path(src), Path(dst)
+    os.replace(src, dst)
+    fsync_dir(dst.parent)
+    if src.parent.resolve() != dst.parent.resolve():
+        fsync_dir(src.parent)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path to write ``path`` through; on a clean exit make it durable under the final name.
+
+    The caller writes the whole file to the yielded path (any writer: ``torch.save``, ``tarfile``, PIL, safetensors),
+    then this ``fsync``-s it, renames it onto ``path`` and ``fsync``-s the directory. If the block raises, the
+    temporary file is removed and ``path`` is left as it was.
+
+    Raises:
+        FileNotFoundError: the block wrote nothing to the temporary path.
+    """
+    path = Path(path)
+    tmp = tmp_path(path)
+    try:
+        yield tmp
+        fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write(path: str | Path, data: bytes | str) -> Path:
+    """Write ``data`` (``str`` as UTF-8) to ``path`` durably and atomically (see :func:`atomic_path`). Returns ``path``."""
+    path = Path(path)
+    if isinstance(data, str):
+        data = data.encode()
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+    return path
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
