@@ -38,6 +38,7 @@ from tqdm import tqdm
 from benchmarks import budget as budget_mod
 from benchmarks.common import BenchResult, command_line, format_table, hardware_info, hardware_label, write_report
 from umt.flops import UMT_SPECS, train_flops_per_clip
+from umt.fileio import atomic_write
 
 __all__ = ["PARTS", "SuiteOutcome", "data_rate_from", "exit_status", "main", "run_suite", "stage2_rates_from",
            "step_rates_from"]
@@ -350,7 +351,7 @@ def _write(outcome: SuiteOutcome, out_dir: str | Path | None, info: dict[str, An
         md += _section(name, res)
     for name, reason in outcome.unavailable.items():
         md += [f"## {name}", "", f"not available: {reason}", ""]
-    md_path.write_text("\n".join(md) + "\n")
+    atomic_write(md_path, "\n".join(md) + "\n")
     paths = [json_path, md_path]
     if "budget" in outcome.results:
         paths += list(write_report(outcome.results["budget"], out_dir, command=command, info=info))

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from umt.fileio import atomic_write
 
 __all__ = [
     "RESULTS_DIR",
@@ -227,9 +228,7 @@ def write_report(
     device = re.sub(r"[^A-Za-z0-9]+", "-", info.get("gpu") or "cpu").strip("-").lower()
     json_path, md_path = _free_report_paths(out, f"{now:%Y-%m-%d}_{result.name}_{device}")
     payload = {"date": now.isoformat(timespec="seconds"), "command": command, "hardware": info, **asdict(result)}
-    tmp = json_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    tmp.replace(json_path)
+    atomic_write(json_path, json.dumps(payload, indent=2, default=str) + "\n")
     versions = ", ".join(f"{k} {info[k]}" for k in ("torch", "nvidia-dali-cuda130", "triton", "timm", "av") if info.get(k))
     md = [
         f"# {result.name}: {now:%Y-%m-%d}",
@@ -243,7 +242,5 @@ def write_report(
     ]
     if result.notes:
         md += ["Notes:", "", *(f"- {n}" for n in result.notes), ""]
-    tmp = md_path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(md))
-    tmp.replace(md_path)
+    atomic_write(md_path, "\n".join(md))
     return json_path, md_path

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import RESULTS_DIR, hardware_info, hardware_label
+from umt.fileio import atomic_write
 
 __all__ = ["EXIT_NO_GPU", "Step", "main", "plan", "sweep_attention_configs"]
 
@@ -138,11 +139,11 @@ def _write(out_dir: Path, name: str, title: str, body: list[str], payload: dict[
     base, now = _report_base(out_dir, name, info)
     command = "python -m benchmarks.gpu_validation " + shlex.join(sys.argv[1:])
     payload = {"date": now.isoformat(timespec="seconds"), "command": command, "hardware": info, **payload}
-    base.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    atomic_write(base.with_suffix(".json"), json.dumps(payload, indent=1, default=str) + "\n")
     md = [f"# {title}: {now:%Y-%m-%d}", "", f"- Hardware: {hardware_label(info)}",
           f"- Versions: Python {info['python']}, torch {info['torch']}, triton {info.get('triton')}, "
           f"DALI {info.get('nvidia-dali-cuda130')}", f"- Command: `{command}`", "", *body]
-    base.with_suffix(".md").write_text("\n".join(md) + "\n")
+    atomic_write(base.with_suffix(".md"), "\n".join(md) + "\n")
     return base.with_suffix(".md")
 
 

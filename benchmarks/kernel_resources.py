@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import RESULTS_DIR, BenchResult, format_table, hardware_info, hardware_label
+from umt.fileio import atomic_write
 
 __all__ = ["main", "report_path", "run", "summarise"]
 
@@ -143,7 +144,7 @@ def write(result: BenchResult, out_dir: Path, command: str) -> tuple[Path, Path]
     payload = {"date": now.isoformat(timespec="seconds"), "command": command, "hardware": info,
                "name": result.name, "rows": result.rows, "notes": result.notes, "extra": result.extra}
     json_path, md_path = base.with_suffix(".json"), base.with_suffix(".md")
-    json_path.write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    atomic_write(json_path, json.dumps(payload, indent=1, default=str) + "\n")
     pinned = [g for g in result.rows if g["pinned"]]
     md = [
         f"# Kernel resources (AOT, no GPU): {now:%Y-%m-%d}",
@@ -166,7 +167,7 @@ def write(result: BenchResult, out_dir: Path, command: str) -> tuple[Path, Path]
         format_table(result.rows, _COLUMNS),
         "",
     ]
-    md_path.write_text("\n".join(md))
+    atomic_write(md_path, "\n".join(md))
     return json_path, md_path
 
 

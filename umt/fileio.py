@@ -51,6 +51,15 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
+def _ensure_dir(d: Path) -> None:
+    """Create ``d`` (and missing parents) with each new entry made durable in its parent."""
+    if d.is_dir():
+        return
+    _ensure_dir(d.parent)
+    d.mkdir(exist_ok=True)
+    fsync_dir(d.parent)
+
+
 def replace(src: str | Path, dst: str | Path) -> None:
     """``os.replace(src, dst)``, then ``fsync`` the directories involved (the rename is durable on return)."""
     src, dst = Path(src), Path(dst)
@@ -64,7 +73,7 @@ def replace(src: str | Path, dst: str | Path) -> None:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path to write ``path`` through; on a clean exit make it durable under the final name.
 
-    The caller writes the whole file to the yielded path (any writer: ``torch.save``, ``tarfile``, PIL, safetensors),
+    Missing parent directories are created (durably). The caller writes the whole file to the yielded path (any writer: ``torch.save``, ``tarfile``, PIL, safetensors),
     then this ``fsync``-s it, renames it onto ``path`` and ``fsync``-s the directory. If the block raises, the
     temporary file is removed and ``path`` is left as it was.
 
@@ -72,6 +81,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         FileNotFoundError: the block wrote nothing to the temporary path.
     """
     path = Path(path)
+    _ensure_dir(path.parent)
     tmp = tmp_path(path)
     try:
         yield tmp

@@ -1,5 +1,5 @@
 """What the evaluation commands share: the evaluation loader's config, process placement under torchrun, the
-per-sample accumulator reduced across ranks, atomic writes and the no-overwrite rule.
+per-sample accumulator reduced across ranks and the no-overwrite rule (writes go through :mod:`umt.fileio`).
 
 Evaluation batches follow the data contract of fine-tuning/evaluation (``/work/prompts/data_contract_ft.md``,
 DataConfig ``train=False``)::
@@ -27,7 +27,7 @@ import torch.distributed as dist
 
 __all__ = ["parse_views", "eval_data_config", "iterate", "model_inputs", "loader_num_views",
            "IndexAccumulator", "DistContext", "init_distributed", "close_distributed", "dist_info",
-           "autocast", "atomic_write_bytes", "atomic_write_text", "check_free", "CountError", "broadcast_flag"]
+           "autocast", "check_free", "CountError", "broadcast_flag"]
 
 log = logging.getLogger(__name__)
 
@@ -251,21 +251,6 @@ def close_distributed(ctx: DistContext) -> None:
     if ctx.owns_group and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through ``path.tmp`` + rename (readers never see a partial file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-    return path
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """:func:`atomic_write_bytes` of UTF-8 ``text``."""
-    return atomic_write_bytes(path, text.encode())
 
 
 def check_free(paths: Sequence[str | Path], overwrite: bool, flag: str = "--overwrite") -> None:

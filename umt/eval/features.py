@@ -34,8 +34,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from umt.eval.common import (CountError, DistContext, IndexAccumulator, atomic_write_bytes, autocast,
+from umt.eval.common import (CountError, DistContext, IndexAccumulator, autocast,
                              close_distributed, dist_info, eval_data_config, init_distributed, model_inputs)
+from umt.fileio import atomic_write
 
 __all__ = ["extract_features", "FeatureSet", "save_features", "load_features", "build_backbone", "features_for",
            "main"]
@@ -131,7 +132,7 @@ def save_features(path: str | Path, feats: Any, labels: Any, index: Any, metadat
         buf = io.BytesIO()
         np.savez(buf, feats=f, labels=y, index=i, metadata=np.array(json.dumps(meta)))
         data = buf.getvalue()
-    return atomic_write_bytes(path, data)
+    return atomic_write(path, data)
 
 
 def load_features(path: str | Path) -> FeatureSet:

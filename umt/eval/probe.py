@@ -32,8 +32,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from umt.eval.common import atomic_write_text, check_free
+from umt.eval.common import check_free
 from umt.eval.metrics import as_numpy, check_labels, classification_summary
+from umt.fileio import atomic_write
 
 __all__ = ["knn_predict", "knn_classify", "linear_probe", "knn_probe", "knn_probe_checkpoints", "format_knn_table",
            "MULTI_COMMAND", "main"]
@@ -286,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{cmd} probe: top-1 {top:.2f} %, top-5 {res[f'{cmd}_top5']:.2f} %, mean class "
           f"{res[f'{cmd}_mean_class_acc']:.2f} % ({res['num_train']} train → {res['num_test']} test, {c} classes)")
     if args.json:
-        atomic_write_text(args.json, json.dumps(res, indent=1) + "\n")
+        atomic_write(args.json, json.dumps(res, indent=1) + "\n")
     return 0
 
 

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from umt.eval.common import atomic_write_bytes, atomic_write_text, check_free
+from umt.eval.common import check_free
+from umt.fileio import atomic_write
 
 __all__ = ["report_paths", "report_conflicts", "render_confusion", "write_classification_report", "NAMED_MAX",
            "WRITTEN_BY"]
@@ -172,7 +173,7 @@ def write_classification_report(out_dir: str | Path, summary: dict[str, Any], *,
     scalars = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     doc = {"written_by": WRITTEN_BY, **scalars, "meta": meta or {}, "classes": names,
            "per_class": rows, "confusion": cm.tolist()}
-    atomic_write_text(paths["json"], json.dumps(doc, indent=1) + "\n")
+    atomic_write(paths["json"], json.dumps(doc, indent=1) + "\n")
 
     lines = [f"# Classification: {name}", ""]
     for k, v in (meta or {}).items():
@@ -185,7 +186,7 @@ def write_classification_report(out_dir: str | Path, summary: dict[str, Any], *,
     for r in rows:
         lines.append(f"| {r['class']} | {r['name']} | {r['samples']} | {r['correct']} | {_fmt(r['accuracy'])} |")
     lines += ["", f"![confusion matrix]({paths['png'].name})", ""]
-    atomic_write_text(paths["md"], "\n".join(lines))
+    atomic_write(paths["md"], "\n".join(lines))
 
     from PIL import Image
 
@@ -193,5 +194,5 @@ def write_classification_report(out_dir: str | Path, summary: dict[str, Any], *,
              f"{summary.get('mean_class_acc', float('nan')):.2f} %, {summary.get('num_samples', '?')} samples")
     buf = io.BytesIO()
     Image.fromarray(render_confusion(cm, names, title)).save(buf, format="PNG")
-    atomic_write_bytes(paths["png"], buf.getvalue())
+    atomic_write(paths["png"], buf.getvalue())
     return paths

@@ -32,8 +32,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from umt.eval.common import IndexAccumulator, atomic_write_text, autocast, check_free, dist_info
+from umt.eval.common import IndexAccumulator, autocast, check_free, dist_info
 from umt.eval.retrieval_metrics import retrieval_metrics
+from umt.fileio import atomic_write
 
 __all__ = ["encode_texts", "encode_videos", "gather_by_index", "rerank_scores", "evaluate_retrieval",
            "write_report", "NOT_CANDIDATE"]
@@ -210,7 +211,7 @@ def write_report(out_dir: str | Path, metrics: dict[str, float], info: dict[str,
     out.mkdir(parents=True, exist_ok=True)
     js, md = out / f"{name}.json", out / f"{name}.md"
     check_free([js, md], overwrite)
-    atomic_write_text(js, json.dumps({"metrics": metrics, **info}, indent=2) + "\n")
+    atomic_write(js, json.dumps({"metrics": metrics, **info}, indent=2) + "\n")
     rows = []
     for prefix, label in (("", "VTM re-ranked"), ("emb_", "dual encoder")):
         if f"{prefix}t2v_r1" not in metrics:
@@ -224,7 +225,7 @@ def write_report(out_dir: str | Path, metrics: dict[str, float], info: dict[str,
              "| scores | direction | R@1 | R@5 | R@10 | MdR | MnR |", "|---|---|---|---|---|---|---|", *rows, "",
              f"r_mean (mean of the six recalls): {metrics.get('r_mean', metrics.get('emb_r_mean', float('nan'))):.2f}",
              ""]
-    atomic_write_text(md, "\n".join(lines))
+    atomic_write(md, "\n".join(lines))
     return js, md
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from umt.data.build.samples import SAMPLES_DIR
 from umt.data.build.shards import DEFAULT_CODEC, EncodeSettings, ShardDirError, build_shards
 from umt.data.format import read_manifest
+from umt.fileio import atomic_write
 
 __all__ = ["DEFAULT_SPLIT_SHARDS", "HELD_OUT_EVERY", "split_rows", "ensure_sample_splits"]
 
@@ -65,9 +66,7 @@ def split_rows(rows: list[dict[str, Any]], every: int = HELD_OUT_EVERY) -> tuple
 def _write_if_changed(path: Path, text: str) -> None:
     if path.is_file() and path.read_text() == text:
         return
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write(path, text)
 
 
 def _ensure_one(out: Path, ann: Path, settings: EncodeSettings, samples_per_shard: int, n_clips: int) -> None:

@@ -64,7 +64,7 @@ from umt.data.format import (
     index_text,
     read_manifest,
 )
-from umt.fileio import atomic_path, atomic_write, sha256_file
+from umt.fileio import atomic_path, atomic_write, fsync_dir, replace, sha256_file
 
 __all__ = [  # encoding names re-exported from umt.data.build.encode
     "CODECS",
@@ -571,9 +571,10 @@ def _overwrite(out: Path, sources: list[SampleSource], classes: list[str], skipp
     old = out.parent / f".{out.name}.old"
     if old.exists():
         shutil.rmtree(old)  # a previous swap interrupted after its rename (ours: it was our out_dir)
-    os.replace(out, old)
-    os.replace(stage, out)
+    replace(out, old)
+    replace(stage, out)
     shutil.rmtree(old)
+    fsync_dir(out.parent)
     log.info("replaced the data set in %s", out)
     res.out_dir = out
     return res
