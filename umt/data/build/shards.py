@@ -386,8 +386,8 @@ def _dir_state(out: Path) -> str:
     if not out.is_dir():
         raise ShardDirError(f"{out} exists and is not a directory")
     names = [p.name for p in out.iterdir()]
-    if not names:
-        return "empty"
+    if all(n.endswith(".tmp") and _OURS.match(n) for n in names):
+        return "empty"  # nothing, or only a temporary file of ours from a build killed before it recorded its key
     if (out / "manifest.json").is_file():
         try:
             if read_manifest(out).get("format") == "umt-webdataset":
@@ -534,6 +534,8 @@ def build_shards(
     if state == "finished":
         m = read_manifest(out)
         if m.get("build", {}).get("key") == key:
+            if (out / ".build.json").is_file():  # interrupted after the manifest was written
+                _clean_up(out, opts["keep_cache"])
             log.info("%s already holds this data set (same inputs and settings): nothing to do", out)
             return _result_from_manifest(out, m)
         raise ShardDirError(f"{out} already holds a data set built from other inputs or settings "
@@ -605,9 +607,11 @@ def _build(
     t0 = time.perf_counter()
     created = not out.exists()
     work = out / ".work"
-    work.mkdir(parents=True, exist_ok=True)
+    # the build's key is recorded before anything else: a directory of ours without it cannot be told apart from
+    # another command's interrupted build
     if not (out / ".build.json").is_file() or existing is not None:
         atomic_write(out / ".build.json", json.dumps({"key": key, "append": existing is not None}).encode())
+    work.mkdir(exist_ok=True)
     for stale in out.glob("*.tmp"):  # leftovers of an interrupted run
         stale.unlink()
     for stale in work.glob("*.tmp"):
@@ -796,11 +800,7 @@ def _build(
         rows = old_rows + new_rows
         atomic_write(out / "sources.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
         atomic_write(out / "manifest.json", json.dumps(manifest, indent=1).encode())
-        # The data set is complete: only it stays (the cache on request). Resume and append never need these.
-        prog_path.unlink(missing_ok=True)
-        (out / ".build.json").unlink(missing_ok=True)
-        if not keep_cache:
-            shutil.rmtree(work, ignore_errors=True)
+        _clean_up(out, keep_cache)
     else:  # nothing usable: leave no half-built directory behind that would block the next build
         (out / "manifest.json").unlink(missing_ok=True)  # its shards were removed above; a stale one would lie
         prog_path.unlink(missing_ok=True)
@@ -810,6 +810,19 @@ def _build(
         if created and not any(out.iterdir()):
             out.rmdir()
     return result
+
+
+def _clean_up(out: Path, keep_cache: bool) -> None:
+    """After the manifest: the data set is complete, and only it stays (the cache on request); resume and append
+    never need the records. ``.build.json`` goes last, so while it is there the clean-up is unfinished (a re-run of
+    the same command finishes it)."""
+    if not keep_cache:
+        shutil.rmtree(out / ".work", ignore_errors=True)
+    for stale in out.glob("*.tmp"):
+        stale.unlink()
+    (out / ".progress.json").unlink(missing_ok=True)
+    (out / ".build.json").unlink(missing_ok=True)
+    fsync_dir(out)
 
 
 def _caption_stats(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
