@@ -13,12 +13,17 @@ Imports nothing else of :mod:`umt` (it sits at the bottom of the layer order in 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
+import json
 import os
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write", "fsync_dir", "fsync_file", "replace", "sha256_file", "tmp_path"]
+__all__ = ["LockedError", "atomic_path", "atomic_write", "exclusive_lock", "fsync_dir", "fsync_file", "replace",
+           "sha256_file", "tmp_path"]
 
 
 def tmp_path(path: str | Path) -> Path:
@@ -111,3 +116,55 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+class LockedError(RuntimeError):
+    """Another live process holds the lock (the message names it: pid, host, since when)."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | Path, what: str) -> Iterator[Path]:
+    """Hold an advisory exclusive lock on ``path`` (created if missing) for the life of the block.
+
+    Two writers pointed at the same place (two ``make_shards`` into one ``--out``, two trainers into one run
+    directory) must not interleave: the second fails at once with :class:`LockedError` naming the holder. The lock is
+    ``flock`` on an open file, so the kernel releases it on any exit of the holder, ``SIGKILL`` included: a lock file
+    left by a dead process is never stale, only a file that the next holder reuses. The holder's pid, host and start
+    time are written into the file for the message. The file is removed on a clean release.
+
+    Args:
+        path: the lock file.
+        what: what is being locked, for the message (e.g. ``"shard directory shards/built/k400"``).
+
+    Raises:
+        LockedError: another process holds the lock.
+    """
+    path = Path(path)
+    _ensure_dir(path.parent)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = json.loads(os.read(fd, 4096) or b"{}")
+            except ValueError:
+                holder = {}
+            os.close(fd)
+            raise LockedError(f"{what} is in use by pid {holder.get('pid', '?')} on {holder.get('host', '?')} "
+                              f"(since {holder.get('since', '?')}; lock {path}): wait for it to finish, or stop it "
+                              "first") from None
+        try:  # the previous holder may have removed the file between our open and flock: lock the live file
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                 "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)

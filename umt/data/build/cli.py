@@ -11,7 +11,8 @@ from pathlib import Path
 
 from umt.data.build.images import DEFAULT_JPEG_QUALITY, ImageEncodeSettings
 from umt.data.build.shards import (CODECS, DEFAULT_CODEC, DEFAULT_GOP, EncodeSettings, ShardDirError, _read_annotations,
-                             build_shards, iter_reasons)
+                                   build_shards, iter_reasons)
+from umt.fileio import LockedError
 
 __all__ = ["main", "parser"]
 
@@ -99,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             mode="overwrite" if args.overwrite else "append" if args.append else "new",
             keep_cache=args.keep_cache,
         )
-    except ShardDirError as e:
+    except (ShardDirError, LockedError) as e:
         print(f"make_shards: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:

@@ -57,14 +57,13 @@ from umt.data.decode import probe_keyframes
 from umt.data.format import (
     FORMAT_VERSION,
     META_FIELDS,
-    MODALITIES,
     clean_caption,
     encode_captions,
     encode_meta,
     index_text,
     read_manifest,
 )
-from umt.fileio import atomic_path, atomic_write, fsync_dir, replace, sha256_file
+from umt.fileio import atomic_path, atomic_write, exclusive_lock, fsync_dir, replace, sha256_file
 
 __all__ = [  # encoding names re-exported from umt.data.build.encode
     "CODECS",
@@ -494,6 +493,7 @@ def build_shards(
         :class:`BuildResult`; the manifest is written only when at least one sample was usable.
 
     Raises:
+        umt.fileio.LockedError: another process is building into ``out_dir`` (the message names it).
         ShardDirError: ``out_dir`` holds another data set, an interrupted build of one, or files that are not ours
             (the message says which option or directory to use instead).
         OSError: the output directory cannot be created or written.
@@ -519,6 +519,13 @@ def build_shards(
                 progress=progress, keep_cache=keep_cache, _after_shard=_after_shard,
                 origin={"inputs": [str(i) for i in inputs], "annotations": None if annotations is None
                         else os.path.abspath(annotations)})
+    with exclusive_lock(out.parent / f".{out.name}.lock", f"shard directory {out}"):
+        return _dispatch(out, mode, sources, classes, skipped, key, opts)
+
+
+def _dispatch(out: Path, mode: str, sources: list[SampleSource], classes: list[str], skipped: list[dict[str, str]],
+              key: str, opts: dict[str, Any]) -> BuildResult:
+    """What :func:`build_shards` does with ``out`` in its current state (the rules in its docstring)."""
     state = _dir_state(out)
     if state == "foreign":
         names = _foreign_names(out)
