@@ -2,7 +2,7 @@
 
 Image-text data sets (CC3M/CC12M/COCO/VG/SBU) are stored as JPEG so that DALI decodes them (``fn.decoders.image`` /
 ``image_slice``: nvJPEG on a GPU, libjpeg-turbo on CPU; the CPU decode is bit-identical to PIL's, which the reference
-backend uses). Re-encoding, like the videos' (DESIGN.md), bounds the decode cost: the short side is capped (the
+backend uses). Re-encoding, like the videos', bounds the decode cost: the short side is capped (the
 stage-2 crop, ``RandomResizedCrop(224, scale=(0.5, 1))``, needs about 224 / sqrt(0.5) = 317 px of short side to
 never upsample, hence the default 320), the EXIF orientation is applied (DALI and PIL then see the same pixels), every
 input becomes 3-channel RGB (grey, palette, CMYK, alpha dropped as the official ``Image.open(p).convert("RGB")``
