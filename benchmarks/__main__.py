@@ -323,7 +323,7 @@ def _suite_notes(outcome: SuiteOutcome, gpu_name: str, peak: float | None, achie
         )
     notes.append(
         "Protocol: warm-up runs, then repeated timed runs (CUDA events on GPU, perf_counter otherwise), median with "
-        "p10/p90; random (non-zero) inputs. MFU = clips/s × FLOPs per clip ÷ dense bf16 peak (umt.flops, DESIGN.md)."
+        "p10/p90; random (non-zero) inputs. MFU = clips/s × FLOPs per clip ÷ dense bf16 peak (umt.flops)."
     )
     if peak:
         notes.append(f"Device peak: {peak:g} TFLOP/s dense bf16; achievable matmul measured in this run: " + (f"{achievable:.1f} TFLOP/s." if achievable else "n/a."))

@@ -1,6 +1,6 @@
 """Data pipeline benchmark: the storage matrix, the peers side by side, and decode cost against video length.
 
-Three parts (issue 8), each a set of rows in one report:
+Three parts, each a set of rows in one report:
 
 * **matrix** — for every storage setting (codec VP9 / H.264 / MJPEG × GOP 1, 4, 8, 16, 32 × fps cap native / 8) the
   source clips are re-encoded into shards (build videos/s per core, KiB per clip, ratio to the source bytes), then

@@ -1,4 +1,4 @@
-"""Fine-tuning augmentation and multi-view evaluation loaders against stage 1's (issue 12, items 3-5).
+"""Fine-tuning augmentation and multi-view evaluation loaders against stage 1's (docs/finetune_augmentation.md).
 
 Rows (one report):
 

@@ -1,4 +1,4 @@
-"""Kernel benchmark: semantic mask + token gather, and attention, at UMT-B/UMT-L step shapes (issue 4).
+"""Kernel benchmark: semantic mask + token gather, and attention, at UMT-B/UMT-L step shapes.
 
 Each op runs three (attention: four) ways, forward and, where the training step differentiates it, forward+backward:
 
@@ -11,7 +11,7 @@ Each op runs three (attention: four) ways, forward and, where the training step 
 - ``c_sdpa_flash`` (attention only): SDPA restricted to the flash backend.
 - ``triton``: this project's kernels (``impl="triton"``).
 
-Shapes (DESIGN.md, shared/): batch 64 clips × 8 frames; teacher 512 frames × (1 + 196) tokens, 12 (B) / 16 (L)
+Shapes (docs/design.md, "Stage 1"): batch 64 clips × 8 frames; teacher 512 frames × (1 + 196) tokens, 12 (B) / 16 (L)
 heads of 64; student 320 visible tokens, 12 / 16 heads of 64, width 768 / 1024; targets of 6 layers of width 512 /
 768; keep 40 of 196 per frame. Rates: attention ``4·B·H·N²·D`` FLOPs forward, ×3.5 forward+backward (Triton
 tutorial's count); memory ops count the bytes each op must read and write (formulas in :func:`_mask_bytes` and

@@ -1,5 +1,5 @@
 """Train-step throughput: clips/s, MFU, and peak memory of the stage-1 step (with its time split into data wait,
-teacher forward, masking, student forward+backward and optimizer) and of the fine-tuning step (issue 12).
+teacher forward, masking, student forward+backward and optimizer) and of the fine-tuning step.
 
 Builds the run with the trainer's own builders (:mod:`umt.train.step`): same models, teacher, masks, loss and
 optimizer step. Protocol (:func:`benchmarks.common.measure`): warm-up steps, then timed whole steps with no sync
@@ -250,7 +250,7 @@ def run(*, quick: bool = False, models: tuple[str, ...] | list[str] = ("umt_b16"
     notes = [
         "clips/s and MFU from whole steps without syncs inside; the phase split (ms) from separate steps with a "
         "device sync between phases.",
-        "FLOPs per clip from umt.flops (DESIGN.md formula) at the sizes actually run.",
+        "FLOPs per clip from umt.flops at the sizes actually run.",
         "data_ms is the synthetic loader (random videos generated on the host), not the shard decoder.",
         "finetune rows (umt_*_ft): the classifier over all tokens, 16 videos × 2 repeated views per step on a GPU; "
         "FLOPs 3 × forward (umt.flops.classifier_train_flops_per_clip); mask_ms is mixup/CutMix there.",

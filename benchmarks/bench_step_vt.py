@@ -1,4 +1,4 @@
-"""Stage-2 train-step throughput (issue 11, item 8): video-text and image-text batches measured separately, in
+"""Stage-2 train-step throughput (docs/stage2_model.md): video-text and image-text batches measured separately, in
 samples/s, MFU against the stage-2 FLOP model (:func:`umt.flops.stage2_flops_per_sample`) and peak memory.
 
 Builds the step the trainer runs (:class:`umt.train.video_text.VideoTextStep` over

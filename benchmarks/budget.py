@@ -1,6 +1,6 @@
 """The 6-day / 32-A100 budget check: project the paper's pre-training recipes from measured per-GPU rates.
 
-Sources of the numbers (``shared/DESIGN.md``, issue 5; UMT, Li et al., ICCV 2023, arXiv 2303.16058):
+Sources of the numbers (docs/design.md, "FLOPs and MFU"; UMT, Li et al., ICCV 2023, arXiv 2303.16058):
 
 - Stage 1: Kinetics-710, about 658 k videos × 200 epochs = 131.6 M clips (the paper's 131.6 M clips in 104 h on
   32 A100 is 11.0 clips/s per A100 for UMT-L).
@@ -74,7 +74,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: K710 videos (131.6 M clips / 200 epochs, DESIGN.md) and stage-1 epochs.
+#: K710 videos (131.6 M clips / 200 epochs, the paper's stage 1) and stage-1 epochs.
 K710_VIDEOS = 658_000
 STAGE1_EPOCHS = 200
 STAGE1_CLIPS = K710_VIDEOS * STAGE1_EPOCHS  # 131.6 M
@@ -303,7 +303,7 @@ def project(
     )
 
 
-#: Reference MFUs on A100 for :func:`reference_rows`: the released code's 5.7 % (DESIGN.md) and a 50 % target.
+#: Reference MFUs on A100 for :func:`reference_rows`: the released code's 5.7 % (docs/design.md) and a 50 % target.
 REFERENCE_MFUS = (0.057, 0.5)
 
 

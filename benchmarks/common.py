@@ -215,7 +215,7 @@ def write_report(
     The markdown names the date, hardware, versions and exact command, then holds the table and notes. A report never
     replaces another: a second run of the same benchmark on the same day and device writes
     ``<date>_<name>_<device>-2.json``/``.md`` (then ``-3``, ...); the name is reserved atomically (``O_EXCL``), so
-    concurrent runs do not collide either (issue 9).
+    concurrent runs do not collide either.
 
     Returns:
         ``(json_path, md_path)``.

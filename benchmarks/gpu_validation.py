@@ -1,4 +1,4 @@
-"""The GPU check-list in one command (issue 10, item 3): ``python -m benchmarks.gpu_validation``.
+"""The GPU check-list in one command: ``python -m benchmarks.gpu_validation``.
 
 On a machine with a CUDA GPU it runs, in order, each as its own process (a failing step is recorded and the next
 one runs):

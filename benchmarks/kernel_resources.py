@@ -1,4 +1,4 @@
-"""Per-kernel GPU resources without a GPU: registers, spills, shared memory and theoretical occupancy (issue 10).
+"""Per-kernel GPU resources without a GPU: registers, spills, shared memory and theoretical occupancy.
 
 ::
 

@@ -48,7 +48,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Per-GPU batch of the stage-1 recipe (DESIGN.md).
+#: Per-GPU batch of the stage-1 recipe (docs/design.md, "Stage 1").
 BATCH_PER_GPU = 64
 #: Bytes per gradient element (fp32 gradients under bf16 autocast).
 GRAD_BYTES = 4
@@ -193,7 +193,7 @@ def run(
     **kwargs: Any,
 ) -> BenchResult:
     """Scaling rows per model: the all-reduce model at each assumed interconnect and GPU count, at reference rates
-    (the paper's 5.7 % MFU and 50 % MFU on an A100, DESIGN.md) and at the measured rate where one is given.
+    (the paper's 5.7 % MFU and 50 % MFU on an A100, docs/design.md) and at the measured rate where one is given.
 
     With more than one CUDA GPU the all-reduce busbw is also measured at 2, 4, …, n GPUs and fed to the model.
 

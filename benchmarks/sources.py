@@ -1,6 +1,6 @@
 """Source videos for the data benchmarks: typical 720p H.264 web video cut from a real film.
 
-The peers comparison (issue 8) needs inputs like a user's raw data set: 10 s clips of real footage at 1280x720,
+The peers comparison needs inputs like a user's raw data set: 10 s clips of real footage at 1280x720,
 H.264 with a key frame every 2 s (``keyint`` 48 at 24 frames/s, the spacing video sites use), CRF 23. They are cut
 from the *Big Buck Bunny* trailer (CC BY 3.0, Blender Foundation) in the moviepy 2.2.1 source archive, which the user
 downloads from the package registry first (nothing here downloads)::

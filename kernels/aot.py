@@ -48,7 +48,7 @@ SMEM_PER_BLOCK = {"sm90": 227 * 1024, "sm80": 163 * 1024}
 _SMEM_PER_SM = {"sm90": 228 * 1024, "sm80": 164 * 1024}
 _REGS_PER_SM, _THREADS_PER_SM, _BLOCKS_PER_SM, _SMEM_RESERVED_PER_BLOCK = 65536, 2048, 32, 1024
 
-# Real shapes (DESIGN.md): teacher B/16 and L/14 at 197 tokens per frame; students B and L at 320 visible and 1568
+# Real shapes (docs/design.md): teacher B/16 and L/14 at 197 tokens per frame; students B and L at 320 visible and 1568
 # tokens; head dim 64, and 128 (which the kernels claim) at the student's lengths.
 ATTN_SHAPES = (  # (label, N, H, D, backward)
     ("teacher_b16", 197, 12, 64, False),

@@ -339,7 +339,7 @@ _C = KernelConfig
 # Candidates per kernel and target family: what benchmarks.gpu_validation sweeps and tests/test_kernels_aot.py
 # compiles (every one must compile, fit shared memory, and on sm_90 at D=64 in 16-bit not spill). The sm_80
 # backward candidates are small tiles: at D=64 the 32×128/64×128 tiles of sm_90 sit at the 255-register cap on
-# sm_80 and spill (issue 10, measured with ptxas from triton 3.7.1).
+# sm_80 and spill (measured with ptxas from triton 3.7.1).
 CANDIDATES: dict[str, dict[str, tuple[KernelConfig, ...]]] = {
     "fwd": {
         "sm90": (_C(128, 64, 8, 3), _C(128, 64, 4, 3), _C(128, 32, 4, 4), _C(64, 64, 4, 3), _C(64, 32, 4, 4),
@@ -423,7 +423,7 @@ def unsupported_reason(d: int, arch: str) -> str | None:
         return f"head dim {d} not supported by the Triton kernel; expected one of {_HEAD_DIMS}"
     if arch == "sm80" and d == 128:
         return ("head dim 128 is not supported on sm_80 (A100): every backward tile spills registers there "
-                "(issue 10); use the PyTorch backend")
+                "; use the PyTorch backend")
     return None
 
 

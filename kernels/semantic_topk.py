@@ -77,7 +77,7 @@ def bits_to_unit(bits: torch.Tensor) -> torch.Tensor:
     ``u = (2·(h >> 9) + 1) / 2**24``: the odd integers 1 … 2**24 − 1 over 2**24, all exact in float32 (24-bit
     significand), so ``2**-24 <= u <= 1 − 2**-24`` and the Gumbel noise ``-log(-log u)`` is always finite. (The
     former ``((h >> 8) + 0.5) / 2**24`` rounds to 1.0 when ``h >> 8 == 2**24 − 1``, once per 2**24 draws: an
-    infinite score; issue 10.) The kernel computes the same expression in uint32.
+    infinite score.) The kernel computes the same expression in uint32.
     """
     return (((bits >> 9) << 1) | 1).to(torch.float32) * (1.0 / (1 << 24))
 

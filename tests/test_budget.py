@@ -26,7 +26,7 @@ def test_flops_vit_b16_by_hand() -> None:
     assert teacher_forward_flops(UMT_SPECS["umt_b16"]) == pytest.approx(8 * per_frame, rel=1e-12)
     total_flops = 3 * student + 8 * per_frame
     assert train_flops_per_clip(UMT_SPECS["umt_b16"]) == pytest.approx(total_flops, rel=1e-12)
-    assert total_flops / 1e9 == pytest.approx(472.9, abs=0.05)  # DESIGN.md: ~473 GFLOP
+    assert total_flops / 1e9 == pytest.approx(472.9, abs=0.05)  # docs/design.md, "FLOPs and MFU": ~473 GFLOP
     assert 8 * per_frame / total_flops == pytest.approx(0.61, abs=0.01)  # teacher ~61 %
 
 
@@ -38,11 +38,11 @@ def test_flops_vit_l16_by_hand() -> None:
     per_frame = 2 * 196 * 588 * d + 24 * (24 * 197 * d**2 + 4 * 197**2 * d) + 6 * 2 * 196 * d * 768
     total_flops = 3 * student + 8 * per_frame
     assert train_flops_per_clip(UMT_SPECS["umt_l16"]) == pytest.approx(total_flops, rel=1e-12)
-    assert total_flops / 1e9 == pytest.approx(1625.6, abs=0.05)  # DESIGN.md: ~1,626 GFLOP
+    assert total_flops / 1e9 == pytest.approx(1625.6, abs=0.05)  # docs/design.md, "FLOPs and MFU": ~1,626 GFLOP
 
 
 def test_paper_rate_and_mfu() -> None:
-    # 131.6 M clips in 104 h on 32 A100 = 10.98 clips/s per GPU, 5.7 % MFU for UMT-L (DESIGN.md).
+    # 131.6 M clips in 104 h on 32 A100 = 10.98 clips/s per GPU, 5.7 % MFU for UMT-L (docs/design.md, "FLOPs and MFU").
     assert budget.STAGE1_CLIPS == 131_600_000
     assert budget.PAPER_STAGE1_L_CLIPS_PER_S == pytest.approx(131.6e6 / (104 * 3600 * 32))
     assert budget.PAPER_STAGE1_L_CLIPS_PER_S == pytest.approx(11.0, abs=0.05)
@@ -134,7 +134,7 @@ def test_project_uses_slower_of_data_and_step() -> None:
 
 def test_project_h100_a100_equivalent() -> None:
     flops = train_flops_per_clip(UMT_SPECS["umt_l16"])
-    rate = 0.5 * 989e12 / flops  # 50 % MFU on an H100: 304 clips/s (DESIGN.md)
+    rate = 0.5 * 989e12 / flops  # 50 % MFU on an H100: 304 clips/s (docs/design.md, "FLOPs and MFU")
     assert rate == pytest.approx(304, abs=1)
     res = _project({"umt_l16": rate}, gpu="NVIDIA H100 80GB HBM3")
     eq = [r for r in res.rows if r["stage"] == 1 and r["32 GPUs"] == "A100-eq"][0]

@@ -1,4 +1,4 @@
-"""constraints.txt (the exact set CI tests) against setup.cfg's ranges (issue 13): every pin satisfies its range,
+"""constraints.txt (the exact set CI tests) against setup.cfg's ranges: every pin satisfies its range,
 and every declared dependency is pinned."""
 
 from __future__ import annotations

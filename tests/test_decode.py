@@ -1,4 +1,4 @@
-"""Sampled-frame decoding (issue 8): frame-exact against a full decode, and work proportional to the targets."""
+"""Sampled-frame decoding: frame-exact against a full decode, and work proportional to the targets."""
 
 from __future__ import annotations
 

@@ -84,7 +84,7 @@ def _worker(out: Path) -> None:
     result = {"n_params": len(diffs), "max_abs_diff": max(diffs),
               "max_abs_grad": max(q.grad.abs().max().item() for q in ref.parameters()), "world": world}
 
-    # Gradient accumulation (issue 9 item 8): 2 micro-batches of 1 per rank through StageOneStep; DDP all-reduces only
+    # Gradient accumulation: 2 micro-batches of 1 per rank through StageOneStep; DDP all-reduces only
     # on the last one (no_sync before), and the result equals the single-process gradient of the batch of 4.
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 

@@ -1,4 +1,4 @@
-"""DDP gradients against an independently computed expectation (issue 16).
+"""DDP gradients against an independently computed expectation.
 
 Two gloo processes each take half of a global batch through the DDP-wrapped model and the trainer's loss
 (:func:`umt.losses.uma_loss`). The expected gradient never goes through DDP, autograd or ``uma_loss``: for every

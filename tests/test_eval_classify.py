@@ -1,4 +1,4 @@
-"""Multi-view classification (issue 12, item 4), feature extraction and the probe CLIs, single process: hand-made
+"""Multi-view classification (docs/evaluation.md), feature extraction and the probe CLIs, single process: hand-made
 loaders that follow the data contract (views split across batches, padding rows ``index = -1``) and the real tiny
 shard set. The two-rank runs are in ``tests/test_eval_dist.py``."""
 

@@ -1,4 +1,4 @@
-"""Two gloo ranks (issue 12, "Done when"): the multi-view evaluation counts each sample once across the ranks and
+"""Two gloo ranks: the multi-view evaluation counts each sample once across the ranks and
 equals a single-process run; features on a real tiny shard set and the classify/features CLIs give what one process
 gives.
 

@@ -1,4 +1,4 @@
-"""Classification metrics (issue 12, "Done when": top-1/top-5 and per-class accuracy on a hand-worked example) and the
+"""Classification metrics (top-1/top-5 and per-class accuracy on a hand-worked example) and the
 k-NN / linear probes on hand-made features."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Stage 1's periodic k-NN probe (issue 12, item 5) through the trainer: ``eval.every_epochs=1`` with labelled eval
+"""Stage 1's periodic k-NN probe through the trainer: ``eval.every_epochs=1`` with labelled eval
 shards logs ``knn_top1``/``knn_top5`` to ``eval.jsonl`` and TensorBoard, keeps ``best.pt`` by ``knn_top1``, and the
 final evaluation (on ``best.pt``'s weights) gives what an independent probe of those weights gives."""
 

@@ -1,4 +1,4 @@
-"""Fine-tuning (issue 12): layer-decay groups against a hand-written table, the position-table interpolation (exact at
+"""Fine-tuning: layer-decay groups against a hand-written table, the position-table interpolation (exact at
 the same size, hand-computed otherwise), seeded video mixup/CutMix equal to timm's, head re-mapping, the classifier
 loading a backbone, a clear error for another architecture, and exact stop/resume through the trainer."""
 

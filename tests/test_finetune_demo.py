@@ -1,4 +1,4 @@
-"""The fine-tuning demo (issue 12 item 7): the fixed per-class split of the sample clips, how ``demo_ft`` finds (or
+"""The fine-tuning demo: the fixed per-class split of the sample clips, how ``demo_ft`` finds (or
 trains) its stage-1 checkpoint without touching a user's run, and the command end to end on the real sample."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The fine-tuning training loader (issue 12 item 3): random erasing puts the drawn box's noise where it was drawn
+"""The fine-tuning training loader: random erasing puts the drawn box's noise where it was drawn
 and nothing else changes; the erasing probability and box shapes are timm's; a resumed epoch equals the tail of
 the full epoch with RandAugment and erasing on; DALI and the reference agree on the whole augmented clip."""
 

@@ -1,4 +1,4 @@
-"""UMA heads against a hand-written formula on a tiny model (issue 16; DESIGN.md "Student heads and loss")."""
+"""UMA heads against a hand-written formula on a tiny model (docs/design.md, "UMA heads and loss")."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def _tiny_pretrain(teacher_dim: int = 24, layers: int = 2) -> UMTPretrain:
 
 
 def test_uma_heads_match_a_hand_written_formula() -> None:
-    """final LN(block output) → + pos embed of the visible positions → Linear_j → LN_j → L2 (DESIGN.md, UMA heads)."""
+    """final LN(block output) → + pos embed of the visible positions → Linear_j → LN_j → L2 (docs/design.md)."""
     layers = 2
     model = _tiny_pretrain(layers=layers)
     s = model.student
@@ -62,7 +62,7 @@ def test_uma_heads_default_count_and_dtype_follow_the_features() -> None:
     from umt.model import UMAHeads
 
     heads = UMAHeads(8, 4)
-    assert len(heads.proj) == len(heads.norm) == 6  # one per aligned layer, 6 by default (DESIGN.md)
+    assert len(heads.proj) == len(heads.norm) == 6  # one per aligned layer, 6 by default (docs/design.md, "Stage 1")
     heads = heads.to(torch.bfloat16)
     feats = torch.randn(6, 2, 3, 8, dtype=torch.bfloat16)
     pos = torch.randn(2, 3, 8)  # the student's fp32 sin-cos table, cast to the features' dtype

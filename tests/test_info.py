@@ -1,4 +1,4 @@
-"""``python -m umt.data.build.info`` (issue 13): the summary's counts, and ``--verify`` catching a flipped byte in a shard
+"""``python -m umt.data.build.info``: the summary's counts, and ``--verify`` catching a flipped byte in a shard
 and a missing or stale ``.idx``."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Ahead-of-time compilation of every Triton kernel for H100 (sm_90) and A100 (sm_80), on a CPU (issue 10).
+"""Ahead-of-time compilation of every Triton kernel for H100 (sm_90) and A100 (sm_80), on a CPU.
 
 The interpreter tests prove the kernels' arithmetic; these prove they build for the GPUs they are meant for, as a
 launch would build them (:mod:`kernels.aot`: the wrappers' own arguments, specialised by Triton's binder): they
@@ -68,7 +68,7 @@ def test_shared_memory_fits_the_per_block_limit(rows: list[dict]) -> None:
 
 def test_pinned_configs_never_spill(rows: list[dict]) -> None:
     """Zero spilled bytes for every config the wrappers launch, on both targets, in every dtype (this covers
-    sm_90 at D=64 in bf16/fp16, and the sm_80 backward tiles, which spilled 4–24 B at D=64 before issue 10)."""
+    sm_90 at D=64 in bf16/fp16, and the sm_80 backward tiles, which spilled 4–24 B at D=64 before the fix)."""
     spills = [f"{_fmt(r)}: {r['spill_stores']} B stores, {r['registers']} regs" for r in rows
               if r["pinned"] and (r["spill_stores"] or r["spill_loads"])]
     assert not spills, "\n".join(spills)

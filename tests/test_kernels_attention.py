@@ -121,7 +121,7 @@ def test_triton_attention_traced_by_torch_compile_with_autograd() -> None:
         assert torch.allclose(g, w, atol=1e-5)
 
 
-# ------------------------------------------------------------------------------------- issue 10 defects
+# -------------------------------------------------------------------------------------- fixed defects
 
 
 @pytest.mark.triton

@@ -92,7 +92,7 @@ def test_gpu_real_shapes(c: int, c_t: int) -> None:
 
 def test_patch_embedding_output_is_contiguous_and_equals_conv3d() -> None:
     """The patch embedding feeds token_gather a contiguous [B, M, C] (the Conv3d's flattened output had strides
-    (C·M, 1, M): scalar strided loads in the gather; issue 10), with the Conv3d's own result."""
+    (C·M, 1, M): scalar strided loads in the gather), with the Conv3d's own result."""
     from umt.model.student import PatchEmbed3D
 
     torch.manual_seed(2)

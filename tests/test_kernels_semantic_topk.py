@@ -173,7 +173,7 @@ def test_gpu_real_shapes_no_host_sync(heads: int, dtype: torch.dtype) -> None:
     assert torch.equal(vis, x.gather(1, flat[..., None].expand(-1, -1, 768)) + pos[flat])
 
 
-# ------------------------------------------------------------------------ noise conversion at the edges (issue 10)
+# --------------------------------------------------------------------------------- noise conversion at the edges
 
 
 def _inverse_hash32(x: int) -> int:

@@ -1,4 +1,4 @@
-"""Training-mode loader checks against independent expected values (issues 8, 9 item 7, 16).
+"""Training-mode loader checks against independent expected values.
 
 The test clip's pixels encode their own coordinates: red = 2·x, green = 40 + 2·y, blue = 20 + 8·frame. A clip's
 output therefore tells which frames, which window and which flip the backend applied, and each is compared with the
@@ -167,7 +167,7 @@ def test_dali_matches_reference_in_training_mode(tmp_path_factory: pytest.TempPa
 
 
 def test_epoch_order_is_a_fresh_global_permutation() -> None:
-    """Issue 9 item 7: the overlap of a global batch's sample set between two epochs is what independent random
+    """The overlap of a global batch's sample set between two epochs is what independent random
     batches give (about (W*B)^2 / N), not most of the batch as with a fixed shard order read through a small buffer."""
     N, W, B = 4096, 32, 4
     def global_batch(epoch: int, k: int) -> set[int]:
@@ -194,7 +194,7 @@ def test_loaders_follow_the_epoch_order(tmp_path_factory: pytest.TempPathFactory
             got = torch.cat([b["index"] for b in L.epoch_iter(epoch)]).tolist()
             assert got == epoch_order(8, seed=3, epoch=epoch, rank=rank, world_size=2, batch_size=2).tolist()
         if backend == "dali":
-            assert L.pipeline_builds == 1  # one pipeline across epochs (issue 8 item 4)
+            assert L.pipeline_builds == 1  # one pipeline across epochs
         L.close()
 
 

@@ -1,4 +1,4 @@
-"""Mask values pinned by hand (issue 16, mutation testing): the per-step seed a resumed run must reproduce, and the
+"""Mask values pinned by hand (mutation testing): the per-step seed a resumed run must reproduce, and the
 clip-level positions of per-frame indices."""
 
 from __future__ import annotations

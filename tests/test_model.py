@@ -84,4 +84,4 @@ def test_uma_head_layernorm_eps_matches_official() -> None:
     from umt.model.heads import UMAHeads
 
     heads = UMAHeads(96, 64, 2)
-    assert [n.eps for n in heads.norm] == [1e-6, 1e-6]  # official norm_layer eps (issue 9), torch default is 1e-5
+    assert [n.eps for n in heads.norm] == [1e-6, 1e-6]  # official norm_layer eps, torch default is 1e-5

@@ -1,4 +1,4 @@
-"""Every trainer option a recipe can set, through a short CPU run of the real trainer (issue 16).
+"""Every trainer option a recipe can set, through a short CPU run of the real trainer.
 
 Each option set runs 6 steps of the tiny synthetic config at a high LR and asserts what the option is for (the mask
 kind drawn, the clipped norm the optimizer sees, bf16 matmuls, the Triton kernels actually taking the calls, a

@@ -1,4 +1,4 @@
-"""Fault tests (issue 15): a signal at a step, a rank killed under ``torchrun --max-restarts``, signals during the
+"""Fault tests: a signal at a step, a rank killed under ``torchrun --max-restarts``, signals during the
 checkpoint write. Two gloo ranks train the demo model at tiny shapes on synthetic data; every run is compared with an
 uninterrupted run of the same config.
 

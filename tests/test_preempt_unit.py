@@ -1,4 +1,4 @@
-"""Preemption pieces in one process (issue 15), fast enough for the default CPU suite: the handler, the metrics trim,
+"""Preemption pieces in one process, fast enough for the default CPU suite: the handler, the metrics trim,
 the restart rules, and a single-rank run stopped by a signal inside a step (the two-rank fault tests are in
 ``tests/test_preempt.py``)."""
 

@@ -1,4 +1,4 @@
-"""``umt.train.preview`` (issue 13): the kept cells drawn are exactly the kept indices, and the PNG is written
+"""``umt.train.preview``: the kept cells drawn are exactly the kept indices, and the PNG is written
 atomically, never over a file it did not make."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""RandAugment ``rand-m7-n4-mstd0.5-inc1`` (issue 12 item 3): the spec, the draws, the op arguments against timm's
+"""RandAugment ``rand-m7-n4-mstd0.5-inc1``: the spec, the draws, the op arguments against timm's
 own tables, the reference ops against timm's PIL ops, and the DALI programs against the reference on the same draws
 (identical for every frame of a clip, different between samples)."""
 

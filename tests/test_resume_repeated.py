@@ -1,4 +1,4 @@
-"""Resume with repeated augmentation (``num_sample=2``) on the reference backend (issue 16): the start-batch slice
+"""Resume with repeated augmentation (``num_sample=2``) on the reference backend: the start-batch slice
 counts videos, not clips, so the resumed tail is exactly the rest of the epoch."""
 
 from __future__ import annotations

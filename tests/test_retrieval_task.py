@@ -1,4 +1,4 @@
-"""Zero-shot retrieval inside and outside training (issue 11, item 6): the stage-2 task evaluates on ``eval.shards``
+"""Zero-shot retrieval inside and outside training: the stage-2 task evaluates on ``eval.shards``
 (eval.jsonl rows, ``best.pt`` by ``r_mean``, the final report in the run directory), and
 ``python -m umt.eval retrieval`` on the same weights gives the same numbers; bad inputs are one-line refusals."""
 

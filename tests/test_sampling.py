@@ -1,6 +1,6 @@
-"""TSN frame choice and the multi-scale crop window against values worked out by hand (issue 16).
+"""TSN frame choice and the multi-scale crop window against values worked out by hand.
 
-Every expected number here is written down from the formulas in DESIGN.md / the official ``GroupMultiScaleCrop``,
+Every expected number here is written down from docs/design.md's formulas / the official ``GroupMultiScaleCrop``,
 never computed with the function under test, so an off-by-one, a swapped x/y or a wrong table shows.
 """
 

@@ -1,4 +1,4 @@
-"""The semantic top-k reference path against independent NumPy computations (issue 16, mutation testing).
+"""The semantic top-k reference path against independent NumPy computations (mutation testing).
 
 The counter-based noise is a contract (the Triton kernel must draw the same bits, and a resumed run the same masks),
 so its bits are pinned here with lowbias32 written in NumPy's wrapping uint32 arithmetic, not the reference's int64
@@ -26,7 +26,7 @@ def _lowbias32(x: np.ndarray) -> np.ndarray:
 def _noise(seed: int, rows: int, cols: int) -> np.ndarray:
     key = _lowbias32(np.array([(seed % 2**32) ^ 0x9E3779B9], np.uint64))[0]
     bits = _lowbias32(np.arange(rows * cols, dtype=np.uint64) % 2**32 ^ np.uint64(key))
-    # exact in float32 and inside (0, 1): (2 * (bits >> 9) + 1) * 2^-24 (issue 10: the old (x + 0.5) * 2^-24 reached 1.0)
+    # exact in float32 and inside (0, 1): (2 * (bits >> 9) + 1) * 2^-24 (the old (x + 0.5) * 2^-24 reached 1.0)
     u = (np.uint32(2) * (bits >> np.uint32(9)) + np.uint32(1)).astype(np.float32) * np.float32(2.0**-24)
     return u.astype(np.float64).reshape(rows, cols)
 

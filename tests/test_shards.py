@@ -130,7 +130,7 @@ def _cut_faststart_mp4(tmp_path: Path) -> Path:
 
 
 def test_truncated_inputs_are_packed_with_a_warning(tmp_path: Path) -> None:
-    """Issue 9 item 3: a truncated but decodable input (an AVI whose header announces 60 frames, cut to about half; an
+    """A truncated but decodable input (an AVI whose header announces 60 frames, cut to about half; an
     mp4 cut after its index) is packed with the frames that decode, its true frame count and a manifest warning;
     ``on_truncated="skip"`` rejects it as before."""
     import av
@@ -287,7 +287,7 @@ MJPEG = EncodeSettings(codec="mjpeg")
 
 def test_existing_directory_is_refused_resumed_or_replaced_atomically(tmp_path: Path,
                                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    """Issue 9 items 1 and 5: another data set is never silently replaced; the same build resumes or is a no-op;
+    """Another data set is never silently replaced; the same build resumes or is a no-op;
     --overwrite swaps only a complete new set in; a finished build leaves only the data set behind."""
     from umt.data.build.cli import main
     from umt.data.build.shards import ShardDirError
@@ -295,7 +295,7 @@ def test_existing_directory_is_refused_resumed_or_replaced_atomically(tmp_path: 
     a, b = _two_clip_dirs(tmp_path)
     out = tmp_path / "out"
     build_shards([a], out, settings=MJPEG, samples_per_shard=1)
-    names = sorted(p.name for p in out.iterdir())  # item 5: no .work cache, no resume records left
+    names = sorted(p.name for p in out.iterdir())  # no .work cache, no resume records left
     assert names == ["manifest.json", "sources.jsonl", "train-000000.idx", "train-000000.tar", "train-000001.idx",
                      "train-000001.tar"]
     before = _digest_dir(out)
@@ -357,7 +357,7 @@ def test_interrupted_build_resumes_only_with_the_same_inputs(tmp_path: Path) -> 
 
 
 def test_append_adds_shards_and_deduplicates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Issue 9 item 1 (--append): new inputs become further shards, the manifest covers both, inputs already in the
+    """``--append``: new inputs become further shards, the manifest covers both, inputs already in the
     set (same path, or same content under another name) are left out and reported; the cache is not needed."""
     from umt.data.build.cli import main
     from umt.data.build.shards import ShardDirError

@@ -1,4 +1,4 @@
-"""``examples/slurm/umt.sbatch`` (issues 14 and 15): rendezvous from ``SLURM_*`` and requeue on preemption, run on
+"""``examples/slurm/umt.sbatch``: rendezvous from ``SLURM_*`` and requeue on preemption, run on
 CPU in its dry-run mode with a fake ``scontrol`` (two local "nodes", one gloo rank each)."""
 
 from __future__ import annotations

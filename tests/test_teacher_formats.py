@@ -1,4 +1,4 @@
-"""The three teacher weight formats (issue 14): an open_clip checkpoint, OpenAI's TorchScript archive and a Hugging
+"""The three teacher weight formats: an open_clip checkpoint, OpenAI's TorchScript archive and a Hugging
 Face CLIP directory holding the same weights give the same teacher, bit for bit, and equal open_clip's and
 transformers' own forward passes. Every file is made here from a small random CLIP; nothing is downloaded.
 

@@ -1,4 +1,4 @@
-"""Teacher preprocessing against open_clip's and torchvision's own transforms (issue 16): the pixels the teacher's
+"""Teacher preprocessing against open_clip's and torchvision's own transforms: the pixels the teacher's
 patch embedding sees, and the resized position table, not only their shapes."""
 
 from __future__ import annotations

@@ -94,7 +94,7 @@ def test_nonfinite_steps_are_skipped_then_stop(tmp_path: Path) -> None:
 
 
 def test_demo_recipe_on_real_sample_shards(tmp_path: Path) -> None:
-    # Our own modules: a renamed API or a broken import fails here (issue 16), it never turns into a skip.
+    # Our own modules: a renamed API or a broken import fails here, it never turns into a skip.
     from umt.data import ensure_sample_shards
     from umt.data import loader  # noqa: F401
 
@@ -126,7 +126,7 @@ class _NoSyncRecorder(torch.nn.Module):
 
 
 def test_accumulation_4x2_equals_one_batch_of_8() -> None:
-    """Issue 9 item 8: one optimizer step over 4 micro-batches of 2 equals one step over the batch of 8 (fp32, CPU,
+    """One optimizer step over 4 micro-batches of 2 equals one step over the batch of 8 (fp32, CPU,
     no drop path, and the same per-sample masks: those the 4 micro-batch seeds draw)."""
     from umt.train.step import StageOneStep, build_models, build_optimizer
 
@@ -212,7 +212,7 @@ def test_teacher_precision_setting() -> None:
 
 def test_resume_auto_skips_unreadable_checkpoints(tmp_path: Path, caplog: pytest.LogCaptureFixture,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    """Issue 9 item 4: a truncated newest checkpoint is skipped (warning names it) and training continues from the
+    """A truncated newest checkpoint is skipped (warning names it) and training continues from the
     newest readable one; an explicit unreadable --resume PATH is a one-line error naming the file."""
     from umt.train.__main__ import main
 

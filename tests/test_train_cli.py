@@ -40,7 +40,7 @@ def test_several_processes_need_an_explicit_run_dir(tmp_path: Path, monkeypatch,
 
 
 def test_demo_never_writes_into_a_user_shard_dir(tmp_path: Path, tmp_path_factory, monkeypatch, capsys) -> None:
-    """Issue 9 item 2: ``--recipe demo --set data.shards=DIR`` trains on DIR read-only; the sample is only ever built
+    """``--recipe demo --set data.shards=DIR`` trains on DIR read-only; the sample is only ever built
     into its own default location."""
     import hashlib
     import shutil
@@ -85,7 +85,7 @@ def test_demo_never_writes_into_a_user_shard_dir(tmp_path: Path, tmp_path_factor
 
 
 def test_writers_never_clobber(tmp_path: Path, capsys) -> None:
-    """Issue 9 item 6: a fresh run never mixes into a directory holding metrics/config only; exports refuse an
+    """A fresh run never mixes into a directory holding metrics/config only; exports refuse an
     existing file without the explicit flag; benchmark reports of the same day get new names."""
     import pytest
     import torch

@@ -1,4 +1,4 @@
-"""The trainer's numbers against values written down by hand (issue 16): the LR as the trainer wires
+"""The trainer's numbers against values written down by hand: the LR as the trainer wires
 ``build_scheduler``, and the non-finite skip on every optimizer path (UMA heads: ``test_heads.py``)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The stage-2 demo (issue 11, item 7): ``python -m umt.train --recipe demo_stage2`` from a fresh directory builds the
+"""The stage-2 demo: ``python -m umt.train --recipe demo_stage2`` from a fresh directory builds the
 sample clip and image shards in their default places, starts from a given stage-1 pico checkpoint, trains with the
 real MiniLM and prints retrieval before and after; its shard and init rules refuse in one line."""
 

@@ -1,4 +1,4 @@
-"""Multi-view evaluation (issue 12, item 4's data half): the official test views written out by hand, reaching the
+"""Multi-view evaluation: the official test views written out by hand, reaching the
 pixels of coordinate-pattern clips in both backends, and ``drop_last=False`` delivering every sample of a rank's
 share exactly once (padding rows ``index = -1`` in the last batch only).
 

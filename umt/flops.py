@@ -1,6 +1,6 @@
 """FLOP models of UMT's training steps (stage 1 and stage 2), and MFU.
 
-Counting rules (``shared/DESIGN.md``, "How to count performance"): 2 FLOPs per multiply-add; a transformer block
+Counting rules (``docs/design.md``, "FLOPs and MFU"): 2 FLOPs per multiply-add; a transformer block
 of width d over N tokens costs ``24·N·d²`` in its linear layers (qkv 3, proj 1, MLP 8 → 12 d² multiply-adds per
 token) and ``4·N²·d`` in attention (q·kᵀ and attn·v); a training step costs 3× the student's forward (forward +
 backward); the frozen teacher runs forward only, per frame, over 1 + N tokens. Patch embeddings and the output
@@ -91,7 +91,7 @@ class ViTSpec:
 
 @dataclass(frozen=True)
 class UMTSpec:
-    """One UMT stage-1 configuration (DESIGN.md, stage 1)."""
+    """One UMT stage-1 configuration (docs/design.md, "Stage 1")."""
 
     student: ViTSpec
     teacher: ViTSpec
@@ -257,13 +257,13 @@ def mfu(clips_per_s: float, flops_per_clip: float, peak_tflops: float) -> float:
     return clips_per_s * flops_per_clip / (peak_tflops * 1e12)
 
 
-# ------------------------------------------------------------------------------ fine-tuning (issue 12)
+# ------------------------------------------------------------------------------------------ fine-tuning
 __all__ += ["ClassifierSpec", "classifier_forward_flops", "classifier_train_flops_per_clip"]
 
 
 @dataclass(frozen=True)
 class ClassifierSpec:
-    """One fine-tuning configuration (DESIGN.md, "Fine-tuning"): the student ViT over all tokens + a linear head."""
+    """One fine-tuning configuration (docs/design.md, "Fine-tuning"): student ViT over all tokens + a linear head."""
 
     student: ViTSpec
     num_classes: int

@@ -1,6 +1,6 @@
 """UMT's losses, pure functions on tensors.
 
-Stage 1: UMA (unmasked token alignment; UMT Sec. 3.1, DESIGN.md "Student heads and loss"). Stage 2 (UMT Sec. 3.2,
+Stage 1: UMA (unmasked token alignment; UMT Sec. 3.1, docs/design.md, "UMA heads and loss"). Stage 2 (UMT Sec. 3.2,
 official ``multi_modality/models/criterions.py``): UTA is the same UMA loss; VTC (video-text contrastive), VTM
 (video-text matching with hard negatives) and MLM (masked language modelling) are below.
 

@@ -1,4 +1,4 @@
-"""UMT token masks: which student tokens stay visible (DESIGN.md, "Semantic masking").
+"""UMT token masks: which student tokens stay visible (docs/design.md, "Semantic masking").
 
 All three kinds keep a fixed number of tokens and return sorted int64 indices of fixed shape: no boolean indexing,
 no host sync. Noise is counter-based (:func:`umt.ops.uniform_noise`), keyed by an integer seed that the trainer

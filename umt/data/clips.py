@@ -3,7 +3,7 @@
 One definition serves the DALI pipeline (as its external source) and the reference backend (as its Dataset):
 
 * **Order** (:func:`epoch_order`): a fresh global permutation of all samples for every ``(seed, epoch)``, split into
-  contiguous per-rank blocks, as the official code's ``DistributedSampler(shuffle=True)`` does (issue 9, item 7).
+  contiguous per-rank blocks, as the official code's ``DistributedSampler(shuffle=True)`` does.
   Evaluation keeps the manifest order.
 * **Draws** (:func:`draw_params`): per sample, from a generator seeded with ``(seed, epoch, sample index)``: TSN
   positions, crop pair, crop offset and flip; fine-tuning's RandAugment and random erasing from a second stream

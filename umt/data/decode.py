@@ -2,7 +2,7 @@
 and stored-image decoding (:func:`decode_image`).
 
 Sparse (TSN) sampling takes T = 8 frames from a video of N frames. Decoding from the first frame to the last target
-costs O(N) frames; seeking costs O(T x GOP) frames, whatever the video's length (issue 8). DALI 2.4's CPU video
+costs O(N) frames; seeking costs O(T x GOP) frames, whatever the video's length. DALI 2.4's CPU video
 decoder decodes from the first frame even with ``build_index=True`` and all-intra input (measured:
 ``benchmarks/results/2026-11-22_bench_data_seek_cpu.md``, ``python -m benchmarks.bench_data --parts seek``), so every CPU path decodes here, with PyAV (FFmpeg).
 

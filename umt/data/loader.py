@@ -1,6 +1,6 @@
 """``build_loader``: the video loader other modules code against, with a DALI and a reference backend.
 
-Contract (issue 2)::
+Contract::
 
     loader = build_loader(cfg, rank=0, world_size=1, device="cpu")
     len(loader)          batches per epoch for this rank (same on every rank; the remainder is dropped)
@@ -23,7 +23,7 @@ Per-rank split and order (:func:`umt.data.clips.epoch_order`): every epoch a fre
 samples from ``(seed, epoch)``, split into contiguous rank blocks (the official ``DistributedSampler(shuffle=True)``);
 the ranks cover the data set up to the ``num_samples mod world_size`` remainder. Every random draw of a sample comes
 from ``(seed, epoch, sample index)``, so both backends give the same frames and crops and ``start_batch`` yields
-exactly the tail of the full epoch, for free. Both backends decode only the sampled frames (issue 8).
+exactly the tail of the full epoch, for free. Both backends decode only the sampled frames.
 
 DALI keeps one pipeline across epochs (the source signals each epoch's end); it is rebuilt only when asked for
 something other than the next epoch from its start (a resume, or an epoch abandoned part-way).

@@ -2,7 +2,7 @@
 
 Both backends implement the same two decisions, and this module is their single written-down definition:
 
-* **TSN sparse sampling** (UMT recipe, DESIGN.md): split a video of ``N`` frames into ``T`` equal segments and take one
+* **TSN sparse sampling** (UMT recipe): split a video of ``N`` frames into ``T`` equal segments and take one
   frame per segment, a uniformly random one in training and the segment centre in evaluation::
 
       index_i = min(floor((i + u_i) * N / T), N - 1),   u_i ~ U[0, 1) (train) or u_i = 0.5 (eval)

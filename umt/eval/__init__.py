@@ -1,4 +1,4 @@
-"""Evaluation of trained models (DESIGN.md, "Layout"): reads checkpoints and shards, never imports the trainer.
+"""Evaluation of trained models (docs/design.md, "Layers"): reads checkpoints and shards, never imports the trainer.
 
 Subcommands of ``python -m umt.eval`` (each a module here with a ``main(argv) -> int``):
 

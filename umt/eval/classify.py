@@ -1,4 +1,4 @@
-"""``python -m umt.eval classify``: multi-view action classification of a fine-tuned checkpoint (issue 12, item 4).
+"""``python -m umt.eval classify``: multi-view action classification of a fine-tuned checkpoint (docs/evaluation.md).
 
 Protocol (official ``engines/engine_for_finetuning.py``, ``final_test`` + ``merge``): every view of a video (T
 temporal clips at segment offsets ``(clip_idx + 1)/(T + 1)`` × S spatial crops after resizing the short side to the

@@ -1,5 +1,5 @@
-"""``python -m umt.eval features``: pooled features of a frozen backbone, once, to a file for the probes (issue 12,
-item 5).
+"""``python -m umt.eval features``: pooled features of a frozen backbone, once, to a file for the probes
+(docs/evaluation.md).
 
 Pooling: the mean over all tokens of the last block's output **after the final LayerNorm** (``norm``), as
 :meth:`~umt.model.student.UMTStudent.forward_features` returns them. Why this and not the fine-tuning head's input:

@@ -1,4 +1,4 @@
-"""Frozen-backbone probes on extracted features (issue 12, item 5): ``python -m umt.eval knn`` and ``linear``.
+"""Frozen-backbone probes on extracted features (docs/evaluation.md): ``python -m umt.eval knn`` and ``linear``.
 
 * **k-NN** (:func:`knn_predict`; Wu et al., "Unsupervised Feature Learning via Non-Parametric Instance
   Discrimination", CVPR 2018, as DINO's ``knn_classifier``, Caron et al. 2021): features L2-normalised, cosine

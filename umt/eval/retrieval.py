@@ -1,4 +1,4 @@
-"""Zero-shot text↔video retrieval of a stage-2 model (issue 11, item 6): dual-encoder similarity, then VTM re-ranking
+"""Zero-shot text↔video retrieval of a stage-2 model: dual-encoder similarity, then VTM re-ranking
 of each query's top k (official ``k_test`` 128), with multi-caption ground truth.
 
 Protocol (official ``multi_modality/tasks/retrieval_utils.py``, after ALBEF and Singularity):
@@ -10,7 +10,7 @@ Protocol (official ``multi_modality/tasks/retrieval_utils.py``, after ALBEF and 
    head over the fusion layers; a pair's score is the match head's "match" logit; pairs outside a query's top k
    score -100, as official.
 
-Scaling past one device (issue 11: "features gathered in chunks"): a rank keeps only the tokens of its own share of
+Scaling past one device: a rank keeps only the tokens of its own share of
 videos (on the host), every rank encodes all captions (small: ``Nt × L``), only the ``[n, D]`` embeddings are
 all-gathered, the similarity is computed in row chunks, and each candidate pair is scored by the rank that owns its
 video, so no rank ever holds all video tokens; the score matrices are summed across ranks once at the end.

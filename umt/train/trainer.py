@@ -201,7 +201,7 @@ class Trainer:
                 # purge_step: TensorBoard hides the events past the checkpoint, logged again by this run
                 self.tb = SummaryWriter(str(self.run_dir / "tb"),
                                         purge_step=self.step if self.resumed_from is not None else None)
-        #: signal handling (issue 15); built on every rank in the same order (it may create a process group)
+        #: signal handling; built on every rank in the same order (it may create a process group)
         self.preempt = (PreemptionHandler(cfg.checkpoint.signals, distributed=rt.distributed, device=rt.device)
                         if cfg.checkpoint.signals else None)
 
@@ -435,7 +435,7 @@ class Trainer:
                     saved = cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0 and not last
                     if saved:
                         self.save()
-                    # Preemption (issue 15): one CPU all-reduce per step; a signal on any rank stops all after this
+                    # Preemption: one CPU all-reduce per step; a signal on any rank stops all after this
                     # step. On the last step the final checkpoint below covers it and the run ends normally.
                     if self.preempt is not None and not last and (signum := self.preempt.should_stop()):
                         path = self.save(preempted_by=signum, write=not saved)

@@ -1,6 +1,6 @@
 """Probe and re-encode one input video with PyAV (runs in the shard builder's worker processes).
 
-Re-encoding is the main lever on decode cost for sparse sampling (DESIGN.md): the short side is scaled down, key frames
+Re-encoding is the main lever on decode cost for sparse sampling: the short side is scaled down, key frames
 are placed every ``gop`` frames, the frame rate can be capped, and the codec is one that DALI can decode where needed.
 Every way an input can be unusable raises :class:`Reject` with a human-readable reason; nothing else escapes for
 bad input.

@@ -2,7 +2,7 @@
 
 Image-text data sets (CC3M/CC12M/COCO/VG/SBU) are stored as JPEG so that DALI decodes them (``fn.decoders.image`` /
 ``image_slice``: nvJPEG on a GPU, libjpeg-turbo on CPU; the CPU decode is bit-identical to PIL's, which the reference
-backend uses). Re-encoding, like the videos' (DESIGN.md), bounds the decode cost: the short side is capped (the
+backend uses). Re-encoding, like the videos', bounds the decode cost: the short side is capped (the
 stage-2 crop, ``RandomResizedCrop(224, scale=(0.5, 1))``, needs about 224 / sqrt(0.5) = 317 px of short side to
 never upsample, hence the default 320), the EXIF orientation is applied (DALI and PIL then see the same pixels), every
 input becomes 3-channel RGB (grey, palette, CMYK, alpha dropped as the official ``Image.open(p).convert("RGB")``
@@ -31,7 +31,7 @@ __all__ = ["IMAGE_EXTS", "ImageEncodeSettings", "encode_image", "psnr"]
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 #: Default short-side cap (px) and JPEG quality (``python -m benchmarks.bench_data_s2 --parts encode --images DIR``,
-#: docs/NOTES_s2data.md): on the 16 sample photos in their original form (scikit-image/scikit-learn PNG and JPEG,
+#: docs/stage2_data.md): on the 16 sample photos in their original form (scikit-image/scikit-learn PNG and JPEG,
 #: 300-1411 px) 320 px / q 90 stores 32 KiB per image at 37.2 dB PSNR (squared error pooled over the images)
 #: against the source resized to the same size (worst image 33.9 dB); q 85 saves 20 % of the bytes for 1.4 dB,
 #: q 95 costs 42 % more for 2.2 dB.

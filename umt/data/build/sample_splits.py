@@ -1,5 +1,5 @@
 """A fixed train / held-out split of the embedded sample clips, built as two shard sets (the fine-tuning demo,
-issue 12 item 7).
+``demo_ft``).
 
 The split is per class and deterministic: within each label the clips are sorted by file name and every fourth one
 from the first on (positions 0, 4, 8, ...) is held out, so each of the 4 labels has clips on both sides (20 clips →

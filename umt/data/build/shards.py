@@ -456,7 +456,7 @@ def build_shards(
 ) -> BuildResult:
     """Build WebDataset shards from videos or images (see the module docstring for the layout and resume semantics).
 
-    What happens to ``out_dir`` (issue 9):
+    What happens to ``out_dir``:
 
     - absent or empty: a new data set is built there.
     - ``mode="new"`` (default): a finished or interrupted build of the *same* inputs and settings is completed

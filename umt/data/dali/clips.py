@@ -11,7 +11,7 @@ order, draws the sample's TSN positions, crop and flip from ``(seed, epoch, samp
 * on a GPU hands the encoded video and the sampled indices to ``fn.decoders.video(device="mixed")`` (NVDEC). Whether
   the mixed decoder seeks is checked by the ``gpu`` test ``test_mixed_decoder_seeks`` (not yet run: no GPU lent).
 
-Fine-tuning (issue 12): RandAugment (``data.rand_augment``) runs on the whole frames before the crop as per-sample
+Fine-tuning: RandAugment (``data.rand_augment``) runs on the whole frames before the crop as per-sample
 programs drawn in the source (:mod:`umt.data.dali.augment`, DALI conditionals), and random erasing
 (``data.erase_prob``) after normalisation, with the source's box and noise. Multi-view evaluation has its own graph
 (:mod:`umt.data.dali.views`).
