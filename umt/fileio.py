@@ -13,6 +13,7 @@ Imports nothing else of :mod:`umt` (it sits at the bottom of the layer order in 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -84,6 +85,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
     Raises:
         FileNotFoundError: the block wrote nothing to the temporary path.
+        OSError: ``ENOSPC`` with a one-line message naming the file and the bytes written; other write errors as
+            raised.
     """
     path = Path(path)
     _ensure_dir(path.parent)
@@ -92,6 +95,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         fsync_file(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        size = tmp.stat().st_size if tmp.exists() else 0
+        tmp.unlink(missing_ok=True)
+        if e.errno == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, f"no space left on the device of {path.parent} while writing {path.name} "
+                          f"({size} bytes written of it; free space and re-run: finished files are intact)") from e
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

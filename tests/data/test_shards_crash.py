@@ -51,6 +51,7 @@ def reference(tmp_path_factory):
 
     ref = tmp_path_factory.mktemp("ref") / "set"
     renames = count_replaces(lambda: build(ref))
+    build.annotations = ann
     return build, _tree(ref), renames
 
 
@@ -90,3 +91,34 @@ def test_kill_at_random_instants_then_rerun_is_identical(reference, tmp_path):
     for k in range(4):
         out = tmp_path / f"t{k}"
         _kill_and_resume(build, ref_tree, out, after_s=rng.uniform(0.05, 1.0))
+
+
+@pytest.mark.parametrize("at", [1, 5, 9])
+def test_disk_full_is_one_line_error_and_rerun_is_identical(reference, tmp_path, monkeypatch, capsys, at):
+    """ENOSPC (injected at the ``at``-th fsync) ends the CLI with exit 1 and one line naming the file and bytes;
+    what finished before stays intact, and the same command after space is freed ends byte-identical."""
+    import errno
+
+    import umt.fileio
+    from umt.data.build import cli
+
+    build, ref_tree, _ = reference
+    real, n = umt.fileio.fsync_file, [0]
+
+    def full(path):
+        n[0] += 1
+        if n[0] == at:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path)
+
+    monkeypatch.setattr(umt.fileio, "fsync_file", full)
+    out = tmp_path / "set"
+    args = ["--annotations", str(build.annotations), "--out", str(out), "--codec", "mjpeg", "--short-side", "48",
+            "--samples-per-shard", "1", "--quiet"]
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "no space left on the device of" in err and "bytes written" in err, err
+    assert _reader_view(out) == "absent" and not list(out.rglob("*.tmp"))
+    monkeypatch.setattr(umt.fileio, "fsync_file", real)
+    assert cli.main(args) == 0
+    assert _tree(out) == ref_tree
