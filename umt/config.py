@@ -242,7 +242,7 @@ class LogConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation during and after training, of the task's own kind (:meth:`umt.train.tasks.Task.evaluate`: e.g.
+    """Evaluation during and after training, of the task's own kind (:meth:`umt.train.task.Task.evaluate`: e.g.
     zero-shot retrieval for stage 2, multi-view classification for fine-tuning) on its configured eval set."""
 
     every_epochs: int = 0
@@ -293,7 +293,7 @@ __all__ += ["FinetuneConfig"]
 
 @dataclass
 class FinetuneConfig:
-    """Action-classification fine-tuning (task ``finetune``, :mod:`umt.train.finetune`; DESIGN.md, "Fine-tuning":
+    """Action-classification fine-tuning (task ``finetune``, :mod:`umt.train.finetune.task`; DESIGN.md, "Fine-tuning":
     official ``single_modality/run_class_finetuning.py`` defaults)."""
 
     num_classes: int = 0
@@ -352,10 +352,10 @@ class FinetuneConfig:
 
 @dataclass
 class TrainConfig:
-    """Root config of a run: the task it trains (:mod:`umt.train.tasks`) and each part's settings."""
+    """Root config of a run: the task it trains (:mod:`umt.train.task`) and each part's settings."""
 
     task: str = "distill"
-    """What kind of training (:data:`umt.train.tasks.TASKS`): ``distill`` = stage 1 (video distillation),
+    """What kind of training (:data:`umt.train.task.TASKS`): ``distill`` = stage 1 (video distillation),
     ``video_text`` = stage 2 (video-text pre-training)."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -381,7 +381,9 @@ class TrainConfig:
         self.check(require_data=False)
 
     def check(self, require_data: bool = True) -> None:
-        """Cross-field checks (on creation, after overrides, and with ``require_data`` at trainer start).
+        """Cross-field checks of the fields every task reads (on creation, after overrides, and with ``require_data``
+        at trainer start). A task's own checks (its teacher's grid, its batch constraints) are the task's:
+        ``umt.train.task.check_config`` runs both before a run.
 
         Raises:
             ConfigError: inconsistent fields.
@@ -394,16 +396,8 @@ class TrainConfig:
             raise ConfigError("data.shards is empty: name a shard directory or set synthetic_data=true")
         if self.data.input_size % 16:
             raise ConfigError(f"data.input_size must be a multiple of the patch size 16, got {self.data.input_size}")
-        grid = self.data.input_size // 16
-        if self.task != "finetune" and self.model.teacher_image_size % grid:  # fine-tuning has no teacher
-            raise ConfigError(f"model.teacher_image_size {self.model.teacher_image_size} must give the student's "
-                              f"{grid}×{grid} grid (input_size {self.data.input_size} / 16)")
         if self.synthetic_data and self.synthetic_samples < self.data.batch_size:
             raise ConfigError("synthetic_samples must be >= data.batch_size")
-        if (self.task == "finetune" and self.finetune.mixup_active
-                and (self.data.batch_size * self.data.num_sample) % 2):
-            raise ConfigError(f"mixup/cutmix pair each clip with its mirror in the batch: data.batch_size × "
-                              f"data.num_sample must be even, got {self.data.batch_size} × {self.data.num_sample}")
 
 
 def accumulation_steps(cfg: TrainConfig, world_size: int) -> int:

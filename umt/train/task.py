@@ -1,36 +1,35 @@
-"""Tasks: what one kind of training builds, for the one trainer (DESIGN.md, "One trainer runs every kind of
-training").
+"""Tasks: what one kind of training builds, for the one trainer, and the registry of tasks by name.
 
 :class:`~umt.train.trainer.Trainer` owns everything every kind of training shares, once: the loop, distributed
 setup, precision, gradient accumulation, checkpoints and exact resume, logging and TensorBoard, the non-finite
 guard, preemption. A :class:`Task` owns what differs: its models, its loader, the optimizer's parameter groups and
 peak LR, the micro-step (forward + losses + backward, see :class:`~umt.train.step.TrainStep`), the metrics it
-names, its FLOP model and what it records about its inputs. A recipe names its task (``TrainConfig.task``);
-:data:`TASKS` maps names to classes.
+names, its FLOP model, what it records about its inputs, the checks its config must pass and what an export of its
+backbone carries. A recipe names its task (``TrainConfig.task``); :func:`task_class` maps names to classes.
 
-Stage 1 (video distillation from a frozen CLIP teacher) is :class:`DistillationTask`; stage 2 (video-text) and
-fine-tuning register themselves here too.
+Each stage's package defines its task and registers it (:func:`register_task`) when imported: stage 1
+(``umt.train.distill.task``), stage 2 (``umt.train.video_text.task``), fine-tuning (``umt.train.finetune.task``).
+:data:`TASK_MODULES` names the module of each, imported on first use: a run loads only its own stage, and this module,
+which every stage imports for :class:`Task`, imports none of them.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn as nn
 
-from umt import ops
-from umt.flops import train_flops_per_clip
 from umt.config import ConfigError, TrainConfig
-from umt.train.step import StageOneStep, TrainStep, build_models, param_groups, peak_lr, umt_spec
+from umt.train.runtime import Runtime
+from umt.train.step import TrainStep, param_groups, peak_lr
 
-if TYPE_CHECKING:
-    from umt.train.trainer import Runtime
-
-__all__ = ["Task", "refuse_changed_input", "DistillationTask", "TASKS", "register_task", "build_task"]
+__all__ = ["Task", "refuse_changed_input", "TASKS", "TASK_MODULES", "register_task", "task_class", "build_task",
+           "check_config"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +66,15 @@ class Task:
     def __init__(self, cfg: TrainConfig, rt: Runtime) -> None:
         self.cfg, self.rt = cfg, rt
         self.model: nn.Module
+
+    @classmethod
+    def check_config(cls, cfg: TrainConfig) -> None:
+        """The checks this task adds to :meth:`umt.config.TrainConfig.check` (fields only this task reads, or that
+        only it constrains); run by :func:`check_config` before anything is built.
+
+        Raises:
+            ConfigError: inconsistent fields (task-specific; none by default).
+        """
 
     # -------------------------------------------------------------------------------------------- building
     def build_loader(self) -> Any:
@@ -107,6 +115,17 @@ class Task:
             ConfigError: an input the checkpoint depends on changed (task-specific).
         """
 
+    def backbone(self) -> nn.Module:
+        """The module ``--export`` writes (:func:`umt.train.export.export_student`): the student of a model that
+        wraps one (``model.student``), else :attr:`model` itself."""
+        return getattr(self.model, "student", self.model)
+
+    def export_metadata(self) -> dict[str, str]:
+        """The safetensors metadata of an export of :meth:`backbone`: its timm architecture and sizes (the trainer's
+        caller adds the step)."""
+        c = self.cfg
+        return {"arch": c.model.student, "num_frames": str(c.data.num_frames), "img_size": str(c.data.input_size)}
+
     def log_image(self, step_fn: TrainStep, tb: Any, step: int) -> None:
         """Write the preview image ``step_fn`` kept on an image-logging step (``log.image_every_steps``)."""
 
@@ -121,94 +140,12 @@ class Task:
         return None
 
 
-class DistillationTask(Task):
-    """Stage 1: the student ViT + UMA heads regress the frozen CLIP teacher's aligned layers on the tokens the
-    semantic mask keeps (UMT, ICCV 2023; :class:`umt.train.step.StageOneStep`)."""
-
-    name = "distill"
-    #: the periodic k-NN probe's top-1 (percent) picks ``best.pt``
-    eval_key = "knn_top1"
-
-    def __init__(self, cfg: TrainConfig, rt: Runtime) -> None:
-        super().__init__(cfg, rt)
-        self.model, self.teacher = build_models(cfg, rt.device)
-        self.spec = umt_spec(cfg, self.model, self.teacher)
-
-    def build_loader(self) -> Any:
-        """The shard loader (:func:`umt.data.build_loader`) or, with ``synthetic_data``, the synthetic one."""
-        cfg, rt = self.cfg, self.rt
-        if cfg.synthetic_data:
-            from umt.data.synthetic import SyntheticVideoLoader
-
-            return SyntheticVideoLoader(cfg.data, rank=rt.rank, world_size=rt.world_size, device=rt.device,
-                                        num_samples=cfg.synthetic_samples)
-        from umt.data import build_loader
-
-        return build_loader(cfg.data, rank=rt.rank, world_size=rt.world_size, device=rt.device)
-
-    def make_step(self, net: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> StageOneStep:
-        return StageOneStep(net, self.teacher, optimizer, scheduler, self.cfg, self.rt.device, self.rt.amp_dtype)
-
-    def flops(self, batch: dict[str, Any]) -> float:
-        return self.samples(batch) * train_flops_per_clip(self.spec)
-
-    def record(self) -> dict[str, Any]:
-        info = self.teacher.load_info
-        return {"teacher_random_init": self.teacher.random_init,
-                "teacher": info.to_dict() if info is not None else {"random_init": True},
-                "flops_per_clip": train_flops_per_clip(self.spec)}
-
-    def check_resume(self, state: dict[str, Any], path: Path) -> None:
-        """Refuse to resume with other teacher weights than the checkpoint's (``model.allow_teacher_change``).
-
-        Raises:
-            ConfigError: the teacher file's sha256 (or random init) differs from the checkpoint's record.
-        """
-        saved = state.get("teacher")
-        if saved is None:  # checkpoints from before the record
-            return
-        now = self.record()["teacher"]
-        if saved.get("sha256") == now.get("sha256"):
-            return
-        what = (f"{saved.get('path', 'random init')} (sha256 {str(saved.get('sha256'))[:12]}) → "
-                f"{now.get('path', 'random init')} (sha256 {str(now.get('sha256'))[:12]})")
-        refuse_changed_input(path, "other teacher weights", what, self.cfg.model.allow_teacher_change,
-                             "model.allow_teacher_change", "resuming would change the targets mid-run")
-
-    def evaluate(self, final: bool, out_dir: Path) -> dict[str, float] | None:
-        """The k-NN probe of the student backbone (issue 12, item 5) when ``eval.shards`` and ``eval.train_shards``
-        are set: pooled features of both sets (evaluation loader, 1 view, every sample, split over the ranks;
-        :func:`umt.eval.probe.knn_probe`), cosine k-NN (``eval.knn_k``, ``eval.knn_temperature``) from the
-        ``train_shards`` bank to ``shards``. The same probe at the end (``final``).
-
-        Returns:
-            ``{"knn_top1", "knn_top5"}`` in percent (the same on every rank), or None without both shard sets.
-        """
-        ev = self.cfg.eval
-        if not (ev.shards and ev.train_shards):
-            return None
-        from umt.eval.probe import knn_probe
-
-        res = knn_probe(self.model.student, ev.train_shards, ev.shards, batch_size=ev.batch_size,
-                        device=self.rt.device, k=ev.knn_k, temperature=ev.knn_temperature,
-                        amp_dtype=self.rt.amp_dtype, base=self.cfg.data)
-        return {"knn_top1": res["knn_top1"], "knn_top5": res["knn_top5"]}
-
-    def log_image(self, step_fn: TrainStep, tb: Any, step: int) -> None:
-        """The preview panel (:func:`umt.train.preview.render_clip`) of the step's first clip."""
-        from umt.train.preview import render_clip
-
-        video, q_cls, k, kept = step_fn.first_clip  # type: ignore[misc]
-        t = video.shape[1]
-        grid = int(round((k.shape[2] - 1) ** 0.5))
-        attention = ops.cls_attention(q_cls.float(), k.float())  # [T, N]
-        img = render_clip(video, self.cfg.data.mean, self.cfg.data.std, grid, attention.view(t, -1),
-                          {self.cfg.mask.kind: kept})
-        tb.add_image("preview/first_clip", img, step, dataformats="HWC")
-
-
-#: ``TrainConfig.task`` → task class.
+#: ``TrainConfig.task`` → task class, filled by :func:`register_task` as each stage's task module is imported.
 TASKS: dict[str, type[Task]] = {}
+
+#: ``TrainConfig.task`` → the module whose import registers that task (:func:`task_class` imports it on first use).
+TASK_MODULES: dict[str, str] = {"distill": "umt.train.distill.task", "video_text": "umt.train.video_text.task",
+                                "finetune": "umt.train.finetune.task"}
 
 
 def register_task(cls: type[Task]) -> type[Task]:
@@ -217,23 +154,35 @@ def register_task(cls: type[Task]) -> type[Task]:
     return cls
 
 
-register_task(DistillationTask)
+def task_class(name: str) -> type[Task]:
+    """The task class registered as ``name``, importing its stage's module (:data:`TASK_MODULES`) on first use.
 
-#: modules whose import registers more tasks (imported on first use, so stage 1 never imports transformers)
-_TASK_MODULES: dict[str, str] = {"video_text": "umt.train.video_text", "finetune": "umt.train.finetune"}
+    Raises:
+        ConfigError: unknown task name (the message lists the known ones).
+    """
+    if name not in TASKS and name in TASK_MODULES:
+        importlib.import_module(TASK_MODULES[name])
+    if name not in TASKS:
+        raise ConfigError(f"unknown task {name!r}; known: {sorted(set(TASKS) | set(TASK_MODULES))}")
+    return TASKS[name]
+
+
+def check_config(cfg: TrainConfig, require_data: bool = True) -> None:
+    """Every check of ``cfg`` before a run: :meth:`umt.config.TrainConfig.check` and its task's own
+    (:meth:`Task.check_config`).
+
+    Raises:
+        ConfigError: a failed check, or an unknown ``cfg.task``.
+    """
+    cfg.check(require_data=require_data)
+    task_class(cfg.task).check_config(cfg)
 
 
 def build_task(cfg: TrainConfig, rt: Runtime) -> Task:
     """The task ``cfg.task`` names, built for ``rt``.
 
     Raises:
-        ConfigError: unknown task name (the message lists the known ones).
+        ConfigError: unknown task name (the message lists the known ones), or the task refused its config.
     """
-    if cfg.task not in TASKS and cfg.task in _TASK_MODULES:
-        import importlib
-
-        importlib.import_module(_TASK_MODULES[cfg.task])
-    if cfg.task not in TASKS:
-        raise ConfigError(f"unknown task {cfg.task!r}; known: {sorted(set(TASKS) | set(_TASK_MODULES))}")
-    factory: Callable[[TrainConfig, Runtime], Task] = TASKS[cfg.task]
+    factory: Callable[[TrainConfig, Runtime], Task] = task_class(cfg.task)
     return factory(cfg, rt)

@@ -1,7 +1,5 @@
-"""Named runs: functions returning a :class:`~umt.config.TrainConfig` (DESIGN.md, "Recipe").
-
-A variant calls its base and edits a few fields. ``python -m umt.train --recipe NAME`` looks names up in
-:data:`RECIPES`.
+"""Stage-1 recipes (task ``distill``): UMT-B and UMT-L on K710, and the CPU ``demo``; registered into
+:data:`umt.train.recipes.RECIPES`. A variant calls its base and edits a few fields.
 """
 
 from __future__ import annotations
@@ -10,9 +8,8 @@ from collections.abc import Callable
 
 from umt.data.config import DataConfig
 from umt.config import (CheckpointConfig, LogConfig, MaskConfig, ModelConfig, OptimConfig, TrainConfig)
-from umt.train.recipes_video_text import VIDEO_TEXT_RECIPES
 
-__all__ = ["RECIPES", "umt_b16_k710", "umt_l16_k710", "demo", "get_recipe"]
+__all__ = ["DISTILL_RECIPES", "umt_b16_k710", "umt_l16_k710", "demo"]
 
 
 def umt_b16_k710() -> TrainConfig:
@@ -59,21 +56,5 @@ def demo() -> TrainConfig:
     )
 
 
-RECIPES: dict[str, Callable[[], TrainConfig]] = {**{f.__name__: f for f in (umt_b16_k710, umt_l16_k710, demo)},
-                                                  **VIDEO_TEXT_RECIPES}  # + stage 2
-
-
-def get_recipe(name: str) -> TrainConfig:
-    """The config of recipe ``name``.
-
-    Raises:
-        KeyError: unknown name (the message lists the recipes).
-    """
-    if name not in RECIPES:
-        raise KeyError(f"unknown recipe {name!r}; available: {sorted(RECIPES)}")
-    return RECIPES[name]()
-
-
-from umt.train.recipes_finetune import FT_RECIPES  # noqa: E402 - fine-tuning recipes (issue 12)
-
-RECIPES.update(FT_RECIPES)
+#: stage-1 recipe name → function (merged into :data:`umt.train.recipes.RECIPES`)
+DISTILL_RECIPES: dict[str, Callable[[], TrainConfig]] = {f.__name__: f for f in (umt_b16_k710, umt_l16_k710, demo)}
