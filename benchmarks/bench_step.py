@@ -1,8 +1,9 @@
 """Train-step throughput: clips/s, MFU, and peak memory of the stage-1 step (with its time split into data wait,
 teacher forward, masking, student forward+backward and optimizer) and of the fine-tuning step.
 
-Builds the run with the trainer's own builders (:mod:`umt.train.step`): same models, teacher, masks, loss and
-optimizer step. Protocol (:func:`benchmarks.common.measure`): warm-up steps, then timed whole steps with no sync
+Builds the run with the trainer's own builders and drives the trainer's own step classes
+(:class:`umt.train.distill.step.StageOneStep`, :class:`umt.train.finetune.step.FinetuneStep`): same models, teacher,
+masks, loss and optimizer step; the phase split calls the steps' own phase methods. Protocol (:func:`benchmarks.common.measure`): warm-up steps, then timed whole steps with no sync
 inside a step (clips/s, MFU); the phase split comes from a second timed loop with a device sync between phases
 (so its sum is a little above the whole step).
 
@@ -11,7 +12,7 @@ size (2 frames × 112², batch 1, teacher at 112/98 px) so the numbers exist in 
 (no bf16 peak) and GFLOP/s is reported instead.
 
 Fine-tuning rows (model ``umt_b16_ft``/``umt_l16_ft``, task ``finetune``): the classifier step of
-:class:`umt.train.finetune.FinetuneStep` built by the task itself (layer-decay groups, mixup/CutMix, soft-target
+:class:`umt.train.finetune.step.FinetuneStep` built by the task itself (layer-decay groups, mixup/CutMix, soft-target
 cross-entropy, every token, no teacher); GPU: 8 × 224², 16 videos × 2 repeated views = 32 clips per step, bf16
 autocast; CPU: 2 frames × 112², 1 video × 2 views. FLOPs from :func:`umt.flops.classifier_train_flops_per_clip`.
 The phase split of those rows is mixup (``mask_ms``) / forward+backward / optimizer.
@@ -32,58 +33,20 @@ from typing import Any
 import torch
 
 import umt  # noqa: F401 - torchvision shim
+from benchmarks.bench_step_vt import bench_stage2
 from benchmarks.common import BenchResult, Stats, format_table, measure, write_report
+from benchmarks.step_setup import bench_config, cycle, peak_mem_bytes, peak_tflops, sync
 from umt.data.synthetic import SyntheticVideoLoader
-from umt.flops import train_flops_per_clip
-from umt.config import apply_overrides
-from umt.train.recipes import get_recipe
-from umt.train.step import (StageOneStep, autocast_context, build_models, build_optimizer, build_scheduler,
-                            umt_spec)
-from umt.train.trainer import _peak_mem_bytes, _peak_tflops
+from umt.flops import classifier_train_flops_per_clip, train_flops_per_clip
+from umt.train.distill.step import StageOneStep, build_models, umt_spec
+from umt.train.finetune.task import FinetuneTask
+from umt.train.runtime import Runtime
+from umt.train.step import build_optimizer, build_scheduler
 
-__all__ = ["bench_config", "run", "main"]
+__all__ = ["run", "main"]
 
 _RECIPE = {"umt_b16": "umt_b16_k710", "umt_l16": "umt_l16_k710"}
 _FT_RECIPE = {"umt_b16": "umt_b16_k710_ft", "umt_l16": "umt_l16_k710_ft"}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _cycle(loader: Any) -> Any:
-    """A function returning the loader's next batch, starting epoch 0 over whenever it ends."""
-    it = iter(())
-
-    def next_batch() -> dict[str, torch.Tensor]:
-        nonlocal it
-        b = next(it, None)
-        if b is None:
-            it = loader.epoch_iter(0)
-            b = next(it)
-        return b
-
-    return next_batch
-
-
-def bench_config(recipe: str, model: str, device: torch.device, batch_size: int | None, *sets: str,
-                 kernels: str = "torch", compile: bool = False) -> Any:
-    """The recipe's config for a benchmark run on synthetic data: on CPU the real architecture at 2 frames × 112²
-    (a teacher, when the task has one, at 112 px for B/16 and 98 px for L/14: the same 7×7 grid), batch
-    ``batch_size or 1``; on a GPU the recipe's sizes (``batch_size`` overrides the batch). ``sets``: further
-    overrides."""
-    over = ["synthetic_data=true", f"device={device.type}", f"model.kernels={kernels}",
-            f"model.compile={str(compile).lower()}", "model.init_from=", *sets]
-    if device.type == "cpu":
-        teacher_px = 98 if model == "umt_l16" else 112  # 7×7 grid for patch 14 / 16
-        over += ["data.num_frames=2", "data.input_size=112", f"model.teacher_image_size={teacher_px}",
-                 f"data.batch_size={batch_size or 1}"]
-    elif batch_size:
-        over.append(f"data.batch_size={batch_size}")
-    cfg = apply_overrides(get_recipe(recipe), over)
-    cfg.synthetic_samples = max(cfg.data.batch_size * 4, 64)
-    return cfg
 
 
 def _bench_one(model: str, device: torch.device, *, quick: bool, batch_size: int | None, kernels: str,
@@ -99,12 +62,12 @@ def _bench_one(model: str, device: torch.device, *, quick: bool, batch_size: int
     step = StageOneStep(net, teacher, opt, sched, cfg, device, amp)
     loader = SyntheticVideoLoader(cfg.data, device=device, num_samples=cfg.synthetic_samples)
     state = {"seed": 0}
-    next_batch = _cycle(loader)
+    next_batch = cycle(loader)
 
     def whole() -> None:
         batch = next_batch()
         state["seed"] += 1
-        step(batch["video"], state["seed"])
+        step(batch["video"], state["seed"])  # StageOneStep.__call__: one whole optimizer step
 
     warmup, repeat = (1, 2) if quick else (3, 10)
     if device.type == "cuda":
@@ -113,22 +76,22 @@ def _bench_one(model: str, device: torch.device, *, quick: bool, batch_size: int
 
     phases: dict[str, list[float]] = {k: [] for k in ("data", "teacher", "mask", "student_fwd_bwd", "optimizer")}
     for _ in range(repeat):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         batch = next_batch()
-        _sync(device)
+        sync(device)
         t1 = time.perf_counter()
         tout = step.teacher_forward(batch["video"])
-        _sync(device)
+        sync(device)
         t2 = time.perf_counter()
         idx = step.make_mask(tout, batch["video"], 12345)
-        _sync(device)
+        sync(device)
         t3 = time.perf_counter()
         step.forward_backward(batch["video"], idx, tout)
-        _sync(device)
+        sync(device)
         t4 = time.perf_counter()
         step.optimizer_step()
-        _sync(device)
+        sync(device)
         t5 = time.perf_counter()
         for k, a, b in zip(phases, (t0, t1, t2, t3, t4), (t1, t2, t3, t4, t5)):
             phases[k].append(b - a)
@@ -136,7 +99,7 @@ def _bench_one(model: str, device: torch.device, *, quick: bool, batch_size: int
     clips = loader.batch_size
     cps = clips / total.median
     flops = train_flops_per_clip(umt_spec(cfg, net if not compile else net._orig_mod, teacher))
-    peak = _peak_tflops(device)
+    peak = peak_tflops(device)
     return {
         "model": model, "device": device.type,
         "frames x px": f"{cfg.data.num_frames}x{cfg.data.input_size}", "batch": clips,
@@ -144,17 +107,15 @@ def _bench_one(model: str, device: torch.device, *, quick: bool, batch_size: int
         "clips_per_s": cps, "gflop_per_clip": flops / 1e9, "achieved_tflops": cps * flops / 1e12,
         "mfu": cps * flops / (peak * 1e12) if peak else None,
         **{f"{k}_ms": v * 1e3 for k, v in med.items()},
-        "peak_mem_gib": _peak_mem_bytes(device) / 2**30, "kernels": kernels,
+        "peak_mem_gib": peak_mem_bytes(device) / 2**30, "kernels": kernels,
     }
 
 
 def _bench_ft(model: str, device: torch.device, *, quick: bool, batch_size: int | None, kernels: str,
               compile: bool) -> dict[str, Any]:
-    """The fine-tuning step of ``model`` (the task's own model, groups, step), timed as :func:`_bench_one`."""
-    from umt.flops import classifier_train_flops_per_clip
-    from umt.train.finetune import FinetuneTask
-    from umt.train.trainer import Runtime
-
+    """The fine-tuning step of ``model`` (the task's own model, groups, step), timed as :func:`_bench_one`: whole
+    steps (:meth:`umt.train.step.TrainStep.run_step`), then the step's own phases (:meth:`FinetuneStep.mix`,
+    :meth:`FinetuneStep.forward_backward`, the optimizer step) with a sync between them."""
     cfg = bench_config(_FT_RECIPE[model], model, device, batch_size, kernels=kernels, compile=compile)
     amp = torch.bfloat16 if device.type == "cuda" else None
     torch.manual_seed(0)
@@ -165,12 +126,11 @@ def _bench_ft(model: str, device: torch.device, *, quick: bool, batch_size: int 
     step = task.make_step(net, opt, sched)
     loader = task.build_loader()
     state = {"seed": 0}
-    next_batch = _cycle(loader)
+    next_batch = cycle(loader)
 
     def whole() -> None:
         state["seed"] += 1
-        step.train_batch(next_batch(), state["seed"])
-        step.optimizer_step()
+        step.run_step([next_batch()], [state["seed"]])
 
     warmup, repeat = (1, 2) if quick else (3, 10)
     if device.type == "cuda":
@@ -178,22 +138,19 @@ def _bench_ft(model: str, device: torch.device, *, quick: bool, batch_size: int 
     total = measure(whole, warmup=warmup, repeat=repeat, device=device)
     phases: dict[str, list[float]] = {k: [] for k in ("data", "mask", "student_fwd_bwd", "optimizer")}
     for i in range(repeat):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         batch = next_batch()
-        _sync(device)
+        sync(device)
         t1 = time.perf_counter()
-        video, target = step.mixup(batch["video"], batch["label"], 1000 + i) if step.mixup else (batch["video"],
-                                                                                                 batch["label"])
-        _sync(device)
+        video, target = step.mix(batch["video"], batch["label"], 1000 + i)
+        sync(device)
         t2 = time.perf_counter()
-        with autocast_context(device, amp):
-            logits = net(video)
-        step.criterion(logits.float(), target).backward()
-        _sync(device)
+        step.forward_backward(video, target)
+        sync(device)
         t3 = time.perf_counter()
         step.optimizer_step()
-        _sync(device)
+        sync(device)
         t4 = time.perf_counter()
         for k, a, b in zip(phases, (t0, t1, t2, t3), (t1, t2, t3, t4)):
             phases[k].append(b - a)
@@ -201,7 +158,7 @@ def _bench_ft(model: str, device: torch.device, *, quick: bool, batch_size: int 
     clips = loader.batch_size
     cps = clips / total.median
     flops = classifier_train_flops_per_clip(task.spec)
-    peak = _peak_tflops(device)
+    peak = peak_tflops(device)
     return {
         "model": f"{model}_ft", "task": "finetune", "device": device.type,
         "frames x px": f"{cfg.data.num_frames}x{cfg.data.input_size}", "batch": clips,
@@ -209,7 +166,7 @@ def _bench_ft(model: str, device: torch.device, *, quick: bool, batch_size: int 
         "clips_per_s": cps, "gflop_per_clip": flops / 1e9, "achieved_tflops": cps * flops / 1e12,
         "mfu": cps * flops / (peak * 1e12) if peak else None,
         **{f"{k}_ms": v * 1e3 for k, v in med.items()},
-        "peak_mem_gib": _peak_mem_bytes(device) / 2**30, "kernels": kernels,
+        "peak_mem_gib": peak_mem_bytes(device) / 2**30, "kernels": kernels,
     }
 
 
@@ -242,8 +199,6 @@ def run(*, quick: bool = False, models: tuple[str, ...] | list[str] = ("umt_b16"
         # --batch-size is the stage-1 batch; the fine-tuning rows keep their recipe's 16 videos × 2 views on a GPU
         rows += [_bench_ft(m, dev, quick=quick, batch_size=None, kernels=kernels, compile=compile) for m in models]
     if "video_text" in tasks:
-        from benchmarks.bench_step_vt import bench_stage2
-
         # stage 2 keeps its recipe's 128 per modality on a GPU; rows <model>_vt, one per modality
         rows += [{**r, "model": f"{m}_vt", "task": "video_text"} for m in models
                  for r in bench_stage2(m, dev, quick=quick)]

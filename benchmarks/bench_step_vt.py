@@ -1,7 +1,7 @@
-"""Stage-2 train-step throughput (docs/stage2_model.md): video-text and image-text batches measured separately, in
+"""Stage-2 train-step throughput: video-text and image-text batches measured separately, in
 samples/s, MFU against the stage-2 FLOP model (:func:`umt.flops.stage2_flops_per_sample`) and peak memory.
 
-Builds the step the trainer runs (:class:`umt.train.video_text.VideoTextStep` over
+Builds the step the trainer runs (:class:`umt.train.video_text.step.VideoTextStep` over
 :class:`umt.model.vision_text.UMTVisionText`: teacher → semantic mask at the modality's ratio → VTC + VTM + MLM +
 UTA → backward → AdamW) with the recipe's sizes (``umt_b16_25m``: ViT-B/16 + CLIP ViT-B/16 + BERT-base fusing from
 layer 9; ``umt_l16_25m``: ViT-L/16 + CLIP ViT-L/14 at 196 + BERT-large from 19), the BERT at random init from its
@@ -21,7 +21,13 @@ import torch
 
 import umt  # noqa: F401 - torchvision shim
 from benchmarks.common import BenchResult, measure
+from benchmarks.step_setup import bench_config, peak_mem_bytes, peak_tflops
 from umt.flops import TextSpec, VideoTextSpec, stage2_flops_per_sample
+from umt.model.text import BertTextEncoder
+from umt.model.vision_text import UMTVisionText
+from umt.train.distill.step import build_models, umt_spec
+from umt.train.step import build_optimizer, build_scheduler
+from umt.train.video_text.step import VideoTextStep
 
 __all__ = ["STAGE2_RECIPE", "bench_stage2", "run"]
 
@@ -34,8 +40,6 @@ _BERT = {"umt_b16": (768, 12, 12, 3072), "umt_l16": (1024, 24, 16, 4096)}
 
 
 def _config(model: str, device: torch.device, batch_size: int | None) -> Any:
-    from benchmarks.bench_step import bench_config
-
     extra = ["text.vtc_local_grad=false"]
     if device.type == "cpu":
         extra += [f"data.image_batch_size={batch_size or 1}", "text.grad_checkpointing=false"]
@@ -45,12 +49,7 @@ def _config(model: str, device: torch.device, batch_size: int | None) -> Any:
 
 
 def _build(cfg: Any, model: str, device: torch.device) -> tuple[Any, Any, VideoTextSpec]:
-    from transformers import BertConfig
-
-    from umt.model.text import BertTextEncoder
-    from umt.model.vision_text import UMTVisionText
-    from umt.train.step import build_models, build_optimizer, build_scheduler, umt_spec
-    from umt.train.video_text import VideoTextStep
+    from transformers import BertConfig  # optional, heavy: only the stage-2 rows need it
 
     torch.manual_seed(0)
     pre, teacher = build_models(cfg, device)
@@ -87,11 +86,9 @@ def _batch(cfg: Any, modality: str, device: torch.device, seed: int) -> dict[str
 
 def bench_stage2(model: str, device: torch.device, *, quick: bool, batch_size: int | None = None) -> list[dict]:
     """One row per modality (video, image) for ``model``."""
-    from benchmarks.bench_step import _peak_mem_bytes, _peak_tflops
-
     cfg = _config(model, device, batch_size)
     step, net, spec = _build(cfg, model, device)
-    peak = _peak_tflops(device)
+    peak = peak_tflops(device)
     warmup, repeat = (1, 2) if quick else (3, 10)
     rows = []
     for modality in ("video", "image"):
@@ -100,8 +97,7 @@ def bench_stage2(model: str, device: torch.device, *, quick: bool, batch_size: i
 
         def whole() -> None:
             state["seed"] += 1
-            step.train_batch(batch, state["seed"])
-            step.optimizer_step()
+            step.run_step([batch], [state["seed"]])
 
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -115,9 +111,8 @@ def bench_stage2(model: str, device: torch.device, *, quick: bool, batch_size: i
             "text tokens": cfg.text.max_len, "step_s": total.median, "step_p10_s": total.p10,
             "step_p90_s": total.p90, "samples_per_s": sps, "gflop_per_sample": flops / 1e9,
             "achieved_tflops": sps * flops / 1e12, "mfu": sps * flops / (peak * 1e12) if peak else None,
-            "peak_mem_gib": _peak_mem_bytes(device) / 2**30,
+            "peak_mem_gib": peak_mem_bytes(device) / 2**30,
         })
-    del step, net
     return rows
 
 

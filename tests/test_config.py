@@ -8,6 +8,7 @@ from umt.train.__main__ import main
 from umt.config import ConfigError, apply_overrides, config_from_dict, config_to_dict
 from umt.train.recipes import RECIPES, get_recipe
 from umt.train.step import peak_lr
+from umt.train.task import check_config
 
 
 def test_paper_recipes_follow_design() -> None:
@@ -48,7 +49,7 @@ def test_overrides_parse_types() -> None:
 ])
 def test_bad_overrides_rejected(override: str, needle: str) -> None:
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.").replace("(", r"\(")):
-        apply_overrides(get_recipe("umt_b16_k710"), [override])
+        check_config(apply_overrides(get_recipe("umt_b16_k710"), [override]))  # the task's own checks too
 
 
 def test_unknown_field_message_lists_valid_fields() -> None:

@@ -61,8 +61,8 @@ def _worker(out: Path) -> None:
     from umt.masking import random_mask
     from umt.config import apply_overrides
     from umt.train.recipes import get_recipe
-    from umt.train.step import build_models
-    from umt.train.trainer import close_process_group
+    from umt.train.distill.step import build_models
+    from umt.train.runtime import close_process_group
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -88,7 +88,8 @@ def _worker(out: Path) -> None:
     # on the last one (no_sync before), and the result equals the single-process gradient of the batch of 4.
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
-    from umt.train.step import StageOneStep, build_optimizer
+    from umt.train.distill.step import StageOneStep
+    from umt.train.step import build_optimizer
 
     acc_model = copy.deepcopy(ref)
     acc_model.zero_grad(set_to_none=True)

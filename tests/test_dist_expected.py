@@ -46,7 +46,7 @@ def _worker(out: Path) -> None:
     from umt.masking import random_mask
     from umt.config import apply_overrides
     from umt.train.recipes import get_recipe
-    from umt.train.step import build_models
+    from umt.train.distill.step import build_models
 
     dist.init_process_group("gloo")
     rank = dist.get_rank()
@@ -94,7 +94,7 @@ def _worker(out: Path) -> None:
     (out / f"rank{rank}.json").write_text(json.dumps({"n_params": len(params), "n_checked": checked,
                                                        "worst_rel_err": worst, "min_abs_fd": min_fd}))
     del ddp  # the DDP wrapper first (see close_process_group)
-    from umt.train.trainer import close_process_group
+    from umt.train.runtime import close_process_group
 
     close_process_group()
 

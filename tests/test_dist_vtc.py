@@ -42,7 +42,7 @@ def _worker(out: Path) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from umt.losses import vtc_loss
-    from umt.train.trainer import close_process_group
+    from umt.train.runtime import close_process_group
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()

@@ -56,7 +56,7 @@ def test_periodic_knn_probe_through_trainer(tmp_path: Path, tmp_path_factory: py
 
     # the final row probes best.pt's weights: an independent probe of them gives the same numbers
     from umt.eval.probe import knn_probe
-    from umt.train.step import build_models
+    from umt.train.distill.step import build_models
 
     model, _ = build_models(cfg, torch.device("cpu"))
     model.load_state_dict(best["model"])

@@ -18,9 +18,11 @@ from umt.model import UMTPretrain
 from umt.model.label_map import LabelMapError, read_label_map, remap_head
 from umt.model.student import interpolate_pos_table, pos_table, sincos_pos_table
 from umt.config import ConfigError, TrainConfig, apply_overrides
-from umt.train.finetune import FinetuneStep, build_classifier, layer_decay_groups
-from umt.train.mixup import VideoMixup
+from umt.train.finetune.mixup import VideoMixup
+from umt.train.finetune.step import FinetuneStep
+from umt.train.finetune.task import build_classifier, layer_decay_groups
 from umt.train.step import build_optimizer
+from umt.train.task import check_config
 from umt.train.trainer import Trainer
 
 PICO = "umt_vit_pico_patch16_224"  # width 96, depth 4, 3 heads
@@ -335,9 +337,10 @@ def test_recipes_carry_the_official_numbers(name: str) -> None:
 def test_finetune_config_checks() -> None:
     with pytest.raises(ConfigError, match="finetune.layer_decay must be in"):
         apply_overrides(TrainConfig(task="finetune"), ["finetune.layer_decay=0", "synthetic_data=true"])
-    with pytest.raises(ConfigError, match="must be even, got 3 × 1"):
-        apply_overrides(TrainConfig(task="finetune"), ["data.batch_size=3", "data.num_sample=1",
-                                                       "synthetic_data=true"])
+    with pytest.raises(ConfigError, match="must be even, got 3 × 1"):  # the task's own check
+        check_config(apply_overrides(TrainConfig(task="finetune"), ["data.batch_size=3", "data.num_sample=1",
+                                                                    "synthetic_data=true"]))
     ok = apply_overrides(TrainConfig(task="finetune"), ["data.batch_size=3", "data.num_sample=1", "finetune.mixup=0",
                                                         "finetune.cutmix=0", "synthetic_data=true"])
     assert not ok.finetune.mixup_active
+    check_config(ok)

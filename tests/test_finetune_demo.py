@@ -11,8 +11,8 @@ import torch
 
 from umt.data.build.sample_splits import split_rows
 from umt.config import apply_overrides
-from umt.train.demos import DEMOS, DemoError
-from umt.train.recipes import get_recipe
+from umt.train.demo import DemoError
+from umt.train.recipes import DEMOS, get_recipe
 
 SAMPLES = Path(__file__).resolve().parents[1] / "shards" / "samples" / "annotations.jsonl"
 

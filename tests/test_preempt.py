@@ -167,7 +167,7 @@ def _plant(fault: dict) -> None:
     if fault.get("attempt") is not None and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) != fault["attempt"]:
         return
     if fault["kind"] in ("signal", "kill"):
-        from umt.train.step import StageOneStep
+        from umt.train.distill.step import StageOneStep
 
         inner, calls = StageOneStep.micro_step, [0]
 

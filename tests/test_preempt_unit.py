@@ -68,7 +68,7 @@ def test_restart_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_signal_inside_a_step_finishes_it_then_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from umt.train.step import StageOneStep
+    from umt.train.distill.step import StageOneStep
     from umt.train.trainer import Trainer
 
     cfg = apply_overrides(get_recipe("demo"), [

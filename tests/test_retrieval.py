@@ -96,7 +96,7 @@ def test_two_ranks_equal_one(tmp_path: Path) -> None:
 def _worker(out: Path) -> None:
     import torch.distributed as dist
 
-    from umt.train.trainer import close_process_group
+    from umt.train.runtime import close_process_group
 
     dist.init_process_group("gloo")
     rank = dist.get_rank()

@@ -1,6 +1,6 @@
-"""``umt.train.step`` piece by piece, on a tiny model, against values written down by hand: the schedule
+"""``umt.train.step`` and ``umt.train.distill.step`` piece by piece, on a tiny model, against values written down by hand (issue 16): the schedule
 ``build_scheduler`` builds, the LR scaling, the optimizer variants, clipping, the mask kinds the step draws, the loss
-it returns and the update it applies. Fast (no trainer, no files): these are also the mutation tests of step.py."""
+it returns and the update it applies. Fast (no trainer, no files): these are also the mutation tests of both step.py files."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from umt.flops import ViTSpec
 from umt.config import apply_overrides
 from umt.train.recipes import get_recipe
-from umt.train.step import (StageOneStep, autocast_context, build_models, build_optimizer, build_scheduler,
-                            lr_multiplier, param_groups, peak_lr, umt_spec)
+from umt.train.distill.step import StageOneStep, build_models, umt_spec
+from umt.train.step import autocast_context, build_optimizer, build_scheduler, lr_multiplier, param_groups, peak_lr
 
 CPU = torch.device("cpu")
 TINY = ["synthetic_data=true", "synthetic_samples=8", "data.batch_size=2", "data.num_frames=2", "data.input_size=32",

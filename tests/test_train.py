@@ -128,7 +128,8 @@ class _NoSyncRecorder(torch.nn.Module):
 def test_accumulation_4x2_equals_one_batch_of_8() -> None:
     """One optimizer step over 4 micro-batches of 2 equals one step over the batch of 8 (fp32, CPU,
     no drop path, and the same per-sample masks: those the 4 micro-batch seeds draw)."""
-    from umt.train.step import StageOneStep, build_models, build_optimizer
+    from umt.train.distill.step import StageOneStep, build_models
+    from umt.train.step import build_optimizer
 
     cfg = _tiny("model.drop_path=0.0", "optim.global_batch=8")
     torch.manual_seed(0)
@@ -191,7 +192,8 @@ def test_global_batch_sets_accumulation_lr_and_logs_it(tmp_path: Path) -> None:
 
 def test_teacher_precision_setting() -> None:
     from umt.config import ConfigError
-    from umt.train.step import StageOneStep, build_models, build_optimizer, teacher_autocast_dtype
+    from umt.train.distill.step import StageOneStep, build_models, teacher_autocast_dtype
+    from umt.train.step import build_optimizer
 
     assert teacher_autocast_dtype("bf16", torch.bfloat16) == torch.bfloat16  # the default
     assert teacher_autocast_dtype("fp16", torch.bfloat16) == torch.float16

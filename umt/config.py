@@ -33,7 +33,7 @@ class ModelConfig:
     student: str = "umt_vit_base_patch16_224"
     """timm name of the student (``umt_vit_{base,large,tiny,pico}_patch16_224``)."""
     drop_path: float = 0.1
-    """Drop path rate of the last student block (linear ramp from 0); 0.1 for B, 0.2 for L (as official)."""
+    """Drop path rate of the last student block (linear ramp from 0); 0.1 for B, 0.2 for L (DESIGN.md)."""
     align_layers: int = 6
     """L: last student/teacher blocks aligned by the UMA loss (6)."""
     teacher: str = "ViT-B-16"
@@ -77,7 +77,7 @@ class ModelConfig:
 
 @dataclass
 class MaskConfig:
-    """Which student tokens stay visible (docs/design.md, "Semantic masking")."""
+    """Which student tokens stay visible (DESIGN.md, "Semantic masking")."""
 
     kind: str = "semantic"
     """``semantic`` (teacher CLS attention, Gumbel-top-k), ``tube`` or ``random``."""
@@ -154,7 +154,7 @@ class TextConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW and the LR schedule (docs/design.md, "Official numbers and their sources")."""
+    """AdamW and the LR schedule (DESIGN.md, "Recipe")."""
 
     lr: float = 1.5e-4
     """Peak LR per 256 clips; the actual peak is ``lr · global_batch / 256``."""
@@ -206,7 +206,7 @@ class CheckpointConfig:
     """Keep the newest K checkpoints."""
     signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")
     """On any of these signals every rank finishes its step, rank 0 checkpoints, and the run exits with
-    ``umt.train.preempt.EXIT_PREEMPTED``; empty: not handled (the default actions apply)."""
+    ``umt.train.preempt.EXIT_PREEMPTED`` (issue 15); empty: not handled (the default actions apply)."""
 
     def __post_init__(self) -> None:
         if self.every_steps < 0 or self.keep_last < 1:
@@ -242,7 +242,7 @@ class LogConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation during and after training, of the task's own kind (:meth:`umt.train.tasks.Task.evaluate`: e.g.
+    """Evaluation during and after training, of the task's own kind (:meth:`umt.train.task.Task.evaluate`: e.g.
     zero-shot retrieval for stage 2, multi-view classification for fine-tuning) on its configured eval set."""
 
     every_epochs: int = 0
@@ -293,7 +293,7 @@ __all__ += ["FinetuneConfig"]
 
 @dataclass
 class FinetuneConfig:
-    """Action-classification fine-tuning (task ``finetune``, :mod:`umt.train.finetune`; docs/design.md, "Fine-tuning":
+    """Action-classification fine-tuning (task ``finetune``, :mod:`umt.train.finetune.task`; DESIGN.md, "Fine-tuning":
     official ``single_modality/run_class_finetuning.py`` defaults)."""
 
     num_classes: int = 0
@@ -352,10 +352,10 @@ class FinetuneConfig:
 
 @dataclass
 class TrainConfig:
-    """Root config of a run: the task it trains (:mod:`umt.train.tasks`) and each part's settings."""
+    """Root config of a run: the task it trains (:mod:`umt.train.task`) and each part's settings."""
 
     task: str = "distill"
-    """What kind of training (:data:`umt.train.tasks.TASKS`): ``distill`` = stage 1 (video distillation),
+    """What kind of training (:data:`umt.train.task.TASKS`): ``distill`` = stage 1 (video distillation),
     ``video_text`` = stage 2 (video-text pre-training)."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -381,7 +381,9 @@ class TrainConfig:
         self.check(require_data=False)
 
     def check(self, require_data: bool = True) -> None:
-        """Cross-field checks (on creation, after overrides, and with ``require_data`` at trainer start).
+        """Cross-field checks of the fields every task reads (on creation, after overrides, and with ``require_data``
+        at trainer start). A task's own checks (its teacher's grid, its batch constraints) are the task's:
+        ``umt.train.task.check_config`` runs both before a run.
 
         Raises:
             ConfigError: inconsistent fields.
@@ -394,16 +396,8 @@ class TrainConfig:
             raise ConfigError("data.shards is empty: name a shard directory or set synthetic_data=true")
         if self.data.input_size % 16:
             raise ConfigError(f"data.input_size must be a multiple of the patch size 16, got {self.data.input_size}")
-        grid = self.data.input_size // 16
-        if self.task != "finetune" and self.model.teacher_image_size % grid:  # fine-tuning has no teacher
-            raise ConfigError(f"model.teacher_image_size {self.model.teacher_image_size} must give the student's "
-                              f"{grid}×{grid} grid (input_size {self.data.input_size} / 16)")
         if self.synthetic_data and self.synthetic_samples < self.data.batch_size:
             raise ConfigError("synthetic_samples must be >= data.batch_size")
-        if (self.task == "finetune" and self.finetune.mixup_active
-                and (self.data.batch_size * self.data.num_sample) % 2):
-            raise ConfigError(f"mixup/cutmix pair each clip with its mirror in the batch: data.batch_size × "
-                              f"data.num_sample must be even, got {self.data.batch_size} × {self.data.num_sample}")
 
 
 def accumulation_steps(cfg: TrainConfig, world_size: int) -> int:

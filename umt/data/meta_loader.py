@@ -132,7 +132,7 @@ def build_video_text_loader(
             ``image_batch_size``.
         tokenizer_dir: the text encoder's directory (its Hugging Face tokenizer files).
         max_len: token cap per caption, ``[CLS]`` and ``[SEP]`` included (official ``max_txt_l`` 32).
-        tokenizer: alias of ``tokenizer_dir`` (the keyword :class:`umt.train.video_text.VideoTextTask` passes).
+        tokenizer: alias of ``tokenizer_dir`` (the keyword :class:`umt.train.video_text.task.VideoTextTask` passes).
 
     Raises:
         FileNotFoundError: a directory without ``manifest.json``, or no ``tokenizer_dir``.

@@ -1,4 +1,7 @@
-"""UMT stage-1 training: config, recipes, the step, the trainer, checkpoints and export.
+"""UMT training, one trainer for every stage: stage-1 distillation (:mod:`umt.train.distill`), stage-2 video-text
+pre-training (:mod:`umt.train.video_text`) and fine-tuning (:mod:`umt.train.finetune`), each a task of the shared
+loop (:mod:`umt.train.trainer`, :mod:`umt.train.task`) with its step, recipes and demo; beside them the runtime,
+checkpoints, preemption, export and the preview.
 
 ``python -m umt.train --recipe NAME [--set section.field=value ...] [--run-dir DIR] [--resume auto|PATH]``.
 """

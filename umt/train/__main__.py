@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 import umt  # noqa: F401 - torchvision shim before timm/open_clip
-from umt.train.checkpoint import run_dir_in_use
 from umt.config import ConfigError, apply_overrides
-from umt.train.recipes import RECIPES, get_recipe
+from umt.train.checkpoint import run_dir_in_use
+from umt.train.demo import DemoError
+from umt.train.recipes import DEMOS, RECIPES, get_recipe
+from umt.train.task import check_config
 
 log = logging.getLogger("umt.train")
 
@@ -69,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         args.resume = "auto"
     try:
         cfg = apply_overrides(get_recipe(args.recipe), args.overrides)
+        check_config(cfg)  # the task's own checks too, before anything is built or printed
     except ConfigError as e:
         print(f"umt-train: config error: {e}", file=sys.stderr)
         return 2
@@ -79,8 +82,6 @@ def main(argv: list[str] | None = None) -> int:
 
         print(json.dumps(config_to_dict(cfg), indent=2))
         return 0
-    from umt.train.demos import DEMOS, DemoError
-
     demo = None if cfg.synthetic_data else DEMOS.get(args.recipe)
     if demo is not None and demo.single_process and int(os.environ.get("WORLD_SIZE", 1)) > 1:
         print(f"umt-train: the {args.recipe} recipe runs in one process (it may train the stage-1 demo first)",
@@ -133,13 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.export and trainer.rt.is_main:
             from umt.train.export import export_student
 
-            meta = {"arch": cfg.model.student, "num_frames": str(cfg.data.num_frames),
-                    "img_size": str(cfg.data.input_size), "step": str(trainer.step)}
-            if cfg.task == "finetune":  # the size its position table was interpolated from
-                meta.update(pretrain_num_frames=str(cfg.finetune.pretrain_num_frames),
-                            pretrain_img_size=str(cfg.finetune.pretrain_img_size))
-            export_student(getattr(trainer.model, "student", trainer.model), args.export, meta,
-                           overwrite=args.export_overwrite)
+            meta = {**trainer.task.export_metadata(), "step": str(trainer.step)}
+            export_student(trainer.task.backbone(), args.export, meta, overwrite=args.export_overwrite)
             summary["export"] = args.export
     finally:
         trainer.close()

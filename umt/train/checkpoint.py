@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import re
 from pathlib import Path
@@ -18,6 +17,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from umt.fileio import atomic_path, atomic_write, replace
 
 __all__ = ["CheckpointError", "run_dir_in_use", "save_checkpoint", "latest_checkpoint", "load_checkpoint",
            "load_latest_checkpoint", "rng_state", "set_rng_state", "drop_metrics_after"]
@@ -66,11 +67,8 @@ def save_checkpoint(ckpt_dir: str | Path, step: int, payload: dict[str, Any], ke
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     path = ckpt_dir / f"step_{step:08d}.pt"
-    tmp = path.with_suffix(".pt.tmp")
-    torch.save(payload, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:  # step_XXXXXXXX.pt.tmp: rotation and resume never see a partial file
+        torch.save(payload, tmp)
     done = sorted(p for p in ckpt_dir.iterdir() if _NAME.match(p.name))
     for old in done[:-keep_last]:
         old.unlink(missing_ok=True)
@@ -125,7 +123,7 @@ def load_latest_checkpoint(ckpt_dir: str | Path, rename: bool = True) -> tuple[P
             log.warning("resume=auto: skipping %s%s; trying the next newest", e,
                         f"; renamed to {aside.name}" if rename else "")
             if rename:
-                os.replace(path, aside)
+                replace(path, aside)
     return None
 
 
@@ -152,7 +150,5 @@ def drop_metrics_after(metrics: str | Path, step: int) -> int:
         else:
             kept.append(line)
     if dropped:
-        tmp = metrics.with_name(metrics.name + ".tmp")
-        tmp.write_text("".join(x + "\n" for x in kept))
-        os.replace(tmp, metrics)
+        atomic_write(metrics, "".join(x + "\n" for x in kept))
     return dropped

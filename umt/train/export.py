@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from umt.fileio import atomic_path
+
 __all__ = ["export_student", "export_checkpoint", "main"]
 
 
@@ -37,9 +39,8 @@ def export_student(student: torch.nn.Module, out: str | Path, metadata: dict[str
         raise FileExistsError(f"{out} already exists; choose another output path or pass overwrite (--overwrite)")
     out.parent.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().to("cpu").contiguous() for k, v in student.state_dict().items()}
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    save_file(sd, str(tmp), metadata={"format": "pt", **(metadata or {})})
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        save_file(sd, str(tmp), metadata={"format": "pt", **(metadata or {})})
     return out
 
 

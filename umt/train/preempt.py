@@ -32,6 +32,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from umt.fileio import atomic_write
+
 __all__ = ["EXIT_PREEMPTED", "MARKER", "Preempted", "PreemptionHandler", "write_marker", "read_marker",
            "restart_count", "preempted_before_restart"]
 
@@ -117,13 +119,11 @@ class PreemptionHandler:
 
 def write_marker(run_dir: str | Path, step: int, checkpoint: Path | None, signum: int) -> Path:
     """Write :data:`MARKER` atomically into ``run_dir`` (rank 0, after the checkpoint). Returns its path."""
-    path = Path(run_dir) / MARKER
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"step": step, "checkpoint": str(checkpoint) if checkpoint else None,
-                               "signal": signal.Signals(signum).name, "time": time.time(),
-                               "run_id": os.environ.get("TORCHELASTIC_RUN_ID"), "restart": restart_count()}) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(Path(run_dir) / MARKER,
+                        json.dumps({"step": step, "checkpoint": str(checkpoint) if checkpoint else None,
+                                    "signal": signal.Signals(signum).name, "time": time.time(),
+                                    "run_id": os.environ.get("TORCHELASTIC_RUN_ID"),
+                                    "restart": restart_count()}) + "\n")
 
 
 def read_marker(run_dir: str | Path) -> dict[str, Any] | None:

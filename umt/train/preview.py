@@ -12,12 +12,13 @@ The PNG is written atomically and never over a file this command did not make un
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from umt.fileio import atomic_path
 
 __all__ = ["render_clip", "preview", "main"]
 
@@ -71,12 +72,8 @@ def _write_png(img: np.ndarray, out: Path, overwrite: bool) -> None:
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
+    with atomic_path(out) as tmp:
         Image.fromarray(img).save(tmp, format="PNG")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def preview(shards: str, out: str | Path, *, recipe: str = "demo", teacher_weights: str = "", seed: int = 0,

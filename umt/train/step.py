@@ -1,9 +1,11 @@
-"""Building blocks of a stage-1 run shared by the trainer and ``benchmarks/bench_step.py``: model/teacher/optimizer
-builders, the LR schedule, and :class:`StageOneStep`, one training step in named phases.
+"""What every task's training step shares: AdamW parameter groups and peak LR, the optimizer and its LR schedule,
+autocast, and :class:`TrainStep` (gradient accumulation, DDP ``no_sync``, the backward of a micro-batch's scaled loss,
+the optimizer step with its non-finite guard). Each stage's own step subclasses it (``umt.train.distill.step``,
+``umt.train.video_text.step``, ``umt.train.finetune.step``).
 
-A step never waits on the host: masks are seeded by host integers, the non-finite check is a device-side flag
-consumed by the fused AdamW kernel (``found_inf``: the update and the step count are skipped on device), and the
-skip counters stay on the device until a logging step reads them.
+A step never waits on the host: the non-finite check is a device-side flag consumed by the fused AdamW kernel
+(``found_inf``: the update and the step count are skipped on device), and the skip counters stay on the device until
+a logging step reads them.
 """
 
 from __future__ import annotations
@@ -11,53 +13,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-import timm
 import torch
 import torch.nn as nn
 
-import umt.model  # noqa: F401 - registers the umt_vit_* names in timm
-from umt import masking, ops
-from umt.flops import UMTSpec, ViTSpec
-from umt.losses import uma_loss
-from umt.model import CLIPTeacher, TeacherOutput, UMTPretrain
-from umt.config import ConfigError, OptimConfig, TrainConfig, accumulation_steps
+from umt.config import OptimConfig, TrainConfig, accumulation_steps
 
-__all__ = ["build_models", "build_optimizer", "build_scheduler", "lr_multiplier", "param_groups", "peak_lr",
-           "StageOneStep", "TrainStep", "umt_spec", "autocast_context", "teacher_autocast_dtype"]
+__all__ = ["build_optimizer", "build_scheduler", "lr_multiplier", "param_groups", "peak_lr", "TrainStep",
+           "autocast_context"]
 
 log = logging.getLogger(__name__)
-
-
-def build_models(cfg: TrainConfig, device: torch.device) -> tuple[UMTPretrain, CLIPTeacher]:
-    """Student + UMA heads (trainable) and the frozen teacher, on ``device`` (fp32 weights).
-
-    Raises:
-        ConfigError: the teacher's patch grid does not match the student's.
-    """
-    d, m = cfg.data, cfg.model
-    student = timm.create_model(m.student, num_frames=d.num_frames, img_size=d.input_size,
-                                drop_path_rate=m.drop_path, align_layers=m.align_layers)
-    teacher = CLIPTeacher(m.teacher, m.teacher_image_size, m.teacher_weights or None, m.teacher_quick_gelu,
-                          m.align_layers, m.teacher_input_norm, video_mean=d.mean, video_std=d.std)
-    if m.teacher_image_size // teacher.patch_size != d.input_size // student.patch_size:
-        raise ConfigError(f"teacher grid {m.teacher_image_size}/{teacher.patch_size} != student grid "
-                          f"{d.input_size}/{student.patch_size}: set model.teacher_image_size")
-    model = UMTPretrain(student, teacher.output_dim)
-    return model.to(device), teacher.to(device)
-
-
-def umt_spec(cfg: TrainConfig, model: UMTPretrain, teacher: CLIPTeacher) -> UMTSpec:
-    """FLOP-model spec (:mod:`umt.flops`) of this run's sizes, for MFU."""
-    s = model.student
-    tv = teacher.visual
-    return UMTSpec(
-        student=ViTSpec(s.embed_dim, len(s.blocks), s.patch_size),
-        teacher=ViTSpec(tv.transformer.width, len(tv.transformer.resblocks), teacher.patch_size),
-        teacher_dim=teacher.output_dim, teacher_size=teacher.image_size, num_frames=cfg.data.num_frames,
-        input_size=cfg.data.input_size, mask_ratio=cfg.mask.ratio, align_layers=s.align_layers)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -126,29 +93,16 @@ def autocast_context(device: torch.device, dtype: torch.dtype | None) -> context
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-_TEACHER_DTYPES: dict[str, torch.dtype | None] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
-
-
-def teacher_autocast_dtype(teacher_precision: str, amp_dtype: torch.dtype | None) -> torch.dtype | None:
-    """The teacher's autocast dtype: ``model.teacher_precision`` in a mixed-precision run (``amp_dtype`` set), fp32
-    (None) in an fp32 run.
-
-    Raises:
-        ConfigError: unknown precision name.
-    """
-    if teacher_precision not in _TEACHER_DTYPES:
-        raise ConfigError(f"teacher precision must be one of {sorted(_TEACHER_DTYPES)}, got {teacher_precision!r}")
-    return None if amp_dtype is None else _TEACHER_DTYPES[teacher_precision]
-
-
 class TrainStep:
     """What every task's step shares: gradient accumulation over micro-batches, DDP ``no_sync``, and the optimizer
     step with the non-finite guard (:meth:`optimizer_step`), all without a host sync.
 
-    A task's step implements :meth:`train_batch` (forward, losses, backward of one micro-batch). With several
-    micro-batches (gradient accumulation, ``optim.global_batch``) each one's loss is scaled by 1/micro-batches, so the
-    summed gradient is that of the mean loss over the whole step's samples: equal-sized micro-batches give the
+    A task's step implements :meth:`train_batch` (forward, losses, and :meth:`backward` of one micro-batch). With
+    several micro-batches (gradient accumulation, ``optim.global_batch``) each one's loss is scaled by 1/micro-batches,
+    so the summed gradient is that of the mean loss over the whole step's samples: equal-sized micro-batches give the
     gradient of one big batch. A DDP model skips the gradient all-reduce (``no_sync``) on all but the last.
+    :meth:`run_step` is one whole optimizer step over given micro-batches (benchmarks and tests; the trainer runs
+    the same sequence itself, fetching each micro-batch as it goes).
 
     Args:
         model: the trainable module, possibly DDP-wrapped.
@@ -162,7 +116,7 @@ class TrainStep:
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.cfg, self.device, self.amp_dtype = cfg, device, amp_dtype
         #: set by the trainer on image-logging steps: the step then keeps ``first_clip`` (task-specific views of
-        #: its batch's first sample) for :meth:`umt.train.tasks.Task.log_image`
+        #: its batch's first sample) for :meth:`umt.train.task.Task.log_image`
         self.keep_first_clip = False
         self.first_clip: tuple[torch.Tensor, ...] | None = None
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -175,6 +129,31 @@ class TrainStep:
         """DDP's ``no_sync`` when ``sync`` is False and the model is DDP-wrapped, else a no-op."""
         no_sync = getattr(self.model, "no_sync", None)
         return no_sync() if (not sync and no_sync is not None) else contextlib.nullcontext()
+
+    @staticmethod
+    def backward(loss: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        """Backward of ``scale · loss`` (0-dim; ``scale`` = 1/micro-batches, so that the gradients summed over a
+        step's micro-batches are those of their mean loss). Call it inside :meth:`no_sync`.
+
+        Returns:
+            ``loss`` detached and unscaled (0-dim, on the device: no host sync).
+        """
+        (loss * scale if scale != 1.0 else loss).backward()
+        return loss.detach()
+
+    @staticmethod
+    def mean_losses(losses: Sequence[dict[str, torch.Tensor]],
+                    keys: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+        """The mean of each loss over one step's micro-batches (``keys``, default the first's), 0-dim each; one
+        micro-batch's own tensors when there is one.
+
+        Raises:
+            IndexError: ``losses`` is empty.
+        """
+        keys = list(losses[0] if keys is None else keys)
+        if len(losses) == 1:
+            return {k: losses[0][k] for k in keys}
+        return {k: torch.stack([x[k] for x in losses]).mean() for k in keys}
 
     def optimizer_step(self) -> torch.Tensor:
         """Clip (optional), skip on a non-finite global grad norm without a host sync, step, schedule.
@@ -223,89 +202,21 @@ class TrainStep:
         """
         raise NotImplementedError
 
-class StageOneStep(TrainStep):
-    """One UMT stage-1 optimizer step, in phases: per micro-batch (teacher → mask → student forward/backward), then
-    the optimizer (:meth:`TrainStep.optimizer_step`).
-
-    Args:
-        model: :class:`UMTPretrain`, possibly DDP-wrapped.
-        teacher: the frozen teacher (never wrapped).
-        optimizer, scheduler: from :func:`build_optimizer` / :func:`build_scheduler`.
-        cfg: the run config.
-        device: compute device; ``amp_dtype``: the student's autocast dtype (bf16) or None for fp32; the teacher
-            uses :func:`teacher_autocast_dtype` (``model.teacher_precision``).
-    """
-
-    def __init__(self, model: nn.Module, teacher: CLIPTeacher, optimizer: torch.optim.Optimizer,
-                 scheduler: Any, cfg: TrainConfig, device: torch.device, amp_dtype: torch.dtype | None) -> None:
-        super().__init__(model, optimizer, scheduler, cfg, device, amp_dtype)
-        self.teacher = teacher
-        self.teacher_dtype = teacher_autocast_dtype(cfg.model.teacher_precision, amp_dtype)
-        grid = cfg.data.input_size // 16
-        self.tokens_per_frame = grid * grid
-        self.keep = masking.keep_per_frame(self.tokens_per_frame, cfg.mask.ratio)
-        # first_clip here: views of (video [3, T, S, S], q_cls [T, H, D], k [T, H, 1+N, D], kept positions [T·K])
-
-    def teacher_forward(self, video: torch.Tensor) -> TeacherOutput:
-        """Frozen teacher on ``video [B, 3, T, H, W]`` (autocast to :attr:`teacher_dtype`, bf16 on GPU by default)."""
-        with torch.no_grad(), autocast_context(self.device, self.teacher_dtype):
-            return self.teacher(video)
-
-    def make_mask(self, tout: TeacherOutput, video: torch.Tensor, seed: int, keep: int | None = None) -> torch.Tensor:
-        """Kept positions ``[B, T·K]`` (sorted) for this step's mask kind; ``keep`` tokens per frame (default
-        :attr:`keep`, from ``mask.ratio``)."""
-        b, _, t = video.shape[:3]
-        with torch.no_grad():
-            return masking.make_mask(self.cfg.mask.kind, batch=b, frames=t, tokens_per_frame=self.tokens_per_frame,
-                                     keep=self.keep if keep is None else keep, seed=seed, q_cls=tout.q_cls, k=tout.k,
-                                     device=video.device)
-
-    def forward_backward(self, video: torch.Tensor, idx: torch.Tensor, tout: TeacherOutput,
-                         scale: float = 1.0) -> torch.Tensor:
-        """Student forward, UMA loss against the gathered targets, backward of ``scale · loss`` (gradients add up
-        over micro-batches). Returns the detached, unscaled loss (0-dim)."""
-        target = ops.gather_targets(tout.targets, idx)  # [L, B, K, C_t]
-        with autocast_context(self.device, self.amp_dtype):
-            pred = self.model(video, idx)  # [L, B, K, C_t]
-        loss = uma_loss(pred, target)
-        (loss * scale if scale != 1.0 else loss).backward()
-        return loss.detach()
-
-    def micro_step(self, video: torch.Tensor, seed: int, *, idx: torch.Tensor | None = None, scale: float = 1.0,
-                   sync: bool = True) -> torch.Tensor:
-        """Teacher, mask (``idx [B, T·K]`` when given, else drawn with ``seed``), forward and backward of one
-        micro-batch, accumulating into ``.grad``. ``sync=False`` skips DDP's gradient all-reduce (``no_sync``).
+    def run_step(self, batches: Sequence[dict[str, Any]],
+                 seeds: Sequence[int]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """One optimizer step over equal-sized micro-batches (one seed each): :meth:`train_batch` of each with
+        ``scale = 1/len(batches)`` and DDP's all-reduce on the last only, then :meth:`optimizer_step`.
 
         Returns:
-            The detached loss of this micro-batch (0-dim, unscaled).
-        """
-        tout = self.teacher_forward(video)
-        if idx is None:
-            idx = self.make_mask(tout, video, seed)
-        if self.keep_first_clip:  # views only: no copy, no host sync (the trainer renders on logging steps)
-            t = video.shape[2]
-            self.first_clip = (video[0], tout.q_cls[:t], tout.k[:t], idx[0])
-        with self.no_sync(sync):
-            return self.forward_backward(video, idx, tout, scale)
-
-    def train_batch(self, batch: dict[str, Any], seed: int, *, scale: float = 1.0,
-                    sync: bool = True) -> dict[str, torch.Tensor]:
-        """:meth:`micro_step` on ``batch["video"]``: ``{"loss": UMA loss}``."""
-        return {"loss": self.micro_step(batch["video"], seed, scale=scale, sync=sync)}
-
-    def __call__(self, video: torch.Tensor | Sequence[torch.Tensor],
-                 seed: int | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step over one batch ``[B, 3, T, H, W]`` or a sequence of equal-sized micro-batches (one
-        mask seed each). Returns ``(mean loss, applied)`` as device tensors (no sync).
+            ``(mean losses over the micro-batches, applied)``: 0-dim device tensors (no host sync).
 
         Raises:
-            ValueError: different numbers of micro-batches and seeds.
+            ValueError: no micro-batch, or different numbers of micro-batches and seeds.
         """
-        videos = [video] if isinstance(video, torch.Tensor) else list(video)
-        seeds = [seed] if isinstance(seed, int) else list(seed)
-        if len(videos) != len(seeds) or not videos:
-            raise ValueError(f"got {len(videos)} micro-batches and {len(seeds)} seeds")
-        n = len(videos)
-        losses = [self.micro_step(v, s, scale=1.0 / n, sync=i == n - 1) for i, (v, s) in enumerate(zip(videos, seeds))]
-        loss = losses[0] if n == 1 else torch.stack(losses).mean()
-        return loss, self.optimizer_step()
+        if len(batches) != len(seeds) or not batches:
+            raise ValueError(f"got {len(batches)} micro-batches and {len(seeds)} seeds")
+        n = len(batches)
+        losses = [self.train_batch(b, s, scale=1.0 / n, sync=i == n - 1)
+                  for i, (b, s) in enumerate(zip(batches, seeds))]
+        return self.mean_losses(losses), self.optimizer_step()
+

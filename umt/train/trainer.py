@@ -1,7 +1,8 @@
 """The trainer: distributed setup, precision, the step loop, checkpoints and logging, once for every task.
 
 What differs between kinds of training (stage-1 distillation, stage-2 video-text, fine-tuning: models, loader,
-losses, metrics) is a :class:`~umt.train.tasks.Task` that the recipe names (``TrainConfig.task``).
+losses, metrics) is a :class:`~umt.train.task.Task` that the recipe names (``TrainConfig.task``); where the
+processes run (rank, device, autocast dtype) is a :class:`~umt.train.runtime.Runtime`.
 
 The loop reads top to bottom: per optimizer step, ``accum`` micro-batches (each: next batch, timed as data wait →
 :meth:`~umt.train.step.TrainStep.train_batch`, DDP ``no_sync`` on all but the last; ``accum`` = 1 unless
@@ -13,14 +14,11 @@ loader batches.
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
-import os
 import resource
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,85 +29,21 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from umt import ops
 from umt.flops import peak_bf16_tflops
 from umt.masking import step_seed
-from umt.train import checkpoint as ckpt
 from umt.config import TrainConfig, accumulation_steps, config_to_dict
-from umt.train.preempt import Preempted, PreemptionHandler, restart_count, write_marker
-from umt.train.step import build_optimizer, build_scheduler
-from umt.train.tasks import Task, build_task
+from umt.fileio import atomic_path, atomic_write
+from umt.train import checkpoint as ckpt
+from umt.train.preempt import Preempted, PreemptionHandler, write_marker
+from umt.train.runtime import close_process_group, init_runtime
+from umt.train.step import TrainStep, build_optimizer, build_scheduler
+from umt.train.task import Task, build_task, check_config
 
-__all__ = ["Runtime", "Trainer", "init_runtime", "NonFiniteError", "close_process_group"]
+__all__ = ["Trainer", "NonFiniteError"]
 
 log = logging.getLogger(__name__)
 
 
 class NonFiniteError(RuntimeError):
     """Too many consecutive non-finite steps: training stopped."""
-
-
-@dataclass
-class Runtime:
-    """Process placement: rank/world from torchrun's environment, device, autocast dtype."""
-
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-    amp_dtype: torch.dtype | None
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_runtime(cfg: TrainConfig) -> Runtime:
-    """Read torchrun's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``, pick the device, init the process group (NCCL on
-    GPU, gloo on CPU) when there are several processes.
-
-    Raises:
-        RuntimeError: ``device="cuda"`` without a GPU.
-    """
-    rank = int(os.environ.get("RANK", 0))
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    if want_cuda and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda but no CUDA GPU is available")
-    device = torch.device("cuda", local) if want_cuda else torch.device("cpu")
-    if want_cuda:
-        torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        _warn_shared_store()
-        dist.init_process_group("nccl" if want_cuda else "gloo", device_id=device if want_cuda else None)
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
-    return Runtime(rank, world, local, device, torch.bfloat16 if bf16 else None)
-
-
-def _warn_shared_store() -> None:
-    """torchrun (torch 2.5 to at least 2.13) keeps one TCPStore for every attempt of a job, and the workers' keys carry
-    no attempt prefix: a restarted rank can read the address its dead peer published in the previous attempt and fail
-    to connect ("Connection refused"; 3 restarts in 4 failed in ``tests/test_preempt.py``). pytorch/pytorch#135712
-    and #167288; torchrun's own opt-out, ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``, gives every attempt a fresh store.
-    """
-    if restart_count() > 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
-        log.warning("torchrun restart %d with its shared TCPStore: the process group may connect to a dead peer's "
-                    "address (pytorch/pytorch#135712); launch torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1",
-                    restart_count())
-
-
-def close_process_group() -> None:
-    """Tear the process group down on every rank without gloo's exit hang.
-
-    With gloo, a rank that destroys the group while a peer's DDP reducer still uses it can hang at interpreter exit
-    (seen 2 runs in 12 on 2 CPU cores; CI timed out on it). Callers drop their DDP wrappers first; this collects
-    them, waits for every rank, then destroys the group.
-    """
-    gc.collect()
-    dist.barrier()
-    dist.destroy_process_group()
 
 
 def _peak_tflops(device: torch.device) -> float | None:
@@ -125,7 +59,7 @@ def _peak_mem_bytes(device: torch.device) -> int:
 
 
 class Trainer:
-    """One training run of the task ``cfg.task`` names (:mod:`umt.train.tasks`).
+    """One training run of the task ``cfg.task`` names (:mod:`umt.train.task`).
 
     Args:
         cfg: the resolved config.
@@ -136,12 +70,13 @@ class Trainer:
     Raises:
         umt.train.checkpoint.CheckpointError: ``resume`` names a missing or unreadable checkpoint.
         FileExistsError: a fresh run (no ``resume``) into a directory that holds a run.
-        ConfigError: ``optim.global_batch`` does not divide into micro-batches.
+        ConfigError: a failed config check (the task's own included, :func:`umt.train.task.check_config`), or
+            ``optim.global_batch`` does not divide into micro-batches.
         recipe: recipe name, recorded in config.json.
     """
 
     def __init__(self, cfg: TrainConfig, run_dir: str | Path, resume: str | None = None, recipe: str = "") -> None:
-        cfg.check(require_data=True)
+        check_config(cfg, require_data=True)
         if not resume and ckpt.run_dir_in_use(run_dir):  # a fresh run never appends to another run's files
             raise FileExistsError(f"{run_dir} already holds a run (checkpoints, metrics or config): resume it "
                                   "(resume='auto') or choose another run directory")
@@ -257,9 +192,7 @@ class Trainer:
                 "global_batch": self.cfg.data.batch_size * self.rt.world_size * self.accum,
                 "task": self.cfg.task, **self.task.record(),
                 "resumed_from": str(self.resumed_from) if self.resumed_from else None}
-        tmp = self.run_dir / "config.json.tmp"
-        tmp.write_text(json.dumps(info, indent=2) + "\n")
-        tmp.replace(self.run_dir / "config.json")
+        atomic_write(self.run_dir / "config.json", json.dumps(info, indent=2) + "\n")
 
     def save(self, preempted_by: int = 0, write: bool = True) -> Path | None:
         """Checkpoint on rank 0 (others wait at a barrier); with ``preempted_by`` (a signal number) rank 0 then
@@ -270,7 +203,8 @@ class Trainer:
             if write:
                 path = ckpt.save_checkpoint(self.ckpt_dir, self.step, self.state_dict(),
                                             self.cfg.checkpoint.keep_last)
-                (self.run_dir / "kernel_configs.json").write_text(json.dumps(ops.kernel_configs(), indent=2) + "\n")
+                atomic_write(self.run_dir / "kernel_configs.json",
+                             json.dumps(ops.kernel_configs(), indent=2) + "\n")
                 log.info("checkpoint %s", path)
             else:
                 path = self.ckpt_dir / f"step_{self.step:08d}.pt"
@@ -324,7 +258,7 @@ class Trainer:
         self.step_fn.first_clip, self.step_fn.keep_first_clip = None, False
 
     def evaluate(self, final: bool = False) -> dict[str, float] | None:
-        """The task's evaluation (:meth:`umt.train.tasks.Task.evaluate`) on every rank; rank 0 appends the result to
+        """The task's evaluation (:meth:`umt.train.task.Task.evaluate`) on every rank; rank 0 appends the result to
         ``eval.jsonl`` and TensorBoard (``eval/*``). A periodic result better than :attr:`best_eval` by the task's
         ``eval_key`` replaces ``best.pt`` (weights, written atomically). Returns the result (None: no eval set)."""
         self.model.eval()
@@ -348,10 +282,9 @@ class Trainer:
                     if isinstance(v, (int, float)):
                         self.tb.add_scalar(f"eval/{k}" + ("_final" if final else ""), v, self.step)
             if better:
-                tmp = self.run_dir / "best.pt.tmp"
-                torch.save({"model": self.model.state_dict(), "step": self.step, "epoch": self.epoch, "eval": res,
-                            "task": self.cfg.task, "config": config_to_dict(self.cfg)}, tmp)
-                tmp.replace(self.run_dir / "best.pt")
+                with atomic_path(self.run_dir / "best.pt") as tmp:
+                    torch.save({"model": self.model.state_dict(), "step": self.step, "epoch": self.epoch,
+                                "eval": res, "task": self.cfg.task, "config": config_to_dict(self.cfg)}, tmp)
                 log.info("best %s %.4f at step %d: %s", key, self.best_eval, self.step, self.run_dir / "best.pt")
             log.info("eval%s at step %d: %s", " (final)" if final else "", self.step,
                      ", ".join(f"{k} {v:.4g}" for k, v in res.items() if isinstance(v, (int, float))))
@@ -407,9 +340,8 @@ class Trainer:
                         batch = None
                         break
                     ok = self.step_fn.optimizer_step()
-                    for k, total in loss_sums.items():
-                        loss = losses[0][k] if self.accum == 1 else torch.stack([x[k] for x in losses]).mean()
-                        total += torch.where(ok, loss, 0.0)
+                    for k, loss in TrainStep.mean_losses(losses, loss_sums).items():
+                        loss_sums[k] += torch.where(ok, loss, 0.0)
                     n_ok += ok.float()
                     self.step += 1
                     self.batch_in_epoch += self.accum

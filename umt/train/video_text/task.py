@@ -4,88 +4,38 @@
 checkpoint or export, ``model.init_from``), the frozen CLIP teacher of stage 1, the BERT text encoder
 (:mod:`umt.model.text`) and :class:`~umt.model.vision_text.UMTVisionText`; its loader interleaves whole video-text and
 image-text batches (the stage-2 MetaLoader, or :class:`~umt.data.synthetic.SyntheticPairLoader` with
-``synthetic_data``). :class:`VideoTextStep` runs one micro-batch in named phases: teacher forward (frozen, never in
-DDP, autocast as stage 1) → semantic mask at the batch's modality's ratio (video 0.8, image 0.5) → the model's four
-losses (VTC, VTM, MLM, UTA) → backward of their weighted sum. Optimiser (official ``exp/pretraining/*.py``,
-``utils/optimizer.py``): AdamW, lr 1e-4 *not* scaled by the batch, betas (0.9, 0.999), weight decay 0.02 on ≥ 2-D
-weights only (none on biases, norms, the temperature), no per-module lr, cosine over 10 epochs after 1 warm-up
-epoch to a floor of 0.01 × lr.
+``synthetic_data``). Its step is :class:`~umt.train.video_text.step.VideoTextStep`. Optimiser (official
+``exp/pretraining/*.py``, ``utils/optimizer.py``): AdamW, lr 1e-4 *not* scaled by the batch, betas (0.9, 0.999),
+weight decay 0.02 on ≥ 2-D weights only (none on biases, norms, the temperature), no per-module lr, cosine over 10
+epochs after 1 warm-up epoch to a floor of 0.01 × lr.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn as nn
 
-from umt import ops
+from umt.config import ConfigError, TrainConfig
 from umt.flops import TextSpec, VideoTextSpec, stage2_flops_per_sample
-from umt.masking import keep_per_frame
 from umt.model.load import BackboneLoadError
 from umt.model.text import TextEncoderError, build_text_encoder, resolve_text_dir
-from umt.model.vision_text import LOSS_NAMES, UMTVisionText, load_pretrained
-from umt.config import ConfigError, TrainConfig
-from umt.train.step import StageOneStep, autocast_context, build_models, umt_spec
-from umt.train.tasks import DistillationTask, Task, refuse_changed_input, register_task
+from umt.model.vision_text import UMTVisionText, load_pretrained
+from umt.train.distill.task import TeacherTask
+from umt.train.runtime import Runtime
+from umt.train.task import refuse_changed_input, register_task
+from umt.train.video_text.step import VideoTextStep
 
-if TYPE_CHECKING:
-    from umt.model import CLIPTeacher
-    from umt.train.trainer import Runtime
-
-__all__ = ["VideoTextTask", "VideoTextStep"]
+__all__ = ["VideoTextTask"]
 
 log = logging.getLogger(__name__)
 
 
-class VideoTextStep(StageOneStep):
-    """One stage-2 micro-batch: teacher → mask → :class:`UMTVisionText` losses → backward (the optimizer step,
-    accumulation and non-finite guard are :class:`~umt.train.step.TrainStep`'s).
-
-    Args:
-        model: :class:`UMTVisionText`, possibly DDP-wrapped.
-        teacher: the frozen CLIP teacher (never wrapped).
-        optimizer, scheduler, cfg, device, amp_dtype: as :class:`~umt.train.step.StageOneStep` (the teacher's
-            autocast follows ``model.teacher_precision``).
-    """
-
-    def __init__(self, model: nn.Module, teacher: CLIPTeacher, optimizer: torch.optim.Optimizer, scheduler: Any,
-                 cfg: TrainConfig, device: torch.device, amp_dtype: torch.dtype | None) -> None:
-        super().__init__(model, teacher, optimizer, scheduler, cfg, device, amp_dtype)
-        #: visible tokens per frame: :attr:`keep` (video, ``mask.ratio``) and this (image, ``mask.image_ratio``)
-        self.keep_image = keep_per_frame(self.tokens_per_frame, cfg.mask.image_ratio)
-        t = cfg.text
-        self.weights = {"vtc": t.vtc_weight, "vtm": t.vtm_weight, "mlm": t.mlm_weight, "uta": t.uta_weight}
-
-    def train_batch(self, batch: dict[str, Any], seed: int, *, scale: float = 1.0,
-                    sync: bool = True) -> dict[str, torch.Tensor]:
-        """Teacher, mask, the four losses and backward of ``scale · Σ weight·loss`` for one batch of the stage-2
-        contract (:class:`~umt.data.synthetic.SyntheticPairLoader`); ``seed`` keys the mask, the VTM negatives and the
-        MLM masks.
-
-        Returns:
-            ``{"loss": weighted total, "loss_vtc", "loss_vtm", "loss_mlm", "loss_uta"}`` (unweighted parts), detached.
-        """
-        video = batch["video"]  # [B, 3, T, H, W]
-        tout = self.teacher_forward(video)
-        keep = self.keep_image if batch["modality"] == "image" else self.keep
-        idx = self.make_mask(tout, video, seed, keep=keep)  # [B, T·keep]
-        if self.keep_first_clip:  # views only (see StageOneStep.micro_step)
-            t = video.shape[2]
-            self.first_clip = (video[0], tout.q_cls[:t], tout.k[:t], idx[0])
-        target = ops.gather_targets(tout.targets, idx)  # [L, B, K, C_t]
-        with self.no_sync(sync):
-            with autocast_context(self.device, self.amp_dtype):
-                parts = self.model(video, idx, batch["text_ids"], batch["text_mask"], batch["index"], target, seed)
-            loss = sum(self.weights[k] * parts[k] for k in LOSS_NAMES)
-            (loss * scale if scale != 1.0 else loss).backward()
-        return {"loss": loss.detach(), **{f"loss_{k}": parts[k].detach() for k in LOSS_NAMES}}
-
-
 @register_task
-class VideoTextTask(DistillationTask):
+class VideoTextTask(TeacherTask):
     """Stage 2 (UMT Sec. 3.2): VTC + VTM + MLM + UTA on interleaved video-text and image-text batches.
 
     Raises (from ``__init__``):
@@ -99,9 +49,8 @@ class VideoTextTask(DistillationTask):
     eval_key = "r_mean"
 
     def __init__(self, cfg: TrainConfig, rt: Runtime) -> None:
-        Task.__init__(self, cfg, rt)
-        pre, self.teacher = build_models(cfg, rt.device)  # the stage-1 student + UMA heads, the frozen teacher
-        self.vision_spec = umt_spec(cfg, pre, self.teacher)
+        super().__init__(cfg, rt)
+        pre = self.model  # the stage-1 student + UMA heads, beside the frozen teacher
         t = cfg.text
         try:
             text, self.text_info = build_text_encoder(t.encoder, t.fusion_layer, pre.student.embed_dim,
@@ -180,10 +129,7 @@ class VideoTextTask(DistillationTask):
     def record(self) -> dict[str, Any]:
         """The teacher's provenance (as stage 1), the text encoder's (directory, weights file, sha256, fusion
         split), what ``model.init_from`` loaded, and the FLOPs per video and per image pair."""
-        info = self.teacher.load_info
-        return {"teacher_random_init": self.teacher.random_init,
-                "teacher": info.to_dict() if info is not None else {"random_init": True},
-                "text": self.text_info.to_dict(), "init_from": self.init_report,
+        return {**self.teacher_record(), "text": self.text_info.to_dict(), "init_from": self.init_report,
                 "flops_per_video": stage2_flops_per_sample(self.spec, "video")["total"],
                 "flops_per_image": stage2_flops_per_sample(self.spec, "image")["total"]}
 

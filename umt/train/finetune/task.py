@@ -3,8 +3,9 @@
 The model is the student ViT as a classifier (:class:`umt.model.student.UMTStudent` with ``num_classes``: mean
 pooling over all tokens, ``fc_norm``, a head initialised × 0.001), its backbone loaded from ``model.init_from``
 (a stage-1/stage-2 checkpoint, a safetensors export or a fine-tuned classifier, :func:`umt.model.load.load_backbone`)
-with the position table interpolated from the pre-training size. The step mixes each batch (timm ``Mixup``/CutMix on
-the folded clip, seeded per step: :class:`umt.train.mixup.VideoMixup`) and minimises the soft-target cross-entropy.
+with the position table interpolated from the pre-training size. The step (:mod:`umt.train.finetune.step`) mixes
+each batch (timm ``Mixup``/CutMix on the folded clip, seeded per step: :class:`umt.train.finetune.mixup.VideoMixup`)
+and minimises the soft-target cross-entropy.
 The optimizer's groups carry layer-wise lr decay (:func:`layer_decay_groups`). Evaluation is multi-view
 classification on ``eval.shards`` (:func:`classify`).
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import timm
 import torch
@@ -26,19 +27,16 @@ import torch.distributed as dist
 import torch.nn as nn
 
 import umt.model  # noqa: F401 - registers the umt_vit_* names in timm
+from umt.config import ConfigError, TrainConfig
 from umt.flops import ClassifierSpec, ViTSpec, classifier_train_flops_per_clip
 from umt.model.label_map import LabelMapError, remap_head
 from umt.model.load import BackboneLoadError, BackboneState, LoadReport, load_backbone, read_backbone
 from umt.model.student import STUDENT_ARCHS, UMTStudent
-from umt.config import ConfigError, TrainConfig
-from umt.train.mixup import VideoMixup
-from umt.train.step import TrainStep, autocast_context
-from umt.train.tasks import Task, register_task
+from umt.train.finetune.step import FinetuneStep
+from umt.train.runtime import Runtime
+from umt.train.task import Task, register_task
 
-if TYPE_CHECKING:
-    from umt.train.trainer import Runtime
-
-__all__ = ["FinetuneTask", "FinetuneStep", "layer_id_for_vit", "layer_decay_groups", "build_classifier",
+__all__ = ["FinetuneTask", "layer_id_for_vit", "layer_decay_groups", "build_classifier",
            "classify", "eval_data_config"]
 
 log = logging.getLogger(__name__)
@@ -191,59 +189,6 @@ def classify(model: nn.Module, loader: Any, *, num_classes: int, device: torch.d
                                    out_dir=out_dir, class_names=class_names, meta=meta)
 
 
-# -------------------------------------------------------------------------------------------------------- the step
-class FinetuneStep(TrainStep):
-    """One fine-tuning micro-step: mixup/CutMix (seeded by the micro-batch's seed) → classifier forward (autocast)
-    → soft-target cross-entropy (fp32 logits) → backward. Official ``engine_for_finetuning.train_one_epoch``.
-
-    Args:
-        model: the classifier, possibly DDP-wrapped or compiled.
-        optimizer, scheduler, cfg, device, amp_dtype: as :class:`~umt.train.step.TrainStep`.
-        num_classes: K.
-    """
-
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, cfg: TrainConfig,
-                 device: torch.device, amp_dtype: torch.dtype | None, num_classes: int) -> None:
-        super().__init__(model, optimizer, scheduler, cfg, device, amp_dtype)
-        f = cfg.finetune
-        self.num_classes = num_classes
-        self.mixup = (VideoMixup(num_classes, mixup_alpha=f.mixup, cutmix_alpha=f.cutmix, prob=f.mixup_prob,
-                                 switch_prob=f.mixup_switch_prob, label_smoothing=f.label_smoothing)
-                      if f.mixup_active else None)
-        from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-
-        # official criterion choice: soft targets with mixup (smoothing inside them), else smoothing, else plain CE
-        self.criterion: nn.Module
-        if self.mixup is not None:
-            self.criterion = SoftTargetCrossEntropy()
-        elif f.label_smoothing > 0:
-            self.criterion = LabelSmoothingCrossEntropy(smoothing=f.label_smoothing)
-        else:
-            self.criterion = nn.CrossEntropyLoss()
-
-    def train_batch(self, batch: dict[str, Any], seed: int, *, scale: float = 1.0,
-                    sync: bool = True) -> dict[str, torch.Tensor]:
-        """Mix, forward, loss and backward of ``scale · loss`` for one micro-batch.
-
-        Returns:
-            ``{"loss": the cross-entropy, "top1": the fraction of clips whose argmax is the target's largest class
-            (the label with the larger share of a mixed target)}``, detached 0-dim device tensors (no host sync).
-        """
-        video, label = batch["video"], batch["label"]  # [B, 3, T, H, W], [B]
-        target = label
-        if self.mixup is not None:
-            video, target = self.mixup(video, label, seed)  # target [B, K] soft
-        with self.no_sync(sync):
-            with autocast_context(self.device, self.amp_dtype):
-                logits = self.model(video)  # [B, K]
-            loss = self.criterion(logits.float(), target)
-            (loss * scale if scale != 1.0 else loss).backward()
-        with torch.no_grad():
-            hard = target.argmax(-1) if target.ndim == 2 else target  # [B]
-            top1 = (logits.argmax(-1) == hard).float().mean()
-        return {"loss": loss.detach(), "top1": top1}
-
-
 # -------------------------------------------------------------------------------------------------------- the task
 @register_task
 class FinetuneTask(Task):
@@ -283,6 +228,17 @@ class FinetuneTask(Task):
         self.spec = ClassifierSpec(ViTSpec(model.embed_dim, depth, model.patch_size), self.num_classes,
                                    cfg.data.num_frames, cfg.data.input_size, model.tubelet_size)
 
+    @classmethod
+    def check_config(cls, cfg: TrainConfig) -> None:
+        """Mixup/CutMix pair each clip with its mirror in the batch: the batch must be even when they are on.
+
+        Raises:
+            ConfigError: ``data.batch_size × data.num_sample`` is odd with mixup or CutMix active.
+        """
+        if cfg.finetune.mixup_active and (cfg.data.batch_size * cfg.data.num_sample) % 2:
+            raise ConfigError(f"mixup/cutmix pair each clip with its mirror in the batch: data.batch_size × "
+                              f"data.num_sample must be even, got {cfg.data.batch_size} × {cfg.data.num_sample}")
+
     def _check_eval_classes(self) -> None:
         cfg = self.cfg
         if cfg.synthetic_data or not cfg.eval.shards:
@@ -317,6 +273,13 @@ class FinetuneTask(Task):
 
     def make_step(self, net: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> FinetuneStep:
         return FinetuneStep(net, optimizer, scheduler, self.cfg, self.rt.device, self.rt.amp_dtype, self.num_classes)
+
+    def export_metadata(self) -> dict[str, str]:
+        """As :meth:`Task.export_metadata`, plus the size the position table was interpolated from
+        (``finetune.pretrain_num_frames``/``pretrain_img_size``, resolved in ``__init__``)."""
+        f = self.cfg.finetune
+        return {**super().export_metadata(), "pretrain_num_frames": str(f.pretrain_num_frames),
+                "pretrain_img_size": str(f.pretrain_img_size)}
 
     def flops(self, batch: dict[str, Any]) -> float:
         """``clips × 3 × forward`` (:func:`umt.flops.classifier_train_flops_per_clip`), every repeated view a clip."""

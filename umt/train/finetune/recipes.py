@@ -116,7 +116,7 @@ def demo_ft() -> TrainConfig:
     """A few CPU minutes: the stage-1 ``demo`` student (4 blocks, width 96, 4 frames × 112²) fine-tuned on the
     embedded sample's 4 labels (a fixed per-class split of its 20 clips, :mod:`umt.data.build.sample_splits`), evaluated
     on the held-out clips. ``model.init_from`` = ``runs/demo``: the newest checkpoint of the stage-1 demo run, trained
-    first when that directory is absent (``python -m umt.train --recipe demo_ft``; :mod:`umt.train.demos`)."""
+    first when that directory is absent (``python -m umt.train --recipe demo_ft``; :mod:`umt.train.finetune.demo`)."""
     return TrainConfig(
         task="finetune",
         data=DataConfig(shards="shards/built/sample_ft/train", batch_size=4, num_sample=2, num_frames=4,

@@ -1,0 +1,2 @@
+"""Stage 1 of UMT: video distillation from a frozen CLIP teacher (task ``distill``): its task, step, recipes and
+demo."""

@@ -1,0 +1,64 @@
+"""Stage 2's step: one micro-batch of video-text (or image-text) pre-training in named phases: teacher forward
+(frozen, never in DDP, autocast as stage 1) → semantic mask at the batch's modality's ratio (video 0.8, image 0.5) →
+the model's four losses (VTC, VTM, MLM, UTA) → backward of their weighted sum. The optimizer step, accumulation and
+non-finite guard are :class:`~umt.train.step.TrainStep`'s; the teacher and the mask
+:class:`~umt.train.distill.step.TeacherStep`'s.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from umt import ops
+from umt.config import TrainConfig
+from umt.masking import keep_per_frame
+from umt.model import CLIPTeacher
+from umt.model.vision_text import LOSS_NAMES
+from umt.train.distill.step import TeacherStep
+from umt.train.step import autocast_context
+
+__all__ = ["VideoTextStep"]
+
+
+class VideoTextStep(TeacherStep):
+    """One stage-2 micro-batch: teacher → mask → :class:`~umt.model.vision_text.UMTVisionText` losses → backward
+    (the optimizer step, accumulation and non-finite guard are :class:`~umt.train.step.TrainStep`'s).
+
+    Args:
+        model: :class:`UMTVisionText`, possibly DDP-wrapped.
+        teacher: the frozen CLIP teacher (never wrapped).
+        optimizer, scheduler, cfg, device, amp_dtype: as :class:`~umt.train.distill.step.TeacherStep` (the
+            teacher's autocast follows ``model.teacher_precision``).
+    """
+
+    def __init__(self, model: nn.Module, teacher: CLIPTeacher, optimizer: torch.optim.Optimizer, scheduler: Any,
+                 cfg: TrainConfig, device: torch.device, amp_dtype: torch.dtype | None) -> None:
+        super().__init__(model, teacher, optimizer, scheduler, cfg, device, amp_dtype)
+        #: visible tokens per frame: :attr:`keep` (video, ``mask.ratio``) and this (image, ``mask.image_ratio``)
+        self.keep_image = keep_per_frame(self.tokens_per_frame, cfg.mask.image_ratio)
+        t = cfg.text
+        self.weights = {"vtc": t.vtc_weight, "vtm": t.vtm_weight, "mlm": t.mlm_weight, "uta": t.uta_weight}
+
+    def train_batch(self, batch: dict[str, Any], seed: int, *, scale: float = 1.0,
+                    sync: bool = True) -> dict[str, torch.Tensor]:
+        """Teacher, mask, the four losses and backward of ``scale · Σ weight·loss`` for one batch of the stage-2
+        contract (:class:`~umt.data.synthetic.SyntheticPairLoader`); ``seed`` keys the mask, the VTM negatives and the
+        MLM masks.
+
+        Returns:
+            ``{"loss": weighted total, "loss_vtc", "loss_vtm", "loss_mlm", "loss_uta"}`` (unweighted parts), detached.
+        """
+        video = batch["video"]  # [B, 3, T, H, W]
+        tout = self.teacher_forward(video)
+        keep = self.keep_image if batch["modality"] == "image" else self.keep
+        idx = self.make_mask(tout, video, seed, keep=keep)  # [B, T·keep]
+        self.keep_preview(video, tout, idx)
+        target = ops.gather_targets(tout.targets, idx)  # [L, B, K, C_t]
+        with self.no_sync(sync):
+            with autocast_context(self.device, self.amp_dtype):
+                parts = self.model(video, idx, batch["text_ids"], batch["text_mask"], batch["index"], target, seed)
+            loss = self.backward(sum(self.weights[k] * parts[k] for k in LOSS_NAMES), scale)
+        return {"loss": loss, **{f"loss_{k}": parts[k].detach() for k in LOSS_NAMES}}
