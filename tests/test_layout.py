@@ -168,3 +168,21 @@ def test_checker_detects_upward_import(bad, monkeypatch):
     monkeypatch.setattr(__import__(__name__), "GRAPH", graph)
     out = _violations(layers)
     assert bool(out) == bool(bad)
+
+
+def test_writers_rename_only_through_fileio():
+    """Every durable write of the package goes through :mod:`umt.fileio` (file fsync, rename, directory fsync): no
+    other module renames a file into place itself."""
+    bad = []
+    for mod, path in MODULES.items():
+        if not mod.startswith("umt.") or mod == "umt.fileio":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                name = node.func.attr
+                target = ast.unparse(node.func.value)
+                if (name in ("rename", "replace") and target == "os") or (
+                        name in ("rename", "replace") and len(node.args) == 1 and not node.keywords
+                        and target not in ("str", "s", "text", "name") and not target.endswith(("_str", "text"))):
+                    bad.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
+    assert bad == []

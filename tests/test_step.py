@@ -1,4 +1,4 @@
-"""``umt.train.step`` and ``umt.train.distill.step`` piece by piece, on a tiny model, against values written down by hand (issue 16): the schedule
+"""``umt.train.step`` and ``umt.train.distill.step`` piece by piece, on a tiny model, against values written down by hand: the schedule
 ``build_scheduler`` builds, the LR scaling, the optimizer variants, clipping, the mask kinds the step draws, the loss
 it returns and the update it applies. Fast (no trainer, no files): these are also the mutation tests of both step.py files."""
 

@@ -1,4 +1,4 @@
-"""The trainer runs any :class:`umt.train.task.Task` (DESIGN.md, "One trainer runs every kind of training"): a toy
+"""The trainer runs any :class:`umt.train.task.Task` (docs/design.md, "Tasks and recipes"): a toy
 two-loss regression task goes through the same loop, accumulation, metrics and exact resume as stage 1, and each
 of its losses is logged separately."""
 

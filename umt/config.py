@@ -33,7 +33,7 @@ class ModelConfig:
     student: str = "umt_vit_base_patch16_224"
     """timm name of the student (``umt_vit_{base,large,tiny,pico}_patch16_224``)."""
     drop_path: float = 0.1
-    """Drop path rate of the last student block (linear ramp from 0); 0.1 for B, 0.2 for L (DESIGN.md)."""
+    """Drop path rate of the last student block (linear ramp from 0); 0.1 for B, 0.2 for L (as official)."""
     align_layers: int = 6
     """L: last student/teacher blocks aligned by the UMA loss (6)."""
     teacher: str = "ViT-B-16"
@@ -77,7 +77,7 @@ class ModelConfig:
 
 @dataclass
 class MaskConfig:
-    """Which student tokens stay visible (DESIGN.md, "Semantic masking")."""
+    """Which student tokens stay visible (docs/design.md, "Semantic masking")."""
 
     kind: str = "semantic"
     """``semantic`` (teacher CLS attention, Gumbel-top-k), ``tube`` or ``random``."""
@@ -154,7 +154,7 @@ class TextConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW and the LR schedule (DESIGN.md, "Recipe")."""
+    """AdamW and the LR schedule (docs/design.md, "Official numbers and their sources")."""
 
     lr: float = 1.5e-4
     """Peak LR per 256 clips; the actual peak is ``lr · global_batch / 256``."""
@@ -206,7 +206,7 @@ class CheckpointConfig:
     """Keep the newest K checkpoints."""
     signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")
     """On any of these signals every rank finishes its step, rank 0 checkpoints, and the run exits with
-    ``umt.train.preempt.EXIT_PREEMPTED`` (issue 15); empty: not handled (the default actions apply)."""
+    ``umt.train.preempt.EXIT_PREEMPTED``; empty: not handled (the default actions apply)."""
 
     def __post_init__(self) -> None:
         if self.every_steps < 0 or self.keep_last < 1:
@@ -293,7 +293,7 @@ __all__ += ["FinetuneConfig"]
 
 @dataclass
 class FinetuneConfig:
-    """Action-classification fine-tuning (task ``finetune``, :mod:`umt.train.finetune.task`; DESIGN.md, "Fine-tuning":
+    """Action-classification fine-tuning (task ``finetune``, :mod:`umt.train.finetune.task`; docs/design.md, "Fine-tuning":
     official ``single_modality/run_class_finetuning.py`` defaults)."""
 
     num_classes: int = 0

@@ -61,8 +61,6 @@ def test_atomic_path_fsyncs_file_then_renames_then_fsyncs_dir(tmp_path: Path,
     assert (d / "b.bin").read_bytes() == b"xyz"
 
 
-@pytest.mark.xfail(strict=False, reason="umt.train.checkpoint.save_checkpoint fsyncs the file but not the directory "
-                                        "after os.replace (until it uses umt.fileio.atomic_path)")
 def test_save_checkpoint_fsyncs_file_then_renames_then_fsyncs_dir(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from umt.train.checkpoint import save_checkpoint

@@ -18,7 +18,7 @@ def umt_b16_k710() -> TrainConfig:
     cosine, drop path 0.1, no clipping (UMT paper, official config ``b16_ptk710_f8_res224``).
 
     Epochs: 200, as the paper states; the official scripts pass ``--epochs 201`` (one extra epoch at the cosine floor),
-    kept at the paper's 200 here (issue 9). The global batch is fixed at 2048 (``optim.global_batch``): on fewer than
+    kept at the paper's 200 here. The global batch is fixed at 2048 (``optim.global_batch``): on fewer than
     32 GPUs the trainer accumulates gradients over micro-batches instead of shrinking the batch and the LR."""
     return TrainConfig(
         data=DataConfig(shards="shards/k710", batch_size=64, num_frames=8, input_size=224, num_workers=8),
