@@ -141,7 +141,8 @@ def test_signals_during_checkpoint_write(tmp_path: Path) -> None:
                      fault={"kind": "signal_in_save", "signal": "SIGTERM", "rank": 0, "step": 4, "times": 2})
     assert [rc for rc, _ in res] == [EXIT_PREEMPTED] * 2, (res[0][1][-2000:], res[1][1][-2000:])
     ck = run / "checkpoints"
-    assert sorted(p.name for p in ck.iterdir()) == ["step_00000002.pt", "step_00000004.pt"]  # no *.tmp left
+    assert sorted(p.name for p in ck.iterdir()) == ["step_00000002.pt", "step_00000002.sha256", "step_00000004.pt",
+                                                    "step_00000004.sha256"]  # no *.tmp left
     assert load_checkpoint(ck / "step_00000002.pt")["step"] == 2 and load_checkpoint(ck / "step_00000004.pt")[
         "step"] == 4
     assert read_marker(run)["step"] == 4 and sorted(_losses(run)) == [1, 2, 3, 4]
@@ -152,7 +153,7 @@ def test_signals_during_checkpoint_write(tmp_path: Path) -> None:
                      fault={"kind": "kill_in_save", "rank": 0, "step": 4}, timeout=60)
     assert res[0][0] == -signal.SIGKILL and res[1][0] != 0, res[1][1][-2000:]
     ck = run / "checkpoints"
-    assert sorted(p.name for p in ck.iterdir()) == ["step_00000002.pt", "step_00000004.pt.tmp"]
+    assert sorted(p.name for p in ck.iterdir()) == ["step_00000002.pt", "step_00000002.sha256", "step_00000004.pt.tmp"]
     path, state = load_latest_checkpoint(ck)
     assert path.name == "step_00000002.pt" and state["step"] == 2
 

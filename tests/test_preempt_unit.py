@@ -93,7 +93,8 @@ def test_signal_inside_a_step_finishes_it_then_checkpoints(tmp_path: Path, monke
         tr.close()
     assert e.value.step == 3 and e.value.signame == "SIGUSR1"
     ck = tmp_path / "run" / "checkpoints"
-    assert sorted(p.name for p in ck.iterdir()) == ["step_00000002.pt", "step_00000003.pt"]
+    assert sorted(p.name for p in ck.iterdir()) == ["step_00000002.pt", "step_00000002.sha256", "step_00000003.pt",
+                                                    "step_00000003.sha256"]
     s2, s3 = load_checkpoint(ck / "step_00000002.pt"), load_checkpoint(ck / "step_00000003.pt")
     assert s3["step"] == 3 and s3["batch_in_epoch"] == 3 and calls[0] == 3  # no step after the signalled one
     assert any(not (s2["model"][k] == v).all() for k, v in s3["model"].items())  # step 3's update is in it

@@ -60,7 +60,7 @@ def test_resume_reproduces_losses_and_export(tmp_path: Path) -> None:
     part.fit()
     part.close()
     ckpts = sorted((tmp_path / "r" / "checkpoints").iterdir())
-    assert [p.name for p in ckpts] == ["step_00000003.pt"]  # keep_last=1, no .tmp left behind
+    assert [p.name for p in ckpts] == ["step_00000003.pt", "step_00000003.sha256"]  # keep_last=1, no .tmp left
     resumed = Trainer(_tiny("optim.max_steps=6"), tmp_path / "r", resume="auto")
     assert resumed.step == 3 and (resumed.epoch, resumed.batch_in_epoch) == (0, 3)
     resumed.fit()
@@ -231,7 +231,7 @@ def test_resume_auto_skips_unreadable_checkpoints(tmp_path: Path, caplog: pytest
     resumed.fit()
     resumed.close()
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
-    assert names == ["step_00000003.pt.unreadable", "step_00000004.pt"]  # the bad one kept aside, never deleted
+    assert names == ["step_00000003.pt.unreadable", "step_00000004.pt", "step_00000004.sha256"]  # kept aside
 
     bad = run / "checkpoints" / "step_00000003.pt.unreadable"
     args = ["--recipe", "demo", "--run-dir", str(tmp_path / "x"), "--resume", str(bad), *sum((["--set", o] for o in

@@ -8,7 +8,7 @@ import torch
 
 import umt.model  # noqa: F401 - registers the umt_vit_* names
 from umt.config import TrainConfig, apply_overrides
-from umt.train.finetune import FinetuneStep
+from umt.train.finetune.step import FinetuneStep
 from umt.train.step import build_optimizer
 
 

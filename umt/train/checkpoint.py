@@ -1,6 +1,9 @@
-"""Atomic checkpoints with rotation: ``<run_dir>/checkpoints/step_XXXXXXXX.pt``.
+"""Durable checkpoints with rotation: ``<run_dir>/checkpoints/step_XXXXXXXX.pt`` (+ ``.sha256``).
 
-A checkpoint is written to ``*.pt.tmp`` then renamed, so a file named ``step_*.pt`` is complete when written; resume
+A checkpoint is written to ``*.pt.tmp``, fsynced and renamed (:mod:`umt.fileio`), so a file named ``step_*.pt`` is
+complete when written. Its sha256 is recorded beside it (``step_XXXXXXXX.sha256``, written before the rename) and
+checked on load: bytes that changed after the write (a power loss that kept the rename but not all data, a bad copy,
+a disk error) make the checkpoint unreadable instead of half-loaded. Resume
 ``auto`` picks the newest one that loads (:func:`load_latest_checkpoint`). A file damaged later (a full disk, a copy
 cut short) is skipped with a warning naming it and renamed to ``*.pt.unreadable``, so that rotation never counts it
 as one of the newest and deletes a good checkpoint in its place; it is never deleted.
@@ -18,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from umt.fileio import atomic_path, atomic_write, replace
+from umt.fileio import atomic_path, atomic_write, replace, sha256_file
 
 __all__ = ["CheckpointError", "run_dir_in_use", "save_checkpoint", "latest_checkpoint", "load_checkpoint",
            "load_latest_checkpoint", "rng_state", "set_rng_state", "drop_metrics_after"]
@@ -69,10 +72,18 @@ def save_checkpoint(ckpt_dir: str | Path, step: int, payload: dict[str, Any], ke
     path = ckpt_dir / f"step_{step:08d}.pt"
     with atomic_path(path) as tmp:  # step_XXXXXXXX.pt.tmp: rotation and resume never see a partial file
         torch.save(payload, tmp)
+        atomic_write(_checksum_path(path), sha256_file(tmp) + "\n")  # before the rename: a .pt always has one
     done = sorted(p for p in ckpt_dir.iterdir() if _NAME.match(p.name))
     for old in done[:-keep_last]:
         old.unlink(missing_ok=True)
+    for sha in ckpt_dir.glob("step_*.sha256"):  # of rotated checkpoints, and of ones set aside as unreadable
+        if not sha.with_suffix(".pt").exists():
+            sha.unlink()
     return path
+
+
+def _checksum_path(path: Path) -> Path:
+    return path.with_suffix(".sha256")
 
 
 def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
@@ -88,12 +99,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint` onto the CPU (trusted file: it holds RNG states).
 
     Raises:
-        CheckpointError: the file is missing, unreadable (e.g. truncated: torch's "failed reading zip archive") or
-            not a trainer checkpoint; the one-line message names the file.
+        CheckpointError: the file is missing, differs from the sha256 recorded at save, is unreadable (e.g.
+            truncated: torch's "failed reading zip archive") or is not a trainer checkpoint; the one-line message
+            names the file.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found")
+    recorded = _checksum_path(path)
+    if recorded.is_file() and sha256_file(path) != recorded.read_text().strip():
+        raise CheckpointError(f"checkpoint {path} is unreadable (its sha256 differs from the one recorded at save: "
+                              "the file changed or was not fully written)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - torch.load raises RuntimeError, EOFError, UnpicklingError, ... alike
