@@ -113,12 +113,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"umt-train: --export {args.export} already exists; choose another path or pass --export-overwrite",
               file=sys.stderr)
         return 2
+    from umt.fileio import LockedError
     from umt.train.checkpoint import CheckpointError
 
     try:
         trainer = Trainer(cfg, run_dir, resume=args.resume, recipe=args.recipe)
     except CheckpointError as e:
         print(f"umt-train: cannot resume: {e}", file=sys.stderr)
+        return 2
+    except LockedError as e:
+        print(f"umt-train: {e}", file=sys.stderr)
         return 2
     except ConfigError as e:
         print(f"umt-train: config error: {e}", file=sys.stderr)

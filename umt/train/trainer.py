@@ -14,8 +14,10 @@ loader batches.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import resource
 import signal
 import time
@@ -30,7 +32,7 @@ from umt import ops
 from umt.flops import peak_bf16_tflops
 from umt.masking import step_seed
 from umt.config import TrainConfig, accumulation_steps, config_to_dict
-from umt.fileio import atomic_path, atomic_write
+from umt.fileio import atomic_path, atomic_write, exclusive_lock
 from umt.train import checkpoint as ckpt
 from umt.train.preempt import Preempted, PreemptionHandler, write_marker
 from umt.train.runtime import close_process_group, init_runtime
@@ -76,6 +78,20 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, run_dir: str | Path, resume: str | None = None, recipe: str = "") -> None:
+        # One trainer per run directory for the run's life: a second one (another launch pointed at the same
+        # directory) would interleave checkpoints and metrics. Rank 0 holds the lock (RANK: set by torchrun).
+        self._lock = contextlib.ExitStack()
+        if int(os.environ.get("RANK", "0")) == 0:
+            run_dir = Path(run_dir)
+            self._lock.enter_context(exclusive_lock(run_dir.parent / f".{run_dir.name}.lock",
+                                                    f"run directory {run_dir}"))
+        try:
+            self._setup(cfg, run_dir, resume, recipe)
+        except BaseException:
+            self._lock.close()
+            raise
+
+    def _setup(self, cfg: TrainConfig, run_dir: str | Path, resume: str | None, recipe: str) -> None:
         check_config(cfg, require_data=True)
         if not resume and ckpt.run_dir_in_use(run_dir):  # a fresh run never appends to another run's files
             raise FileExistsError(f"{run_dir} already holds a run (checkpoints, metrics or config): resume it "
@@ -402,3 +418,4 @@ class Trainer:
         if self.rt.distributed and dist.is_initialized():
             self.step_fn = self.net = None  # type: ignore[assignment]  # the DDP wrapper goes first
             close_process_group()
+        self._lock.close()
