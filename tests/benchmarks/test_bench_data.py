@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from benchmarks import bench_data
-from tests.data_utils import good_shards, make_clip
+from tests.data_utils import make_clip
 
 
-def test_decode_work_is_frames_not_seconds(tmp_path_factory: pytest.TempPathFactory) -> None:
-    d = good_shards(tmp_path_factory)  # 12..33-frame clips, VP9 at the default GOP
+def test_decode_work_is_frames_not_seconds(good_shard_set: Path) -> None:
+    d = good_shard_set  # 12..33-frame clips, VP9 at the default GOP
     w = bench_data._decode_work(d, epochs=1)
     assert 8 <= w["decoded frames/clip"] <= 33 and w["decode CPU-s/clip"] > 0
 

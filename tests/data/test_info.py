@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.data_utils import good_shards
 from umt.data.build.info import main, summarize, verify
 
 
 @pytest.fixture()
-def shards(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def shards(tmp_path: Path, good_shard_set: Path) -> Path:
     d = tmp_path / "shards"
-    shutil.copytree(good_shards(tmp_path_factory), d)  # a private copy: the tests corrupt it
+    shutil.copytree(good_shard_set, d)  # a private copy: the tests corrupt it
     return d
 
 

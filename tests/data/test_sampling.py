@@ -6,11 +6,12 @@ never computed with the function under test, so an off-by-one, a swapped x/y or 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
-from tests.data_utils import good_shards
 from umt.data import DataConfig, build_loader
 from umt.data.sampling import (FIX_OFFSETS_5, FIX_OFFSETS_13, crop_pairs, crop_size_table, eval_crop, multiscale_crop,
                                tsn_indices)
@@ -106,13 +107,13 @@ def test_crop_snap_and_clamp_by_hand() -> None:
     assert eval_crop(64, 64) == (0, 0, 64, 64)
 
 
-def test_eval_loader_frames_are_hand_computed_centres(tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_eval_loader_frames_are_hand_computed_centres(good_shard_set: Path) -> None:
     """Reference backend, evaluation: the grey level of every delivered frame is that of the hand-computed centre
     (``tests.data_utils``: frame k has level (16 + 10·k) mod 224), so an off-by-one in the TSN formula shows."""
     from umt.data.format import ShardIndex
     from umt.data.format import decode_meta, read_manifest
 
-    d = good_shards(tmp_path_factory)
+    d = good_shard_set
     ix = ShardIndex(d, read_manifest(d)["shards"])
     cfg = DataConfig(shards=str(d), backend="reference", batch_size=4, num_workers=0, input_size=32, train=False)
     mean = torch.tensor(cfg.mean).view(3, 1)

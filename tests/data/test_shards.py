@@ -34,10 +34,10 @@ def test_meta_roundtrip() -> None:
         decode_meta(b[:-4])
 
 
-def test_round_trip_every_field(tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_round_trip_every_field(tmp_path_factory: pytest.TempPathFactory, good_shard_set: Path) -> None:
     import webdataset as wds
 
-    d = good_shards(tmp_path_factory)
+    d = good_shard_set
     clips, ann = cached("src", tmp_path_factory, lambda p: make_good_set(p))
     rows = {os.path.abspath(ann.parent / json.loads(x)["video"]): json.loads(x) for x in ann.read_text().splitlines()}
     m = read_manifest(d)
@@ -73,9 +73,9 @@ def test_round_trip_every_field(tmp_path_factory: pytest.TempPathFactory) -> Non
     assert seen == list(range(8))  # manifest order = shard order
 
 
-def test_index_matches_dali_wds2idx(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+def test_index_matches_dali_wds2idx(good_shard_set: Path, tmp_path: Path) -> None:
     wds2idx = pytest.importorskip("wds2idx")
-    d = good_shards(tmp_path_factory)
+    d = good_shard_set
     for tar in sorted(d.glob("*.tar")):
         out = tmp_path / (tar.stem + ".idx")
         with wds2idx.IndexCreator(str(tar), str(out), verbose=False) as c:
@@ -201,9 +201,9 @@ def test_resume_after_crash_gives_identical_output(tmp_path_factory: pytest.Temp
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")} == before
 
 
-def test_determinism_and_seed(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+def test_determinism_and_seed(tmp_path_factory: pytest.TempPathFactory, good_shard_set: Path, tmp_path: Path) -> None:
     clips, ann = cached("src", tmp_path_factory, lambda p: make_good_set(p))
-    ref = good_shards(tmp_path_factory)
+    ref = good_shard_set
     build_shards([], tmp_path / "a", annotations=ann, samples_per_shard=3, workers=2)  # processes: same bytes
     assert _digest_dir(tmp_path / "a") == _digest_dir(ref)
     build_shards([], tmp_path / "b", annotations=ann, samples_per_shard=3, seed=1)

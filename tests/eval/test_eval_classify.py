@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from tests.eval_utils import C, LABELS, V, ContractLoader, TableModel, all_rows, expected_scores, tiny_classifier_checkpoint
-from tests.data_utils import good_shards
 from umt.eval.common import CountError, IndexAccumulator, eval_data_config
 from umt.eval.metrics import classification_summary, confusion_matrix
 
@@ -106,8 +105,8 @@ def test_report_files_and_no_overwrite(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------------- real shards: classify CLI
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return good_shards(tmp_path_factory)  # 8 clips of 3 classes (cat, dog, eel), 3 per shard
+def shards(good_shard_set: Path) -> Path:
+    return good_shard_set  # 8 clips of 3 classes (cat, dog, eel), 3 per shard
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.data_utils import good_shards
 from tests.eval_utils import C, ContractLoader, TableModel, all_rows, tiny_classifier_checkpoint
 from tests.train_utils import ROOT, torchrun
 
@@ -23,7 +22,7 @@ LOADER_ARGS = ["--backend", "reference", "--num-workers", "0", "--device", "cpu"
 
 
 @pytest.mark.dist
-def test_two_ranks_equal_one_process(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_two_ranks_equal_one_process(tmp_path: Path, good_shard_set: Path) -> None:
     import torch
 
     from umt.eval.classify import evaluate_classification
@@ -31,7 +30,7 @@ def test_two_ranks_equal_one_process(tmp_path: Path, tmp_path_factory: pytest.Te
     from umt.eval.features import build_backbone, features_for, load_features
     from umt.eval.features import main as features_main
 
-    shards = good_shards(tmp_path_factory)
+    shards = good_shard_set
     ckpt = tiny_classifier_checkpoint(tmp_path / "ft.pt")
     bs = 3  # 8 samples over 2 ranks: padded last batches
     res = torchrun([__file__, str(tmp_path), str(shards), str(ckpt), str(bs)], timeout=240)

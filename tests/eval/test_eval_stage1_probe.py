@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.train_utils import read_metrics
-from tests.data_utils import good_shards, make_clip
+from tests.data_utils import make_clip
 from umt.config import apply_overrides
 from umt.train.recipes import get_recipe
 from umt.train.trainer import Trainer
@@ -32,8 +32,8 @@ def _held_out(root: Path) -> Path:
     return root / "shards"
 
 
-def test_periodic_knn_probe_through_trainer(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
-    shards = good_shards(tmp_path_factory)  # 8 labelled clips, 3 classes: the bank (and the training set)
+def test_periodic_knn_probe_through_trainer(tmp_path: Path, good_shard_set: Path) -> None:
+    shards = good_shard_set  # 8 labelled clips, 3 classes: the bank (and the training set)
     queries = _held_out(tmp_path / "held_out")
     bs = 3
     cfg = apply_overrides(get_recipe("demo"), [

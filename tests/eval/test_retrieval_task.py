@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.data_utils import captioned_clip_shards, tiny_bert
+from tests.data_utils import captioned_clip_shards
 from umt.eval.retrieval import main as retrieval_main
 from umt.config import apply_overrides
 from umt.train.recipes import get_recipe
@@ -24,9 +24,9 @@ CAPTIONS = [["a grey clip that brightens", "the first clip"], ["the second clip"
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def setup(tmp_path_factory: pytest.TempPathFactory, tiny_bert: str) -> dict[str, str]:
     root = tmp_path_factory.mktemp("retrieval_task")
-    return {"bert": tiny_bert(root / "bert"), "shards": str(captioned_clip_shards(root / "clips", CAPTIONS))}
+    return {"bert": tiny_bert, "shards": str(captioned_clip_shards(root / "clips", CAPTIONS))}
 
 
 def _cfg(setup: dict[str, str], *extra: str):  # noqa: ANN202

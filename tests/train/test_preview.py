@@ -53,13 +53,12 @@ def test_png_written_atomically_and_never_over_another_file(tmp_path: Path) -> N
 
 
 @pytest.mark.dali
-def test_preview_through_the_loader_is_deterministic(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_preview_through_the_loader_is_deterministic(tmp_path: Path, good_shard_set: Path) -> None:
     from PIL import Image
 
-    from tests.data_utils import good_shards
     from umt.train.preview import main
 
-    shards = good_shards(tmp_path_factory)
+    shards = good_shard_set
     a, b = tmp_path / "a.png", tmp_path / "b.png"
     args = ["--shards", str(shards), "--clips", "2", "--seed", "3", "--set", "data.input_size=64",
             "--set", "model.teacher_image_size=64"]

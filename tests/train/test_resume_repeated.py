@@ -16,8 +16,8 @@ from umt.train.recipes import get_recipe
 from umt.train.trainer import Trainer
 
 
-def test_loader_tail_with_two_clips_per_video(tmp_path_factory: pytest.TempPathFactory) -> None:
-    d = good_shards(tmp_path_factory)  # 8 videos
+def test_loader_tail_with_two_clips_per_video(good_shard_set: Path) -> None:
+    d = good_shard_set  # 8 videos
     cfg = DataConfig(shards=str(d), backend="reference", batch_size=2, num_sample=2, num_workers=0, num_frames=2,
                      input_size=32)
     loader = build_loader(cfg)

@@ -29,16 +29,6 @@ STAGE2 = [*STAGE1, "task=video_text", "synthetic_samples=4", "text.max_len=10", 
 MINILM = ["text.encoder=minilm", "text.fusion_layer=4"]
 
 
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A 3-layer, 32-wide BERT with MiniLM's vocabulary and tokenizer and random weights
-    (:func:`data_utils.tiny_bert`): the trainer tests' text encoder (the real MiniLM's 22 M parameters make each CPU
-    step seconds; the text encoder's own tests and the first trainer test below use the real one)."""
-    from tests.data_utils import tiny_bert as write
-
-    return write(tmp_path_factory.mktemp("tiny_bert"))
-
-
 _TINY_BERT: list[str] = []
 
 
