@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tests.train_utils import TINY, read_metrics
+from umt.fileio import sha256_file
 from umt.data.config import DataConfig
 from umt.data.synthetic import SyntheticPairLoader
 from umt.flops import stage2_flops_per_sample
@@ -84,6 +85,7 @@ def test_stop_and_resume_reproduce_every_loss_and_a_changed_text_encoder_is_refu
     assert state["task"] == "video_text" and any(k.startswith("text.layers.2.crossattention") for k in state["model"])
     state["text"]["sha256"] = "0" * 64  # as if trained with other text weights
     torch.save(state, ckpt)
+    ckpt.with_suffix(".sha256").write_text(sha256_file(ckpt))  # a whole checkpoint, saved that way
     with pytest.raises(ConfigError, match="another text encoder.*text.allow_change"):
         Trainer(_cfg("optim.max_steps=8"), tmp_path / "part", resume=str(ckpt))
 
