@@ -48,6 +48,7 @@ iteration raises :class:`~umt.data.clips.CorruptSampleError` with one line namin
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import pickle
 from collections.abc import Iterator
@@ -135,6 +136,16 @@ def video_to_device(video: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type == "cuda":
         return video.to(device, non_blocking=True).to(torch.bfloat16)
     return video.to(device, torch.float32)
+
+
+@contextlib.contextmanager
+def one_line_errors() -> Iterator[None]:
+    """Inside, a worker's CorruptSampleError is re-raised as its own one line (see :func:`_raise_one_line`)."""
+    try:
+        yield
+    except Exception as e:
+        _raise_one_line(e)
+        raise
 
 
 def _one_line_errors(batches: Any) -> Iterator[Any]:
@@ -353,10 +364,12 @@ class VideoLoader(ShardLoader):
             device_id = (self.device.index or 0) if gpu else None
             src = self._source(epoch, start_batch, decode=not gpu)
             self._pipe = build_pipeline(self.cfg, src, device_id=device_id)
-            self._dali_it = DALIGenericIterator([self._pipe], names, auto_reset=False)
+            with one_line_errors():  # the iterator runs the first batches now
+                self._dali_it = DALIGenericIterator([self._pipe], names, auto_reset=False)
             self.pipeline_builds += 1
         else:
-            self._dali_it.reset()  # the source's next epoch: ``first_epoch + epoch_idx``
+            with one_line_errors():
+                self._dali_it.reset()  # the source's next epoch: ``first_epoch + epoch_idx``
         self._next = None  # a generator abandoned part-way leaves the pipeline mid-epoch: rebuild next time
         n = 0
         for out in _one_line_errors(self._dali_it):

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from umt.data.config import DataConfig
-from umt.data.loader import ShardLoader, _one_line_errors, choose_backend, dali_available, video_to_device
+from umt.data.loader import ShardLoader, _one_line_errors, choose_backend, one_line_errors, dali_available, video_to_device
 from umt.data.format import read_manifest
 from umt.data.captions import CaptionTokenizer, caption_rows, pad_to_longest
 from umt.data.format import caption_counts, require_captions
@@ -148,10 +148,12 @@ class PairLoader(ShardLoader):
             gpu = self.device.type == "cuda"
             device_id = (self.device.index or 0) if gpu else None
             self._pipe = build_pair_pipeline(self._source(epoch, start_batch, decode=not gpu), device_id=device_id)
-            self._dali_it = DALIGenericIterator([self._pipe], PAIR_OUTPUTS, auto_reset=False)
+            with one_line_errors():  # the iterator runs the first batches now
+                self._dali_it = DALIGenericIterator([self._pipe], PAIR_OUTPUTS, auto_reset=False)
             self.pipeline_builds += 1
         else:
-            self._dali_it.reset()  # the source's next epoch
+            with one_line_errors():
+                self._dali_it.reset()  # the source's next epoch
         self._next = None  # a generator abandoned part-way leaves the pipeline mid-epoch: rebuild next time
         b = start_batch
         for out in _one_line_errors(self._dali_it):
