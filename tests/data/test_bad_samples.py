@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.data_utils import drop_member, flip_member
 from umt.data import DataConfig, build_loader
 from umt.data.clips import SKIP_ATTEMPTS, CorruptSampleError, epoch_order
 from umt.data.format import ShardIndex, read_manifest
@@ -41,29 +42,6 @@ def _copy(src: Path, dst: Path) -> Path:
 
 def _index(d: Path) -> ShardIndex:
     return ShardIndex(d, read_manifest(d)["shards"])
-
-
-def flip_member(d: Path, i: int, ext: str, n: int = 16) -> None:
-    """Invert the first ``n`` bytes of sample ``i``'s member ``ext`` inside its tar (found through the ``.idx``)."""
-    tar, comps = _index(d).entries[i]
-    off, _ = comps[ext]
-    with open(tar, "r+b") as f:
-        f.seek(off)
-        data = f.read(n)
-        f.seek(off)
-        f.write(bytes(b ^ 0xFF for b in data))
-
-
-def drop_member(d: Path, i: int, ext: str) -> None:
-    """Remove sample ``i``'s member ``ext`` from its shard's ``.idx`` (as if the tar lacked it)."""
-    ix = _index(d)
-    tar = Path(ix.entries[i][0])
-    idx = tar.with_suffix(".idx")
-    lines = idx.read_text().splitlines()
-    row = 1 + [k for k, (t, _) in enumerate(ix.entries) if t == str(tar)].index(i)
-    parts = lines[row].split()
-    lines[row] = " ".join(p for g in range(0, len(parts), 4) if parts[g] != ext for p in parts[g : g + 4])
-    idx.write_text("\n".join(lines) + "\n")
 
 
 def _epoch(L, epoch: int, start: int = 0) -> list[dict[str, torch.Tensor]]:  # noqa: ANN001

@@ -190,6 +190,7 @@ class ShardIndex:
 
         Raises:
             KeyError: the sample has no such component.
+            EOFError: the tar ends before the component does (truncated after the build).
         """
         tar, comps = self.entries[i]
         off, size = comps[ext]
@@ -197,7 +198,10 @@ class ShardIndex:
         if f is None:  # one handle per tar per process (workers open their own after fork/spawn)
             f = self._files[tar] = open(tar, "rb")
         f.seek(off)
-        return f.read(size)
+        data = f.read(size)
+        if len(data) != size:  # a short read would otherwise reach a decoder as a silently shorter member
+            raise EOFError(f"{ext} member: read {len(data)} of {size} bytes (the tar is truncated)")
+        return data
 
     def close(self) -> None:
         """Close the open tar files (reopened on the next read)."""
