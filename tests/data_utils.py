@@ -208,3 +208,33 @@ def torchvision_rrc(w0: int, h0: int, scale, ratio, u: np.ndarray) -> tuple[int,
     else:
         w, h = w0, h0
     return (w0 - w) // 2, (h0 - h) // 2, w, h
+
+
+# -- damage after the build (corrupt-sample tests) ------------------------------------------------------------
+
+
+def flip_member(d: Path, i: int, ext: str, n: int = 16) -> None:
+    """Invert the first ``n`` bytes of sample ``i``'s member ``ext`` inside its tar (found through the ``.idx``)."""
+    from umt.data.format import ShardIndex, read_manifest
+
+    tar, comps = ShardIndex(d, read_manifest(d)["shards"]).entries[i]
+    off, _ = comps[ext]
+    with open(tar, "r+b") as f:
+        f.seek(off)
+        data = f.read(n)
+        f.seek(off)
+        f.write(bytes(b ^ 0xFF for b in data))
+
+
+def drop_member(d: Path, i: int, ext: str) -> None:
+    """Remove sample ``i``'s member ``ext`` from its shard's ``.idx`` (as if the tar lacked it)."""
+    from umt.data.format import ShardIndex, read_manifest
+
+    ix = ShardIndex(d, read_manifest(d)["shards"])
+    tar = Path(ix.entries[i][0])
+    idx = tar.with_suffix(".idx")
+    lines = idx.read_text().splitlines()
+    row = 1 + [k for k, (t, _) in enumerate(ix.entries) if t == str(tar)].index(i)
+    parts = lines[row].split()
+    lines[row] = " ".join(p for g in range(0, len(parts), 4) if parts[g] != ext for p in parts[g : g + 4])
+    idx.write_text("\n".join(lines) + "\n")

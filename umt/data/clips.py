@@ -11,6 +11,19 @@ One definition serves the DALI pipeline (as its external source) and the referen
   number of workers nor on where an epoch was resumed, and tests can observe every draw.
 * **Read + decode** (:func:`read_clip`): the sample's components by random access through the DALI ``.idx`` files,
   then only the sampled frames, by seeking to key frames (:mod:`umt.data.decode`).
+* **Corrupt samples** (:meth:`ClipSource.fetch`): a sample whose read or decode raises a data error
+  (:func:`data_errors`: bytes changed after the build, a truncated tar, a missing member) is replaced by the next
+  entry of the same epoch order (cyclically) that reads, trying at most :data:`SKIP_ATTEMPTS` entries, so the
+  batch keeps its shape and the order stays a pure function of ``(seed, epoch, rank)`` (and of the bytes on disk):
+  a resumed epoch replaces exactly as the full one did. The replacement is read with its own draws, exactly as at
+  its own position. Each output ``meta`` carries, after :data:`~umt.data.format.META_FIELDS`, a ninth field
+  ``skipped`` (:data:`SOURCE_META_FIELDS`): how many entries failed before the delivered one (0: the entry's own
+  sample). That is how the count leaves DALI's (or torch's) worker processes: the loader, in the main process,
+  counts rows with ``skipped > 0``, names the entry's sample once and, in evaluation, raises instead
+  (:mod:`umt.data.loader`). When all attempts fail the source raises :class:`CorruptSampleError`. Damage a decoder
+  accepts (flipped bytes inside compressed frame data usually decode to wrong pixels) is not detected: the
+  format keeps a checksum per shard (``manifest.json``, ``python -m umt.data.build.info DIR --verify``), not per
+  member.
 
 Nothing here imports DALI or uses torch (importing :mod:`umt` loads torch for its compatibility shim): the DALI
 external source runs this in worker processes.
@@ -19,8 +32,9 @@ external source runs this in worker processes.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -33,16 +47,54 @@ from umt.data.format import META_FIELDS, ShardIndex, decode_meta
 from umt.data.decode import DecodeStats, decode_sampled
 from umt.data.views import multi_view, views_outputs
 
+_T = TypeVar("_T")
+
 __all__ = [
     "ClipParams",
     "ClipSource",
+    "CorruptSampleError",
+    "SKIP_ATTEMPTS",
+    "SOURCE_META_FIELDS",
     "SampleClip",
     "ShardIndex",
     "clip_windows",
+    "data_errors",
     "draw_params",
     "epoch_order",
+    "error_line",
     "read_clip",
+    "source_meta",
 ]
+
+#: The sources' per-sample ``meta`` output (int32 [9]): the stored fields, then how many entries of the epoch order
+#: failed to read before the delivered sample (0: the entry's own sample was delivered).
+SOURCE_META_FIELDS = (*META_FIELDS, "skipped")
+
+#: Entries a source tries for one position of the order (the entry's own sample, then the next ones) before it
+#: gives up with :class:`CorruptSampleError`. With bad samples spread by the global permutation, 16 failures in a
+#: row mean a data set that is mostly unreadable, not bad luck.
+SKIP_ATTEMPTS = 16
+
+
+class CorruptSampleError(RuntimeError):
+    """A sample could not be read or decoded where it may not be skipped (evaluation), or no sample of
+    :data:`SKIP_ATTEMPTS` consecutive entries of the order could (training). The message is one line."""
+
+
+def data_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean "this sample's bytes are bad" (skipped in training): I/O errors, a missing member
+    (``KeyError``), bad values or encodings (``ValueError``, which PyAV's invalid-data error and JSON/UTF-8 errors
+    are), short reads (``EOFError``, ``IndexError``) and any FFmpeg error. Programming errors (``TypeError``,
+    ``AttributeError``, ...) are not caught: they fail loudly."""
+    import av
+
+    return (OSError, ValueError, KeyError, IndexError, EOFError, av.FFmpegError)
+
+
+def error_line(e: BaseException) -> str:
+    """``Type: first line of the message`` (a log line, never a traceback)."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 def epoch_order(
@@ -202,13 +254,15 @@ class ClipSource:
     ``(video, meta, anchor_0, shape_0, flip_0, ..., [indices])``: video is the decoded frames cut to the union of
     the clips' crop windows (uint8 [T, h, w, 3]; anchors relative to it),
     or with ``decode=False`` the encoded bytes (uint8 [bytes]) for DALI's GPU decoder, followed then by the sampled
-    indices (int32 [T]); meta int32 [8]; per clip the window as int32 [2] anchor ``(x, y)``, int32 [2] shape
-    ``(w, h)`` and int32 [] flip. Then, per clip, with ``rand_augment``: its program, int32 [n] kinds and float32
+    indices (int32 [T]); meta int32 [9] (:data:`SOURCE_META_FIELDS`: the stored fields, then ``skipped``); per
+    clip the window as int32 [2] anchor ``(x, y)``, int32 [2] shape ``(w, h)`` and int32 [] flip. Then, per clip, with ``rand_augment``: its program, int32 [n] kinds and float32
     [n, 6] parameters (:func:`umt.data.augment.randaugment.rand_augment_program`; the video is then the whole frame, which
     the geometric ops need); with ``erase_prob > 0``: int32 [4] box ``(y, x, h, w)`` (``h = 0``: none) and its
     float32 [3, T, h, w] noise. Multi-view evaluation returns :func:`umt.data.views.views_outputs` instead.
     Padding entries of the order (``drop_last=False``) deliver the rank's last sample again with label and index -1.
-    Raises ``StopIteration`` past the epoch's end (DALI's end-of-epoch signal); one pipeline serves every epoch.
+    An entry whose sample fails to read is replaced by the next one of the order that reads (:meth:`fetch`; meta's
+    ``skipped`` says how many failed). Raises ``StopIteration`` past the epoch's end (DALI's end-of-epoch signal);
+    one pipeline serves every epoch.
     """
 
     def __init__(
@@ -260,13 +314,45 @@ class ClipSource:
             return ClipParams(None, ((self.fixed_crop[0], self.fixed_crop[1], False),) * self.cfg.num_sample)
         return draw_params(self.cfg, self.cfg.seed, epoch, i)
 
-    def __call__(self, info: Any) -> tuple[np.ndarray, ...]:
-        epoch = self.first_epoch + info.epoch_idx
-        start = self.start_batch * self.cfg.batch_size if info.epoch_idx == 0 else 0
-        order = self.order(epoch)
-        j = start + info.idx_in_epoch
-        if j >= len(order):
-            raise StopIteration
+    def fetch(self, order: np.ndarray, j: int, read: Callable[[int], _T]) -> tuple[_T, int]:
+        """``read(j)``, or on a data error (:func:`data_errors`) ``read`` of the next entries of ``order``
+        (cyclically), at most :data:`SKIP_ATTEMPTS` in all.
+
+        Returns:
+            ``(result, k)``: the result of entry ``(j + k) mod len(order)``, k entries having failed before it.
+
+        Raises:
+            CorruptSampleError: every attempt failed (one line naming the first failed sample and its error).
+        """
+        errors = data_errors()
+        n = len(order)
+        first: tuple[int, BaseException] | None = None
+        attempts = min(SKIP_ATTEMPTS, n)
+        for k in range(attempts):
+            try:
+                return read((j + k) % n), k
+            except errors as e:
+                if first is None:
+                    first = ((j + k) % n, e)
+        assert first is not None
+        i = self.sample_at(order, first[0])
+        raise CorruptSampleError(
+            f"{attempts} consecutive samples of the epoch order failed to read or decode (rank {self.rank}, "
+            f"position {j}), the first {self.index.name(i)}: {error_line(first[1])}; check the shards with "
+            f"python -m umt.data.build.info DIR --verify"
+        )
+
+    def sample_at(self, order: np.ndarray, j: int) -> int:
+        """The sample (manifest index) that entry ``j`` of ``order`` reads."""
+        return self.resolve(order, j)[0]
+
+    def read_at(self, epoch: int, order: np.ndarray, j: int) -> tuple[np.ndarray, ...]:
+        """The outputs for entry ``j`` of ``order`` in ``epoch`` (see the class docstring), ``meta`` int32 [9] with
+        ``skipped`` 0 (:meth:`__call__` sets it).
+
+        Raises:
+            The data errors of reading and decoding the sample (:func:`data_errors`).
+        """
         i, pad = self.resolve(order, j)
         if multi_view(self.cfg):
             return views_outputs(self.index, i, self.cfg, decode=self.decode, pad=pad)
@@ -274,7 +360,7 @@ class ClipSource:
         clip = read_clip(self.index, i, self.cfg, params, decode=self.decode)
         if pad:
             clip.meta = {**clip.meta, "label": -1, "index": -1}
-        meta = np.array([clip.meta[k] for k in META_FIELDS], np.int32)  # [8]
+        meta = source_meta(clip.meta)  # [9]
         x0 = y0 = 0
         if self.decode and self.cfg.rand_augment and params.ra:
             video = clip.frames  # RandAugment runs on the whole frame (rotation, shear and translation move pixels in)
@@ -292,6 +378,28 @@ class ClipSource:
         if not self.decode:
             out.append(clip.indices.astype(np.int32))  # for the GPU decoder's ``frames``
         return tuple(out + ft_outputs(self.cfg, params, clip.meta["width"], clip.meta["height"]))
+
+    def meta_position(self) -> int:
+        """Where ``meta`` is among the outputs."""
+        if multi_view(self.cfg):
+            return self.cfg.temporal_views if self.decode else 1
+        return 1
+
+    def __call__(self, info: Any) -> tuple[np.ndarray, ...]:
+        epoch = self.first_epoch + info.epoch_idx
+        start = self.start_batch * self.cfg.batch_size if info.epoch_idx == 0 else 0
+        order = self.order(epoch)
+        j = start + info.idx_in_epoch
+        if j >= len(order):
+            raise StopIteration
+        out, k = self.fetch(order, j, lambda jj: self.read_at(epoch, order, jj))
+        out[self.meta_position()][-1] = k  # the loader counts (or, in evaluation, refuses) rows with k > 0
+        return out
+
+
+def source_meta(meta: dict[str, int]) -> np.ndarray:
+    """A source's ``meta`` output: int32 [9], the :data:`SOURCE_META_FIELDS` of ``meta`` with ``skipped`` 0."""
+    return np.array([meta[k] for k in META_FIELDS] + [0], np.int32)
 
 
 def ft_outputs(cfg: DataConfig, params: ClipParams, width: int, height: int) -> list[np.ndarray]:

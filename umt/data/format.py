@@ -147,15 +147,24 @@ def caption_counts(shard_dir: str | Path, index: Any) -> np.ndarray:
 # random access
 
 
+def _member_key(name: str) -> str:
+    """The WebDataset key of member ``name`` (``dir/00000005.mp4`` → ``dir/00000005``), as :func:`index_text`."""
+    base = os.path.basename(name)
+    dot = base.find(".")
+    return name if dot < 0 else name[: len(name) - len(base) + dot]
+
+
 class ShardIndex:
     """Random access to samples (in manifest order) through the shards' DALI index files.
 
     Attributes:
         entries: per sample, ``(tar path, {ext: (offset, size)})``.
+        keys: per sample, its WebDataset key (the member names without extension, e.g. ``00000005``).
     """
 
     def __init__(self, shard_dir: str | Path, shards: Sequence[dict[str, Any]]) -> None:
         self.entries: list[tuple[str, dict[str, tuple[int, int]]]] = []
+        self.keys: list[str] = []
         for sh in shards:
             tar = Path(shard_dir) / sh["name"]
             lines = tar.with_suffix(".idx").read_text().splitlines()
@@ -166,16 +175,22 @@ class ShardIndex:
                 parts = line.split()
                 comps = {parts[i]: (int(parts[i + 1]), int(parts[i + 2])) for i in range(0, len(parts), 4)}
                 self.entries.append((str(tar), comps))
+                self.keys.append(_member_key(parts[3]) if len(parts) >= 4 else str(len(self.keys)))
         self._files: dict[str, Any] = {}
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def name(self, i: int) -> str:
+        """Sample ``i`` as a log names it: ``TAR key KEY``."""
+        return f"{self.entries[i][0]} key {self.keys[i]}"
 
     def read(self, i: int, ext: str) -> bytes:
         """Bytes of component ``ext`` of sample ``i``.
 
         Raises:
             KeyError: the sample has no such component.
+            EOFError: the tar ends before the component does (truncated after the build).
         """
         tar, comps = self.entries[i]
         off, size = comps[ext]
@@ -183,7 +198,10 @@ class ShardIndex:
         if f is None:  # one handle per tar per process (workers open their own after fork/spawn)
             f = self._files[tar] = open(tar, "rb")
         f.seek(off)
-        return f.read(size)
+        data = f.read(size)
+        if len(data) != size:  # a short read would otherwise reach a decoder as a silently shorter member
+            raise EOFError(f"{ext} member: read {len(data)} of {size} bytes (the tar is truncated)")
+        return data
 
     def close(self) -> None:
         """Close the open tar files (reopened on the next read)."""
@@ -192,4 +210,4 @@ class ShardIndex:
         self._files = {}
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"entries": self.entries, "_files": {}}
+        return {"entries": self.entries, "keys": self.keys, "_files": {}}

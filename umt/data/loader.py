@@ -27,11 +27,30 @@ exactly the tail of the full epoch, for free. Both backends decode only the samp
 
 DALI keeps one pipeline across epochs (the source signals each epoch's end); it is rebuilt only when asked for
 something other than the next epoch from its start (a resume, or an epoch abandoned part-way).
+
+Corrupt samples (bytes changed after the build, a truncated tar, a missing member): the source replaces an entry
+whose sample fails to read or decode by the next entry of the epoch's order that reads
+(:meth:`umt.data.clips.ClipSource.fetch`), so a batch keeps its shape, every rank its batch count, and the order its
+determinism; each row's ``meta`` carries ``skipped`` (entries that failed before it), which is how the news leaves
+DALI's and torch's worker processes. The loader reads that field in the main process:
+
+* training: the entry's sample is counted for its epoch and named once in the log (``WARNING``: tar, key, the
+  error's first line, the replacement; the error is read again here, once per bad sample). :func:`take_skipped`
+  returns the counts since its last call (the trainer calls it on logging steps). Flags that DALI left on a GPU are
+  kept there and read by :func:`take_skipped` (or every 256 batches), so counting adds no per-batch host sync.
+* evaluation (``train=False``: single- and multi-view, retrieval): nothing is skipped; the first bad sample raises
+  :class:`umt.data.clips.CorruptSampleError`, one line naming it, since a score over a silently different set
+  would not be comparable with other runs.
+
+When :data:`umt.data.clips.SKIP_ATTEMPTS` entries in a row fail (say a data set that is mostly corrupt), the
+iteration raises :class:`~umt.data.clips.CorruptSampleError` with one line naming the first of them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import pickle
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,7 +61,37 @@ from umt.data.config import DataConfig
 from umt.data.format import read_manifest
 from umt.data.views import multi_view, num_views
 
-__all__ = ["ShardLoader", "VideoLoader", "video_to_device", "build_loader", "choose_backend", "dali_available"]
+__all__ = ["ShardLoader", "VideoLoader", "video_to_device", "build_loader", "choose_backend", "dali_available",
+           "take_skipped"]
+
+#: Batches whose ``skipped`` flags may wait on the device before they are read (one host sync per that many).
+_MAX_PENDING = 256
+
+
+def take_skipped(loader: Any) -> dict[int, int]:
+    """Corrupt samples this rank's ``loader`` skipped since the last call: ``{epoch: count}`` (empty: none).
+
+    Works on a shard loader, on a :class:`umt.data.meta_loader.MetaLoader` (the sum over its ``loaders``) and on
+    loaders that never skip (synthetic ones): ``{}``. Reads flags left on a GPU (a host sync: call it where the
+    caller synchronises anyway, e.g. on logging steps).
+    """
+    out: dict[int, int] = {}
+    for sub in getattr(loader, "loaders", None) or [loader]:
+        take = getattr(sub, "take_skipped", None)
+        for epoch, n in (take() if take is not None else {}).items():
+            out[epoch] = out.get(epoch, 0) + n
+    return out
+
+
+def _raise_one_line(e: BaseException) -> None:
+    """Re-raise a :class:`~umt.data.clips.CorruptSampleError` that a worker process raised (DALI and torch wrap it in
+    a traceback) as the one line it was; return for any other error."""
+    from umt.data.clips import CorruptSampleError
+
+    marker = f"{CorruptSampleError.__name__}: "
+    for line in reversed(str(e).splitlines()):
+        if marker in line:
+            raise CorruptSampleError(line.split(marker, 1)[1].strip()) from None
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +138,31 @@ def video_to_device(video: torch.Tensor, device: torch.device) -> torch.Tensor:
     return video.to(device, torch.float32)
 
 
+@contextlib.contextmanager
+def one_line_errors() -> Iterator[None]:
+    """Inside, a worker's CorruptSampleError is re-raised as its own one line (see :func:`_raise_one_line`)."""
+    try:
+        yield
+    except Exception as e:
+        _raise_one_line(e)
+        raise
+
+
+def _one_line_errors(batches: Any) -> Iterator[Any]:
+    """Iterate ``batches`` (a DALI iterator or a torch DataLoader), a worker's CorruptSampleError re-raised as its
+    own one line (see :func:`_raise_one_line`)."""
+    it = iter(batches)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except Exception as e:
+            _raise_one_line(e)
+            raise
+        yield batch
+
+
 class ShardLoader:
     """What the shard loaders share (:class:`VideoLoader`, :class:`umt.data.pair_loader.PairLoader`): ``len``, the
     dispatch of :meth:`epoch_iter` to the DALI or the reference backend, and the release of the DALI pipeline and the
@@ -97,10 +171,86 @@ class ShardLoader:
 
     _len: int
     backend: str
+    cfg: DataConfig
     _pipe: Any = None
     _dali_it: Any = None
     _next: tuple[int, int] | None = None
     _index: Any = None
+    _probe: Any = None
+
+    def _init_skips(self) -> None:
+        """The corrupt-sample bookkeeping (subclasses call it in ``__init__``)."""
+        self._skipped: dict[int, int] = {}
+        """Samples skipped per epoch since the last :meth:`take_skipped`."""
+        self._named: set[int] = set()
+        """Samples already named in the log."""
+        self._pending: list[tuple[int, int, torch.Tensor]] = []
+        """``(epoch, first entry, skipped flags on a device)`` of batches not yet read."""
+        self._probe: Any = None
+        """A source with its own index, that reads a bad sample again to name its error."""
+
+    def _source(self, epoch: int, start_batch: int, decode: bool) -> Any:
+        raise NotImplementedError
+
+    # -- corrupt samples (see the module docstring) ----------------------------------------------------------------
+
+    def _note_skipped(self, epoch: int, first: int, skipped: torch.Tensor) -> None:
+        """Account one batch: ``skipped`` int [B] (meta's field) of entries ``first .. first + B - 1`` of ``epoch``'s
+        order. Training flags on a device wait (no host sync); evaluation reads them now and raises.
+
+        Raises:
+            CorruptSampleError: evaluation, and a row was replaced.
+        """
+        if skipped.device.type != "cpu" and self.cfg.train:
+            self._pending.append((epoch, first, skipped.clone()))
+            if len(self._pending) >= _MAX_PENDING:
+                self._read_pending()
+            return
+        for r, k in enumerate(skipped.tolist()):
+            if k > 0:
+                self._bad_entry(epoch, first + r, int(k))
+
+    def _read_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        for epoch, first, skipped in pending:
+            for r, k in enumerate(skipped.tolist()):
+                if k > 0:
+                    self._bad_entry(epoch, first + r, int(k))
+
+    def _bad_entry(self, epoch: int, j: int, k: int) -> None:
+        """Entry ``j`` of ``epoch``'s order was replaced, ``k`` entries having failed: count it and name its sample
+        once (training) or refuse (evaluation). The error is read again here, with a private index (the source's
+        open files belong to the pipeline)."""
+        from umt.data.clips import CorruptSampleError, data_errors, error_line
+
+        if self._probe is None:
+            self._probe = self._source(epoch, 0, decode=True)
+            self._probe.index = pickle.loads(pickle.dumps(self._probe.index))  # no shared file handles
+        src = self._probe
+        order = src.order(epoch)
+        i = src.sample_at(order, j)
+        name = src.index.name(i)
+        try:
+            src.read_at(epoch, order, j)
+            why = "failed in the loader's worker, reads now (a transient I/O error?)"
+        except data_errors() as e:
+            why = error_line(e)
+        if not self.cfg.train:
+            raise CorruptSampleError(f"corrupt sample {name} ({why}); evaluation reads every sample and does not "
+                                     "skip: rebuild the shard or remove it from the set (python -m "
+                                     "umt.data.build.info DIR --verify checks a directory)")
+        self._skipped[epoch] = self._skipped.get(epoch, 0) + 1
+        if i not in self._named:  # once per sample (it fails again in every epoch)
+            self._named.add(i)
+            repl = src.index.name(src.sample_at(order, (j + k) % len(order)))
+            log.warning("skipping corrupt sample %s (%s): epoch %d position %d takes %s instead; counted as "
+                        "skipped_samples in metrics.jsonl", name, why, epoch, j, repl)
+
+    def take_skipped(self) -> dict[int, int]:
+        """Samples skipped since the last call, ``{epoch: count}`` (reads flags left on a GPU: a host sync)."""
+        self._read_pending()
+        out, self._skipped = self._skipped, {}
+        return out
 
     def __len__(self) -> int:
         return self._len
@@ -140,6 +290,8 @@ class ShardLoader:
         self._close_pipe()
         if self._index is not None:
             self._index.close()
+        if self._probe is not None:
+            self._probe.index.close()
 
 
 class VideoLoader(ShardLoader):
@@ -176,6 +328,7 @@ class VideoLoader(ShardLoader):
         self._next: tuple[int, int] | None = None  # (epoch, start_batch) the DALI pipeline would deliver next
         self.pipeline_builds = 0
         """DALI pipelines built so far (one per loader unless resumed or an epoch is abandoned part-way)."""
+        self._init_skips()
 
     # -- DALI ---------------------------------------------------------------------------------------------------
 
@@ -211,17 +364,20 @@ class VideoLoader(ShardLoader):
             device_id = (self.device.index or 0) if gpu else None
             src = self._source(epoch, start_batch, decode=not gpu)
             self._pipe = build_pipeline(self.cfg, src, device_id=device_id)
-            self._dali_it = DALIGenericIterator([self._pipe], names, auto_reset=False)
+            with one_line_errors():  # the iterator runs the first batches now
+                self._dali_it = DALIGenericIterator([self._pipe], names, auto_reset=False)
             self.pipeline_builds += 1
         else:
-            self._dali_it.reset()  # the source's next epoch: ``first_epoch + epoch_idx``
+            with one_line_errors():
+                self._dali_it.reset()  # the source's next epoch: ``first_epoch + epoch_idx``
         self._next = None  # a generator abandoned part-way leaves the pipeline mid-epoch: rebuild next time
         n = 0
-        for out in self._dali_it:
+        for out in _one_line_errors(self._dali_it):
             out = out[0]
             clips = [out[nm] for nm in names[:-1]]  # k x [B, 3, T, S, S]
             video = clips[0] if len(clips) == 1 else torch.stack(clips, 1).flatten(0, 1)  # [B*k, 3, T, S, S]
-            meta = out["meta"].long()  # [B, 8]
+            meta = out["meta"].long()  # [B, 9]: umt.data.clips.SOURCE_META_FIELDS
+            self._note_skipped(epoch, (start_batch + n) * self.cfg.batch_size, meta[:, 8])
             n += 1
             yield self._finish(video, meta[:, 3], meta[:, 4])
         if n != self._len - start_batch:
@@ -245,7 +401,8 @@ class VideoLoader(ShardLoader):
             pin_memory=self.device.type == "cuda",
         )
         try:
-            for batch in dl:
+            for b, batch in enumerate(_one_line_errors(dl), start=start_batch):
+                self._note_skipped(epoch, b * cfg.batch_size, batch["skipped"])
                 video = batch["video"].flatten(0, 1)  # [B, k, 3, T, S, S] -> [B*k, 3, T, S, S]
                 yield self._finish(video, batch["label"], batch["index"])
         finally:

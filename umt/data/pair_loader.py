@@ -20,6 +20,10 @@ caption, the middle frames and ``data.eval_crop``.
 Backends: ``dali`` (the graphs of :mod:`umt.data.dali.pairs`; images are always decoded by DALI, videos on CPU by the
 source's seeking decoder) or ``reference`` (:class:`umt.data.pairs.PairDataset`: PIL / PyAV + torch), chosen by
 ``data.backend`` as for stage 1 (``auto``: DALI where it imports and can decode).
+
+Corrupt items are handled as by the stage-1 loader (:mod:`umt.data.loader`): skipped, counted and named once in
+training (a row replaced by the next row of the epoch order that reads), a one-line
+:class:`umt.data.clips.CorruptSampleError` in evaluation (retrieval).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from typing import Any
 import torch
 
 from umt.data.config import DataConfig
-from umt.data.loader import ShardLoader, choose_backend, dali_available, video_to_device
+from umt.data.loader import ShardLoader, _one_line_errors, choose_backend, one_line_errors, dali_available, video_to_device
 from umt.data.format import read_manifest
 from umt.data.captions import CaptionTokenizer, caption_rows, pad_to_longest
 from umt.data.format import caption_counts, require_captions
@@ -106,6 +110,7 @@ class PairLoader(ShardLoader):
         self._next: tuple[int, int] | None = None
         self.pipeline_builds = 0
         """DALI pipelines built so far (one per loader unless resumed or an epoch is abandoned part-way)."""
+        self._init_skips()
 
     def _choose_backend(self) -> str:
         if self.modality == "video":
@@ -143,14 +148,17 @@ class PairLoader(ShardLoader):
             gpu = self.device.type == "cuda"
             device_id = (self.device.index or 0) if gpu else None
             self._pipe = build_pair_pipeline(self._source(epoch, start_batch, decode=not gpu), device_id=device_id)
-            self._dali_it = DALIGenericIterator([self._pipe], PAIR_OUTPUTS, auto_reset=False)
+            with one_line_errors():  # the iterator runs the first batches now
+                self._dali_it = DALIGenericIterator([self._pipe], PAIR_OUTPUTS, auto_reset=False)
             self.pipeline_builds += 1
         else:
-            self._dali_it.reset()  # the source's next epoch
+            with one_line_errors():
+                self._dali_it.reset()  # the source's next epoch
         self._next = None  # a generator abandoned part-way leaves the pipeline mid-epoch: rebuild next time
         b = start_batch
-        for out in self._dali_it:
+        for out in _one_line_errors(self._dali_it):
             out = out[0]
+            self._note_skipped(epoch, b * self.batch_size, out["meta"][:, 8])  # SOURCE_META_FIELDS' ``skipped``
             video = out["video"]
             if self.modality == "image":
                 video = video.unsqueeze(2)  # [B, 3, S, S] -> [B, 3, 1, S, S]
@@ -168,7 +176,8 @@ class PairLoader(ShardLoader):
                                          num_workers=self.cfg.num_workers, persistent_workers=False,
                                          pin_memory=self.device.type == "cuda")
         try:
-            for b, batch in enumerate(dl, start=start_batch):
+            for b, batch in enumerate(_one_line_errors(dl), start=start_batch):
+                self._note_skipped(epoch, b * self.batch_size, batch["skipped"])
                 yield self._finish(b, batch["video"], batch["text_ids"], batch["text_len"], batch["index"])
         finally:
             ds.source.index.close()

@@ -18,6 +18,11 @@ whose order, draws and reading it extends:
   libjpeg-turbo on CPU, nvJPEG on a GPU), the reference backend decodes with PIL (identical pixels on CPU) and crops.
 * **Caption**: the drawn caption (the first in evaluation), :func:`umt.data.captions.pre_text`, tokenised here on the
   host (:class:`umt.data.captions.CaptionTokenizer`): int32 [max_len] ids + an int32 length, fixed-size for DALI.
+* **Corrupt items**: as in stage 1 (:meth:`umt.data.clips.ClipSource.fetch`), a row whose item fails to read or
+  decode is replaced by the next row of the epoch order that does, and meta's ``skipped`` tells the loader. Images
+  are decoded by DALI inside its graph, where an error cannot be skipped, so the source first checks each JPEG
+  (:func:`check_jpeg`: its header, its size against ``KEY.meta``, and a decode at 1/8 scale); with
+  ``caption_sampling="each"`` every row of a bad item is skipped (and counted) at its own position.
 """
 
 from __future__ import annotations
@@ -30,13 +35,13 @@ import torch
 from umt.data.config import DataConfig
 from umt.data.decode import decode_image
 from umt.data.reference import EpochDataset, augment_clip
-from umt.data.format import META_FIELDS, decode_meta
-from umt.data.clips import ClipSource, clip_windows, epoch_order, read_clip
+from umt.data.format import decode_meta
+from umt.data.clips import ClipSource, clip_windows, epoch_order, read_clip, source_meta
 from umt.data.format import ShardIndex
 from umt.data.captions import CaptionTokenizer, caption_choice, pre_text
 from umt.data.format import decode_captions
 
-__all__ = ["PairDataset", "PairSource", "eval_order"]
+__all__ = ["PairDataset", "PairSource", "check_jpeg", "eval_order"]
 
 
 def eval_order(num_samples: int, *, rank: int, world_size: int, batch_size: int) -> tuple[np.ndarray, int]:
@@ -71,8 +76,11 @@ class PairSource(ClipSource):
     * image: ``(jpeg, meta, anchor, shape, flip, text_ids, text_len)``: the JPEG as uint8 [bytes], the window as
       int32 [2] ``(x, y)`` and int32 [2] ``(w, h)`` in stored pixels;
 
-    with meta int32 [8], flip int32 [], ``text_ids`` int32 [max_len] (``[CLS] ... [SEP]`` then ``[PAD]``) and
-    ``text_len`` int32 []. Raises ``StopIteration`` past the epoch's end (DALI's end-of-epoch signal).
+    with meta int32 [9] (:data:`umt.data.clips.SOURCE_META_FIELDS`), flip int32 [], ``text_ids`` int32 [max_len]
+    (``[CLS] ... [SEP]`` then ``[PAD]``) and
+    ``text_len`` int32 []. A row that fails to read (also a JPEG that :func:`check_jpeg` refuses) is replaced by
+    the next row of the order that reads (:meth:`fetch`). Raises ``StopIteration`` past the epoch's end (DALI's
+    end-of-epoch signal).
     """
 
     def __init__(
@@ -144,17 +152,23 @@ class PairSource(ClipSource):
         meta = decode_meta(self.index.read(i, "meta"))
         return meta, clip_windows(self.cfg, meta["width"], meta["height"], self.params(epoch, r))[0]
 
-    def __call__(self, info: Any) -> tuple[np.ndarray, ...]:
-        epoch = self.first_epoch + info.epoch_idx
-        start = self.start_batch * self.cfg.batch_size if info.epoch_idx == 0 else 0
-        try:
-            r = self.row_at(epoch, start + info.idx_in_epoch)
-        except IndexError:
-            raise StopIteration from None
+    def sample_at(self, order: np.ndarray, j: int) -> int:
+        """The item that entry ``j`` of ``order`` (a row id) reads."""
+        r = int(order[j])
+        return r if self.rows is None else int(self.rows[0][r])
+
+    def read_at(self, epoch: int, order: np.ndarray, j: int) -> tuple[np.ndarray, ...]:
+        """The outputs (see the class docstring) for entry ``j`` of ``order`` in ``epoch``, meta int32 [9] with
+        ``skipped`` 0.
+
+        Raises:
+            The data errors of reading and decoding the item (:func:`umt.data.clips.data_errors`).
+        """
+        r = int(order[j])
         i, caption = self.resolve(epoch, r)
         if self.modality == "video":
             clip = read_clip(self.index, i, self.cfg, self.params(epoch, r), decode=self.decode)
-            meta = np.array([clip.meta[k] for k in META_FIELDS], np.int32)  # [8]
+            meta = source_meta(clip.meta)  # [9]
             x, y, w, h, flip = clip.windows[0]
             if self.decode:  # hand DALI only the window (as ClipSource does): less to copy and to slice
                 media = np.ascontiguousarray(clip.frames[:, y : y + h, x : x + w])  # type: ignore[index]  # [T,h,w,3]
@@ -167,22 +181,60 @@ class PairSource(ClipSource):
                 out += (clip.indices.astype(np.int32),)  # for the GPU decoder's ``frames``
         else:
             m, (x, y, w, h, flip) = self.window(epoch, r, i)
-            out = (np.frombuffer(self.index.read(i, "jpg"), np.uint8), np.array([m[k] for k in META_FIELDS], np.int32),
-                   np.array([x, y], np.int32), np.array([w, h], np.int32), np.array(int(flip), np.int32))
+            jpeg = self.index.read(i, "jpg")
+            check_jpeg(jpeg, m)  # DALI decodes it: a bad JPEG must fail here, where it can be skipped
+            out = (np.frombuffer(jpeg, np.uint8), source_meta(m), np.array([x, y], np.int32),
+                   np.array([w, h], np.int32), np.array(int(flip), np.int32))
         ids, n = self.text(caption)
         return (*out, ids, np.array(n, np.int32))
+
+    def meta_position(self) -> int:
+        return 1
+
+    def __call__(self, info: Any) -> tuple[np.ndarray, ...]:
+        epoch = self.first_epoch + info.epoch_idx
+        start = self.start_batch * self.cfg.batch_size if info.epoch_idx == 0 else 0
+        order = self.order(epoch)
+        j = start + info.idx_in_epoch
+        if j >= len(order):
+            raise StopIteration
+        out, k = self.fetch(order, j, lambda jj: self.read_at(epoch, order, jj))
+        out[1][-1] = k  # meta's ``skipped``: the loader counts (or, in evaluation, refuses) rows with k > 0
+        return out
+
+
+def check_jpeg(data: bytes, meta: dict[str, int]) -> None:
+    """Raise where PIL (hence the reference backend) cannot decode the stored JPEG, or its size is not the one
+    ``KEY.meta`` records: DALI decodes images inside its graph, where a failure stops the pipeline, so the source
+    checks first. PIL's draft mode decodes at 1/8 scale (the same entropy decoding, little of the rest).
+
+    Raises:
+        OSError: not a JPEG, or truncated (PIL's errors).
+        ValueError: the header's size differs from ``meta``'s.
+    """
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        if im.size != (meta["width"], meta["height"]):
+            raise ValueError(f"JPEG is {im.size[0]}x{im.size[1]}, meta says {meta['width']}x{meta['height']}")
+        im.draft("RGB", (max(1, im.size[0] // 8), max(1, im.size[1] // 8)))
+        im.load()
 
 
 class PairDataset(EpochDataset):
     """Reference backend: the rows of one epoch for one rank from ``start_batch`` on, augmented with torch.
 
     Item j: ``{"video": float32 [3, T, S, S] (T = 1 for images), "text_ids": int32 [max_len], "text_len": int32 [],
-    "index": int64 []}``, the j-th of that tail, with :class:`PairSource`'s draws.
+    "index": int64 [], "skipped": int64 []}``, the j-th of that tail, with :class:`PairSource`'s draws and its
+    replacement of rows that fail to read (``skipped``: failed rows before the delivered one).
     """
 
-    def __getitem__(self, j: int) -> dict[str, torch.Tensor]:
+    def read_at(self, j: int) -> dict[str, torch.Tensor]:
+        """Entry ``j`` of the whole epoch's order (a row), read, decoded and augmented (data errors propagate)."""
         src, cfg = self.source, self.source.cfg
-        r = int(self.order[j])
+        r = int(self.full_order[j])
         i, caption = src.resolve(self.epoch, r)
         if src.modality == "video":
             clip = read_clip(src.index, i, cfg, src.params(self.epoch, r))
@@ -191,7 +243,9 @@ class PairDataset(EpochDataset):
             index = clip.meta["index"]
         else:
             meta, window = src.window(self.epoch, r, i)
-            frames = decode_image(src.index.read(i, "jpg"))[None]  # [1, H, W, 3]
+            jpeg = src.index.read(i, "jpg")
+            check_jpeg(jpeg, meta)  # refuse what the DALI source refuses (a JPEG of another size than its meta)
+            frames = decode_image(jpeg)[None]  # [1, H, W, 3]
             video = augment_clip(frames, cfg, window)  # [3, 1, S, S]
             index = meta["index"]
         ids, n = src.text(caption)

@@ -101,16 +101,28 @@ def load_sample(
 
 
 class EpochDataset(torch.utils.data.Dataset):
-    """The samples of one epoch for one rank, in order, from ``start_batch`` on (item j: the j-th of that tail)."""
+    """The samples of one epoch for one rank, in order, from ``start_batch`` on (item j: the j-th of that tail).
+
+    A sample that fails to read is replaced as in the DALI source (:meth:`umt.data.clips.ClipSource.fetch`: the
+    next entry of the whole epoch's order that reads); item j's ``"skipped"`` (int64 []) counts the failed entries.
+    """
 
     def __init__(self, source: ClipSource) -> None:
         self.source = source
         self.epoch = source.first_epoch
-        self.order = source.order(self.epoch)[source.start_batch * source.cfg.batch_size :]
+        self.full_order = source.order(self.epoch)
+        """The whole epoch's order: a replacement may come from before ``start_batch`` or wrap around."""
+        self.start = source.start_batch * source.cfg.batch_size
+        self.order = self.full_order[self.start :]
 
     def __len__(self) -> int:
         return len(self.order)
 
-    def __getitem__(self, j: int) -> dict[str, torch.Tensor]:
-        i, pad = self.source.resolve(self.order, j)
+    def read_at(self, j: int) -> dict[str, torch.Tensor]:
+        """Entry ``j`` of the whole epoch's order, read, decoded and augmented (data errors propagate)."""
+        i, pad = self.source.resolve(self.full_order, j)
         return load_sample(self.source.index, i, self.source.cfg, self.source.params(self.epoch, i), pad=pad)
+
+    def __getitem__(self, j: int) -> dict[str, torch.Tensor]:
+        item, k = self.source.fetch(self.full_order, self.start + j, self.read_at)
+        return {**item, "skipped": torch.tensor(k, dtype=torch.int64)}

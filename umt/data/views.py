@@ -160,13 +160,15 @@ def views_outputs(
 
     Returns ``(frames_0 .. frames_{n-1}, meta, size, anchor_0 .. anchor_{V-1})``: per temporal clip uint8
     [T, H0, W0, 3] (``decode=False``: one uint8 [bytes] encoded video instead, and the per-clip int32 [T] indices
-    appended at the end), meta int32 [8] (label and index -1 when ``pad``), the resized ``(H, W)`` as float32 [2],
+    appended at the end), meta int32 [9] (:data:`umt.data.clips.SOURCE_META_FIELDS`; label and index -1 when
+    ``pad``), the resized ``(H, W)`` as float32 [2],
     per view the crop's int32 [2] ``(x, y)``.
     """
     clip = read_views(index, i, cfg, decode=decode)
     if pad:
         clip.meta = {**clip.meta, "label": -1, "index": -1}
-    meta = np.array([clip.meta[k] for k in META_FIELDS], np.int32)  # [8]
+    # [9]: umt.data.clips.SOURCE_META_FIELDS, ``skipped`` 0 (the source sets it)
+    meta = np.array([clip.meta[k] for k in META_FIELDS] + [0], np.int32)
     video = clip.frames if decode else [np.frombuffer(clip.encoded, np.uint8)]  # type: ignore[arg-type]
     size = np.array([clip.resized[1], clip.resized[0]], np.float32)  # (H, W): DALI's order for FHWC
     out = [*video, meta, size] + [np.array(a, np.int32) for a in clip.anchors]

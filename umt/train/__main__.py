@@ -146,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     if rank == 0:
         print(f"first logged loss {summary['first_loss']:.4f}, last logged loss {summary['last_loss']:.4f} "
               f"after {summary['steps']} steps ({summary['skipped_steps']} skipped); run dir: {summary['run_dir']}")
+        if summary.get("skipped_samples"):
+            per = ", ".join(f"epoch {e}: {n}" for e, n in summary["skipped_samples_per_epoch"].items())
+            print(f"{summary['skipped_samples']} corrupt samples skipped ({per}); the log names each")
         if summary.get("export"):
             print(f"student backbone exported to {summary['export']}")
         for line in demo.report(cfg, before, summary["run_dir"]) if demo is not None else []:

@@ -10,6 +10,12 @@ The loop reads top to bottom: per optimizer step, ``accum`` micro-batches (each:
 sync to read loss/skip counters and write metrics → periodic checkpoint → preemption check (one CPU all-reduce; on a
 signal: checkpoint and :class:`~umt.train.preempt.Preempted`). ``step`` counts optimizer steps, ``batch_in_epoch``
 loader batches.
+
+Corrupt samples: the shard loaders replace a sample that fails to read (:mod:`umt.data.loader`); on logging steps
+(and before a checkpoint) the trainer takes each rank's new counts (:func:`umt.data.loader.take_skipped`, no extra
+sync on other steps), sums them over the ranks per epoch and logs the run's total as ``skipped_samples`` and the
+current epoch's as ``skipped_samples_epoch``; :meth:`Trainer.fit` returns both (``skipped_samples_per_epoch``), and
+checkpoints carry them across a resume.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from umt import ops
 from umt.flops import peak_bf16_tflops
 from umt.masking import step_seed
 from umt.config import TrainConfig, accumulation_steps, config_to_dict
+from umt.data.loader import take_skipped
 from umt.fileio import atomic_path, atomic_write, exclusive_lock
 from umt.train import checkpoint as ckpt
 from umt.train.preempt import Preempted, PreemptionHandler, write_marker
@@ -130,6 +137,9 @@ class Trainer:
         self.net = net
         self.step_fn = self.task.make_step(net, self.optimizer, self.scheduler)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        #: corrupt samples skipped by the loaders, summed over the ranks: epoch -> count (epochs with none left out)
+        self.skipped_samples: dict[int, int] = {}
+        self._skips_from = 0  # the first epoch whose counts some rank may not have taken yet
         #: the best ``task.eval_key`` result so far (``best.pt`` holds those weights), None before any evaluation
         self.best_eval: float | None = None
         self.resumed_from: Path | None = None
@@ -163,6 +173,7 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(), "rng": ckpt.rng_state(), "step": self.step,
                 "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "best_eval": self.best_eval,
                 "skipped": int(self.step_fn.skipped), "consecutive_skipped": int(self.step_fn.consecutive),
+                "skipped_samples": dict(self.skipped_samples),
                 "config": config_to_dict(self.cfg), "student": self.cfg.model.student,
                 "world_size": self.rt.world_size, "kernel_configs": ops.kernel_configs(), "task": self.cfg.task,
                 **self.task.record()}
@@ -194,6 +205,8 @@ class Trainer:
         ckpt.set_rng_state(state["rng"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.best_eval = state.get("best_eval")
+        self.skipped_samples = {int(e): int(n) for e, n in state.get("skipped_samples", {}).items()}
+        self._skips_from = self.epoch
         self.step_fn.skipped.fill_(state.get("skipped", 0))
         self.step_fn.consecutive.fill_(state.get("consecutive_skipped", 0))
         ops.pin_kernel_configs(state.get("kernel_configs", {}))  # the same kernel tiles: bit-exact resume
@@ -215,6 +228,8 @@ class Trainer:
         writes the preemption marker (:func:`umt.train.preempt.write_marker`) before the barrier. ``write=False``:
         the checkpoint of this step is already written, only the marker is."""
         path = None
+        if write:
+            self._take_skipped()  # every rank is here: the checkpoint holds the counts of the batches it covers
         if self.rt.is_main:
             if write:
                 path = ckpt.save_checkpoint(self.ckpt_dir, self.step, self.state_dict(),
@@ -231,6 +246,23 @@ class Trainer:
         return path
 
     # ------------------------------------------------------------------------------------------------ loop
+    def _take_skipped(self) -> None:
+        """Add the loaders' new corrupt-sample counts of every rank to :attr:`skipped_samples`. Collective: every
+        rank calls it at the same step (logging steps, checkpoints). Epochs from ``_skips_from`` to the current one
+        (the same range on every rank) are summed as one vector."""
+        lo, hi = self._skips_from, max(self._skips_from, self.epoch)
+        counts = [0] * (hi - lo + 1)
+        for epoch, n in take_skipped(self.loader).items():
+            counts[min(max(epoch, lo), hi) - lo] += n
+        if self.rt.distributed:
+            t = torch.tensor(counts, dtype=torch.int64, device=self.rt.device)
+            dist.all_reduce(t)
+            counts = t.tolist()
+        for k, n in enumerate(counts):
+            if n:
+                self.skipped_samples[lo + k] = self.skipped_samples.get(lo + k, 0) + int(n)
+        self._skips_from = self.epoch
+
     def _log(self, loss_sums: dict[str, torch.Tensor], n_ok: torch.Tensor, samples: int,
              flops: float | None, wall: float, wait: float) -> dict:
         """Host sync (deliberate, logging steps only): average each of the task's losses over the interval's applied
@@ -244,6 +276,8 @@ class Trainer:
         if consecutive >= self.cfg.optim.max_nonfinite:
             raise NonFiniteError(f"{consecutive} consecutive steps had a non-finite gradient norm (last at step "
                                  f"{self.step}); stopping. Lower optim.lr, set optim.clip_grad, or check the data.")
+        self._take_skipped()
+        last_epoch = self.epoch if self.batch_in_epoch else self.epoch - 1  # the epoch of the last batch trained on
         clips_per_s = samples * self.rt.world_size / max(wall, 1e-9)
         peak = _peak_tflops(self.rt.device)
         means = {k: v / n_ok_v if n_ok_v else float("nan") for k, v in zip(names, sums)}
@@ -253,7 +287,8 @@ class Trainer:
                "data_wait_frac": wait / max(wall, 1e-9),
                "mfu": flops / max(wall, 1e-9) / (peak * 1e12) if peak and flops is not None else None,
                "peak_mem": _peak_mem_bytes(self.rt.device), "skipped_steps": int(self.step_fn.skipped),
-               "accum_steps": self.accum}
+               "skipped_samples": sum(self.skipped_samples.values()),
+               "skipped_samples_epoch": self.skipped_samples.get(last_epoch, 0), "accum_steps": self.accum}
         if self.rt.is_main:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
@@ -312,7 +347,9 @@ class Trainer:
         """Train until ``total_steps``; checkpoint every N steps and at the end.
 
         Returns:
-            ``{"first_loss", "last_loss", "steps", "run_dir", "skipped_steps"}`` from the logged rows of this run.
+            ``{"first_loss", "last_loss", "steps", "run_dir", "skipped_steps", "skipped_samples",
+            "skipped_samples_per_epoch"}``: losses from the logged rows of this run; corrupt samples the loaders
+            skipped (summed over the ranks, the run's total and ``{epoch: count}``, resumed runs included).
 
         Raises:
             NonFiniteError: ``optim.max_nonfinite`` consecutive skipped steps.
@@ -406,7 +443,9 @@ class Trainer:
             self.evaluate(final=True)
         rows = self.logged
         return {"first_loss": rows[0]["loss"] if rows else None, "last_loss": rows[-1]["loss"] if rows else None,
-                "steps": self.step, "run_dir": str(self.run_dir), "skipped_steps": int(self.step_fn.skipped)}
+                "steps": self.step, "run_dir": str(self.run_dir), "skipped_steps": int(self.step_fn.skipped),
+                "skipped_samples": sum(self.skipped_samples.values()),
+                "skipped_samples_per_epoch": dict(sorted(self.skipped_samples.items()))}
 
     def close(self) -> None:
         """Release the loader, TensorBoard writer, signal handlers and process group."""
