@@ -84,7 +84,7 @@ def test_clip_renormalisation_and_resize() -> None:
 
 
 def test_position_table_and_frames_resized_bicubic_without_antialias(tmp_path) -> None:
-    """Issue 9: the official UMT code shrinks CLIP-L/14's 16×16 table to 14×14 and the frames 224 → 196 with
+    """The official UMT code shrinks CLIP-L/14's 16×16 table to 14×14 and the frames 224 → 196 with
     ``F.interpolate(mode="bicubic", align_corners=False)`` and no antialiasing; so must we (downsizing, where
     antialiasing changes the values)."""
     torch.manual_seed(0)

@@ -44,7 +44,7 @@ from typing import Any
 import torch
 
 __all__ = ["OfficialFormatError", "OfficialState", "KINDS", "unwrap", "detect_kind", "is_official", "from_official",
-           "to_official", "official_pos_embed", "arch_for", "TASK_OF_KIND"]
+           "to_official", "official_pos_embed", "config_overrides", "arch_for", "TASK_OF_KIND"]
 
 #: the released kinds, in the order :func:`detect_kind` tries them
 KINDS = ("stage2", "pretrain", "finetune")
@@ -145,6 +145,9 @@ def _unmatched(path: str, kind: str, keys: list[str]) -> OfficialFormatError:
 
 def _backbone_meta(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, Any]:
     w = sd[prefix + "patch_embed.proj.weight"]  # [C, 3, tubelet, P, P]
+    if w.dim() != 5:
+        raise OfficialFormatError(f"{prefix}patch_embed.proj.weight has shape {tuple(w.shape)}, not a Conv3d "
+                                  "[C, 3, tubelet, P, P]")
     depth = len({k[len(prefix):].split(".")[1] for k in sd if k.startswith(prefix + "blocks.")})
     return {"arch": arch_for(int(w.shape[0]), depth), "width": int(w.shape[0]), "depth": depth,
             "patch": int(w.shape[-1]), "tubelet": int(w.shape[2])}
@@ -158,6 +161,25 @@ def _grid_of(n: int, tubelet: int) -> tuple[int, int] | None:
             if side * side * t == n:
                 return t * tubelet, side
     return None
+
+
+def config_overrides(off: OfficialState) -> dict[str, Any]:
+    """The fields of our run configuration (``umt.config.config_from_dict`` input, plain dicts) that an official
+    file implies: task, student, aligned layers, frames and size, a classifier's classes and pre-training size, the
+    stage-2 text encoder (the official ``bert-base-uncased`` / ``bert-large-uncased``, ``multi_modality/configs/
+    model.py``: a local copy is named at evaluation), its fusion layer and contrastive width."""
+    m = off.meta
+    d: dict[str, Any] = {"task": TASK_OF_KIND[off.kind], "model": {"student": m["arch"]},
+                         "data": {"num_frames": m["num_frames"], "input_size": m["img_size"]}}
+    if off.kind in ("pretrain", "stage2"):
+        d["model"]["align_layers"] = m["align_layers"]
+    if off.kind == "finetune":
+        d["finetune"] = {"num_classes": m["num_classes"], "pretrain_num_frames": m["pretrain_num_frames"],
+                         "pretrain_img_size": m["pretrain_img_size"]}
+    if off.kind == "stage2":
+        d["text"] = {"encoder": "bert-large-uncased" if m["text_width"] == 1024 else "bert-base-uncased",
+                     "fusion_layer": m["fusion_layer"], "embed_dim": m["embed_dim"]}
+    return d
 
 
 def official_pos_embed(num_frames: int, img_size: int, dim: int, patch: int = 16, tubelet: int = 1) -> torch.Tensor:
@@ -177,8 +199,9 @@ def from_official(obj: Any, path: str = "<official>") -> OfficialState:
     Tensors are not copied (the same objects), so the mapping is exact.
 
     Raises:
-        OfficialFormatError: not an official kind, keys that no rule maps (named), a fine-tuned ``pos_embed`` that
-            is not the official interpolated sin-cos table, or a size the student registry has no name for.
+        OfficialFormatError: not an official kind, keys that no rule maps (named), or a fine-tuned ``pos_embed``
+            that is not the official interpolated sin-cos table. (A width × depth with no registered ``umt_vit_*``
+            name maps too, with ``meta["arch"]`` None.)
     """
     sd = unwrap(obj)
     kind = detect_kind(sd) if sd is not None else None
@@ -264,9 +287,6 @@ def from_official(obj: Any, path: str = "<official>") -> OfficialState:
                     text_depth=len({k.split(".")[4] for k in sd if k.startswith("text_encoder.bert.encoder.layer.")}))
     if left:
         raise _unmatched(path, kind, left)
-    if meta["arch"] is None:
-        raise OfficialFormatError(f"{path}: official {kind} checkpoint of width {meta['width']}, depth "
-                                  f"{meta['depth']}: no registered umt_vit_* student of that size")
     return OfficialState(kind, model, extra, meta)
 
 
