@@ -196,6 +196,10 @@ def test_finetune_logits_match_and_16_frame_table(tmp_path: Path) -> None:
     st = read_backbone(f16)
     assert (st.num_frames, st.img_size, st.pretrain_num_frames, st.pretrain_img_size) == (16, 224, 8, 224)
     assert torch.equal(big.pos_embed, sd16["pos_embed"][0])
+    from umt.eval.classify import build_classifier
+
+    clf, _ = build_classifier(f16)  # python -m umt.eval classify --checkpoint l16_..._f16_res224.pth
+    assert torch.equal(clf.pos_embed, sd16["pos_embed"][0]) and torch.equal(clf.head.bias, sd16["head.bias"])
     mid, back = tmp_path / "f16.safetensors", tmp_path / "f16_back.pth"
     assert convert.main([str(f16), str(mid)]) == 0
     assert convert.main([str(mid), str(back), "--to", "official"]) == 0

@@ -1,7 +1,8 @@
 """Export the pre-trained student backbone to safetensors for downstream fine-tuning.
 
 The file holds the student's state dict (no UMA heads, no teacher; the fixed position table is rebuilt from the size
-arguments) and metadata naming the timm architecture and sizes. Load it with::
+arguments) and metadata naming the timm architecture and sizes. Load it with (``import umt.model`` first: it
+registers the ``umt_vit_*`` names)::
 
     timm.create_model("umt_vit_base_patch16_224", pretrained=True,
                       pretrained_cfg_overlay={"file": "student.safetensors"}, num_frames=8)
