@@ -252,3 +252,21 @@ def test_unmapped_keys_are_named(tmp_path: Path) -> None:
     torch.save({"model": {"foo.weight": torch.zeros(1)}}, tmp_path / "y.pth")
     with pytest.raises(BackboneLoadError, match="foo.weight"):
         read_backbone(tmp_path / "y.pth")
+
+
+def test_retrieval_loads_official_stage2(tmp_path: Path, tiny_bert: str) -> None:
+    """``python -m umt.eval retrieval --checkpoint b16_25m.pth --text-encoder DIR`` builds our model from the
+    official file's sizes and loads every tensor strictly."""
+    from umt.eval.retrieval import load_vision_text
+    from umt.model.text import build_text_encoder
+
+    student = timm.create_model("umt_vit_pico_patch16_224", num_frames=4)
+    text, _ = build_text_encoder(tiny_bert, 2, 96)
+    src_model = _randomise(UMTVisionText(student, UMAHeads(96, 48, 4), text, 24))
+    off_sd = official_names("stage2", src_model.state_dict())
+    src = tmp_path / "b16_25m.pth"
+    torch.save({"model": off_sd}, src)
+    model, cfg, _ = load_vision_text(src, text_encoder=tiny_bert)
+    assert (cfg.text.fusion_layer, cfg.text.embed_dim, cfg.data.num_frames) == (2, 24, 4)
+    got = model.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in src_model.state_dict().items())
