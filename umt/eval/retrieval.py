@@ -262,11 +262,12 @@ def build_vision_text(cfg: Any, teacher_dim: int, *, text_encoder: str | None = 
 
 def load_vision_text(checkpoint: str | Path, *, text_encoder: str | None = None,
                      num_frames: int | None = None) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
-    """A stage-2 checkpoint (``step_*.pt`` or ``best.pt`` of task ``video_text``) as ``(model, cfg, state)`` with
-    every weight loaded strictly.
+    """A stage-2 checkpoint (``step_*.pt`` or ``best.pt`` of task ``video_text``, or an official stage-2 ``.pth``,
+    :mod:`umt.model.official`) as ``(model, cfg, state)`` with every weight loaded strictly.
 
     Raises:
-        ValueError: not a stage-2 checkpoint (one line naming the file and the task it holds).
+        ValueError: not a stage-2 checkpoint (one line naming the file and the task it holds); an official file with
+            keys no rule maps (:class:`umt.model.official.OfficialFormatError`).
         umt.model.text.TextEncoderError: the text encoder directory is missing or not a BERT.
     """
     from umt.config import config_from_dict
@@ -275,6 +276,12 @@ def load_vision_text(checkpoint: str | Path, *, text_encoder: str | None = None,
     if not path.is_file():
         raise ValueError(f"{path}: no such checkpoint")
     state = torch.load(path, map_location="cpu", weights_only=False)
+    from umt.model import official
+
+    if official.is_official(state):  # an official stage-2 .pth (umt.model.official): our layout, in memory
+        off = official.from_official(state, str(path))
+        state = {"model": off.model, "task": official.TASK_OF_KIND[off.kind], "config": official.config_overrides(off),
+                 "step": None}
     if not isinstance(state, dict) or state.get("task") != "video_text" or "config" not in state:
         task = state.get("task") if isinstance(state, dict) else None
         raise ValueError(f"{path} is not a stage-2 (video_text) checkpoint (task {task!r}); retrieval needs the text "

@@ -11,6 +11,9 @@ trainer checkpoint, fine-tuning        task ``finetune``: the classifier's keys,
 ``best.pt``                            the trainer's best weights (``model``, ``task``, ``config``), same key layout
 safetensors export                     :mod:`umt.train.export`: the student's keys, unprefixed; metadata ``arch``,
                                        ``num_frames``, ``img_size``
+official checkpoint (``.pth``)         any released kind of the official code (stage-1 pre-training, fine-tuned
+                                       classifier, stage 2), mapped by :mod:`umt.model.official`; ``kind`` is
+                                       ``official-pretrain``, ``official-finetune`` or ``official-stage2``
 =====================================  =============================================================================
 
 :func:`read_backbone` splits a file into the backbone's state dict (:class:`~umt.model.student.UMTStudent` keys, no
@@ -28,6 +31,8 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+
+from umt.model import official
 
 __all__ = ["BackboneLoadError", "BackboneState", "LoadReport", "read_backbone", "load_backbone", "HEAD_KEYS",
            "FINAL_NORM_KEYS"]
@@ -109,10 +114,12 @@ def _int(x: Any) -> int | None:
 
 
 def read_backbone(path: str | Path) -> BackboneState:
-    """Split ``path`` (a trainer checkpoint, ``best.pt`` or a safetensors export) into backbone and the rest.
+    """Split ``path`` (a trainer checkpoint, ``best.pt``, a safetensors export or an official checkpoint) into
+    backbone and the rest.
 
     Raises:
-        BackboneLoadError: the file is missing, unreadable, or holds no student backbone.
+        BackboneLoadError: the file is missing, unreadable, holds no student backbone, or is an official checkpoint
+            with keys no rule maps (:class:`umt.model.official.OfficialFormatError`, named in the message).
     """
     path = Path(path)
     if not path.is_file():
@@ -124,6 +131,11 @@ def read_backbone(path: str | Path) -> BackboneState:
             state = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as e:  # noqa: BLE001 - torch.load raises many kinds alike
             raise BackboneLoadError(f"{path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+        bare = official.unwrap(state) if isinstance(state, dict) and "task" not in state else None
+        if bare is not None and official.detect_kind(bare) is not None and not any(k.startswith("student.")
+                                                                                    for k in bare):
+            # not written by our trainer (no task, no student.*) and keyed as an official kind
+            return _from_official(state, path)
         if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
             raise BackboneLoadError(f"{path}: not a checkpoint of this project (no 'model' state dict)")
         model = state["model"]
@@ -163,9 +175,29 @@ def read_backbone(path: str | Path) -> BackboneState:
                             pretrain_num_frames=_int(meta.get("pretrain_num_frames")) or None,
                             pretrain_img_size=_int(meta.get("pretrain_img_size")) or None)
     if "patch_embed.proj.weight" not in out.state_dict:
+        keys = sorted(out.state_dict)
         raise BackboneLoadError(f"{path}: holds no student backbone (no patch_embed.proj.weight among "
-                                f"{len(out.state_dict)} keys)")
+                                f"{len(keys)} keys: {', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''}); "
+                                "neither ours nor an official UMT checkpoint")
     return out
+
+
+def _from_official(state: Any, path: Path) -> BackboneState:
+    """An official checkpoint (:mod:`umt.model.official`) as a :class:`BackboneState`: the student's keys unprefixed
+    (plus ``fc_norm``/``head`` of a classifier), the rest (``heads.*``, the stage-2 text side, ...) in ``rest``."""
+    try:
+        off = official.from_official(state, str(path))
+    except official.OfficialFormatError as e:
+        raise BackboneLoadError(str(e)) from e
+    m = off.meta
+    if off.kind == "finetune":
+        sd, rest = dict(off.model), {}
+    else:
+        sd = {k[len("student."):]: v for k, v in off.model.items() if k.startswith("student.")}
+        rest = {k: v for k, v in off.model.items() if not k.startswith("student.")}
+    return BackboneState(str(path), f"official-{off.kind}", sd, rest, m["arch"], m.get("num_frames"),
+                         m.get("img_size"), {}, pretrain_num_frames=m.get("pretrain_num_frames"),
+                         pretrain_img_size=m.get("pretrain_img_size"))
 
 
 def load_backbone(model: nn.Module, source: str | Path | BackboneState, *, head: bool = False) -> LoadReport:
