@@ -74,10 +74,9 @@ class UMTVisionText(nn.Module):
         self.vision_proj = nn.Linear(cv, embed_dim)
         self.text_proj = nn.Linear(ct, embed_dim)
         self.temp = nn.Parameter(torch.tensor(float(temp)))
+        # PyTorch's default ``nn.Linear`` init for the projections and the match head (weight and bias uniform in
+        # ±1/sqrt(fan_in)), as the official ``UMT.__init__`` leaves them: it applies no init of its own to them
         self.itm_head = nn.Linear(ct, 2)
-        for lin in (self.vision_proj, self.text_proj, self.itm_head):  # official: xavier linears, as the ViT's init
-            nn.init.xavier_uniform_(lin.weight)
-            nn.init.zeros_(lin.bias)
         self.embed_dim, self.mlm_prob = embed_dim, mlm_prob
         self.vtm_hard_negatives, self.vtc_local_grad = vtm_hard_negatives, vtc_local_grad
         self.tokens_per_frame = student.grid[1] * student.grid[2]
