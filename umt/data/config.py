@@ -17,8 +17,9 @@ CROPS = ("multiscale", "rrc")
 #: Resize filters (antialiased when shrinking in both backends).
 INTERPS = ("bilinear", "bicubic")
 #: Frame sampling (:func:`umt.data.sampling.frame_indices`): ``tsn`` (stage 1, official ``kinetics_sparse``) or
-#: ``rand_middle`` (stage 2, official ``multi_modality`` ``get_frame_indices(sample="rand" / "middle")``).
-SAMPLINGS = ("tsn", "rand_middle")
+#: ``rand_middle`` (stage 2, official ``multi_modality`` ``get_frame_indices(sample="rand" / "middle")``) or ``ssv2``
+#: (SSv2 fine-tuning, official ``single_modality/datasets/ssv2.py``: ``N // T`` segments, starts/centres at test).
+SAMPLINGS = ("tsn", "rand_middle", "ssv2")
 #: Evaluation view: ``center`` (the centred square of the short side) or ``resize`` (the whole frame resized to
 #: input_size², aspect not kept: the official stage-2 test transform ``Resize((224, 224), BICUBIC)``).
 EVAL_CROPS = ("center", "resize")
@@ -70,7 +71,9 @@ class DataConfig:
     sampling: str = "tsn"
     """Frame sampling (:data:`SAMPLINGS`): ``tsn`` (stage 1: ``floor((t + u) N / T)``, the segment centre in
     evaluation) or ``rand_middle`` (stage 2: the official ``get_frame_indices``, a random frame of each of T
-    ``linspace`` segments excluding its last frame in training, the segment's middle in evaluation)."""
+    ``linspace`` segments excluding its last frame in training, the segment's middle in evaluation) or ``ssv2``
+    (SSv2 fine-tuning: a random frame of each ``N // T``-frame segment in training, the centres ``int(tick/2 +
+    tick·i)`` in evaluation, the starts and the centres as the two test clips; :func:`umt.data.sampling.ssv2_indices`)."""
     eval_crop: str = "center"
     """Evaluation view (:data:`EVAL_CROPS`): ``center`` (centred square of the short side, then resized) or
     ``resize`` (the whole frame resized to input_size², the official stage-2 test transform)."""

@@ -39,7 +39,9 @@ Common: 8 frames × 224², 16 videos per GPU × 16 GPUs = 256 per step (``optim.
 accumulate), ``num_sample`` 2 repeated views (512 clips per step), so the effective lr is ``lr × 256 × 2 / 256``
 (2e-4 → 4e-4); AdamW (0.9, 0.999), eps 1e-8, weight decay 0.05 (none on biases and 1-D parameters), per-step cosine
 after a linear warm-up; mixup 0.8, CutMix 1.0, switch 0.5, label smoothing 0.1; RandAugment ``rand-m7-n4-mstd0.5-inc1``,
-RandomResizedCrop scale (0.08, 1) aspect (3/4, 4/3), random erasing 0.25, flip (not for SSv2); evaluation every epoch
+RandomResizedCrop scale (0.08, 1) aspect (3/4, 4/3), random erasing 0.25, flip (not for SSv2); frames as the official ``kinetics_sparse.py`` (``data.sampling="tsn"``)
+except SSv2, whose ``ssv2.py`` samples its own way (``data.sampling="ssv2"``: ``N // T`` training segments, segment
+centres for the single-view evaluation, segment starts and centres as the two test clips); evaluation every epoch
 (the official ``validation_one_epoch``), the best by top-1 kept and tested at the end with the multi-view protocol
 (``--test_best``). K400 starts from the K710 fine-tuned classifier and keeps the first 400 rows of its head.
 
@@ -78,19 +80,20 @@ OFFICIAL_GPUS = 16
 def _ft(student: str, *, num_classes: int, epochs: int, warmup: float, lr: float, layer_decay: float,
         drop_path: float, shards: str, eval_shards: str, views: str = "4x3", flip: bool = True,
         label_map: str = "", batch_size: int = 16, num_sample: int = 2, num_frames: int = 8, input_size: int = 224,
-        weight_decay: float = 0.05, init_head: bool = True) -> TrainConfig:
+        weight_decay: float = 0.05, init_head: bool = True, sampling: str = "tsn") -> TrainConfig:
     """A paper fine-tuning run (module docstring for the shared numbers).
 
     Args:
         batch_size: videos per GPU (official ``--batch_size``); the global batch is ``batch_size × 16`` GPUs.
         num_sample: repeated views per video (official ``--num_sample``: 2, MiT 1).
+        sampling: ``data.sampling``: ``tsn`` (official ``kinetics_sparse.py``) or ``ssv2`` (``ssv2.py``).
         init_head: load the init file's head (false when its classes are unrelated to this run's: MiT from K400,
             where the official loader drops the head of the wrong shape).
     """
     return TrainConfig(
         task="finetune",
         data=DataConfig(shards=shards, batch_size=batch_size, num_sample=num_sample, num_frames=num_frames,
-                        input_size=input_size, num_workers=8, flip=flip, **FT_AUGMENT),
+                        input_size=input_size, num_workers=8, flip=flip, sampling=sampling, **FT_AUGMENT),
         model=ModelConfig(student=student, drop_path=drop_path),
         optim=OptimConfig(lr=lr, min_lr=1e-6, betas=(0.9, 0.999), weight_decay=weight_decay, epochs=epochs,
                           warmup_epochs=warmup, clip_grad=0.0, global_batch=batch_size * OFFICIAL_GPUS),
@@ -136,14 +139,16 @@ def umt_b16_ssv2_ft() -> TrainConfig:
     5 warm-up, lr 2e-4, layer decay 0.75, drop path 0.1, no flip, 2 × 3 test views (official
     ``ssv2/b16_ptk710_ftssv2_f8_res224.sh``; 70.8 %)."""
     return _ft("umt_vit_base_patch16_224", num_classes=174, epochs=30, warmup=5, lr=2e-4, layer_decay=0.75,
-               drop_path=0.1, shards="shards/ssv2", eval_shards="shards/ssv2_val", views="2x3", flip=False)
+               drop_path=0.1, shards="shards/ssv2", eval_shards="shards/ssv2_val", views="2x3", flip=False,
+               sampling="ssv2")
 
 
 def umt_l16_ssv2_ft() -> TrainConfig:
     """UMT-L/16 fine-tuned on SSv2 from the stage-1 K710 backbone: 14 epochs, 4 warm-up, lr 4e-4, layer decay
     0.85, drop path 0.2, no flip, 2 × 3 test views (official ``ssv2/l16_ptk710_ftssv2_f8_res224.sh``; 74.7 %)."""
     return _ft("umt_vit_large_patch16_224", num_classes=174, epochs=14, warmup=4, lr=4e-4, layer_decay=0.85,
-               drop_path=0.2, shards="shards/ssv2", eval_shards="shards/ssv2_val", views="2x3", flip=False)
+               drop_path=0.2, shards="shards/ssv2", eval_shards="shards/ssv2_val", views="2x3", flip=False,
+               sampling="ssv2")
 
 
 _B, _L = "umt_vit_base_patch16_224", "umt_vit_large_patch16_224"
