@@ -40,3 +40,16 @@ def test_projections_use_the_default_linear_init(model, name: str) -> None:  # n
     # √(6 / (fan_in + fan_out)) would put values past ±1/√fan_in for these shapes
     if w.numel() >= 64:
         assert w.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.25)
+
+
+def test_per_frame_embeddings_give_encode_vision(model) -> None:  # noqa: ANN001
+    # the retrieval's official scoring reads encode_vision_frames; encode_vision is its normalised frame mean
+    torch.manual_seed(1)
+    video = torch.randn(2, 3, 2, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        tokens, frames = model.encode_vision_frames(video)
+        tokens2, embed = model.encode_vision(video, None)
+    assert frames.shape == (2, 2, 256) and torch.equal(tokens, tokens2)
+    torch.testing.assert_close(frames.norm(dim=-1), torch.ones(2, 2))
+    torch.testing.assert_close(embed, torch.nn.functional.normalize(frames.mean(1), dim=-1))
