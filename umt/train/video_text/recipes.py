@@ -47,9 +47,10 @@ CORPORA: dict[str, tuple[str, ...]] = {
 #: The official stage-2 data path (``multi_modality/dataset/__init__.py``, ``video_utils.py``, the pre-training
 #: datasets): one random frame per equal segment (``get_frame_indices(sample="rand")``; the middle in evaluation),
 #: ``RandomResizedCrop(224, scale=(0.5, 1), bicubic)`` + flip, every (item, caption) pair once per epoch as the
-#: official rows are, and the official test view (the whole frame resized to 224², bicubic) for retrieval.
+#: official rows are, the official test view (the whole frame resized to 224², bicubic) for retrieval, and the image
+#: corpora read as one data set (``mix="modality"``, the official ``ConcatDataset``: mixed image batches).
 STAGE2_DATA: dict = {"sampling": "rand_middle", "crop": "rrc", "rrc_scale": (0.5, 1.0), "interp": "bicubic",
-                     "caption_sampling": "each", "eval_crop": "resize"}
+                     "caption_sampling": "each", "eval_crop": "resize", "mix": "modality"}
 
 
 def umt_b16_25m() -> TrainConfig:
