@@ -17,11 +17,14 @@ CROPS = ("multiscale", "rrc")
 #: Resize filters (antialiased when shrinking in both backends).
 INTERPS = ("bilinear", "bicubic")
 #: Frame sampling (:func:`umt.data.sampling.frame_indices`): ``tsn`` (stage 1, official ``kinetics_sparse``) or
-#: ``rand_middle`` (stage 2, official ``multi_modality`` ``get_frame_indices(sample="rand" / "middle")``).
-SAMPLINGS = ("tsn", "rand_middle")
+#: ``rand_middle`` (stage 2, official ``multi_modality`` ``get_frame_indices(sample="rand" / "middle")``) or ``ssv2``
+#: (SSv2 fine-tuning, official ``single_modality/datasets/ssv2.py``: ``N // T`` segments, starts/centres at test).
+SAMPLINGS = ("tsn", "rand_middle", "ssv2")
 #: Evaluation view: ``center`` (the centred square of the short side) or ``resize`` (the whole frame resized to
 #: input_size², aspect not kept: the official stage-2 test transform ``Resize((224, 224), BICUBIC)``).
 EVAL_CROPS = ("center", "resize")
+#: Stage-2 data sets of a mix: ``modality`` (the directories of one modality concatenated, official) or ``directory``.
+MIXES = ("modality", "directory")
 #: Stage-2 caption epochs: ``draw`` (one row per item, a drawn caption) or ``each`` (one row per caption).
 CAPTION_SAMPLINGS = ("draw", "each")
 
@@ -70,7 +73,9 @@ class DataConfig:
     sampling: str = "tsn"
     """Frame sampling (:data:`SAMPLINGS`): ``tsn`` (stage 1: ``floor((t + u) N / T)``, the segment centre in
     evaluation) or ``rand_middle`` (stage 2: the official ``get_frame_indices``, a random frame of each of T
-    ``linspace`` segments excluding its last frame in training, the segment's middle in evaluation)."""
+    ``linspace`` segments excluding its last frame in training, the segment's middle in evaluation) or ``ssv2``
+    (SSv2 fine-tuning: a random frame of each ``N // T``-frame segment in training, the centres ``int(tick/2 +
+    tick·i)`` in evaluation, the starts and the centres as the two test clips; :func:`umt.data.sampling.ssv2_indices`)."""
     eval_crop: str = "center"
     """Evaluation view (:data:`EVAL_CROPS`): ``center`` (centred square of the short side, then resized) or
     ``resize`` (the whole frame resized to input_size², the official stage-2 test transform)."""
@@ -78,6 +83,10 @@ class DataConfig:
     """Stage 2, training (:data:`CAPTION_SAMPLINGS`): ``draw`` (an epoch reads every item once with one of its
     captions, drawn per (seed, epoch, item)) or ``each`` (an epoch reads every (item, caption) pair once, as the
     official pre-training annotation files hold one row per caption: an image with 5 captions is read 5 times)."""
+    mix: str = "modality"
+    """Stage 2, training (:data:`MIXES`): ``modality`` (the official ``multi_modality/dataset/__init__.py``: every
+    directory of one modality joins one data set, ``ConcatDataset``, so an image batch mixes CC3M, CC12M, COCO, VG
+    and SBU in proportion to their sizes) or ``directory`` (one data set per directory: each batch from one corpus)."""
     image_batch_size: int = 0
     """Stage 2: images per rank per step for image-text shard directories in ``shards`` (0: ``batch_size``; the
     official configs use 128 for both, ``batch_size = dict(image=128, video=128)``)."""
@@ -115,6 +124,8 @@ class DataConfig:
             raise ValueError(f"data.sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
         if self.eval_crop not in EVAL_CROPS:
             raise ValueError(f"data.eval_crop must be one of {EVAL_CROPS}, got {self.eval_crop!r}")
+        if self.mix not in MIXES:
+            raise ValueError(f"data.mix must be one of {MIXES}, got {self.mix!r}")
         if self.caption_sampling not in CAPTION_SAMPLINGS:
             raise ValueError(f"data.caption_sampling must be one of {CAPTION_SAMPLINGS}, got {self.caption_sampling!r}")
         if self.image_batch_size < 0:

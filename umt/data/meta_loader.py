@@ -1,7 +1,10 @@
 """``MetaLoader``: whole image batches and whole video batches interleaved in one order that every rank shares.
 
-Stage 2 trains on several data sets at once (WebVid videos, CC3M/CC12M/COCO/VG/SBU images; one shard directory
-each). As the official ``MetaLoader`` (``multi_modality/dataset/dataloader.py``), each step is one whole batch of
+Stage 2 trains on several corpora at once (WebVid videos, CC3M/CC12M/COCO/VG/SBU images; one shard directory
+each). As the official ``create_dataset`` (``multi_modality/dataset/__init__.py``), the directories of one modality
+form one data set (``data.mix="modality"``, :func:`data_sets`: a ``ConcatDataset``, one permutation over all their
+rows, so an image batch mixes the image corpora in proportion to their sizes; ``"directory"`` keeps one data set per
+directory). As the official ``MetaLoader`` (``multi_modality/dataset/dataloader.py``), each step is one whole batch of
 one data set, and the data set of step s is entry s of a random order holding data set d ``len(loader_d)`` times,
 so data sets are read in proportion to their sizes and each is read fully once per epoch. The official code
 shuffles with Python's ``random`` on rank 0 and broadcasts the order; here the order is a permutation drawn from
@@ -26,10 +29,11 @@ from typing import Any
 import numpy as np
 
 from umt.data.config import DataConfig
+from umt.data.format import read_manifest
 from umt.data.pair_loader import PairLoader
 from umt.data.captions import CaptionTokenizer
 
-__all__ = ["MetaLoader", "build_video_text_eval_loader", "build_video_text_loader", "shard_dirs"]
+__all__ = ["MetaLoader", "build_video_text_eval_loader", "build_video_text_loader", "data_sets", "shard_dirs"]
 
 #: Seed offset between the data sets of a mix.
 DATASET_SEED_STRIDE = 1_000_003
@@ -120,6 +124,26 @@ def _tokenizer_dir(tokenizer_dir: str | Path | None, tokenizer: str | Path | Non
     return tokenizer_dir if tokenizer_dir is not None else tokenizer  # type: ignore[return-value]
 
 
+def data_sets(cfg: DataConfig) -> list[list[str]]:
+    """The directories of each data set of the mix, in the order ``data.shards`` first names them.
+
+    ``data.mix="modality"`` (official ``create_dataset("pt_train")``: the files of one media type become one
+    ``ConcatDataset``): one data set per modality holding all its directories, so an image batch draws from every
+    image corpus in proportion to its rows. ``"directory"``: one data set per directory. A mix with one directory per
+    modality is the same either way.
+
+    Raises:
+        ValueError: no directory named; FileNotFoundError: a directory without ``manifest.json``.
+    """
+    dirs = shard_dirs(cfg.shards)
+    if cfg.mix == "directory":
+        return [[d] for d in dirs]
+    groups: dict[str, list[str]] = {}
+    for d in dirs:
+        groups.setdefault(read_manifest(d).get("modality", "video"), []).append(d)
+    return list(groups.values())
+
+
 def build_video_text_loader(
     cfg: DataConfig, *, tokenizer_dir: str | Path | None = None, max_len: int, rank: int = 0, world_size: int = 1,
     device: Any = "cpu", tokenizer: str | Path | None = None,
@@ -142,9 +166,9 @@ def build_video_text_loader(
     tok = _tokenizer(_tokenizer_dir(tokenizer_dir, tokenizer), max_len)
     loaders: list[PairLoader] = []
     try:
-        for d, path in enumerate(shard_dirs(cfg.shards)):
+        for d, paths in enumerate(data_sets(cfg)):
             sub = dataclasses.replace(cfg, seed=cfg.seed + DATASET_SEED_STRIDE * d)
-            loaders.append(PairLoader(sub, path, tokenizer=tok, rank=rank, world_size=world_size, device=device,
+            loaders.append(PairLoader(sub, paths, tokenizer=tok, rank=rank, world_size=world_size, device=device,
                                       dataset_id=d))
     except BaseException:
         for L in loaders:

@@ -28,29 +28,63 @@ training (a row replaced by the next row of the epoch order that reads), a one-l
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from umt.data.config import DataConfig
 from umt.data.loader import ShardLoader, _one_line_errors, choose_backend, one_line_errors, dali_available, video_to_device
 from umt.data.format import read_manifest
 from umt.data.captions import CaptionTokenizer, caption_rows, pad_to_longest
-from umt.data.format import caption_counts, require_captions
+from umt.data.format import META_FIELDS, ShardIndex, caption_counts, require_captions
 
 __all__ = ["PairLoader"]
 
 log = logging.getLogger(__name__)
 
 
-class PairLoader(ShardLoader):
-    """Stage-2 batches from one shard directory (see the module docstring for the contract).
+class ConcatShardIndex(ShardIndex):
+    """Several directories' :class:`~umt.data.format.ShardIndex` as one (the official ``ConcatDataset``): sample
+    ``offsets[d] + i`` is sample i of directory d, and its ``meta`` member reads with ``index`` = that global
+    position, so the batch contract's ``index`` (equal index = same item: VTC/VTM positives) stays unique across the
+    corpora of one data set, in both backends (they take ``index`` from the meta).
 
     Attributes:
+        offsets: int [D + 1], the first global position of each directory, then the total.
+    """
+
+    def __init__(self, parts: Sequence[ShardIndex]) -> None:
+        self.entries = [e for p in parts for e in p.entries]
+        self.offsets = [0]
+        for p in parts:
+            self.offsets.append(self.offsets[-1] + len(p.entries))
+        self._files = {}
+
+    def read(self, i: int, ext: str) -> bytes:
+        data = super().read(i, ext)
+        if ext != "meta" or len(self.offsets) == 2:
+            return data
+        meta = np.frombuffer(data, "<i4").copy()  # [len(META_FIELDS)]
+        meta[META_FIELDS.index("index")] += self.offsets[bisect.bisect_right(self.offsets, i) - 1]
+        return meta.tobytes()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "offsets": self.offsets}
+
+
+class PairLoader(ShardLoader):
+    """Stage-2 batches from one shard directory, or from several of one modality read as one data set (the
+    official ``ConcatDataset``: one permutation over all their rows, ``index`` = position in the concatenation; see
+    the module docstring for the contract).
+
+    Attributes:
+        shard_dirs: the directories, in order (``shard_dir`` is the first).
         modality: ``video`` or ``image`` (the manifest's).
         cfg: the data settings this directory is read with (``batch_size`` the modality's, ``num_frames`` 1 for
             images, ``shards`` the directory).
@@ -61,7 +95,7 @@ class PairLoader(ShardLoader):
     def __init__(
         self,
         cfg: DataConfig,
-        shard_dir: str | Path,
+        shard_dir: str | Path | Sequence[str | Path],
         *,
         tokenizer: CaptionTokenizer,
         rank: int = 0,
@@ -69,16 +103,23 @@ class PairLoader(ShardLoader):
         device: Any = "cpu",
         dataset_id: int = 0,
     ) -> None:
-        from umt.data.format import ShardIndex
-
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
-        self.shard_dir = Path(shard_dir)
-        self.manifest = read_manifest(self.shard_dir)
+        dirs = [Path(shard_dir)] if isinstance(shard_dir, (str, Path)) else [Path(d) for d in shard_dir]
+        if not dirs:
+            raise ValueError("PairLoader needs at least one shard directory")
+        self.shard_dirs = dirs
+        self.shard_dir = dirs[0]
+        manifests = [read_manifest(d) for d in dirs]
+        self.manifest = manifests[0]
         self.modality: str = self.manifest.get("modality", "video")
+        for d, m in zip(dirs[1:], manifests[1:]):
+            if m.get("modality", "video") != self.modality:
+                raise ValueError(f"{d} holds {m.get('modality', 'video')}s, {dirs[0]} {self.modality}s: one data set "
+                                 "is one modality")
         image = self.modality == "image"
         bs = (cfg.image_batch_size or cfg.batch_size) if image else cfg.batch_size
-        self.cfg = dataclasses.replace(cfg, shards=str(self.shard_dir), batch_size=bs,
+        self.cfg = dataclasses.replace(cfg, shards=",".join(str(d) for d in dirs), batch_size=bs,
                                        num_frames=1 if image else cfg.num_frames)
         if self.cfg.num_sample != 1:
             raise ValueError(f"stage-2 loaders take one view per item (data.num_sample = 1), got {cfg.num_sample}")
@@ -86,19 +127,23 @@ class PairLoader(ShardLoader):
         self.rank, self.world_size = rank, world_size
         self.device = torch.device(device)
         self.dataset_id = dataset_id
-        self.num_samples: int = int(self.manifest["num_samples"])
+        self.num_samples: int = sum(int(m["num_samples"]) for m in manifests)
         self.batch_size: int = bs
-        self._index = ShardIndex(self.shard_dir, self.manifest["shards"])
-        require_captions(self._index, self.shard_dir)
+        parts = [ShardIndex(d, m["shards"]) for d, m in zip(dirs, manifests)]
+        for d, part in zip(dirs, parts):
+            require_captions(part, d)
+        self._index = parts[0] if len(parts) == 1 else ConcatShardIndex(parts)
+        self._codecs = sorted({c for m in manifests for c in m.get("codecs", [])})
         self._rows = None
         if self.cfg.train and self.cfg.caption_sampling == "each":  # one row per (item, caption) pair
-            self._rows = caption_rows(caption_counts(self.shard_dir, self._index))
+            counts = np.concatenate([caption_counts(d, part) for d, part in zip(dirs, parts)])  # [num_samples]
+            self._rows = caption_rows(counts)
         self.num_rows: int = self.num_samples if self._rows is None else len(self._rows[0])
         """What an epoch permutes: items, or (item, caption) pairs with ``caption_sampling="each"``."""
         if self.cfg.train:
             self._len = (self.num_rows // world_size) // bs
             if self._len == 0:
-                raise ValueError(f"{self.shard_dir}: {self.num_rows} rows over {world_size} ranks give no full "
+                raise ValueError(f"{self.cfg.shards}: {self.num_rows} rows over {world_size} ranks give no full "
                                  f"batch of {bs}")
         else:
             per = -(-self.num_samples // world_size)
@@ -114,7 +159,7 @@ class PairLoader(ShardLoader):
 
     def _choose_backend(self) -> str:
         if self.modality == "video":
-            return choose_backend(self.cfg, list(self.manifest.get("codecs", [])), self.device)
+            return choose_backend(self.cfg, list(self._codecs), self.device)
         if self.cfg.backend == "reference":
             return "reference"
         if not dali_available():  # images: DALI decodes the JPEG on CPU (libjpeg-turbo) and GPU (nvJPEG) alike

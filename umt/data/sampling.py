@@ -20,6 +20,15 @@ Both backends implement the same two decisions, and this module is their single 
   function of ``(seed, epoch, sample)``. It differs from TSN: for N = 10, T = 4 the middles are 0, 3, 5, 8 against
   TSN's centres 1, 3, 6, 8, and training never picks frames 1, 4, 6 or 9.
 
+* **SSv2 sampling** (``sampling="ssv2"``, official ``single_modality/datasets/ssv2.py`` ``loadvideo_decord``, T =
+  ``num_segment`` = the clip length): training takes ``i · (N // T) + randint(N // T)`` (segments of the integer
+  length ``N // T``, so the last ``N mod T`` frames are never taken); when ``N // T = 0`` it takes T sorted uniform draws from all N frames with replacement if ``N > T`` and frame 0 T times otherwise; the random
+  integers come from the same ``u`` (``floor(u · n)``). Evaluation with ``tick = N / T``: the single view takes the
+  segment centres ``int(tick / 2 + tick · i)`` (official ``validation``), the multi-view test's clip c of n ≤ 2
+  takes every second entry from c of the sorted starts ``int(tick · i)`` and centres (official ``test``:
+  ``buffer[chunk_nb::2]``), i.e. clip 0 the segment starts and clip 1 the centres
+  (:func:`ssv2_test_indices`).
+
 * **Multi-scale crop** (official ``GroupMultiScaleCrop(input_size, [1, .875, .75, .66])`` with ``max_distort=1``,
   ``fix_crop=True``, ``more_fix_crop=True``): crop sizes are the short side times each scale (snapped to the model
   size when within 3 px); a (width, height) pair is drawn uniformly from the pairs whose scale indices differ by at
@@ -48,6 +57,8 @@ __all__ = [
     "frame_indices",
     "multiscale_crop",
     "rand_middle_indices",
+    "ssv2_indices",
+    "ssv2_test_indices",
     "RRC_ATTEMPTS",
     "rrc_window",
     "tsn_indices",
@@ -132,11 +143,67 @@ def rand_middle_indices(
     return out
 
 
+def ssv2_indices(num_frames: int, num_segments: int, u: np.ndarray | Sequence[float] | None = None) -> np.ndarray:
+    """SSv2 frame indices (official ``ssv2.py``): training (``u`` given) ``i · (N // T) + floor(u_i · (N // T))``,
+    or when ``N // T = 0`` sorted ``floor(u_i · N)`` (``N > T``) or all 0 (``N <= T``); evaluation (``u`` None)
+    the centres ``int(tick / 2 + tick · i)``, ``tick = N / T``.
+
+    Args:
+        num_frames: N, frames in the video (>= 1).
+        num_segments: T.
+        u: [T] uniforms in [0, 1) (training), or None (evaluation).
+
+    Returns:
+        int32 [T] frame indices in [0, N), non-decreasing.
+
+    Raises:
+        ValueError: ``num_frames < 1`` or ``u`` of the wrong length.
+    """
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    n, t = num_frames, num_segments
+    if u is None:
+        tick = n / float(t)  # Python floats, as the official list comprehension
+        return np.array([int(tick / 2.0 + tick * x) for x in range(t)], np.int32)
+    uu = np.asarray(u, np.float64)  # the float32 draws, widened: floor(u * k) < k
+    if uu.shape != (t,):
+        raise ValueError(f"u must have shape [{t}], got {uu.shape}")
+    avg = n // t
+    if avg > 0:  # np.random.randint(avg, size=T) per segment, from u
+        return (np.arange(t) * avg + np.minimum(np.floor(uu * avg).astype(np.int64), avg - 1)).astype(np.int32)
+    if n > t:  # sorted np.random.randint(N, size=T): draws with replacement
+        return np.sort(np.minimum(np.floor(uu * n).astype(np.int64), n - 1)).astype(np.int32)
+    return np.zeros(t, np.int32)  # official np.zeros((num_segment,)): frame 0 throughout
+
+
+def ssv2_test_indices(num_frames: int, num_segments: int, clip: int, num_clips: int) -> np.ndarray:
+    """Frames of temporal test clip ``clip`` of ``num_clips`` under SSv2 sampling (official ``ssv2.py``, mode
+    ``test``): the sorted union of the segment starts ``int(tick · i)`` and centres ``int(tick / 2 + tick · i)``
+    (``tick = N / T``; 2T entries, padded with the last to ``num_clips · T``), every second one from ``clip``
+    (``buffer[chunk_nb::2]``). As starts and centres interleave, clip 0 is the starts and clip 1 the centres.
+
+    Returns:
+        int32 [T], non-decreasing, in [0, N).
+
+    Raises:
+        ValueError: ``num_frames < 1``, ``clip`` out of range, or ``num_clips > 2`` (the official slicing would give
+            clips of more than T frames).
+    """
+    if num_frames < 1 or not 0 <= clip < num_clips:
+        raise ValueError(f"need num_frames >= 1 and 0 <= clip < {num_clips}, got {num_frames}, {clip}")
+    if num_clips > 2:
+        raise ValueError(f"SSv2 test sampling takes 1 or 2 temporal clips (official buffer[chunk::2]), got {num_clips}")
+    tick = num_frames / float(num_segments)
+    every = sorted([int(tick / 2.0 + tick * x) for x in range(num_segments)] +
+                   [int(tick * x) for x in range(num_segments)])  # [2T]
+    return np.asarray(every[clip::2][:num_segments], np.int32)
+
+
 def frame_indices(
     num_frames: int, num_segments: int, u: np.ndarray | Sequence[float] | None, sampling: str = "tsn"
 ) -> np.ndarray:
-    """The frames ``data.sampling`` takes: :func:`tsn_indices` (``tsn``) or :func:`rand_middle_indices`
-    (``rand_middle``). Returns int32 [T].
+    """The frames ``data.sampling`` takes: :func:`tsn_indices` (``tsn``), :func:`rand_middle_indices`
+    (``rand_middle``) or :func:`ssv2_indices` (``ssv2``). Returns int32 [T].
 
     Raises:
         ValueError: an unknown ``sampling``.
@@ -145,7 +212,9 @@ def frame_indices(
         return tsn_indices(num_frames, num_segments, u)
     if sampling == "rand_middle":
         return rand_middle_indices(num_frames, num_segments, u)
-    raise ValueError(f"sampling must be 'tsn' or 'rand_middle', got {sampling!r}")
+    if sampling == "ssv2":
+        return ssv2_indices(num_frames, num_segments, u)
+    raise ValueError(f"sampling must be 'tsn', 'rand_middle' or 'ssv2', got {sampling!r}")
 
 
 def crop_pairs(num_scales: int, max_distort: int = 1) -> list[tuple[int, int]]:

@@ -3,7 +3,8 @@
 Official ``single_modality/datasets/kinetics_sparse.py``, mode ``test`` (``test_num_segment`` clips,
 ``test_num_crop`` crops, ``short_side_size = input_size``):
 
-* **Frames of temporal clip c** of ``n`` (``_get_seq_frames(N, T, clip_idx=c)``)::
+* **Frames of temporal clip c** of ``n`` (``_get_seq_frames(N, T, clip_idx=c)``; ``data.sampling="ssv2"``: the
+  official ``ssv2.py`` test clips, segment starts then centres, :func:`umt.data.sampling.ssv2_test_indices`)::
 
       seg = max(0, (N - 1) / T);  index_i = min(round(seg · i) + int(seg / (n + 1) · (c + 1)), N - 1)
 
@@ -59,8 +60,10 @@ def num_views(cfg: DataConfig) -> int:
     return cfg.temporal_views * cfg.spatial_views if multi_view(cfg) else 1
 
 
-def temporal_view_indices(num_frames: int, num_segments: int, clip: int, num_clips: int) -> np.ndarray:
-    """Frame indices of temporal clip ``clip`` of ``num_clips`` (official ``_get_seq_frames`` in test mode).
+def temporal_view_indices(num_frames: int, num_segments: int, clip: int, num_clips: int,
+                          sampling: str = "tsn") -> np.ndarray:
+    """Frame indices of temporal clip ``clip`` of ``num_clips`` (official ``_get_seq_frames`` in test mode; with
+    ``sampling="ssv2"`` the official ``ssv2.py`` test clips instead, :func:`umt.data.sampling.ssv2_test_indices`).
 
     Args:
         num_frames: N, frames in the video (>= 1).
@@ -73,6 +76,10 @@ def temporal_view_indices(num_frames: int, num_segments: int, clip: int, num_cli
     Raises:
         ValueError: ``num_frames < 1`` or ``clip`` out of range.
     """
+    if sampling == "ssv2":
+        from umt.data.sampling import ssv2_test_indices
+
+        return ssv2_test_indices(num_frames, num_segments, clip, num_clips)
     if num_frames < 1 or not 0 <= clip < num_clips:
         raise ValueError(f"need num_frames >= 1 and 0 <= clip < {num_clips}, got {num_frames}, {clip}")
     seg = max(0.0, float(num_frames - 1) / num_segments)
@@ -135,7 +142,7 @@ def read_views(index: ShardIndex, i: int, cfg: DataConfig, *, decode: bool = Tru
     """
     meta = decode_meta(index.read(i, "meta"))
     n_t, n_s, size = cfg.temporal_views, cfg.spatial_views, cfg.input_size
-    ind = [temporal_view_indices(meta["frames"], cfg.num_frames, c, n_t) for c in range(n_t)]
+    ind = [temporal_view_indices(meta["frames"], cfg.num_frames, c, n_t, cfg.sampling) for c in range(n_t)]
     rw, rh = short_side_resize(meta["width"], meta["height"], size)
     anchors = [spatial_view_anchor(rw, rh, size, s, n_s) for _ in range(n_t) for s in range(n_s)]
     video = index.read(i, "mp4")

@@ -5,7 +5,14 @@ Protocol (official ``multi_modality/tasks/retrieval_utils.py``, after ALBEF and 
 
 1. every caption → the text encoder's text-only layers: tokens ``[Nt, L, C_t]`` and the unit embedding ``[Nt, D]``;
 2. every video (segment middles, no masking) → the vision encoder: tokens ``[Nv, K, C_v]`` and ``[Nv, D]``;
-3. ``sim = video_embeds @ text_embeds.T`` ``[Nv, Nt]`` (the "_emb" metrics, dual encoder only);
+3. ``sim[v, j]`` ``[Nv, Nt]`` (the "_emb" metrics, dual encoder only): by default (``frame_scoring="frame_mean"``)
+   the mean over video v's frames of the cosine between the frame's unit embedding and caption j's, as the official
+   ``criterions.get_sim`` (``einsum("mld,nd->mln").mean(1)`` over normalised per-frame features); equivalently the
+   dot product of the caption with the *un-normalised* mean of the unit frame embeddings. ``"pooled"`` takes the
+   cosine with the re-normalised mean instead (a per-video factor ``1 / |mean|`` ≥ 1 that favours videos whose
+   frames agree; the same video→text ranking, another text→video one). The official ``eval_frame_ensemble``
+   (``concat``, its default) concerns the VTM step: the frames' tokens are concatenated into one sequence, as here;
+   its ``mean``/``max``/``lse`` combine several single-frame clips and do not apply to one multi-frame clip;
 4. for each video its top ``k`` captions, and for each caption its top ``k`` videos, are scored by the match (VTM)
    head over the fusion layers; a pair's score is the match head's "match" logit; pairs outside a query's top k
    score -100, as official.
@@ -36,10 +43,14 @@ from umt.eval.common import IndexAccumulator, autocast, check_free, dist_info
 from umt.eval.retrieval_metrics import retrieval_metrics
 from umt.fileio import atomic_write
 
-__all__ = ["encode_texts", "encode_videos", "gather_by_index", "rerank_scores", "evaluate_retrieval",
+__all__ = ["FRAME_SCORINGS", "encode_texts", "encode_videos", "gather_by_index", "rerank_scores", "evaluate_retrieval",
            "write_report", "NOT_CANDIDATE"]
 
 log = logging.getLogger(__name__)
+
+#: How a video's frames make its dual-encoder score (module docstring, step 3): ``frame_mean`` (official, the mean
+#: of the per-frame cosines) or ``pooled`` (the cosine with the normalised mean of the frame embeddings).
+FRAME_SCORINGS = ("frame_mean", "pooled")
 
 #: the score of a pair outside a query's top k (official -100)
 NOT_CANDIDATE = -100.0
@@ -68,21 +79,37 @@ def encode_texts(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, 
 
 @torch.no_grad()
 def encode_videos(model: torch.nn.Module, batches: Iterable[dict[str, Any]], *, device: torch.device,
-                  amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  amp_dtype: torch.dtype | None = None,
+                  frame_scoring: str = "frame_mean") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """This rank's videos through the vision encoder (every token visible).
 
     Args:
         batches: evaluation batches ``{"video": [B, 3, T, H, W], "index": int64 [B]}``; rows with index -1 (padding
             of the last batch) are dropped.
+        frame_scoring: :data:`FRAME_SCORINGS`: ``frame_mean`` returns the mean of the unit per-frame embeddings
+            (not re-normalised, so that a dot product with a unit caption is the mean per-frame cosine); ``pooled``
+            returns it normalised. A model without ``encode_vision_frames`` gives its ``encode_vision`` embedding.
 
     Returns:
         ``(index int64 [n], tokens [n, K, C_v] on the host, embeds float32 [n, D] on device)``.
+
+    Raises:
+        ValueError: an unknown ``frame_scoring``.
     """
+    if frame_scoring not in FRAME_SCORINGS:
+        raise ValueError(f"frame_scoring must be one of {FRAME_SCORINGS}, got {frame_scoring!r}")
+    per_frame = hasattr(model, "encode_vision_frames")
     idx, toks, embs = [], [], []
     for b in batches:
         keep = b["index"] >= 0  # [B]
         with autocast(device, amp_dtype):
-            t, e = model.encode_vision(b["video"].to(device), None)  # [B, K, C_v], [B, D]
+            if per_frame:
+                t, f = model.encode_vision_frames(b["video"].to(device))  # [B, K, C_v], [B, T, D] unit rows
+                e = f.float().mean(dim=1)  # [B, D]: <e, text> = mean_t cos(frame t, text)
+                if frame_scoring == "pooled":
+                    e = torch.nn.functional.normalize(e, dim=-1)
+            else:
+                t, e = model.encode_vision(b["video"].to(device), None)  # [B, K, C_v], [B, D]
         keep_d = keep.to(e.device)
         idx.append(b["index"][keep].cpu())
         toks.append(t[keep_d].cpu())
@@ -166,7 +193,8 @@ def rerank_scores(model: torch.nn.Module, sim: torch.Tensor, local_index: torch.
 def evaluate_retrieval(model: torch.nn.Module, batches: Iterable[dict[str, Any]], num_videos: int,
                        caption_video: Sequence[int], text_ids: torch.Tensor, text_mask: torch.Tensor, *,
                        device: torch.device, amp_dtype: torch.dtype | None = None, rerank_k: int = 128,
-                       text_batch_size: int = 256, rerank_batch_size: int = 128) -> dict[str, float]:
+                       text_batch_size: int = 256, rerank_batch_size: int = 128,
+                       frame_scoring: str = "frame_mean") -> dict[str, float]:
     """The whole protocol (module docstring) on every rank; returns the same metrics everywhere.
 
     Args:
@@ -176,6 +204,8 @@ def evaluate_retrieval(model: torch.nn.Module, batches: Iterable[dict[str, Any]]
         caption_video: int [Nt] the video (its index) each caption describes.
         text_ids, text_mask: int64 ``[Nt, L]``: every caption tokenised (one length).
         rerank_k: candidates per query for VTM re-ranking (official 128); 0 reports the dual-encoder metrics only.
+        frame_scoring: how frames make the dual-encoder score (:data:`FRAME_SCORINGS`; default the official
+            mean of per-frame cosines); it also picks the re-ranking candidates.
 
     Returns:
         ``{"t2v_r1", ..., "r_mean"}`` after re-ranking and the same keys with ``emb_`` in front from the similarity
@@ -186,7 +216,8 @@ def evaluate_retrieval(model: torch.nn.Module, batches: Iterable[dict[str, Any]]
         ValueError: a video without a caption.
     """
     model.eval()
-    local_index, local_tokens, local_embeds = encode_videos(model, batches, device=device, amp_dtype=amp_dtype)
+    local_index, local_tokens, local_embeds = encode_videos(model, batches, device=device, amp_dtype=amp_dtype,
+                                                            frame_scoring=frame_scoring)
     text_tokens, text_embeds = encode_texts(model, text_ids, text_mask, device=device, amp_dtype=amp_dtype,
                                             batch_size=text_batch_size)
     video_embeds = gather_by_index(local_embeds, local_index.to(local_embeds.device), num_videos)  # [Nv, D]
@@ -309,7 +340,8 @@ def tokenize_captions(captions: Sequence[str], tokenizer_dir: str | Path, max_le
 
 def retrieval_on_shards(model: torch.nn.Module, cfg: Any, shard_dir: str | Path, *, tokenizer_dir: str | Path,
                         device: torch.device, amp_dtype: torch.dtype | None = None, rerank_k: int = 128,
-                        batch_size: int = 16) -> tuple[dict[str, float], dict[str, Any]]:
+                        batch_size: int = 16, frame_scoring: str = "frame_mean"
+                        ) -> tuple[dict[str, float], dict[str, Any]]:
     """:func:`evaluate_retrieval` over a captioned shard directory (every caption of every item is a query;
     :func:`umt.data.captions.read_captions`), this process's rank's share of the videos.
 
@@ -332,11 +364,13 @@ def retrieval_on_shards(model: torch.nn.Module, cfg: Any, shard_dir: str | Path,
         caps = read_captions(shard_dir)
         ids, mask = tokenize_captions([c for _, c in caps], tokenizer_dir, cfg.text.max_len)
         metrics = evaluate_retrieval(model, loader.epoch_iter(0), loader.num_samples, [i for i, _ in caps], ids,
-                                     mask, device=device, amp_dtype=amp_dtype, rerank_k=rerank_k)
+                                     mask, device=device, amp_dtype=amp_dtype, rerank_k=rerank_k,
+                                     frame_scoring=frame_scoring)
     finally:
         loader.close()
     info = {"shards": str(shard_dir), "videos": loader.num_samples, "captions": len(caps), "rerank_k": rerank_k,
-            "frames": cfg.data.num_frames, "input_size": cfg.data.input_size, "eval_crop": cfg.data.eval_crop}
+            "frames": cfg.data.num_frames, "input_size": cfg.data.input_size, "eval_crop": cfg.data.eval_crop,
+            "frame_scoring": frame_scoring}
     return metrics, info
 
 
@@ -354,6 +388,9 @@ def _parser() -> Any:
     p.add_argument("--rerank-k", type=int, default=128, help="VTM re-ranking candidates per query (official 128; 0: "
                                                              "dual encoder only)")
     p.add_argument("--batch-size", type=int, default=16, help="videos per batch per rank")
+    p.add_argument("--frame-scoring", default="frame_mean", choices=FRAME_SCORINGS,
+                   help="dual-encoder video score: frame_mean (official: mean of the per-frame cosines) or pooled "
+                        "(cosine with the normalised mean frame embedding)")
     p.add_argument("--num-frames", type=int, default=None, help="test frames (default: the run's)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--out", default=None, help="write retrieval.json and retrieval.md here")
@@ -381,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
         text_dir = resolve_text_dir(a.text_encoder or cfg.text.encoder)
         amp = torch.bfloat16 if ctx.device.type == "cuda" else None
         metrics, info = retrieval_on_shards(model, cfg, a.shards, tokenizer_dir=text_dir, device=ctx.device,
-                                            amp_dtype=amp, rerank_k=a.rerank_k, batch_size=a.batch_size)
+                                            amp_dtype=amp, rerank_k=a.rerank_k, batch_size=a.batch_size,
+                                            frame_scoring=a.frame_scoring)
     except (ValueError, FileNotFoundError, FileExistsError, TextEncoderError) as e:
         print(f"umt.eval retrieval: {str(e).splitlines()[0]}", file=sys.stderr)
         close_distributed(ctx)

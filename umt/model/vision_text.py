@@ -13,11 +13,12 @@ official ``pool_norm``), then ``vision_proj``. Text: the ``[CLS]`` of the text-o
 temperature is learnable, initialised at 0.07 and clamped in place to [0.001, 0.5] at every forward (official
 ``clip_contrastive_temperature``).
 
-At evaluation without a mask (``encode_vision(video, None)``) the official code pools per frame
-(``keep_temporal=True``: ``pool_norm`` of each frame's mean token, projected and normalised per frame) and averages
-the per-frame similarities; :meth:`UMTVisionText.encode_vision` returns the normalised mean of those per-frame unit
-vectors (the same video→text ranking; text→video scores differ from the official per-video average by the norm of
-that mean, a positive factor).
+At evaluation without a mask the official code pools per frame (``keep_temporal=True``: ``pool_norm`` of each
+frame's mean token, projected and normalised per frame: :meth:`UMTVisionText.encode_vision_frames`) and scores a
+video against a caption by the mean of the per-frame cosines (``criterions.get_sim``); the zero-shot retrieval
+(:mod:`umt.eval.retrieval`) does exactly that. :meth:`UMTVisionText.encode_vision` returns the normalised mean of
+the per-frame unit vectors (the API promises a unit vector; the same video→text ranking, but text→video scores
+differ from the official ones by the norm of that mean, a per-video factor).
 """
 
 from __future__ import annotations
@@ -74,10 +75,9 @@ class UMTVisionText(nn.Module):
         self.vision_proj = nn.Linear(cv, embed_dim)
         self.text_proj = nn.Linear(ct, embed_dim)
         self.temp = nn.Parameter(torch.tensor(float(temp)))
+        # PyTorch's default ``nn.Linear`` init for the projections and the match head (weight and bias uniform in
+        # ±1/sqrt(fan_in)), as the official ``UMT.__init__`` leaves them: it applies no init of its own to them
         self.itm_head = nn.Linear(ct, 2)
-        for lin in (self.vision_proj, self.text_proj, self.itm_head):  # official: xavier linears, as the ViT's init
-            nn.init.xavier_uniform_(lin.weight)
-            nn.init.zeros_(lin.bias)
         self.embed_dim, self.mlm_prob = embed_dim, mlm_prob
         self.vtm_hard_negatives, self.vtc_local_grad = vtm_hard_negatives, vtc_local_grad
         self.tokens_per_frame = student.grid[1] * student.grid[2]
@@ -124,14 +124,28 @@ class UMTVisionText(nn.Module):
         Returns:
             ``(tokens [B, K, C_v], embed [B, D])``, ``embed`` L2-normalised; K = T·h·w when ``idx`` is None.
         """
-        tokens = self.vision_features(video, idx)[-1]  # [B, K, C_v]
         if idx is not None:
+            tokens = self.vision_features(video, idx)[-1]  # [B, K, C_v]
             return tokens, F.normalize(self.vision_proj(self.pool(tokens)), dim=-1)
+        tokens, per_frame = self.encode_vision_frames(video)  # [B, K, C_v], [B, T, D]
+        return tokens, F.normalize(per_frame.mean(dim=1), dim=-1)
+
+    def encode_vision_frames(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every token, and one unit contrastive embedding per frame (official ``keep_temporal=True`` evaluation).
+
+        Args:
+            video: ``[B, 3, T, H, W]`` normalised pixels.
+
+        Returns:
+            ``(tokens [B, T·h·w, C_v], per_frame [B, T, D])``; each ``per_frame[b, t]`` is ``vision_proj`` of
+            ``pool_norm`` of frame t's mean token, L2-normalised. The official text→video score is
+            ``mean_t <per_frame[b, t], text>`` (``criterions.get_sim``).
+        """
+        tokens = self.vision_features(video, None)[-1]  # [B, K, C_v]
         b, k, c = tokens.shape
         t = k // self.tokens_per_frame
         frames = self.pool_norm(tokens.view(b, t, -1, c).mean(dim=2))  # [B, T, C_v]
-        per_frame = F.normalize(self.vision_proj(frames), dim=-1)  # [B, T, D]
-        return tokens, F.normalize(per_frame.mean(dim=1), dim=-1)
+        return tokens, F.normalize(self.vision_proj(frames), dim=-1)  # [B, T, D]
 
     def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Text-only layers and the unit contrastive embedding of the ``[CLS]`` token.

@@ -25,8 +25,15 @@ from umt.data.config import DataConfig
 from umt.config import (CheckpointConfig, EvalConfig, LogConfig, MaskConfig, ModelConfig, OptimConfig,
                               TextConfig, TrainConfig)
 
-__all__ = ["CORPORA", "STAGE2_DATA", "VIDEO_TEXT_RECIPES", "demo_stage2", "umt_b16_25m", "umt_b16_17m", "umt_b16_5m", "umt_l16_25m", "umt_l16_17m",
+__all__ = ["CORPORA", "OFFICIAL_GPUS", "STAGE2_DATA", "VIDEO_TEXT_RECIPES", "demo_stage2", "umt_b16_25m", "umt_b16_17m", "umt_b16_5m", "umt_l16_25m", "umt_l16_17m",
            "umt_l16_5m"]
+
+#: GPUs of the official stage-2 scripts (``exp/pretraining/{b16,l16}_*.sh``: ``NNODE=2`` / ``4`` × ``NUM_GPUS=8``).
+#: The recipes pin ``optim.global_batch = 128 × GPUs`` (2048 for B, 4096 for L): on fewer GPUs each optimizer step
+#: accumulates micro-batches up to the official batch (the lr is not batch-scaled in stage 2, so the schedule and
+#: step count stay the official ones). Accumulation does not restore VTC's negatives: each micro-batch's softmax
+#: contrasts ``128 × world − 1`` candidates (logged as ``vtc_negatives``), against 2047 / 4095 officially.
+OFFICIAL_GPUS: dict[str, int] = {"b16": 16, "l16": 32}
 
 #: The official corpora (``configs/data.py``) as shard directories (comma-separated in ``data.shards``):
 #: 5M = WebVid-2M + CC3M; 17M = WebVid-2M + CC3M + CC12M + COCO + Visual Genome + SBU; 25M = WebVid-10M + the same
@@ -40,9 +47,10 @@ CORPORA: dict[str, tuple[str, ...]] = {
 #: The official stage-2 data path (``multi_modality/dataset/__init__.py``, ``video_utils.py``, the pre-training
 #: datasets): one random frame per equal segment (``get_frame_indices(sample="rand")``; the middle in evaluation),
 #: ``RandomResizedCrop(224, scale=(0.5, 1), bicubic)`` + flip, every (item, caption) pair once per epoch as the
-#: official rows are, and the official test view (the whole frame resized to 224², bicubic) for retrieval.
+#: official rows are, the official test view (the whole frame resized to 224², bicubic) for retrieval, and the image
+#: corpora read as one data set (``mix="modality"``, the official ``ConcatDataset``: mixed image batches).
 STAGE2_DATA: dict = {"sampling": "rand_middle", "crop": "rrc", "rrc_scale": (0.5, 1.0), "interp": "bicubic",
-                     "caption_sampling": "each", "eval_crop": "resize"}
+                     "caption_sampling": "each", "eval_crop": "resize", "mix": "modality"}
 
 
 def umt_b16_25m() -> TrainConfig:
@@ -57,7 +65,7 @@ def umt_b16_25m() -> TrainConfig:
         text=TextConfig(encoder="bert-base-uncased", fusion_layer=9, max_len=32, embed_dim=512, temp=0.07,
                         mlm_prob=0.5, grad_checkpointing=True, vtc_local_grad=True),
         optim=OptimConfig(lr=1e-4, min_lr=1e-6, betas=(0.9, 0.999), weight_decay=0.02, epochs=10, warmup_epochs=1,
-                          clip_grad=0.0),
+                          clip_grad=0.0, global_batch=128 * OFFICIAL_GPUS["b16"]),
         checkpoint=CheckpointConfig(every_steps=1000, keep_last=3),
         log=LogConfig(every_steps=20),
     )
@@ -71,6 +79,7 @@ def umt_l16_25m() -> TrainConfig:
                             teacher_image_size=196)
     cfg.text = TextConfig(encoder="bert-large-uncased", fusion_layer=19, max_len=32, embed_dim=768, temp=0.07,
                           mlm_prob=0.5, grad_checkpointing=True, vtc_local_grad=True)
+    cfg.optim.global_batch = 128 * OFFICIAL_GPUS["l16"]
     return cfg
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 from umt import ops
@@ -49,7 +50,10 @@ class VideoTextStep(TeacherStep):
         MLM masks.
 
         Returns:
-            ``{"loss": weighted total, "loss_vtc", "loss_vtm", "loss_mlm", "loss_uta"}`` (unweighted parts), detached.
+            ``{"loss": weighted total, "loss_vtc", "loss_vtm", "loss_mlm", "loss_uta"}`` (unweighted parts), detached,
+            and ``"vtc_negatives"``: the candidates each VTC query is contrasted with besides its own pair, ``B ×
+            world − 1`` (the all-gathered batch of this micro-batch; duplicates of an item among them count as
+            positives in the loss). Gradient accumulation does not raise it: every micro-batch is its own softmax.
         """
         video = batch["video"]  # [B, 3, T, H, W]
         tout = self.teacher_forward(video)
@@ -61,4 +65,6 @@ class VideoTextStep(TeacherStep):
             with autocast_context(self.device, self.amp_dtype):
                 parts = self.model(video, idx, batch["text_ids"], batch["text_mask"], batch["index"], target, seed)
             loss = self.backward(sum(self.weights[k] * parts[k] for k in LOSS_NAMES), scale)
-        return {"loss": loss, **{f"loss_{k}": parts[k].detach() for k in LOSS_NAMES}}
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        negatives = torch.full((), float(video.shape[0] * world - 1), device=loss.device)
+        return {"loss": loss, **{f"loss_{k}": parts[k].detach() for k in LOSS_NAMES}, "vtc_negatives": negatives}

@@ -44,7 +44,9 @@ class VideoTextTask(TeacherTask):
     """
 
     name = "video_text"
-    metrics = ("loss", "loss_vtc", "loss_vtm", "loss_mlm", "loss_uta")
+    #: ``vtc_negatives``: VTC candidates per query besides its pair (``B × world − 1``), so a run on fewer GPUs
+    #: than the recipe's shows the smaller contrastive batch that accumulation does not restore
+    metrics = ("loss", "loss_vtc", "loss_vtm", "loss_mlm", "loss_uta", "vtc_negatives")
     #: zero-shot retrieval's mean of the six recalls picks ``best.pt`` (the official ``stop_key`` ``r_mean``)
     eval_key = "r_mean"
 
