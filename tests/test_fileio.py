@@ -71,3 +71,44 @@ def test_make_shards_refuses_a_second_build_into_the_same_out(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"shard directory {out} is in use by pid {pid}" in err and err.count("\n") == 1
     assert not out.exists()  # nothing was started
+
+
+def test_unwritable_outputs_are_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    """Under a regular file, or on a read-only file system: make_shards, the trainer and export each refuse with
+    one line and a non-zero exit before reading any input."""
+    import errno
+
+    from umt.data.build.cli import main as make_shards
+    from umt.fileio import check_writable
+    from umt.train.__main__ import main as train
+    from umt.train.export import main as export
+
+    blocker = tmp_path / "file"
+    blocker.write_text("user data")
+    with pytest.raises(OSError) as e:
+        check_writable(blocker / "sub" / "dir", "--out")
+    assert e.value.errno == errno.ENOTDIR and f"{blocker} is not a directory" in str(e.value)
+
+    real = os.statvfs
+    ro = tmp_path / "ro"
+    ro.mkdir()
+
+    class _ReadOnly:
+        def __init__(self, st):
+            self.st = st
+
+        def __getattr__(self, k):
+            return getattr(self.st, k)
+
+        @property
+        def f_flag(self):
+            return self.st.f_flag | os.ST_RDONLY
+
+    monkeypatch.setattr(os, "statvfs", lambda p: _ReadOnly(real(p)) if str(p).startswith(str(ro)) else real(p))
+    missing = tmp_path / "no_such_input.mp4"  # never read: the refusal comes first
+    assert make_shards([str(missing), "--out", str(ro / "set"), "--quiet"]) == 1
+    assert train(["--recipe", "demo", "--run-dir", str(ro / "run"), "--set", "synthetic_data=true"]) == 1
+    assert export([str(missing), str(ro / "x.safetensors")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all("is on a read-only file system" in line for line in err), err
+    assert blocker.read_text() == "user data" and list(ro.iterdir()) == []

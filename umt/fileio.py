@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["LockedError", "atomic_path", "atomic_write", "exclusive_lock", "fsync_dir", "fsync_file", "replace",
+__all__ = ["LockedError", "atomic_path", "atomic_write", "check_writable", "exclusive_lock", "fsync_dir", "fsync_file", "replace",
            "sha256_file", "tmp_path"]
 
 
@@ -55,6 +55,30 @@ def fsync_dir(path: str | Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def check_writable(path: str | Path, what: str) -> None:
+    """Refuse, before any work starts, an output location that cannot be written: the nearest existing directory
+    at or above ``path`` must be a directory, on a file system mounted read-write, and writable by this process.
+    Missing directories below it are fine (writers create them).
+
+    Args:
+        path: the output directory (or file) a command is about to write.
+        what: what it is, for the message (e.g. ``"--out"``).
+
+    Raises:
+        OSError: ``ENOTDIR``, ``EROFS`` or ``EACCES`` with a one-line message naming ``path``.
+    """
+    path = Path(path).absolute()
+    anc = path
+    while not anc.exists():
+        anc = anc.parent
+    if not anc.is_dir():
+        raise OSError(errno.ENOTDIR, f"{what} {path}: {anc} is not a directory")
+    if os.statvfs(anc).f_flag & os.ST_RDONLY:
+        raise OSError(errno.EROFS, f"{what} {path}: {anc} is on a read-only file system")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise OSError(errno.EACCES, f"{what} {path}: {anc} is not writable by this user")
 
 
 def _ensure_dir(d: Path) -> None:

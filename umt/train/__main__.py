@@ -124,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     except LockedError as e:
         print(f"umt-train: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # an unwritable run directory, missing shards, ...: one line, not a traceback
+        print(f"umt-train: error: {e}", file=sys.stderr)
+        return 1
     except ConfigError as e:
         print(f"umt-train: config error: {e}", file=sys.stderr)
         return 2

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from umt.fileio import atomic_path
+from umt.fileio import atomic_path, check_writable
 
 __all__ = ["export_student", "export_checkpoint", "main"]
 
@@ -57,6 +57,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, overwrite: bool =
 
     if Path(out).exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; choose another output path or pass --overwrite")
+    check_writable(Path(out).parent, "output")
     st = read_backbone(checkpoint)
     sd = st.state_dict
     meta = {k: str(v) for k, v in (("arch", st.arch), ("num_frames", st.num_frames), ("img_size", st.img_size),
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     except FileExistsError as e:
         print(f"export: error: {e}", file=sys.stderr)
         return 2
-    except BackboneLoadError as e:
+    except (BackboneLoadError, OSError) as e:
         print(f"export: error: {e}", file=sys.stderr)
         return 1
     print(f"exported student backbone to {path}")

@@ -39,7 +39,7 @@ from umt.flops import peak_bf16_tflops
 from umt.masking import step_seed
 from umt.config import TrainConfig, accumulation_steps, config_to_dict
 from umt.data.loader import take_skipped
-from umt.fileio import atomic_path, atomic_write, exclusive_lock
+from umt.fileio import atomic_path, atomic_write, check_writable, exclusive_lock
 from umt.train import checkpoint as ckpt
 from umt.train.preempt import Preempted, PreemptionHandler, write_marker
 from umt.train.runtime import close_process_group, init_runtime
@@ -90,6 +90,7 @@ class Trainer:
         self._lock = contextlib.ExitStack()
         if int(os.environ.get("RANK", "0")) == 0:
             run_dir = Path(run_dir)
+            check_writable(run_dir, "run directory")  # before models, data or the process group are set up
             self._lock.enter_context(exclusive_lock(run_dir.parent / f".{run_dir.name}.lock",
                                                     f"run directory {run_dir}"))
         try:

@@ -63,7 +63,7 @@ from umt.data.format import (
     index_text,
     read_manifest,
 )
-from umt.fileio import atomic_path, atomic_write, exclusive_lock, fsync_dir, replace, sha256_file
+from umt.fileio import atomic_path, atomic_write, check_writable, exclusive_lock, fsync_dir, replace, sha256_file
 
 __all__ = [  # encoding names re-exported from umt.data.build.encode
     "CODECS",
@@ -507,6 +507,7 @@ def build_shards(
     if mode not in ("new", "overwrite", "append"):
         raise ValueError(f"mode must be 'new', 'overwrite' or 'append', got {mode!r}")
     out = Path(out_dir)
+    check_writable(out, "--out")  # before any input is read or encoded
     if modality is None and settings is not None:
         modality = "image" if isinstance(settings, ImageEncodeSettings) else None
     sources, classes, skipped, modality = collect_sources(inputs, annotations, modality=modality)
