@@ -121,3 +121,17 @@ def test_writers_never_clobber(tmp_path: Path, capsys) -> None:
     import json
 
     assert [json.loads(j.read_text())["rows"] for j in (j1, j2)] == [[{"run": 1}], [{"run": 2}]]
+
+
+def test_resuming_a_finished_run_says_so(tmp_path, capsys):
+    """``--resume auto`` on a run whose final checkpoint is written (e.g. killed on its way out) trains nothing and
+    says so, instead of failing to format the losses it did not log."""
+    from tests.train_utils import TINY, cli_sets
+    from umt.train.__main__ import main
+
+    args = ["--recipe", "demo", "--run-dir", str(tmp_path / "run"),
+            *cli_sets([*TINY, "optim.max_steps=2", "checkpoint.every_steps=2"])]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main([*args, "--resume", "auto"]) == 0
+    assert "already complete at step 2; nothing to train" in capsys.readouterr().out

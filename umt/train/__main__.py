@@ -147,8 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         trainer.close()
     if rank == 0:
-        print(f"first logged loss {summary['first_loss']:.4f}, last logged loss {summary['last_loss']:.4f} "
-              f"after {summary['steps']} steps ({summary['skipped_steps']} skipped); run dir: {summary['run_dir']}")
+        if summary["first_loss"] is None:  # resumed from the final checkpoint: nothing was left to train
+            print(f"the run was already complete at step {summary['steps']}; nothing to train; run dir: "
+                  f"{summary['run_dir']}")
+        else:
+            print(f"first logged loss {summary['first_loss']:.4f}, last logged loss {summary['last_loss']:.4f} "
+                  f"after {summary['steps']} steps ({summary['skipped_steps']} skipped); run dir: "
+                  f"{summary['run_dir']}")
         if summary.get("skipped_samples"):
             per = ", ".join(f"epoch {e}: {n}" for e, n in summary["skipped_samples_per_epoch"].items())
             print(f"{summary['skipped_samples']} corrupt samples skipped ({per}); the log names each")
