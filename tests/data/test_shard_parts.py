@@ -208,3 +208,29 @@ def test_ray_build_with_a_lost_worker_commits_the_same(inputs, single, tmp_path)
         ray.shutdown()
     assert res.num_samples == read_manifest(single)["num_samples"]
     _assert_same_set(out, single)
+
+
+def test_slurm_example_submits_array_second_pass_and_commit(tmp_path):
+    """``examples/slurm/make_shards_array.sbatch submit``: an array of N parts, the same array again after it (parts
+    that waited pack), then the commit after that; a task runs make_shards with the part left to the Slurm variables."""
+    import os
+    import subprocess
+
+    script = Path(__file__).resolve().parents[2] / "examples" / "slurm" / "make_shards_array.sbatch"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "sbatch.log"
+    fake = bin_dir / "sbatch"
+    fake.write_text('#!/bin/bash\necho "$*" >> "$FAKE_SBATCH_LOG"; echo $((100 + $(wc -l < "$FAKE_SBATCH_LOG")))\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_SBATCH_LOG": str(log)}
+    run = subprocess.run(["bash", str(script), "submit", "4", "/data/out", "--annotations", "a.csv"], env=env,
+                         capture_output=True, text=True, check=True)
+    assert "commit 103" in run.stdout
+    calls = log.read_text().splitlines()
+    assert calls[0].startswith("--parsable --array=0-3 ") and calls[0].endswith("part /data/out --annotations a.csv")
+    assert "--dependency=afterok:101" in calls[1] and calls[1].endswith("part /data/out --annotations a.csv")
+    assert "--dependency=afterok:102" in calls[2] and calls[2].endswith("commit /data/out")
+    task = subprocess.run(["bash", str(script), "part", "/data/out", "x.mp4"], capture_output=True, text=True,
+                          env={**env, "SLURM_ARRAY_TASK_ID": "3", "UMT_SLURM_DRY_RUN": "print"}, check=True)
+    assert task.stdout.split() == ["python", "-m", "umt.data.build.cli", "--out", "/data/out", "--quiet", "x.mp4"]
