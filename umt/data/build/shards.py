@@ -13,10 +13,11 @@ Output in ``out_dir`` (format documented in ``shards/README.md``)::
     sources.jsonl                per sample: index, source path, sha256 of the source file (``append`` de-duplicates)
     .work/                       while building: per-input encode cache (resume); deleted with the manifest written
     .progress.json, .build.json  while building: shards already complete, and the build's key, for resume
+    .parts/                      a partitioned build until committed (:mod:`umt.data.build.parts`)
 
 Pipeline: collect inputs → probe + re-encode each on ``workers`` processes (results cached in ``.work`` under a hash
-of the source path and encoding settings, written to a temporary name and renamed) → shuffle the good samples with
-``seed`` → pack ``samples_per_shard`` per tar, each written to a temporary name, indexed and renamed → manifest.
+of the source path and encoding settings, written to a temporary name and renamed) → order the good samples by
+:func:`order_key` (a seeded hash of the path) → pack ``samples_per_shard`` per tar, each written to a temporary name, indexed and renamed → manifest.
 Everything after the encode step is a pure function of (inputs, settings, seed), so a re-run after an interruption
 reuses the cache, keeps complete shards whose sha256 matches, rewrites the rest and produces byte-identical output.
 A re-run after completion is a no-op (the manifest's build key matches). What :func:`build_shards` does with a
