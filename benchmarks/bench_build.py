@@ -128,7 +128,8 @@ def run(*, clips: int = 24, seconds: float = 2.0, size: tuple[int, int] = (320, 
                              "same": _samples_equal(out, root / "single")})
     what = inputs or f"synthetic {size[0]}x{size[1]} H.264, {seconds} s"
     res.notes += [
-        f"{os.cpu_count()} CPU cores; {n_inputs} inputs ({what}); codec {codec}, {workers} encoder process(es) per part, {samples_per_shard} samples per shard.",
+        f"{os.cpu_count()} CPU cores; {n_inputs} inputs ({what}); codec {codec}, {workers} encoder process(es) per "
+        f"part, {samples_per_shard} samples per shard.",
         "parts_s includes each part process's start-up (Python + torch imports, about 3 s here); max_part_s is the "
         "slowest part's own time. Parts run as processes of this one machine: with more parts than cores they "
         "share the cores, so the figures show the overhead of partitioning, not multi-machine scaling.",

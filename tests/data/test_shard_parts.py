@@ -6,6 +6,7 @@ in the same committed set; a Ray build with a worker lost mid-part commits the s
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tarfile
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from tests.crash import count_replaces, run_killed
 from tests.data_utils import make_clip, make_good_set
 from umt.data.build.cli import main as make_shards
-from umt.data.build.parts import build_part, commit_parts, parse_part, part_tag, slurm_part
+from umt.data.build.parts import build_part, commit_parts, parse_part, slurm_part
 from umt.data.build.shards import EncodeSettings, ShardDirError, build_shards, part_of
 from umt.data.format import ShardIndex, decode_meta, read_manifest
 
@@ -90,7 +91,7 @@ def test_slurm_array_parts_commit_to_the_single_machine_set(inputs, single, tmp_
     assert make_shards(["--out", str(out), "--commit", "--quiet"]) == 0
     _assert_same_set(out, single)
     m = read_manifest(out)
-    assert all(part_tag(0, N_PARTS)[:1] in sh["name"] and "-p0" in sh["name"] for sh in m["shards"])
+    assert all(re.fullmatch(rf"train-p00[0-3]of{N_PARTS:03d}-\d{{6}}\.tar", sh["name"]) for sh in m["shards"])
     assert [s["input"].rsplit("/", 1)[1] for s in m["skipped"]] == ["empty.mp4", "short.mp4"]
     assert make_shards(["--out", str(out), "--commit", "--quiet"]) == 0  # committed: a no-op
     _slurm(monkeypatch, 2)
@@ -109,7 +110,8 @@ def test_parts_split_the_inputs_by_hash_whatever_the_listing_order(inputs):
         with pytest.raises(ValueError):
             parse_part(bad)
     assert slurm_part({}) is None
-    assert slurm_part({"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "5", "SLURM_ARRAY_TASK_COUNT": "4"}) == (2, 4)
+    env = {"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "5", "SLURM_ARRAY_TASK_COUNT": "4"}
+    assert slurm_part(env) == (2, 4)
     with pytest.raises(ValueError, match="contiguous"):
         slurm_part({"SLURM_ARRAY_TASK_ID": "9", "SLURM_ARRAY_TASK_MIN": "5", "SLURM_ARRAY_TASK_COUNT": "4"})
 
@@ -137,8 +139,8 @@ def _tree(d: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def staged(inputs: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, int, int]:
     """``(base, ready, k, renames)``: every part but ``k`` (the smallest holding a usable clip: which part an input
-    falls in depends on its path, so on the temporary directory) has run; parts after ``k`` wait for it, so the commit packs
-    them. ``ready`` is ``base`` after part ``k`` (it packs at once), which made ``renames`` renames."""
+    falls in depends on its path, so on the temporary directory) has run; parts after ``k`` wait for it, so the
+    commit packs them. ``ready`` is ``base`` after part ``k`` (it packs at once), which made ``renames`` renames."""
     from umt.data.build.shards import collect_sources
 
     sources = collect_sources([], inputs)[0]
@@ -190,6 +192,20 @@ def test_commit_killed_then_rerun_commits_the_single_machine_set(inputs, single,
         assert (out / "manifest.json").exists() == (at == renames and when == "after")  # visible only when whole
         commit_parts(out)
         assert _tree(out) == want, f"commit killed {when} rename {at}"
+
+
+def test_ray_distributor_without_ray_is_a_one_line_error(inputs, tmp_path, capsys):
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("ray is installed (the ray test covers it)")
+    out = tmp_path / "set"
+    assert make_shards(["--annotations", str(inputs), "--out", str(out), "--distributor", "ray", *OPTS]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "pip install" in err and "ray" in err and "\n" not in err
+    assert not out.exists()
 
 
 @pytest.mark.ray

@@ -127,6 +127,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ShardDirError, LockedError) as e:
         print(f"make_shards: error: {e}", file=sys.stderr)
         return 2
+    except (ImportError, RuntimeError) as e:  # --distributor ray: Ray missing, or a part failed every retry
+        if args.distributor != "ray":
+            raise
+        print(f"make_shards: error: {e}", file=sys.stderr)
+        return 1
     except OSError as e:
         print(f"make_shards: error: cannot write output: {e}", file=sys.stderr)
         return 1

@@ -18,7 +18,11 @@ from typing import Any
 from umt.data.build.parts import PartResult, build_part, commit_parts
 from umt.data.build.shards import BuildResult
 
-__all__ = ["build_with_ray"]
+__all__ = ["PartFailedError", "build_with_ray"]
+
+
+class PartFailedError(RuntimeError):
+    """A part's Ray task failed on every attempt (the message names the part and its last error)."""
 
 
 def _run_part(inputs: Sequence[str], out: str, part: int, parts: int, kwargs: dict[str, Any]) -> PartResult:
@@ -55,8 +59,9 @@ def build_with_ray(
 
     Raises:
         ImportError: Ray is not installed (``pip install -e ".[ray]"``).
-        umt.data.build.shards.ShardDirError: a part failed after its retries, or the commit refused (the message
-            names the parts).
+        PartFailedError: a part failed on every attempt (named).
+        umt.data.build.shards.ShardDirError: the directory holds something else, or the commit refused (the
+            message names the parts).
         ValueError: bad arguments.
     """
     try:
@@ -89,7 +94,13 @@ def build_with_ray(
         ready, _ = ray.wait(list(pending), num_returns=1)
         for ref in ready:
             i = pending.pop(ref)
-            results[i] = ray.get(ref)  # a part that failed every retry raises here, naming its exception
+            try:
+                results[i] = ray.get(ref)
+            except ray.exceptions.RayError as e:  # every attempt failed: name the part, keep what the others did
+                last = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+                raise PartFailedError(f"part {i}/{parts} failed after {retries} retries ({last}); the other parts "
+                                      f"are kept: re-run the same command, or that part with --part {i}/{parts}, "
+                                      "then --commit") from e
             if bar:
                 bar.update()
                 bar.set_postfix(samples=sum(r.usable for r in results.values()))

@@ -17,7 +17,8 @@ Output in ``out_dir`` (format documented in ``shards/README.md``)::
 
 Pipeline: collect inputs → probe + re-encode each on ``workers`` processes (results cached in ``.work`` under a hash
 of the source path and encoding settings, written to a temporary name and renamed) → order the good samples by
-:func:`order_key` (a seeded hash of the path) → pack ``samples_per_shard`` per tar, each written to a temporary name, indexed and renamed → manifest.
+:func:`order_key` (a seeded hash of the path) → pack ``samples_per_shard`` per tar, each written to a temporary name,
+indexed and renamed → manifest.
 Everything after the encode step is a pure function of (inputs, settings, seed), so a re-run after an interruption
 reuses the cache, keeps complete shards whose sha256 matches, rewrites the rest and produces byte-identical output.
 A re-run after completion is a no-op (the manifest's build key matches). What :func:`build_shards` does with a
@@ -76,6 +77,8 @@ __all__ = [  # encoding names re-exported from umt.data.build.encode
     "ShardDirError",
     "build_shards",
     "collect_sources",
+    "order_key",
+    "part_of",
     "write_index",
 ]
 
@@ -140,6 +143,11 @@ def _parse_captions(value: Any, where: str) -> list[str] | None:
     raise ValueError(f"{where}: 'caption' must be a string or a list of strings, got {value!r}")
 
 
+def _lines(path: Path) -> Iterable[str]:
+    with open(path, encoding="utf-8") as f:
+        yield from f
+
+
 def _read_annotations(path: Path) -> tuple[list[tuple[str, int | str | None, list[str] | None, str]], str]:
     """Rows ``(absolute path, label (int, class name or None), captions or None, origin)`` and the modality.
 
@@ -161,12 +169,12 @@ def _read_annotations(path: Path) -> tuple[list[tuple[str, int | str | None, lis
     suffix = path.suffix.lower()
     kinds: set[str] = set()
     if suffix in (".json", ".jsonl"):
-        text = path.read_text()
-        if suffix == ".jsonl":
-            items = [(i + 1, json.loads(line)) for i, line in enumerate(text.splitlines()) if line.strip()]
+        items: Iterable[tuple[int, Any]]
+        if suffix == ".jsonl":  # streamed: one row in memory at a time besides the rows kept
+            items = ((i, json.loads(line)) for i, line in enumerate(_lines(path), start=1) if line.strip())
         else:
-            data = json.loads(text)
-            items = list(enumerate(data if isinstance(data, list) else data.get("videos", []), start=1))
+            data = json.loads(path.read_text())
+            items = enumerate(data if isinstance(data, list) else data.get("videos", []), start=1)
         for lineno, obj in items:
             if not isinstance(obj, dict):
                 raise ValueError(f"{path}:{lineno}: expected an object, got {obj!r}")
@@ -445,7 +453,8 @@ def _dir_state(out: Path) -> str:
         except (json.JSONDecodeError, AttributeError):
             pass
         return "foreign"
-    if any(n in (".build.json", ".progress.json", ".work", ".parts") for n in names) and all(_OURS.match(n) for n in names):
+    marks = (".build.json", ".progress.json", ".work", ".parts")
+    if any(n in marks for n in names) and all(_OURS.match(n) for n in names):
         return "partial"
     return "foreign"
 
