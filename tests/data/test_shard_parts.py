@@ -194,6 +194,37 @@ def test_commit_killed_then_rerun_commits_the_single_machine_set(inputs, single,
         assert _tree(out) == want, f"commit killed {when} rename {at}"
 
 
+def test_fsspec_inputs_file_url_and_remote_build_the_same_samples(inputs, single, tmp_path):
+    """``file://`` URLs build exactly the set of the plain paths; a non-local fsspec file system (``memory://``, as
+    S3 or GCS would be) is listed and read through fsspec, each input fetched into the cache before encoding."""
+    fsspec = pytest.importorskip("fsspec")
+    by_url = tmp_path / "url"
+    build_shards([], by_url, annotations=inputs.as_uri(), settings=ST, samples_per_shard=2)
+    assert _samples(by_url) == _samples(single)
+    assert (by_url / "sources.jsonl").read_bytes() == (single / "sources.jsonl").read_bytes()
+
+    mem = fsspec.filesystem("memory")
+    for f in sorted(inputs.parent.iterdir()):
+        mem.pipe(f"/umt-test-parts/{f.name}", f.read_bytes())
+    try:
+        out = tmp_path / "remote"
+        for i in range(N_PARTS):  # partitioned too: every part reads the annotations through fsspec
+            build_part([], out, i, N_PARTS, annotations="memory://umt-test-parts/annotations.jsonl", settings=ST,
+                       samples_per_shard=2)
+        res = commit_parts(out)
+        by_dir = build_shards(["memory://umt-test-parts"], tmp_path / "dir", settings=ST, samples_per_shard=2)
+    finally:
+        mem.rm("/umt-test-parts", recursive=True)
+    rows = [json.loads(r) for r in (out / "sources.jsonl").read_text().splitlines()]
+    assert all(r["source"].startswith("memory://umt-test-parts/") for r in rows)
+    assert res.num_samples == read_manifest(single)["num_samples"]
+    assert [s["reason"].split(" (")[0] for s in res.skipped] == [s["reason"].split(" (")[0] for s in
+                                                                 read_manifest(single)["skipped"]]
+    assert by_dir.num_samples == res.num_samples  # a directory URL, searched for videos (unlabelled)
+    ref = _samples(single)  # the media bytes are the same as from the local files; only the recorded source differs
+    assert sorted(m["mp4"] for m in _samples(out).values()) == sorted(m["mp4"] for m in ref.values())
+
+
 def test_ray_distributor_without_ray_is_a_one_line_error(inputs, tmp_path, capsys):
     try:
         import ray  # noqa: F401

@@ -7,12 +7,11 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from umt.data.build.images import DEFAULT_JPEG_QUALITY, ImageEncodeSettings
 from umt.data.build.parts import PartResult, build_part, commit_parts, parse_part, slurm_part
 from umt.data.build.shards import (CODECS, DEFAULT_CODEC, DEFAULT_GOP, BuildResult, EncodeSettings, ShardDirError,
-                                   _read_annotations, build_shards, iter_reasons)
+                                   _localize, _read_annotations, build_shards, iter_reasons)
 from umt.fileio import LockedError
 
 __all__ = ["main", "parser"]
@@ -163,7 +162,7 @@ def _part_arg(args: argparse.Namespace) -> tuple[int, int] | None:
 def _settings(args: argparse.Namespace) -> tuple[EncodeSettings | ImageEncodeSettings, str | None]:
     modality = args.modality
     if modality is None and args.annotations:
-        modality = _read_annotations(Path(args.annotations))[1]
+        modality = _read_annotations(_localize(args.annotations))[1]
     if modality == "image":
         return ImageEncodeSettings(short_side=args.short_side, quality=args.jpeg_quality), modality
     return EncodeSettings(codec=args.codec, short_side=args.short_side, gop=args.gop, fps_cap=args.fps_cap,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from umt.data.build.parts import PartResult, build_part, commit_parts
-from umt.data.build.shards import BuildResult
+from umt.data.build.shards import BuildResult, _origin_path
 
 __all__ = ["PartFailedError", "build_with_ray"]
 
@@ -79,9 +79,9 @@ def build_with_ray(
     if parts is None:
         parts = max(1, 4 * int(ray.cluster_resources().get("CPU", 1)))
     out = str(Path(out_dir).absolute())
-    ins = [str(Path(i).absolute()) for i in inputs]
+    ins = [_origin_path(i) for i in inputs]  # workers may start elsewhere: absolute paths (URLs as they are)
     if kwargs.get("annotations") is not None:
-        kwargs["annotations"] = str(Path(kwargs["annotations"]).absolute())
+        kwargs["annotations"] = _origin_path(kwargs["annotations"])
     task = ray.remote(_run_part).options(max_retries=retries, retry_exceptions=True)
     hooks = _exit_after_encode or {}
 

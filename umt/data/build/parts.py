@@ -54,7 +54,9 @@ from umt.data.build.shards import (
     _dir_state,
     _encode_all,
     _foreign_names,
+    _global_order,
     _manifest,
+    _origin_path,
     _pack,
     _result_from_manifest,
     _sources_text,
@@ -302,7 +304,7 @@ def build_part(
     spec = {"key": key, "parts": parts, "split": split, "seed": seed, "samples_per_shard": samples_per_shard,
             "modality": modality, "settings": asdict(st), "classes": classes, "skipped": skipped,
             "build": {"key": key, "inputs": [str(i) for i in inputs],
-                      "annotations": None if annotations is None else os.path.abspath(annotations), "parts": parts}}
+                      "annotations": None if annotations is None else _origin_path(annotations), "parts": parts}}
     pdir = _part_dir(out, part, parts)
     with exclusive_lock(out / PARTS_DIR / f"{part_tag(part, parts)}.lock",
                         f"part {part}/{parts} of shard directory {out}"):
@@ -320,8 +322,6 @@ def build_part(
         results = _encode_all(mine, st, work, workers=workers, progress=progress)
         res.encoded = sum(1 for r in results.values() if r["encoded"])
         good = [(s, results[i]) for i, s in enumerate(mine) if results[i]["ok"]]
-        from umt.data.build.shards import _global_order
-
         enc = {"key": key, "part": part, "parts": parts,
                "good": [_src_row(s, r) for s, r in _global_order(good, seed)],
                "skipped": [{"input": s.path, "reason": results[i]["reason"]}

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -115,6 +116,43 @@ class BuildResult:
 # inputs and annotations
 
 
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _remote_fs(url: str) -> tuple[Any, str] | None:
+    """``(fsspec file system, path in it)`` for a URL of a non-local file system; None for local paths and for URLs of
+    the local file system (``file://``), which are read as the local path they name (:func:`_localize`).
+
+    Raises:
+        ValueError: a URL whose scheme fsspec does not know (or fsspec is missing).
+    """
+    if not _URL.match(url):
+        return None
+    try:
+        import fsspec
+        from fsspec.implementations.local import LocalFileSystem
+
+        fs, path = fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as e:
+        raise ValueError(f"cannot open {url}: {e}") from None
+    return None if isinstance(fs, LocalFileSystem) else (fs, path)
+
+
+def _localize(p: str | Path) -> str | Path:
+    """A ``file://`` URL as its local path (so it builds the same set as the plain path); anything else as given."""
+    if isinstance(p, str) and _URL.match(p) and _remote_fs(p) is None:
+        import fsspec
+
+        return fsspec.core.url_to_fs(p)[1]
+    return p
+
+
+def _origin_path(p: str | Path) -> str:
+    """What the manifest records of an input or annotation file given on the command line: a URL as given, a path
+    made absolute."""
+    return str(p) if _URL.match(str(p)) else os.path.abspath(p)
+
+
 def _find_media(root: Path, modality: str = "video") -> list[Path]:
     exts = IMAGE_EXTS if modality == "image" else VIDEO_EXTS
     return sorted(
@@ -143,12 +181,19 @@ def _parse_captions(value: Any, where: str) -> list[str] | None:
     raise ValueError(f"{where}: 'caption' must be a string or a list of strings, got {value!r}")
 
 
-def _lines(path: Path) -> Iterable[str]:
-    with open(path, encoding="utf-8") as f:
-        yield from f
+def _lines(path: str | Path) -> Iterable[str]:
+    """The lines of a local file or an fsspec URL, streamed."""
+    remote = _remote_fs(str(path))
+    if remote is not None:
+        fs, p = remote
+        with fs.open(p, "rt", encoding="utf-8") as f:
+            yield from f
+    else:
+        with open(path, encoding="utf-8", newline="") as f:
+            yield from f
 
 
-def _read_annotations(path: Path) -> tuple[list[tuple[str, int | str | None, list[str] | None, str]], str]:
+def _read_annotations(path: str | Path) -> tuple[list[tuple[str, int | str | None, list[str] | None, str]], str]:
     """Rows ``(absolute path, label (int, class name or None), captions or None, origin)`` and the modality.
 
     Accepts Kinetics-style CSV/TXT (``path,label`` or ``path label``, optional header; modality video), WebVid-style
@@ -159,21 +204,29 @@ def _read_annotations(path: Path) -> tuple[list[tuple[str, int | str | None, lis
     Raises:
         ValueError: a row that cannot be parsed, or a file mixing image and video rows (a user error).
     """
-    base = path.parent
+    remote = _remote_fs(str(path))
+    base_url = str(path).rsplit("/", 1)[0] if remote else ""
+    path = path if remote else Path(path)
+    base = Path(path).parent
+    name = str(path).rsplit("/", 1)[-1]
     rows: list[tuple[str, int | str | None, list[str] | None, str]] = []
 
     def add(media: str, label: Any, captions: list[str] | None, origin: str) -> None:
         lab = None if label is None or label == "" else _parse_label(str(label))
-        rows.append((os.path.abspath(base / media), lab, captions, origin))
+        if remote:  # relative to the annotation file's URL; absolute URLs as they are
+            where = media if _URL.match(media) else f"{base_url}/{media.lstrip('/')}"
+        else:
+            where = os.path.abspath(base / media)
+        rows.append((where, lab, captions, origin))
 
-    suffix = path.suffix.lower()
+    suffix = Path(name).suffix.lower()
     kinds: set[str] = set()
     if suffix in (".json", ".jsonl"):
         items: Iterable[tuple[int, Any]]
         if suffix == ".jsonl":  # streamed: one row in memory at a time besides the rows kept
             items = ((i, json.loads(line)) for i, line in enumerate(_lines(path), start=1) if line.strip())
         else:
-            data = json.loads(path.read_text())
+            data = json.loads("".join(_lines(path)))
             items = enumerate(data if isinstance(data, list) else data.get("videos", []), start=1)
         for lineno, obj in items:
             if not isinstance(obj, dict):
@@ -189,22 +242,21 @@ def _read_annotations(path: Path) -> tuple[list[tuple[str, int | str | None, lis
                                  "one modality, so build two directories from two annotation files")
             if not media or not isinstance(media, str):
                 raise ValueError(f"{path}:{lineno}: entry has no 'video' or 'image' field: {obj}")
-            where = f"{path.name}:{lineno}"
+            where = f"{name}:{lineno}"
             add(media, obj.get("label"), _parse_captions(obj.get("caption"), f"{path}:{lineno}"), where)
     else:
         kinds.add("video")
-        with open(path, newline="") as f:
-            for lineno, line in enumerate(f, start=1):
-                line = line.strip()
-                if not line or line.startswith("#"):
-                    continue
-                parts = next(csv.reader([line])) if "," in line else line.rsplit(maxsplit=1)
-                if len(parts) < 2:
-                    raise ValueError(f"{path}:{lineno}: expected 'path,label' or 'path label', got {line!r}")
-                video, label = parts[0].strip(), parts[1].strip()
-                if lineno == 1 and label.lower() in ("label", "class", "category"):
-                    continue  # header
-                add(video, label, None, f"{path.name}:{lineno}")
+        for lineno, line in enumerate(_lines(path), start=1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = next(csv.reader([line])) if "," in line else line.rsplit(maxsplit=1)
+            if len(parts) < 2:
+                raise ValueError(f"{path}:{lineno}: expected 'path,label' or 'path label', got {line!r}")
+            video, label = parts[0].strip(), parts[1].strip()
+            if lineno == 1 and label.lower() in ("label", "class", "category"):
+                continue  # header
+            add(video, label, None, f"{name}:{lineno}")
     return rows, (kinds.pop() if kinds else "video")
 
 
@@ -240,7 +292,8 @@ def collect_sources(
     captioned = False
     origins: dict[str, list[str]] = {}
     if annotations is not None:
-        rows, ann_modality = _read_annotations(Path(annotations))
+        annotations = _localize(annotations)
+        rows, ann_modality = _read_annotations(annotations if _remote_fs(str(annotations)) else Path(annotations))
         if modality is not None and rows and modality != ann_modality:
             raise ValueError(f"{annotations} holds {ann_modality} rows but the modality asked for is {modality}: "
                              "one shard directory holds one modality")
@@ -258,6 +311,21 @@ def collect_sources(
             origins[media] = [origin]
     modality = modality or "video"
     for inp in inputs:
+        inp = _localize(inp)
+        remote = _remote_fs(str(inp))
+        if remote is not None:  # an fsspec URL: a file, or a directory searched recursively
+            fs, rp = remote
+            exts = IMAGE_EXTS if modality == "image" else VIDEO_EXTS
+            if fs.isdir(rp):
+                urls = [fs.unstrip_protocol(f) for f in sorted(fs.find(rp)) if Path(f).suffix.lower() in exts]
+            elif fs.exists(rp):
+                urls = [str(inp)]
+            else:
+                skipped.append({"input": str(inp), "reason": "missing file or directory"})
+                continue
+            for u in urls:
+                found.setdefault(u, SampleSource(u, None, None, "input"))
+            continue
         p = Path(inp)
         if p.is_dir():
             files = _find_media(p, modality)
@@ -318,7 +386,7 @@ def _process_one(src: SampleSource, st: EncodeSettings | ImageEncodeSettings, wo
         try:
             res = json.loads(res_path.read_text())
             if not res["ok"] or (work / f"{name}.{ext}").is_file():
-                if res["ok"] and "source_sha256" not in res:
+                if res["ok"] and "source_sha256" not in res and _remote_fs(src.path) is None:
                     try:
                         res["source_sha256"] = sha256_file(Path(src.path))
                     except OSError:
@@ -326,15 +394,28 @@ def _process_one(src: SampleSource, st: EncodeSettings | ImageEncodeSettings, wo
                 return {**res, "encoded": False}
         except (json.JSONDecodeError, KeyError):
             pass  # a damaged cache entry is redone
+    remote = _remote_fs(src.path)
+    local = src
+    fetched = work / f"{name}.source.tmp"  # a *.tmp: removed by the next run if this one dies holding it
     try:
-        data, info = encode_image(src, st) if isinstance(st, ImageEncodeSettings) else encode_video(src, st)
+        if remote is not None:  # encoders read local files: fetch the input once, next to its cache entry
+            fs, rp = remote
+            try:
+                fs.get_file(rp, str(fetched))
+            except FileNotFoundError:
+                raise Reject("missing file" + (f" (annotation {src.origin})" if src.origin not in ("", "input")
+                                               else "")) from None
+            local = dataclasses.replace(src, path=str(fetched))
+        data, info = encode_image(local, st) if isinstance(st, ImageEncodeSettings) else encode_video(local, st)
         atomic_write(work / f"{name}.{ext}", data)  # media first, then the record that says it is complete
         # content hash of the source: --append recognises an input already in the set under another name
-        res = {"ok": True, "cache": name, "info": info, "source_sha256": sha256_file(Path(src.path))}
+        res = {"ok": True, "cache": name, "info": info, "source_sha256": sha256_file(Path(local.path))}
     except Reject as e:
-        res = {"ok": False, "cache": name, "reason": str(e)}
+        res = {"ok": False, "cache": name, "reason": str(e).replace(str(fetched), src.path)}
     except Exception as e:  # noqa: BLE001 - bad input must never stop the run; report it
         res = {"ok": False, "cache": name, "reason": f"unexpected error ({type(e).__name__}: {e})"}
+    finally:
+        fetched.unlink(missing_ok=True)
     atomic_write(res_path, json.dumps(res).encode())
     return {**res, "encoded": True}
 
@@ -578,7 +659,7 @@ def build_shards(
     opts = dict(st=st, modality=modality, samples_per_shard=samples_per_shard, workers=workers, seed=seed, split=split,
                 progress=progress, keep_cache=keep_cache, _after_shard=_after_shard,
                 origin={"inputs": [str(i) for i in inputs], "annotations": None if annotations is None
-                        else os.path.abspath(annotations)})
+                        else _origin_path(annotations)})
     with exclusive_lock(out.parent / f".{out.name}.lock", f"shard directory {out}"):
         return _dispatch(out, mode, sources, classes, skipped, key, opts)
 
