@@ -7,11 +7,11 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from umt.data.build.images import DEFAULT_JPEG_QUALITY, ImageEncodeSettings
-from umt.data.build.shards import (CODECS, DEFAULT_CODEC, DEFAULT_GOP, EncodeSettings, ShardDirError, _read_annotations,
-                                   build_shards, iter_reasons)
+from umt.data.build.parts import PartResult, build_part, commit_parts, parse_part, slurm_part
+from umt.data.build.shards import (CODECS, DEFAULT_CODEC, DEFAULT_GOP, BuildResult, EncodeSettings, ShardDirError,
+                                   _localize, _read_annotations, build_shards, iter_reasons)
 from umt.fileio import LockedError
 
 __all__ = ["main", "parser"]
@@ -59,6 +59,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="shuffle seed (same inputs + seed = same shards)")
     p.add_argument("--split", default="train", help="shard name prefix: {split}-000000.tar")
     p.add_argument("--quiet", action="store_true", help="no progress bar, summary only")
+    dist = p.add_argument_group("partitioned builds (many machines sharing --out; shards/README.md)")
+    dist.add_argument("--part", metavar="I/N",
+                      help="build part I of N (0-based; inside a Slurm job array the default is SLURM_ARRAY_TASK_ID - "
+                           "SLURM_ARRAY_TASK_MIN of SLURM_ARRAY_TASK_COUNT; 'all' builds the whole set in one go)")
+    dist.add_argument("--commit", action="store_true",
+                      help="after every part: verify them and write the manifest (the data set becomes visible)")
+    dist.add_argument("--distributor", choices=["local", "ray"], default="local",
+                      help="ray: run --parts parts as Ray tasks (retried on a lost worker) and commit")
+    dist.add_argument("--parts", type=int, default=None,
+                      help="--distributor ray: how many parts (default: 4 per CPU of the cluster)")
+    dist.add_argument("--ray-address", default=None,
+                      help="--distributor ray: the cluster (default: RAY_ADDRESS, else a local cluster)")
+    dist.add_argument("--ray-retries", type=int, default=3, help="--distributor ray: retries of a part's task")
     return p
 
 
@@ -71,44 +84,111 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the builder; returns the exit status (0 when at least one sample was written)."""
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
-    if not args.inputs and not args.annotations:
+    if not args.inputs and not args.annotations and not args.commit:
         print("make_shards: error: give INPUT files/directories and/or --annotations", file=sys.stderr)
         return 2
     try:
-        modality = args.modality
-        if modality is None and args.annotations:
-            modality = _read_annotations(Path(args.annotations))[1]
-        settings: EncodeSettings | ImageEncodeSettings
-        if modality == "image":
-            settings = ImageEncodeSettings(short_side=args.short_side, quality=args.jpeg_quality)
-        else:
-            settings = EncodeSettings(
-                codec=args.codec, short_side=args.short_side, gop=args.gop, fps_cap=args.fps_cap,
-                min_frames=args.min_frames, on_truncated=args.on_truncated,
-            )
+        part = _part_arg(args)
+        if args.commit:
+            if args.inputs or args.annotations or part is not None or args.overwrite or args.append:
+                print("make_shards: error: --commit takes only --out (the parts recorded the rest)", file=sys.stderr)
+                return 2
+            res = commit_parts(args.out)
+            return _summary(args, res)
+        settings, modality = _settings(args)
+        common = dict(annotations=args.annotations, settings=settings, modality=modality,
+                      samples_per_shard=args.samples_per_shard, workers=args.workers, seed=args.seed,
+                      split=args.split)
+        if args.distributor == "ray":
+            if part is not None or args.overwrite or args.append:
+                print("make_shards: error: --distributor ray builds every part itself (no --part, --overwrite, "
+                      "--append)", file=sys.stderr)
+                return 2
+            from umt.data.build.distribute import build_with_ray
+
+            res = build_with_ray(args.inputs, args.out, parts=args.parts, address=args.ray_address,
+                                 retries=args.ray_retries, progress=not args.quiet, **common)
+            return _summary(args, res)
+        if part is not None:
+            if args.overwrite or args.append:
+                print("make_shards: error: --part builds a new data set (no --overwrite/--append)", file=sys.stderr)
+                return 2
+            pres = build_part(args.inputs, args.out, part[0], part[1], progress=not args.quiet, **common)
+            return _part_summary(pres)
         res = build_shards(
             args.inputs,
             args.out,
-            annotations=args.annotations,
-            settings=settings,
-            modality=modality,
-            samples_per_shard=args.samples_per_shard,
-            workers=args.workers,
-            seed=args.seed,
-            split=args.split,
             progress=not args.quiet,
             mode="overwrite" if args.overwrite else "append" if args.append else "new",
             keep_cache=args.keep_cache,
+            **common,
         )
     except (ShardDirError, LockedError) as e:
         print(f"make_shards: error: {e}", file=sys.stderr)
         return 2
+    except (ImportError, RuntimeError) as e:  # --distributor ray: Ray missing, or a part failed every retry
+        if args.distributor != "ray":
+            raise
+        print(f"make_shards: error: {e}", file=sys.stderr)
+        return 1
     except OSError as e:
         print(f"make_shards: error: cannot write output: {e}", file=sys.stderr)
         return 1
     except ValueError as e:
         print(f"make_shards: error: {e}", file=sys.stderr)
         return 2
+    return _summary(args, res)
+
+
+def _part_arg(args: argparse.Namespace) -> tuple[int, int] | None:
+    """``--part``, else the Slurm array task's part (None: a whole build).
+
+    Raises:
+        ValueError: a malformed ``--part`` or Slurm array environment.
+    """
+    if args.part == "all":
+        return None
+    if args.part is not None:
+        return parse_part(args.part)
+    if args.commit or args.distributor == "ray":
+        return None
+    part = slurm_part()
+    if part is not None:
+        logging.getLogger(__name__).info("part %d/%d from the Slurm array task (--part all builds the whole set)",
+                                         *part)
+    return part
+
+
+def _settings(args: argparse.Namespace) -> tuple[EncodeSettings | ImageEncodeSettings, str | None]:
+    modality = args.modality
+    if modality is None and args.annotations:
+        modality = _read_annotations(_localize(args.annotations))[1]
+    if modality == "image":
+        return ImageEncodeSettings(short_side=args.short_side, quality=args.jpeg_quality), modality
+    return EncodeSettings(codec=args.codec, short_side=args.short_side, gop=args.gop, fps_cap=args.fps_cap,
+                          min_frames=args.min_frames, on_truncated=args.on_truncated), modality
+
+
+def _part_summary(res: PartResult) -> int:
+    """Print what a part did; 0 (a part with no usable input is not an error: the others may have some)."""
+    where = f"part {res.part}/{res.parts} of {res.out_dir}"
+    if res.committed:
+        print(f"{res.out_dir} already holds this data set, committed: nothing to do")
+    elif res.packed:
+        n = sum(s["samples"] for s in res.shards)
+        span = f"indices {res.first_index}..{res.first_index + n - 1}" if n else "no samples"
+        print(f"{where}: {res.inputs} inputs, {res.usable} usable, {res.encoded} encoded this run; "
+              f"{len(res.shards)} shards ({span}) in {res.seconds:.1f} s; packed")
+    else:
+        waiting = ", ".join(f"{i}/{res.parts}" for i in res.waiting_for[:10])
+        print(f"{where}: {res.inputs} inputs, {res.usable} usable, {res.encoded} encoded this run in "
+              f"{res.seconds:.1f} s; not packed yet: its sample indices follow those of part(s) {waiting}, not "
+              "encoded yet (re-run this command after them, or --commit packs it)")
+    return 0
+
+
+def _summary(args: argparse.Namespace, res: BuildResult) -> int:
+    """Print the summary of a whole (or committed) build; the exit status."""
     total_bytes = sum(s["bytes"] for s in res.shards)
     if res.already_built:
         print(f"{res.out_dir} already holds this data set (same inputs and settings): nothing to do")
@@ -117,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{len(res.skipped)} skipped; {len(res.warnings)} packed with a warning; "
         f"{res.encoded} encoded this run in {res.seconds:.1f} s"
     )
-    if args.append:
+    if getattr(args, "append", False):
         print(f"  appended {res.added or 0} new samples; {len(res.duplicates)} already in the data set, left out")
         for d in res.duplicates[:20]:
             print(f"    {d['input']}: {d['reason']}")
@@ -129,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  skipped {n:5d}: {reason}")
     for s in res.skipped[:20]:
         print(f"    {s['input']}: {s['reason']}")
-    if res.num_samples == 0 and not args.append:
+    if res.num_samples == 0 and not getattr(args, "append", False):
         print(f"make_shards: error: no usable {res_modality(res)} was found; nothing written", file=sys.stderr)
         return 1
     return 0

@@ -13,10 +13,12 @@ Output in ``out_dir`` (format documented in ``shards/README.md``)::
     sources.jsonl                per sample: index, source path, sha256 of the source file (``append`` de-duplicates)
     .work/                       while building: per-input encode cache (resume); deleted with the manifest written
     .progress.json, .build.json  while building: shards already complete, and the build's key, for resume
+    .parts/                      a partitioned build until committed (:mod:`umt.data.build.parts`)
 
 Pipeline: collect inputs → probe + re-encode each on ``workers`` processes (results cached in ``.work`` under a hash
-of the source path and encoding settings, written to a temporary name and renamed) → shuffle the good samples with
-``seed`` → pack ``samples_per_shard`` per tar, each written to a temporary name, indexed and renamed → manifest.
+of the source path and encoding settings, written to a temporary name and renamed) → order the good samples by
+:func:`order_key` (a seeded hash of the path) → pack ``samples_per_shard`` per tar, each written to a temporary name,
+indexed and renamed → manifest.
 Everything after the encode step is a pure function of (inputs, settings, seed), so a re-run after an interruption
 reuses the cache, keeps complete shards whose sha256 matches, rewrites the rest and produces byte-identical output.
 A re-run after completion is a no-op (the manifest's build key matches). What :func:`build_shards` does with a
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -41,7 +44,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from umt.data.build.encode import (
     CODECS,
@@ -76,6 +78,8 @@ __all__ = [  # encoding names re-exported from umt.data.build.encode
     "ShardDirError",
     "build_shards",
     "collect_sources",
+    "order_key",
+    "part_of",
     "write_index",
 ]
 
@@ -112,6 +116,43 @@ class BuildResult:
 # inputs and annotations
 
 
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _remote_fs(url: str) -> tuple[Any, str] | None:
+    """``(fsspec file system, path in it)`` for a URL of a non-local file system; None for local paths and for URLs of
+    the local file system (``file://``), which are read as the local path they name (:func:`_localize`).
+
+    Raises:
+        ValueError: a URL whose scheme fsspec does not know (or fsspec is missing).
+    """
+    if not _URL.match(url):
+        return None
+    try:
+        import fsspec
+        from fsspec.implementations.local import LocalFileSystem
+
+        fs, path = fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as e:
+        raise ValueError(f"cannot open {url}: {e}") from None
+    return None if isinstance(fs, LocalFileSystem) else (fs, path)
+
+
+def _localize(p: str | Path) -> str | Path:
+    """A ``file://`` URL as its local path (so it builds the same set as the plain path); anything else as given."""
+    if isinstance(p, str) and _URL.match(p) and _remote_fs(p) is None:
+        import fsspec
+
+        return fsspec.core.url_to_fs(p)[1]
+    return p
+
+
+def _origin_path(p: str | Path) -> str:
+    """What the manifest records of an input or annotation file given on the command line: a URL as given, a path
+    made absolute."""
+    return str(p) if _URL.match(str(p)) else os.path.abspath(p)
+
+
 def _find_media(root: Path, modality: str = "video") -> list[Path]:
     exts = IMAGE_EXTS if modality == "image" else VIDEO_EXTS
     return sorted(
@@ -140,7 +181,19 @@ def _parse_captions(value: Any, where: str) -> list[str] | None:
     raise ValueError(f"{where}: 'caption' must be a string or a list of strings, got {value!r}")
 
 
-def _read_annotations(path: Path) -> tuple[list[tuple[str, int | str | None, list[str] | None, str]], str]:
+def _lines(path: str | Path) -> Iterable[str]:
+    """The lines of a local file or an fsspec URL, streamed."""
+    remote = _remote_fs(str(path))
+    if remote is not None:
+        fs, p = remote
+        with fs.open(p, "rt", encoding="utf-8") as f:
+            yield from f
+    else:
+        with open(path, encoding="utf-8", newline="") as f:
+            yield from f
+
+
+def _read_annotations(path: str | Path) -> tuple[list[tuple[str, int | str | None, list[str] | None, str]], str]:
     """Rows ``(absolute path, label (int, class name or None), captions or None, origin)`` and the modality.
 
     Accepts Kinetics-style CSV/TXT (``path,label`` or ``path label``, optional header; modality video), WebVid-style
@@ -151,22 +204,30 @@ def _read_annotations(path: Path) -> tuple[list[tuple[str, int | str | None, lis
     Raises:
         ValueError: a row that cannot be parsed, or a file mixing image and video rows (a user error).
     """
-    base = path.parent
+    remote = _remote_fs(str(path))
+    base_url = str(path).rsplit("/", 1)[0] if remote else ""
+    path = path if remote else Path(path)
+    base = Path(path).parent
+    name = str(path).rsplit("/", 1)[-1]
     rows: list[tuple[str, int | str | None, list[str] | None, str]] = []
 
     def add(media: str, label: Any, captions: list[str] | None, origin: str) -> None:
         lab = None if label is None or label == "" else _parse_label(str(label))
-        rows.append((os.path.abspath(base / media), lab, captions, origin))
+        if remote:  # relative to the annotation file's URL; absolute URLs as they are
+            where = media if _URL.match(media) else f"{base_url}/{media.lstrip('/')}"
+        else:
+            where = os.path.abspath(base / media)
+        rows.append((where, lab, captions, origin))
 
-    suffix = path.suffix.lower()
+    suffix = Path(name).suffix.lower()
     kinds: set[str] = set()
     if suffix in (".json", ".jsonl"):
-        text = path.read_text()
-        if suffix == ".jsonl":
-            items = [(i + 1, json.loads(line)) for i, line in enumerate(text.splitlines()) if line.strip()]
+        items: Iterable[tuple[int, Any]]
+        if suffix == ".jsonl":  # streamed: one row in memory at a time besides the rows kept
+            items = ((i, json.loads(line)) for i, line in enumerate(_lines(path), start=1) if line.strip())
         else:
-            data = json.loads(text)
-            items = list(enumerate(data if isinstance(data, list) else data.get("videos", []), start=1))
+            data = json.loads("".join(_lines(path)))
+            items = enumerate(data if isinstance(data, list) else data.get("videos", []), start=1)
         for lineno, obj in items:
             if not isinstance(obj, dict):
                 raise ValueError(f"{path}:{lineno}: expected an object, got {obj!r}")
@@ -181,22 +242,21 @@ def _read_annotations(path: Path) -> tuple[list[tuple[str, int | str | None, lis
                                  "one modality, so build two directories from two annotation files")
             if not media or not isinstance(media, str):
                 raise ValueError(f"{path}:{lineno}: entry has no 'video' or 'image' field: {obj}")
-            where = f"{path.name}:{lineno}"
+            where = f"{name}:{lineno}"
             add(media, obj.get("label"), _parse_captions(obj.get("caption"), f"{path}:{lineno}"), where)
     else:
         kinds.add("video")
-        with open(path, newline="") as f:
-            for lineno, line in enumerate(f, start=1):
-                line = line.strip()
-                if not line or line.startswith("#"):
-                    continue
-                parts = next(csv.reader([line])) if "," in line else line.rsplit(maxsplit=1)
-                if len(parts) < 2:
-                    raise ValueError(f"{path}:{lineno}: expected 'path,label' or 'path label', got {line!r}")
-                video, label = parts[0].strip(), parts[1].strip()
-                if lineno == 1 and label.lower() in ("label", "class", "category"):
-                    continue  # header
-                add(video, label, None, f"{path.name}:{lineno}")
+        for lineno, line in enumerate(_lines(path), start=1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = next(csv.reader([line])) if "," in line else line.rsplit(maxsplit=1)
+            if len(parts) < 2:
+                raise ValueError(f"{path}:{lineno}: expected 'path,label' or 'path label', got {line!r}")
+            video, label = parts[0].strip(), parts[1].strip()
+            if lineno == 1 and label.lower() in ("label", "class", "category"):
+                continue  # header
+            add(video, label, None, f"{name}:{lineno}")
     return rows, (kinds.pop() if kinds else "video")
 
 
@@ -232,7 +292,8 @@ def collect_sources(
     captioned = False
     origins: dict[str, list[str]] = {}
     if annotations is not None:
-        rows, ann_modality = _read_annotations(Path(annotations))
+        annotations = _localize(annotations)
+        rows, ann_modality = _read_annotations(annotations if _remote_fs(str(annotations)) else Path(annotations))
         if modality is not None and rows and modality != ann_modality:
             raise ValueError(f"{annotations} holds {ann_modality} rows but the modality asked for is {modality}: "
                              "one shard directory holds one modality")
@@ -250,6 +311,21 @@ def collect_sources(
             origins[media] = [origin]
     modality = modality or "video"
     for inp in inputs:
+        inp = _localize(inp)
+        remote = _remote_fs(str(inp))
+        if remote is not None:  # an fsspec URL: a file, or a directory searched recursively
+            fs, rp = remote
+            exts = IMAGE_EXTS if modality == "image" else VIDEO_EXTS
+            if fs.isdir(rp):
+                urls = [fs.unstrip_protocol(f) for f in sorted(fs.find(rp)) if Path(f).suffix.lower() in exts]
+            elif fs.exists(rp):
+                urls = [str(inp)]
+            else:
+                skipped.append({"input": str(inp), "reason": "missing file or directory"})
+                continue
+            for u in urls:
+                found.setdefault(u, SampleSource(u, None, None, "input"))
+            continue
         p = Path(inp)
         if p.is_dir():
             files = _find_media(p, modality)
@@ -310,7 +386,7 @@ def _process_one(src: SampleSource, st: EncodeSettings | ImageEncodeSettings, wo
         try:
             res = json.loads(res_path.read_text())
             if not res["ok"] or (work / f"{name}.{ext}").is_file():
-                if res["ok"] and "source_sha256" not in res:
+                if res["ok"] and "source_sha256" not in res and _remote_fs(src.path) is None:
                     try:
                         res["source_sha256"] = sha256_file(Path(src.path))
                     except OSError:
@@ -318,17 +394,80 @@ def _process_one(src: SampleSource, st: EncodeSettings | ImageEncodeSettings, wo
                 return {**res, "encoded": False}
         except (json.JSONDecodeError, KeyError):
             pass  # a damaged cache entry is redone
+    remote = _remote_fs(src.path)
+    local = src
+    fetched = work / f"{name}.source.tmp"  # a *.tmp: removed by the next run if this one dies holding it
     try:
-        data, info = encode_image(src, st) if isinstance(st, ImageEncodeSettings) else encode_video(src, st)
+        if remote is not None:  # encoders read local files: fetch the input once, next to its cache entry
+            fs, rp = remote
+            try:
+                fs.get_file(rp, str(fetched))
+            except FileNotFoundError:
+                raise Reject("missing file" + (f" (annotation {src.origin})" if src.origin not in ("", "input")
+                                               else "")) from None
+            local = dataclasses.replace(src, path=str(fetched))
+        data, info = encode_image(local, st) if isinstance(st, ImageEncodeSettings) else encode_video(local, st)
         atomic_write(work / f"{name}.{ext}", data)  # media first, then the record that says it is complete
         # content hash of the source: --append recognises an input already in the set under another name
-        res = {"ok": True, "cache": name, "info": info, "source_sha256": sha256_file(Path(src.path))}
+        res = {"ok": True, "cache": name, "info": info, "source_sha256": sha256_file(Path(local.path))}
     except Reject as e:
-        res = {"ok": False, "cache": name, "reason": str(e)}
+        res = {"ok": False, "cache": name, "reason": str(e).replace(str(fetched), src.path)}
     except Exception as e:  # noqa: BLE001 - bad input must never stop the run; report it
         res = {"ok": False, "cache": name, "reason": f"unexpected error ({type(e).__name__}: {e})"}
+    finally:
+        fetched.unlink(missing_ok=True)
     atomic_write(res_path, json.dumps(res).encode())
     return {**res, "encoded": True}
+
+
+def _encode_all(sources: Sequence[SampleSource], st: EncodeSettings | ImageEncodeSettings, work: Path, *,
+                workers: int, progress: bool) -> dict[int, dict[str, Any]]:
+    """Encode ``sources`` into the cache ``work`` (or reuse it) on ``workers`` processes: ``{position: result}``."""
+    results: dict[int, dict[str, Any]] = {}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(sources), unit="video", desc="encode")
+    if workers == 1 or len(sources) <= 1:
+        for i, s in enumerate(sources):
+            results[i] = _process_one(s, st, work)
+            if bar:
+                bar.update()
+    else:
+        import multiprocessing as mp
+
+        # spawn: workers must not inherit threads (torch, DALI) from the parent
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as ex:
+            futs = {ex.submit(_process_one, s, st, work): i for i, s in enumerate(sources)}
+            for fut in as_completed(futs):
+                results[futs[fut]] = fut.result()
+                if bar:
+                    bar.update()
+    if bar:
+        bar.close()
+    return results
+
+
+def order_key(seed: int, path: str) -> int:
+    """An input's place in the global order of a build: the first 8 bytes of ``sha256(seed, path)`` as an integer.
+
+    The manifest order (sample indices) sorts the usable inputs by this key (ties by path), so it is a pure function
+    of the inputs and the seed, independent of the order they were listed in, and a partitioned build
+    (:func:`part_of`) can give each part one contiguous range of it.
+    """
+    return int.from_bytes(hashlib.sha256(f"{seed}\0{path}".encode()).digest()[:8], "big")
+
+
+def part_of(seed: int, path: str, parts: int) -> int:
+    """Which of ``parts`` parts builds the input at ``path``: the ``parts`` equal ranges of :func:`order_key`, so
+    each part's samples are one contiguous run of the global order."""
+    return (order_key(seed, path) * parts) >> 64
+
+
+def _global_order(good: list[tuple[SampleSource, dict[str, Any]]], seed: int
+                  ) -> list[tuple[SampleSource, dict[str, Any]]]:
+    return sorted(good, key=lambda g: (order_key(seed, g[0].path), g[0].path))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -370,7 +509,8 @@ class ShardDirError(ValueError):
 
 #: Names :func:`build_shards` writes in an output directory (anything else there is the user's and is never touched).
 _OURS = re.compile(
-    r"^(manifest\.json|sources\.jsonl|\.build\.json|\.progress\.json|\.work)(\.tmp)?$|^[^/]+-\d{6}\.(tar|idx)(\.tmp)?$"
+    r"^(manifest\.json|sources\.jsonl|\.build\.json|\.progress\.json|\.work|\.parts)(\.tmp)?$"
+    r"|^[^/]+-\d{6}\.(tar|idx)(\.tmp)?$"  # {split}-{k:06d}.tar, and a part's {split}-p{I:03d}of{N:03d}-{k:06d}.tar
 )
 
 
@@ -394,7 +534,8 @@ def _dir_state(out: Path) -> str:
         except (json.JSONDecodeError, AttributeError):
             pass
         return "foreign"
-    if any(n in (".build.json", ".progress.json", ".work") for n in names) and all(_OURS.match(n) for n in names):
+    marks = (".build.json", ".progress.json", ".work", ".parts")
+    if any(n in marks for n in names) and all(_OURS.match(n) for n in names):
         return "partial"
     return "foreign"
 
@@ -519,7 +660,7 @@ def build_shards(
     opts = dict(st=st, modality=modality, samples_per_shard=samples_per_shard, workers=workers, seed=seed, split=split,
                 progress=progress, keep_cache=keep_cache, _after_shard=_after_shard,
                 origin={"inputs": [str(i) for i in inputs], "annotations": None if annotations is None
-                        else os.path.abspath(annotations)})
+                        else _origin_path(annotations)})
     with exclusive_lock(out.parent / f".{out.name}.lock", f"shard directory {out}"):
         return _dispatch(out, mode, sources, classes, skipped, key, opts)
 
@@ -551,6 +692,10 @@ def _dispatch(out: Path, mode: str, sources: list[SampleSource], classes: list[s
                             "inputs to it, or choose another --out")
     if state == "partial":
         build = out / ".build.json"
+        if (out / ".parts").is_dir() and not build.is_file():
+            raise ShardDirError(f"{out} holds a partitioned build that is not committed: run its remaining parts "
+                                "(--part I/N) and make_shards --out DIR --commit, pass --overwrite to replace it, or "
+                                "choose another --out")
         if not build.is_file() or json.loads(build.read_text()).get("key") != key:
             raise ShardDirError(f"{out} holds an interrupted build of other inputs or settings; re-run that command "
                                 "to finish it, pass --overwrite to replace it, or choose another --out")
@@ -655,29 +800,7 @@ def _build(
                 fresh.append(s)
         sources = fresh
 
-    results: dict[int, dict[str, Any]] = {}
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(sources), unit="video", desc="encode")
-    if workers == 1 or len(sources) <= 1:
-        for i, s in enumerate(sources):
-            results[i] = _process_one(s, st, work)
-            if bar:
-                bar.update()
-    else:
-        import multiprocessing as mp
-
-        # spawn: workers must not inherit threads (torch, DALI) from the parent
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as ex:
-            futs = {ex.submit(_process_one, s, st, work): i for i, s in enumerate(sources)}
-            for fut in as_completed(futs):
-                results[futs[fut]] = fut.result()
-                if bar:
-                    bar.update()
-    if bar:
-        bar.close()
+    results = _encode_all(sources, st, work, workers=workers, progress=progress)
 
     good: list[tuple[SampleSource, dict[str, Any]]] = []
     seen_hashes = {r["sha256"] for r in old_rows if r.get("sha256")}
@@ -695,118 +818,36 @@ def _build(
         good.append((s, r))
     encoded = sum(1 for r in results.values() if r["encoded"])
 
-    order = np.random.default_rng(seed).permutation(len(good))  # [num_samples] manifest order
-    ordered = [good[j] for j in order]
+    ordered = _global_order(good, seed)  # manifest order
     first_shard = len(existing["shards"]) if existing else 0
     first_index = existing["num_samples"] if existing else 0
-    n_shards = (len(ordered) + samples_per_shard - 1) // samples_per_shard
     prog_path = out / ".progress.json"
-    done: dict[str, Any] = json.loads(prog_path.read_text()) if prog_path.is_file() else {}
-    wanted = {f"{split}-{k:06d}.tar" for k in range(first_shard + n_shards)}
-    for old in list(out.glob(f"{split}-*.tar")) + list(out.glob(f"{split}-*.idx")):
-        if old.with_suffix(".tar").name not in wanted:
-            old.unlink()
-    shards: list[dict[str, Any]] = list(existing["shards"]) if existing else []
-    warnings: list[dict[str, Any]] = list(existing.get("warnings", [])) if existing else []
-    new_rows: list[dict[str, Any]] = []
-    for j in range(n_shards):
-        k = first_shard + j
-        name = f"{split}-{k:06d}.tar"
-        chunk = ordered[j * samples_per_shard : (j + 1) * samples_per_shard]
-        base = first_index + j * samples_per_shard
-        for i, (s, r) in enumerate(chunk):
-            new_rows.append({"index": base + i, "source": s.path, "sha256": r.get("source_sha256"),
-                             **({"captions": len(s.captions)} if s.captions else {})})
-            for w in r["info"].get("warnings", []):
-                warnings.append({"input": s.path, "index": base + i, "warning": w})
-        plan = hashlib.sha256(
-            json.dumps([st.digest(), base, [(r["cache"], s.label, _caption_key(s)) for s, r in chunk]]).encode()
-        ).hexdigest()
-        path = out / name
-        rec = done.get(name)
-        if rec and rec.get("plan") == plan and path.is_file() and path.with_suffix(".idx").is_file():
-            if sha256_file(path) == rec["sha256"]:
-                shards.append({"name": name, "samples": len(chunk), "bytes": rec["bytes"], "sha256": rec["sha256"]})
-                continue
-        samples = []
-        for i, (s, r) in enumerate(chunk):
-            idx = base + i
-            info = r["info"]
-            media = (work / f"{r['cache']}.{_media_ext(st)}").read_bytes()
-            if modality == "video" and "keyframes" not in info:  # cache written before key frames were recorded
-                info = {**info, "keyframes": probe_keyframes(media)}
-            meta = {
-                "source": s.path,
-                **info,
-                **({"label": s.label} if s.label is not None else {}),
-                **({"class_name": classes[s.label]} if s.label is not None and classes else {}),
-                **({"caption": s.caption} if s.caption is not None else {}),
-                **({"captions": s.captions} if len(s.captions) > 1 else {}),
-                "index": idx,
-            }
-            if modality == "image":
-                meta_bytes = encode_meta(frames=1, width=info["width"], height=info["height"],
-                                         label=-1 if s.label is None else s.label, index=idx)
-            else:
-                meta_bytes = encode_meta(
-                    frames=info["frames"],
-                    width=info["width"],
-                    height=info["height"],
-                    label=-1 if s.label is None else s.label,
-                    index=idx,
-                    fps_milli=round(info["fps"] * 1000),
-                    duration_ms=round(info["duration"] * 1000),
-                )
-            comps = {
-                _media_ext(st): media,
-                "meta": meta_bytes,
-                "json": json.dumps(meta, sort_keys=True).encode(),
-            }
-            if s.label is not None:
-                comps["cls"] = str(s.label).encode()
-            if s.captions:
-                comps["txt"] = encode_captions(s.captions)
-            elif s.caption is not None:
-                comps["txt"] = s.caption.encode()
-            samples.append((f"{idx:08d}", comps))
-        nbytes, sha = _write_shard(path, samples)
-        done[name] = {"sha256": sha, "bytes": nbytes, "plan": plan}
-        atomic_write(prog_path, json.dumps(done, indent=1, sort_keys=True).encode())
-        shards.append({"name": name, "samples": len(chunk), "bytes": nbytes, "sha256": sha})
-        if _after_shard is not None:
-            _after_shard(k)
+    keep = {sh["name"] for sh in existing["shards"]} if existing else set()
+    shards, new_rows, new_warnings = _pack(
+        out, ordered, first_index=first_index, names=lambda j: f"{split}-{first_shard + j:06d}.tar",
+        stale=lambda p: p.with_suffix(".tar").name not in keep and re.fullmatch(rf"{re.escape(split)}-\d{{6}}", p.stem),
+        st=st, modality=modality, classes=classes, samples_per_shard=samples_per_shard, work=work,
+        prog_path=prog_path, _after_shard=None if _after_shard is None else lambda j: _after_shard(first_shard + j))
+    shards = (list(existing["shards"]) if existing else []) + shards
+    warnings = (list(existing.get("warnings", [])) if existing else []) + new_warnings
 
     all_skipped = (list(existing.get("skipped", [])) if existing else []) + skipped
     total = first_index + len(ordered)
     result = BuildResult(out, total, shards, skipped, classes, encoded, time.perf_counter() - t0,
-                         warnings=[w for w in warnings if w["index"] >= first_index], duplicates=duplicates,
-                         added=len(ordered), modality=modality)
+                         warnings=new_warnings, duplicates=duplicates, added=len(ordered), modality=modality)
     if total:
         build = dict(existing["build"]) if existing and "build" in existing else {"key": key, **origin}
         if existing is not None:
             build["appends"] = [*build.get("appends", []), {**origin, "samples": len(ordered),
                                                              "duplicates": len(duplicates)}]
-        manifest = {
-            "format": "umt-webdataset",
-            "version": FORMAT_VERSION,
-            "modality": modality,
-            "split": split,
-            "num_samples": total,
-            "shards": shards,
-            "encoding": {**asdict(st), "container": "jpeg" if modality == "image" else "mp4"},
-            "seed": seed if existing is None else existing.get("seed", seed),
-            "samples_per_shard": samples_per_shard if existing is None else existing.get("samples_per_shard"),
-            "meta_fields": list(META_FIELDS),
-            "components": [_media_ext(st), "meta", "json", "cls", "txt"],
-            "codecs": sorted({r["info"]["codec"] for _, r in ordered} | set(existing["codecs"] if existing else [])),
-            "classes": classes,
-            "captions": _caption_stats(old_rows + new_rows),
-            "skipped": all_skipped,
-            "warnings": warnings,
-            "build": build,
-        }
         rows = old_rows + new_rows
-        atomic_write(out / "sources.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+        manifest = _manifest(
+            st=st, modality=modality, split=split, num_samples=total, shards=shards,
+            seed=seed if existing is None else existing.get("seed", seed),
+            samples_per_shard=samples_per_shard if existing is None else existing.get("samples_per_shard"),
+            codecs={r["info"]["codec"] for _, r in ordered} | set(existing["codecs"] if existing else []),
+            classes=classes, rows=rows, skipped=all_skipped, warnings=warnings, build=build)
+        atomic_write(out / "sources.jsonl", _sources_text(rows))
         atomic_write(out / "manifest.json", json.dumps(manifest, indent=1).encode())
         _clean_up(out, keep_cache)
     else:  # nothing usable: leave no half-built directory behind that would block the next build
@@ -818,6 +859,132 @@ def _build(
         if created and not any(out.iterdir()):
             out.rmdir()
     return result
+
+
+def _sources_text(rows: Sequence[dict[str, Any]]) -> bytes:
+    """``sources.jsonl``: one row per sample, in index order."""
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+def _manifest(*, st: EncodeSettings | ImageEncodeSettings, modality: str, split: str, num_samples: int,
+              shards: list[dict[str, Any]], seed: int, samples_per_shard: int | None, codecs: set[str],
+              classes: list[str], rows: Sequence[dict[str, Any]], skipped: list[dict[str, str]],
+              warnings: list[dict[str, Any]], build: dict[str, Any]) -> dict[str, Any]:
+    """The ``manifest.json`` of a data set (one definition for whole and partitioned builds: same field order)."""
+    return {
+        "format": "umt-webdataset",
+        "version": FORMAT_VERSION,
+        "modality": modality,
+        "split": split,
+        "num_samples": num_samples,
+        "shards": shards,
+        "encoding": {**asdict(st), "container": "jpeg" if modality == "image" else "mp4"},
+        "seed": seed,
+        "samples_per_shard": samples_per_shard,
+        "meta_fields": list(META_FIELDS),
+        "components": [_media_ext(st), "meta", "json", "cls", "txt"],
+        "codecs": sorted(codecs),
+        "classes": classes,
+        "captions": _caption_stats(rows),
+        "skipped": skipped,
+        "warnings": warnings,
+        "build": build,
+    }
+
+
+def _sample_members(s: SampleSource, r: dict[str, Any], idx: int, *, st: EncodeSettings | ImageEncodeSettings,
+                    modality: str, classes: Sequence[str], work: Path) -> dict[str, bytes]:
+    """The tar members of sample ``idx`` (``{ext: bytes}``): a pure function of the source, its cached encode and
+    ``idx``, so every build that gives the source the same index writes the same bytes."""
+    info = r["info"]
+    media = (work / f"{r['cache']}.{_media_ext(st)}").read_bytes()
+    if modality == "video" and "keyframes" not in info:  # cache written before key frames were recorded
+        info = {**info, "keyframes": probe_keyframes(media)}
+    meta = {
+        "source": s.path,
+        **info,
+        **({"label": s.label} if s.label is not None else {}),
+        **({"class_name": classes[s.label]} if s.label is not None and classes else {}),
+        **({"caption": s.caption} if s.caption is not None else {}),
+        **({"captions": s.captions} if len(s.captions) > 1 else {}),
+        "index": idx,
+    }
+    if modality == "image":
+        meta_bytes = encode_meta(frames=1, width=info["width"], height=info["height"],
+                                 label=-1 if s.label is None else s.label, index=idx)
+    else:
+        meta_bytes = encode_meta(
+            frames=info["frames"],
+            width=info["width"],
+            height=info["height"],
+            label=-1 if s.label is None else s.label,
+            index=idx,
+            fps_milli=round(info["fps"] * 1000),
+            duration_ms=round(info["duration"] * 1000),
+        )
+    comps = {
+        _media_ext(st): media,
+        "meta": meta_bytes,
+        "json": json.dumps(meta, sort_keys=True).encode(),
+    }
+    if s.label is not None:
+        comps["cls"] = str(s.label).encode()
+    if s.captions:
+        comps["txt"] = encode_captions(s.captions)
+    elif s.caption is not None:
+        comps["txt"] = s.caption.encode()
+    return comps
+
+
+def _pack(out: Path, ordered: Sequence[tuple[SampleSource, dict[str, Any]]], *, first_index: int,
+          names: Callable[[int], str], stale: Callable[[Path], Any], st: EncodeSettings | ImageEncodeSettings,
+          modality: str, classes: Sequence[str], samples_per_shard: int, work: Path, prog_path: Path,
+          _after_shard: Callable[[int], None] | None = None
+          ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Pack ``ordered`` (samples with their cached encodes, in index order from ``first_index``) into tars
+    ``names(0)``, ``names(1)``, ... of ``samples_per_shard`` samples, resumably: a shard recorded in ``prog_path``
+    with the same plan and an intact sha256 is kept, the others are (re)written. Tars and indices in ``out`` for
+    which ``stale(path)`` is true and that this plan does not name are deleted (an interrupted run of another plan).
+
+    Returns:
+        ``(shards [{name, samples, bytes, sha256}], sources rows, warnings)`` of the packed samples.
+    """
+    n_shards = (len(ordered) + samples_per_shard - 1) // samples_per_shard
+    done: dict[str, Any] = json.loads(prog_path.read_text()) if prog_path.is_file() else {}
+    wanted = {names(j) for j in range(n_shards)}
+    for old in sorted(out.glob("*.tar")) + sorted(out.glob("*.idx")):
+        if old.with_suffix(".tar").name not in wanted and stale(old):
+            old.unlink()
+    shards: list[dict[str, Any]] = []
+    warnings: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    for j in range(n_shards):
+        name = names(j)
+        chunk = ordered[j * samples_per_shard : (j + 1) * samples_per_shard]
+        base = first_index + j * samples_per_shard
+        for i, (s, r) in enumerate(chunk):
+            rows.append({"index": base + i, "source": s.path, "sha256": r.get("source_sha256"),
+                         **({"captions": len(s.captions)} if s.captions else {})})
+            for w in r["info"].get("warnings", []):
+                warnings.append({"input": s.path, "index": base + i, "warning": w})
+        plan = hashlib.sha256(
+            json.dumps([st.digest(), base, [(r["cache"], s.label, _caption_key(s)) for s, r in chunk]]).encode()
+        ).hexdigest()
+        path = out / name
+        rec = done.get(name)
+        if rec and rec.get("plan") == plan and path.is_file() and path.with_suffix(".idx").is_file():
+            if sha256_file(path) == rec["sha256"]:
+                shards.append({"name": name, "samples": len(chunk), "bytes": rec["bytes"], "sha256": rec["sha256"]})
+                continue
+        samples = [(f"{base + i:08d}", _sample_members(s, r, base + i, st=st, modality=modality, classes=classes,
+                                                       work=work)) for i, (s, r) in enumerate(chunk)]
+        nbytes, sha = _write_shard(path, samples)
+        done[name] = {"sha256": sha, "bytes": nbytes, "plan": plan}
+        atomic_write(prog_path, json.dumps(done, indent=1, sort_keys=True).encode())
+        shards.append({"name": name, "samples": len(chunk), "bytes": nbytes, "sha256": sha})
+        if _after_shard is not None:
+            _after_shard(j)
+    return shards, rows, warnings
 
 
 def _clean_up(out: Path, keep_cache: bool) -> None:
