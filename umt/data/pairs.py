@@ -27,7 +27,6 @@ whose order, draws and reading it extends:
 
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 import torch
@@ -189,18 +188,8 @@ class PairSource(ClipSource):
         return (*out, ids, np.array(n, np.int32))
 
     def meta_position(self) -> int:
+        """``meta`` is the second output (after the media) for videos and images alike."""
         return 1
-
-    def __call__(self, info: Any) -> tuple[np.ndarray, ...]:
-        epoch = self.first_epoch + info.epoch_idx
-        start = self.start_batch * self.cfg.batch_size if info.epoch_idx == 0 else 0
-        order = self.order(epoch)
-        j = start + info.idx_in_epoch
-        if j >= len(order):
-            raise StopIteration
-        out, k = self.fetch(order, j, lambda jj: self.read_at(epoch, order, jj))
-        out[1][-1] = k  # meta's ``skipped``: the loader counts (or, in evaluation, refuses) rows with k > 0
-        return out
 
 
 def check_jpeg(data: bytes, meta: dict[str, int]) -> None:
