@@ -22,41 +22,33 @@ import multiprocessing as mp
 import os
 import tempfile
 import time
-from collections.abc import Sequence
-from fractions import Fraction
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from benchmarks.common import BenchResult, format_table, write_report
+from benchmarks.sources import write_h264
 
 __all__ = ["run"]
 
 
 def _synth_clips(root: Path, n: int, seconds: float, width: int, height: int, fps: int = 24) -> list[Path]:
     """``n`` H.264 clips of moving gradients with noise (deterministic per clip)."""
-    import av
-
     root.mkdir(parents=True, exist_ok=True)
     paths = []
     yy, xx = np.mgrid[0:height, 0:width]
     for i in range(n):
         p = root / f"clip{i:03d}.mp4"
         rng = np.random.default_rng(i)
-        with av.open(str(p), "w") as out:
-            s = out.add_stream("libx264", rate=fps)
-            s.width, s.height, s.pix_fmt = width, height, "yuv420p"
-            s.codec_context.options = {"crf": "20", "preset": "ultrafast"}
+
+        def frames(i: int = i, rng: np.random.Generator = rng) -> Iterator[np.ndarray]:
             for k in range(int(seconds * fps)):
                 img = np.stack([(xx + 3 * k + 17 * i) % 256, (yy + 2 * k) % 256, (xx + yy + k) % 256], -1)
-                img = (img + rng.integers(0, 24, img.shape)).clip(0, 255).astype(np.uint8)  # [H, W, 3]
-                f = av.VideoFrame.from_ndarray(img, format="rgb24")
-                f.pts, f.time_base = k, Fraction(1, fps)
-                for pkt in s.encode(f):
-                    out.mux(pkt)
-            for pkt in s.encode():
-                out.mux(pkt)
+                yield (img + rng.integers(0, 24, img.shape)).clip(0, 255).astype(np.uint8)  # [H, W, 3]
+
+        write_h264(p, frames(), fps, {"crf": "20", "preset": "ultrafast"})
         paths.append(p)
     return paths
 

@@ -15,15 +15,18 @@ trailer looped to 60 s) into ``--out``; an existing file of the same name is kep
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["TRAILER_MEMBER", "make_sources"]
+from umt.fileio import atomic_path
+
+__all__ = ["TRAILER_MEMBER", "make_sources", "write_h264"]
 
 log = logging.getLogger(__name__)
 
@@ -46,22 +49,27 @@ def _trailer_frames(sdist: Path) -> list[np.ndarray]:
         return [f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])]
 
 
-def _write(path: Path, frames: Sequence[np.ndarray]) -> None:
+def write_h264(path: Path, frames: Iterable[np.ndarray], fps: int = _FPS,
+               options: dict[str, str] | None = None) -> None:
+    """Encode RGB ``frames`` (uint8 [H, W, 3], one size) as H.264 in mp4 at ``fps`` with libx264 ``options``
+    (default: the web-video settings of the module docstring), written durably (:mod:`umt.fileio`)."""
     import av
 
-    tmp = path.with_name(path.name + ".tmp")
-    with av.open(str(tmp), "w", format="mp4") as out:
-        s = out.add_stream("libx264", rate=_FPS)
-        s.width, s.height, s.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
-        s.codec_context.options = {"preset": "fast", "crf": "23", "g": str(2 * _FPS), "keyint_min": str(_FPS)}
-        for n, a in enumerate(frames):
+    frames = iter(frames)
+    first = next(frames)
+    opts = options if options is not None else {"preset": "fast", "crf": "23", "g": str(2 * fps),
+                                                 "keyint_min": str(fps)}
+    with atomic_path(path) as tmp, av.open(str(tmp), "w", format="mp4") as out:
+        s = out.add_stream("libx264", rate=fps)
+        s.width, s.height, s.pix_fmt = first.shape[1], first.shape[0], "yuv420p"
+        s.codec_context.options = opts
+        for n, a in enumerate(itertools.chain([first], frames)):
             f = av.VideoFrame.from_ndarray(a, format="rgb24")
-            f.pts, f.time_base = n, Fraction(1, _FPS)
-            for p in s.encode(f):
-                out.mux(p)
-        for p in s.encode():
-            out.mux(p)
-    tmp.replace(path)
+            f.pts, f.time_base = n, Fraction(1, fps)
+            for pkt in s.encode(f):
+                out.mux(pkt)
+        for pkt in s.encode():
+            out.mux(pkt)
 
 
 def make_sources(sdist: str | Path, out: str | Path, *, clips: int = 48, seconds: float = 10.0) -> list[Path]:
@@ -84,9 +92,9 @@ def make_sources(sdist: str | Path, out: str | Path, *, clips: int = 48, seconds
     for p, s in zip(paths[:-1], starts):
         if not p.is_file():
             log.info("writing %s (frames %d..%d)", p, s, s + n)
-            _write(p, frames[s : s + n])
+            write_h264(p, frames[s : s + n])
     if not paths[-1].is_file():
-        _write(paths[-1], [frames[k % len(frames)] for k in range(60 * _FPS)])
+        write_h264(paths[-1], [frames[k % len(frames)] for k in range(60 * _FPS)])
     return paths
 
 
