@@ -135,3 +135,34 @@ def test_resuming_a_finished_run_says_so(tmp_path, capsys):
     capsys.readouterr()
     assert main([*args, "--resume", "auto"]) == 0
     assert "already complete at step 2; nothing to train" in capsys.readouterr().out
+
+
+def test_disk_full_while_checkpointing_is_one_line_and_resumable(tmp_path, monkeypatch, capsys):
+    """ENOSPC while writing the step-4 checkpoint: exit 1 with one line naming the file and the bytes written, the
+    step-2 checkpoint intact, no temporary file; after space is freed, --resume auto finishes the run."""
+    import errno
+
+    import umt.fileio
+    from tests.train_utils import TINY, cli_sets, logged_losses
+    from umt.train.__main__ import main
+    from umt.train.checkpoint import load_checkpoint
+
+    real = umt.fileio.fsync_file
+
+    def full(path):
+        if "step_00000004" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path)
+
+    run = tmp_path / "run"
+    args = ["--recipe", "demo", "--run-dir", str(run),
+            *cli_sets([*TINY, "optim.max_steps=4", "checkpoint.every_steps=2"])]
+    monkeypatch.setattr(umt.fileio, "fsync_file", full)
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no space left on the device of" in err[0] and "step_00000004" in err[0], err
+    ck = run / "checkpoints"
+    assert load_checkpoint(ck / "step_00000002.pt")["step"] == 2 and not list(run.rglob("*.tmp"))
+    monkeypatch.setattr(umt.fileio, "fsync_file", real)
+    assert main([*args, "--resume", "auto"]) == 0
+    assert sorted(logged_losses(run)) == [1, 2, 3, 4] and load_checkpoint(ck / "step_00000004.pt")["step"] == 4

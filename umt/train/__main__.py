@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -138,11 +139,21 @@ def main(argv: list[str] | None = None) -> int:
             if rank == 0:
                 print(f"umt-train: {e}; continue with --resume auto (exit {EXIT_PREEMPTED})", file=sys.stderr)
             return EXIT_PREEMPTED
+        except OSError as e:  # a full disk while checkpointing, ...: what was written before is whole
+            if e.errno != errno.ENOSPC:
+                raise
+            print(f"umt-train: error: {e.strerror}; earlier checkpoints are intact: continue with --resume auto",
+                  file=sys.stderr)
+            return 1
         if args.export and trainer.rt.is_main:
             from umt.train.export import export_student
 
             meta = {**trainer.task.export_metadata(), "step": str(trainer.step)}
-            export_student(trainer.task.backbone(), args.export, meta, overwrite=args.export_overwrite)
+            try:
+                export_student(trainer.task.backbone(), args.export, meta, overwrite=args.export_overwrite)
+            except OSError as e:
+                print(f"umt-train: error: cannot export: {e.strerror or e}", file=sys.stderr)
+                return 1
             summary["export"] = args.export
     finally:
         trainer.close()
