@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from umt.train.finetune.mixup import VideoMixup, numpy_seeded
 
@@ -21,7 +22,9 @@ def _video(b: int = 4, t: int = 2, s: int = 8) -> torch.Tensor:
 
 
 def test_defaults_are_the_official_recipe() -> None:
-    m = VideoMixup(7).mixup
+    vm = VideoMixup(7)
+    m = vm.mixup
+    assert vm.num_classes == 7
     assert (m.mixup_alpha, m.cutmix_alpha, m.mix_prob, m.switch_prob, m.label_smoothing) == (0.8, 1.0, 1.0, 0.5, 0.1)
     assert m.mode == "batch" and m.num_classes == 7 and m.cutmix_minmax is None and m.correct_lam
 
@@ -89,3 +92,23 @@ def test_shape_checks() -> None:
         mix(_video(b=3), torch.tensor([0, 1, 2]), 0)
     with pytest.raises(ValueError, match=r"expected a video batch"):
         mix(torch.zeros(4, 3, 8, 8), torch.tensor([0, 1, 2, 3]), 0)
+
+
+def test_prob_switch_prob_and_smoothing_reach_timm() -> None:
+    src = _video()
+    label = torch.tensor([0, 1, 2, 4])
+    # prob 0: never mixed: the clips as they were, the targets the smoothed one-hot (0.1 over K = 5)
+    out, target = VideoMixup(5, prob=0.0)(src.clone(), label, 0)
+    torch.testing.assert_close(out, src)
+    y = torch.full((4, 5), 0.02)
+    y[torch.arange(4), label] = 0.92
+    torch.testing.assert_close(target, y)
+    # switch_prob 0 with both alphas on: always mixup (every pixel blended with one λ), never CutMix
+    mix = VideoMixup(5, switch_prob=0.0, label_smoothing=0.0)
+    hard = F.one_hot(label, 5).float()
+    for seed in range(6):
+        out, target = mix(src.clone(), label, seed)
+        lam = ((out[0] - src[3]) / (src[0] - src[3])).mean().item()
+        torch.testing.assert_close(out, lam * src + (1 - lam) * src.flip(0), rtol=0, atol=1e-3)
+        # smoothing 0: the targets mix the plain one-hot rows
+        torch.testing.assert_close(target, lam * hard + (1 - lam) * hard.flip(0), rtol=0, atol=1e-5)
