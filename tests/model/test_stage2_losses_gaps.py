@@ -125,7 +125,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     import timm
 
     import umt.model  # noqa: F401 - registers the umt_vit_* names
-    from data_utils import tiny_bert
+    from tests.data_utils import tiny_bert
     from umt.model.heads import UMAHeads
     from umt.model.text import build_text_encoder
     from umt.model.vision_text import UMTVisionText
