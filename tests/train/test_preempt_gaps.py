@@ -16,7 +16,7 @@ from umt.train.recipes import get_recipe
 
 
 def test_signal_on_the_final_step_finishes_normally(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from umt.train.step import StageOneStep
+    from umt.train.distill.step import StageOneStep
     from umt.train.trainer import Trainer
 
     cfg = apply_overrides(get_recipe("demo"), [
