@@ -238,3 +238,17 @@ def drop_member(d: Path, i: int, ext: str) -> None:
     parts = lines[row].split()
     lines[row] = " ".join(p for g in range(0, len(parts), 4) if parts[g] != ext for p in parts[g : g + 4])
     idx.write_text("\n".join(lines) + "\n")
+
+
+class ScriptedRng:
+    """A stand-in for ``np.random.Generator`` whose ``random()`` returns the scripted values in order and whose
+    ``integers()`` always returns 7 (for draws whose exact position a test sets by hand)."""
+
+    def __init__(self, values: list[float]) -> None:
+        self.values = list(values)
+
+    def random(self) -> float:
+        return self.values.pop(0)
+
+    def integers(self, high: int) -> int:
+        return 7

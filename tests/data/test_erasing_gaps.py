@@ -5,30 +5,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from tests.data_utils import ScriptedRng
 from umt.data.augment.erasing import draw_erase
-
-
-class _Scripted:
-    """A stand-in for ``np.random.Generator`` whose ``random()`` returns the scripted values in order."""
-
-    def __init__(self, values: list[float]) -> None:
-        self.values = list(values)
-
-    def random(self) -> float:
-        return self.values.pop(0)
-
-    def integers(self, high: int) -> int:
-        return 7
 
 
 def test_box_can_touch_the_last_row_and_column() -> None:
     # erase (u = 0); area fraction draw 0 → 0.02 · 100 = 2 px; aspect draw 0.5 → exp(0) = 1; h = w = round(√2) = 1;
     # then the position draws just below 1: top = H − h = 9, left = W − w = 9
     below_one = float(np.nextafter(1.0, 0.0))
-    box = draw_erase(_Scripted([0.0, 0.0, 0.5, below_one, below_one]), 1.0, 10, 10)
+    box = draw_erase(ScriptedRng([0.0, 0.0, 0.5, below_one, below_one]), 1.0, 10, 10)
     assert box is not None and (box.h, box.w) == (1, 1)
     assert (box.y, box.x) == (9, 9) and box.y + box.h == 10 and box.x + box.w == 10
-    box = draw_erase(_Scripted([0.0, 0.0, 0.5, 0.0, 0.0]), 1.0, 10, 10)
+    box = draw_erase(ScriptedRng([0.0, 0.0, 0.5, 0.0, 0.0]), 1.0, 10, 10)
     assert (box.y, box.x) == (0, 0)
 
 

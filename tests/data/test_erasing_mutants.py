@@ -6,27 +6,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from tests.data_utils import ScriptedRng
 from umt.data.augment.erasing import draw_erase
-
-
-class _Scripted:
-    """A stand-in for ``np.random.Generator`` whose ``random()`` returns the scripted values in order."""
-
-    def __init__(self, values: list[float]) -> None:
-        self.values = list(values)
-
-    def random(self) -> float:
-        return self.values.pop(0)
-
-    def integers(self, high: int) -> int:
-        return 7
 
 
 def test_a_draw_equal_to_the_probability_erases() -> None:
     # u = 0.25 with prob 0.25: not u > prob → erase; area draw 0 → 2 px, aspect draw 0.5 → 1: a 1×1 box at (0, 0)
-    box = draw_erase(_Scripted([0.25, 0.0, 0.5, 0.0, 0.0]), 0.25, 10, 10)
+    box = draw_erase(ScriptedRng([0.25, 0.0, 0.5, 0.0, 0.0]), 0.25, 10, 10)
     assert box is not None and (box.y, box.x, box.h, box.w, box.noise_seed) == (0, 0, 1, 1, 7)
-    assert draw_erase(_Scripted([0.2500001]), 0.25, 10, 10) is None
+    assert draw_erase(ScriptedRng([0.2500001]), 0.25, 10, 10) is None
 
 
 def test_a_box_as_tall_as_the_clip_is_rejected() -> None:
@@ -34,7 +22,7 @@ def test_a_box_as_tall_as_the_clip_is_rejected() -> None:
     # exp(ln 0.3 + 0.95·(ln(1/0.3) − ln 0.3)) ≈ 2.955; h = round(√98.5) = 10 (= H: rejected), w = round(√11.28) = 3.
     # Attempt 2: area draw 0 → 2 px, aspect draw 0.5 → 1: h = w = 1, placed by the draws 0.0 and 0.0 at (0, 0).
     # (Accepting attempt 1 would give a 10×3 box at top 0, left int(0.5 · 8) = 4.)
-    box = draw_erase(_Scripted([0.0, 0.999999, 0.95, 0.0, 0.5, 0.0, 0.0]), 1.0, 10, 10)
+    box = draw_erase(ScriptedRng([0.0, 0.999999, 0.95, 0.0, 0.5, 0.0, 0.0]), 1.0, 10, 10)
     assert box is not None and (box.y, box.x, box.h, box.w) == (0, 0, 1, 1)
     # the same on a 2-row clip with real draws: every accepted box is 1 row tall
     rng = np.random.default_rng(0)
