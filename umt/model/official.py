@@ -290,6 +290,18 @@ def from_official(obj: Any, path: str = "<official>") -> OfficialState:
     return OfficialState(kind, model, extra, meta)
 
 
+def _vision_to_official(k: str, prefix: str) -> str | None:
+    """The official name of our student or UMA-head key ``k`` under ``prefix`` (``""`` in pre-training files,
+    ``"vision_encoder."`` in stage-2 ones: ``modeling_pretrain_umt.py`` / ``multi_modality/models/umt.py``), or
+    None when ``k`` is neither."""
+    if k.startswith("student.") and (_BACKBONE.fullmatch(k[8:]) or _NORM.fullmatch(k[8:])):
+        return f"{prefix}encoder.{k[8:]}"
+    m = re.fullmatch(r"heads\.(proj|norm)\.(\d+)\.(weight|bias)", k)
+    if m:
+        return f"{prefix}clip_decoder.{m[2]}.{'head' if m[1] == 'proj' else 'norm'}.{m[3]}"
+    return None
+
+
 def to_official(kind: str, model: dict[str, torch.Tensor], extra: dict[str, torch.Tensor] | None = None, *,
                 num_frames: int | None = None, img_size: int | None = None,
                 max_text_positions: int | None = None) -> dict[str, torch.Tensor]:
@@ -315,11 +327,8 @@ def to_official(kind: str, model: dict[str, torch.Tensor], extra: dict[str, torc
     left: list[str] = []
     if kind == "pretrain":
         for k, v in model.items():
-            m = re.fullmatch(r"heads\.(proj|norm)\.(\d+)\.(weight|bias)", k)
-            if k.startswith("student.") and (_BACKBONE.fullmatch(k[8:]) or _NORM.fullmatch(k[8:])):
-                out["encoder." + k[8:]] = v
-            elif m:
-                out[f"clip_decoder.{m[2]}.{'head' if m[1] == 'proj' else 'norm'}.{m[3]}"] = v
+            if (name := _vision_to_official(k, "")) is not None:
+                out[name] = v
             else:
                 left.append(k)
         if not any(k.startswith("clip_decoder.") for k in out):
@@ -339,11 +348,8 @@ def to_official(kind: str, model: dict[str, torch.Tensor], extra: dict[str, torc
                                                   int(w.shape[2]))
     elif kind == "stage2":
         for k, v in model.items():
-            m = re.fullmatch(r"heads\.(proj|norm)\.(\d+)\.(weight|bias)", k)
-            if k.startswith("student.") and (_BACKBONE.fullmatch(k[8:]) or _NORM.fullmatch(k[8:])):
-                out["vision_encoder.encoder." + k[8:]] = v
-            elif m:
-                out[f"vision_encoder.clip_decoder.{m[2]}.{'head' if m[1] == 'proj' else 'norm'}.{m[3]}"] = v
+            if (name := _vision_to_official(k, "vision_encoder.")) is not None:
+                out[name] = v
             elif k.startswith("pool_norm."):
                 out["vision_encoder." + k] = v
             elif k.startswith("text.embeddings."):
