@@ -350,6 +350,29 @@ class FinetuneConfig:
         return (self.mixup > 0 or self.cutmix > 0) and self.mixup_prob > 0
 
 
+__all__ += ["QAConfig"]
+
+
+@dataclass
+class QAConfig:
+    """Video question answering (task ``video_qa``, :mod:`umt.train.video_qa.task`; official
+    ``multi_modality/configs/qa.py`` and ``exp/finetuning/qa_*/*.py``)."""
+
+    max_question_len: int = 25
+    """Question tokens (official ``max_q_len``)."""
+    max_answer_len: int = 5
+    """Answer tokens, ``[CLS]`` and the two ``[SEP]`` included (official ``max_a_len``)."""
+    k_test: int = 128
+    """Answers kept by first-token probability and re-ranked by full likelihood (official ``k_test``)."""
+    answer_list: str = ""
+    """JSON list of candidate answers (official ``*_qa_answer_list.json``); empty: every answer of the training
+    shards (``data.shards``), sorted."""
+
+    def __post_init__(self) -> None:
+        if self.max_question_len < 3 or self.max_answer_len < 3 or self.k_test < 1:
+            raise ConfigError("qa.max_question_len and qa.max_answer_len must be >= 3 ([CLS] x [SEP]), qa.k_test >= 1")
+
+
 @dataclass
 class TrainConfig:
     """Root config of a run: the task it trains (:mod:`umt.train.task`) and each part's settings."""
@@ -366,6 +389,7 @@ class TrainConfig:
     log: LogConfig = field(default_factory=LogConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    qa: QAConfig = field(default_factory=QAConfig)
     seed: int = 0
     """Base seed of init, drop path and masks (per-step seeds derive from it, the step and the rank)."""
     device: str = "auto"

@@ -146,6 +146,7 @@ TASKS: dict[str, type[Task]] = {}
 #: ``TrainConfig.task`` → the module whose import registers that task (:func:`task_class` imports it on first use).
 TASK_MODULES: dict[str, str] = {"distill": "umt.train.distill.task", "video_text": "umt.train.video_text.task",
                                 "finetune": "umt.train.finetune.task"}
+TASK_MODULES["video_qa"] = "umt.train.video_qa.task"  # video question answering
 
 
 def register_task(cls: type[Task]) -> type[Task]:

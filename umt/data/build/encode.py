@@ -93,6 +93,9 @@ class SampleSource:
     """Where the entry came from (for skip reasons), e.g. ``annotations.csv:12``."""
     captions: list[str] = field(default_factory=list)
     """Every caption of the item, in annotation order (image-text and video-text data sets; ``[]``: none)."""
+    qa: list[dict[str, Any]] = field(default_factory=list)
+    """Question-answer pairs about the video, in annotation order (video-QA data sets; ``[]``: none): each
+    ``{"question": str, "answer": [str, ...], "question_id": str | int, "type": str}`` (``type`` may be absent)."""
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -15,9 +15,11 @@ from umt.data.format import read_manifest
 __all__ = [
     "DEFAULT_SAMPLE_IMAGE_SHARDS",
     "DEFAULT_SAMPLE_SHARDS",
+    "DEFAULT_SAMPLE_QA_SHARDS",
     "SAMPLES_DIR",
     "SAMPLE_IMAGES_DIR",
     "ensure_sample_image_shards",
+    "ensure_sample_qa_shards",
     "ensure_sample_shards",
 ]
 
@@ -33,6 +35,9 @@ SAMPLE_IMAGES_DIR = SAMPLES_DIR / "images"
 DEFAULT_SAMPLE_SHARDS = "shards/built/sample"
 #: Where the stage-2 demo builds the image-caption sample shards, and the only place it writes.
 DEFAULT_SAMPLE_IMAGE_SHARDS = "shards/built/sample_images"
+#: Where the QA demo builds the sample clips with their questions (``shards/samples/qa.json``), and the only place it
+#: writes.
+DEFAULT_SAMPLE_QA_SHARDS = "shards/built/sample_qa"
 
 
 def _is_sample_set(m: dict, ann: Path, out: Path, default: str) -> bool:
@@ -107,3 +112,21 @@ def ensure_sample_image_shards(
     """
     return _ensure(Path(out_dir), SAMPLE_IMAGES_DIR / "annotations.jsonl", DEFAULT_SAMPLE_IMAGE_SHARDS,
                    settings or ImageEncodeSettings(), samples_per_shard, 1)  # 16 images: < 1 s in this process
+
+
+def ensure_sample_qa_shards(
+    out_dir: str | Path = DEFAULT_SAMPLE_QA_SHARDS, *, codec: str = DEFAULT_CODEC, samples_per_shard: int = 4
+) -> Path:
+    """Build the sample clips with their questions (``shards/samples/qa.json``: the official QA annotation layout,
+    three questions per clip about its label) into ``out_dir`` unless an up-to-date sample build is already there
+    (same rules as :func:`ensure_sample_shards`).
+
+    Returns:
+        ``out_dir`` as a Path (20 clips, 60 questions).
+
+    Raises:
+        FileNotFoundError: the sample clips are missing (not a source checkout).
+        umt.data.build.shards.ShardDirError: ``out_dir`` holds another data set or files that are not a data set.
+    """
+    return _ensure(Path(out_dir), SAMPLES_DIR / "qa.json", DEFAULT_SAMPLE_QA_SHARDS, EncodeSettings(codec=codec),
+                   samples_per_shard, max(1, min(4, os.cpu_count() or 1)))

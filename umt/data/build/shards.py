@@ -193,12 +193,35 @@ def _lines(path: str | Path) -> Iterable[str]:
             yield from f
 
 
-def _read_annotations(path: str | Path) -> tuple[list[tuple[str, int | str | None, list[str] | None, str]], str]:
-    """Rows ``(absolute path, label (int, class name or None), captions or None, origin)`` and the modality.
+def _parse_qa(obj: dict[str, Any], lineno: int, where: str) -> dict[str, Any] | None:
+    """A video-QA row's question and answers (official ``multi_modality/dataset/qa_dataset.py`` rows: ``question``,
+    ``answer`` a string or a list of strings, optional ``question_id`` and ``answer_type``/``question_type``), or
+    None for a row without ``question``. The question id defaults to the row's number in the file."""
+    if "question" not in obj:
+        return None
+    q, a = obj["question"], obj.get("answer")
+    answers = [a] if isinstance(a, str) else a
+    if not isinstance(q, str) or not q.strip() or not isinstance(answers, list) or not answers \
+            or not all(isinstance(x, str) and x.strip() for x in answers):
+        raise ValueError(f"{where}: a QA row needs a non-empty 'question' and 'answer' (a string or a list of "
+                         f"strings), got question={q!r}, answer={a!r}")
+    qa: dict[str, Any] = {"question": q, "answer": list(answers), "question_id": obj.get("question_id", lineno)}
+    kind = obj.get("answer_type", obj.get("question_type"))
+    if kind is not None:
+        qa["type"] = str(kind)
+    return qa
+
+
+def _read_annotations(path: str | Path) -> tuple[list[tuple[str, int | str | None, list[str] | None, str,
+                                                            dict[str, Any] | None]], str]:
+    """Rows ``(absolute path, label (int, class name or None), captions or None, origin, QA pair or None)`` and the
+    modality.
 
     Accepts Kinetics-style CSV/TXT (``path,label`` or ``path label``, optional header; modality video), WebVid-style
     JSON (a list) or JSONL (one object a line) with ``video`` (or ``path``), and COCO/CC3M-style JSON/JSONL with
-    ``image``; optional ``caption`` (a string or a list of strings) and ``label``. One file holds one modality.
+    ``image``; optional ``caption`` (a string or a list of strings) and ``label``; video-QA rows (the official
+    MSRVTT-QA / MSVD-QA / ActivityNet-QA files: ``video``, ``question``, ``answer``, optional ``question_id`` and
+    ``answer_type``; :func:`_parse_qa`), one row per question. One file holds one modality.
     Relative paths are resolved against the annotation file's directory.
 
     Raises:
@@ -209,15 +232,16 @@ def _read_annotations(path: str | Path) -> tuple[list[tuple[str, int | str | Non
     path = path if remote else Path(path)
     base = Path(path).parent
     name = str(path).rsplit("/", 1)[-1]
-    rows: list[tuple[str, int | str | None, list[str] | None, str]] = []
+    rows: list[tuple[str, int | str | None, list[str] | None, str, dict[str, Any] | None]] = []
 
-    def add(media: str, label: Any, captions: list[str] | None, origin: str) -> None:
+    def add(media: str, label: Any, captions: list[str] | None, origin: str,
+            qa: dict[str, Any] | None = None) -> None:
         lab = None if label is None or label == "" else _parse_label(str(label))
         if remote:  # relative to the annotation file's URL; absolute URLs as they are
             where = media if _URL.match(media) else f"{base_url}/{media.lstrip('/')}"
         else:
             where = os.path.abspath(base / media)
-        rows.append((where, lab, captions, origin))
+        rows.append((where, lab, captions, origin, qa))
 
     suffix = Path(name).suffix.lower()
     kinds: set[str] = set()
@@ -243,7 +267,8 @@ def _read_annotations(path: str | Path) -> tuple[list[tuple[str, int | str | Non
             if not media or not isinstance(media, str):
                 raise ValueError(f"{path}:{lineno}: entry has no 'video' or 'image' field: {obj}")
             where = f"{name}:{lineno}"
-            add(media, obj.get("label"), _parse_captions(obj.get("caption"), f"{path}:{lineno}"), where)
+            add(media, obj.get("label"), _parse_captions(obj.get("caption"), f"{path}:{lineno}"), where,
+                _parse_qa(obj, lineno, f"{path}:{lineno}"))
     else:
         kinds.add("video")
         for lineno, line in enumerate(_lines(path), start=1):
@@ -298,15 +323,17 @@ def collect_sources(
             raise ValueError(f"{annotations} holds {ann_modality} rows but the modality asked for is {modality}: "
                              "one shard directory holds one modality")
         modality = ann_modality if rows else (modality or ann_modality)
-        for media, label, captions, origin in rows:
+        for media, label, captions, origin, qa in rows:
             captioned = captioned or captions is not None
-            if media in found:  # a repeated path: one item (COCO repeats the image per caption)
+            if media in found:  # a repeated path: one item (COCO repeats the image per caption, QA per question)
                 found[media].captions += captions or []
+                found[media].qa += [qa] if qa is not None else []
                 origins[media].append(origin)
-                if captions is None or (label is not None and label != raw_labels[media]):
+                if (captions is None and qa is None) or (label is not None and label != raw_labels[media]):
                     log.warning("duplicate annotation for %s (%s); keeping the first label", media, origin)
                 continue
-            found[media] = SampleSource(media, None, None, origin, captions=list(captions or []))
+            found[media] = SampleSource(media, None, None, origin, captions=list(captions or []),
+                                        qa=[qa] if qa is not None else [])
             raw_labels[media] = label
             origins[media] = [origin]
     modality = modality or "video"
@@ -555,6 +582,8 @@ def _build_key(sources: Sequence[SampleSource], classes: Sequence[str], skipped:
     """What a build is a pure function of: same key = same data set (a re-run resumes or is a no-op)."""
     spec = [FORMAT_VERSION, st.digest(), seed, samples_per_shard, split, list(classes),
             [(s.path, s.label, _caption_key(s)) for s in sources], sorted(s["input"] for s in skipped)]
+    if any(s.qa for s in sources):  # QA sets only, so that the keys of every other set stay as they were
+        spec.append([s.qa for s in sources])
     return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:32]
 
 
@@ -907,6 +936,7 @@ def _sample_members(s: SampleSource, r: dict[str, Any], idx: int, *, st: EncodeS
         **({"class_name": classes[s.label]} if s.label is not None and classes else {}),
         **({"caption": s.caption} if s.caption is not None else {}),
         **({"captions": s.captions} if len(s.captions) > 1 else {}),
+        **({"qa": s.qa} if s.qa else {}),
         "index": idx,
     }
     if modality == "image":

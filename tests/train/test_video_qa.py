@@ -1,0 +1,73 @@
+"""The video_qa task: the recipes carry the official settings (values written down from the official
+exp/finetuning/qa_* configs, not read from the recipes' own table), and a short CPU run trains and evaluates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from umt.config import apply_overrides
+from umt.train.recipes import DEMOS, RECIPES, get_recipe
+from umt.train.task import task_class
+
+#: recipe → (lr, epochs, drop path, BERT, fusion layer), from multi_modality/exp/finetuning/qa_*/*.py (25M; the
+#: B/16 MSRVTT file holds the L model, see umt/train/video_qa/recipes.py: B keeps the b16_5m/17m values)
+OFFICIAL_25M = {
+    "qa_msrvtt_b16_25m": (2e-5, 8, 0.2, "bert-base-uncased", 9),
+    "qa_msrvtt_l16_25m": (4e-5, 5, 0.4, "bert-large-uncased", 19),
+    "qa_msvd_b16_25m": (6e-5, 6, 0.2, "bert-base-uncased", 9),
+    "qa_msvd_l16_25m": (6e-5, 6, 0.4, "bert-large-uncased", 19),
+    "qa_anet_b16_25m": (4e-5, 12, 0.2, "bert-base-uncased", 9),
+    "qa_anet_l16_25m": (4e-5, 10, 0.3, "bert-large-uncased", 19),
+    "qa_msrvtt_l16_17m": (2e-5, 6, 0.4, "bert-large-uncased", 19),
+    "qa_msvd_b16_5m": (2e-5, 15, 0.2, "bert-base-uncased", 9),
+    "qa_anet_l16_17m": (4e-5, 12, 0.3, "bert-large-uncased", 19),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL_25M))
+def test_recipes_official_settings(name: str) -> None:
+    lr, epochs, dp, bert, fusion = OFFICIAL_25M[name]
+    cfg = get_recipe(name)
+    assert cfg.task == "video_qa" and task_class(cfg.task).name == "video_qa"
+    assert (cfg.optim.lr, cfg.optim.epochs, cfg.model.drop_path) == (lr, epochs, dp)
+    assert (cfg.text.encoder, cfg.text.fusion_layer) == (bert, fusion)
+    assert (cfg.data.num_frames, cfg.data.input_size, cfg.data.batch_size, cfg.optim.global_batch) == (12, 224, 32, 256)
+    assert (cfg.qa.max_question_len, cfg.qa.max_answer_len, cfg.qa.k_test) == (25, 5, 128)
+    assert cfg.optim.min_lr == pytest.approx(0.01 * lr) and cfg.optim.weight_decay == 0.02
+    assert (cfg.optim.warmup_epochs, cfg.optim.clip_grad, cfg.optim.betas) == (1, 0.0, (0.9, 0.999))
+    assert (cfg.data.sampling, cfg.data.crop, cfg.data.rrc_scale, cfg.data.eval_crop) == \
+        ("rand_middle", "rrc", (0.5, 1.0), "resize")
+
+
+def test_every_qa_recipe_is_registered() -> None:
+    names = {f"qa_{d}_{s}_{c}" for d in ("msrvtt", "msvd", "anet") for s in ("b16", "l16") for c in ("5m", "17m", "25m")}
+    assert names <= set(RECIPES) and "demo_qa" in RECIPES and "demo_qa" in DEMOS
+
+
+@pytest.mark.slow
+def test_short_qa_run_trains_and_reports(tmp_path: Path) -> None:
+    """Two steps on tiny QA shards with a 3-layer BERT and the pico student, then the final evaluation's report."""
+    from tests.data.test_qa_shards import qa_shards
+    from tests.data_utils import tiny_bert
+    from umt.train.trainer import Trainer
+
+    shards = qa_shards(tmp_path / "data")
+    bert = tiny_bert(tmp_path / "bert")
+    cfg = apply_overrides(get_recipe("demo_qa"), [
+        f"data.shards={shards}", f"eval.shards={shards}", f"text.encoder={bert}", "text.fusion_layer=2",
+        "model.init_from=", "data.batch_size=2", "data.num_frames=2", "data.input_size=32", "data.num_workers=0",
+        "eval.batch_size=2", "optim.max_steps=2", "log.tensorboard=false", "log.progress=false",
+        "log.every_steps=1", "qa.k_test=2"])
+    tr = Trainer(cfg, tmp_path / "run")
+    try:
+        tr.fit()
+    finally:
+        tr.close()
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2] and all(r["loss"] > 0 for r in rows if "loss" in r)
+    report = json.loads((tmp_path / "run" / "qa.json").read_text())
+    assert report["metrics"]["questions"] == 3 and len(report["predictions"]) == 3
+    assert set(report["metrics"]["per_type"]) == {"what", "who", "yes_no"}

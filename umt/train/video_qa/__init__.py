@@ -1,0 +1,1 @@
+"""Video question answering (task ``video_qa``): its task, step, recipes and demo."""
