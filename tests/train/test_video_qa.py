@@ -71,3 +71,14 @@ def test_short_qa_run_trains_and_reports(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "run" / "qa.json").read_text())
     assert report["metrics"]["questions"] == 3 and len(report["predictions"]) == 3
     assert set(report["metrics"]["per_type"]) == {"what", "who", "yes_no"}
+    # the same evaluation from the command line, on the last checkpoint
+    from umt.eval.qa import main
+
+    ckpt = max((tmp_path / "run" / "checkpoints").glob("step_*.pt"))
+    assert main(["--checkpoint", str(ckpt), "--shards", str(shards), "--out", str(tmp_path / "ev"), "--k", "2",
+                 "--device", "cpu", "--batch-size", "2"]) == 0
+    cli = json.loads((tmp_path / "ev" / "qa.json").read_text())
+    assert cli["metrics"]["accuracy"] == report["metrics"]["accuracy"]
+    assert [p["prediction"] for p in cli["predictions"]] == [p["prediction"] for p in report["predictions"]]
+    assert (tmp_path / "ev" / "qa.md").read_text().startswith("# Video QA")
+    assert main(["--checkpoint", str(tmp_path / "run" / "config.json"), "--shards", str(shards)]) == 2

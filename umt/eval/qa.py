@@ -134,7 +134,10 @@ def load_qa(checkpoint: str | Path, *, text_encoder: str | None = None,
     path = Path(checkpoint)
     if not path.is_file():
         raise ValueError(f"{path}: no such checkpoint")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is one line for the user
+        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__})") from None
     if not isinstance(state, dict) or state.get("task") != "video_qa" or "config" not in state:
         task = state.get("task") if isinstance(state, dict) else None
         raise ValueError(f"{path} is not a video-QA checkpoint (task {task!r}); train one with a qa_* recipe from a "

@@ -88,16 +88,18 @@ def qa_recipe(dataset: str, size: str, corpus: str) -> TrainConfig:
 
 def demo_qa() -> TrainConfig:
     """Video QA on 2 CPU cores in minutes: the embedded sample clips with three questions each about their labels
-    (``shards/samples/qa.json``, official annotation layout: what is shown, whether there is a bunny, whether it is a
-    cartoon), from the stage-2 demo's checkpoint (``runs/demo_stage2``, trained first when absent, which trains the
-    stage-1 demo first when that is absent too), the MiniLM BERT fusing in its top two layers (decoder: 2 layers),
-    4 frames × 112², batch 8, 12 epochs. Accuracy on the same questions before and after (the answer list: every
-    answer of the set, 6; k_test 4): it shows the machinery learning, not generalisation."""
+    (``shards/samples/qa.json``, the official annotation layout: what is shown, whether there is a bunny, whether it
+    is a cartoon; 60 questions, 6 distinct answers), the stage-1 demo's pico student (``model.init_from`` =
+    ``runs/demo``, trained first when absent) and the MiniLM BERT (fusion in its top two layers, so a 2-layer
+    decoder seeded from them), 4 frames × 112², batch 8, 4 epochs (28 steps). A stage-2 checkpoint is what the paper
+    recipes start from; ``--set model.init_from=runs/demo_stage2`` starts from the stage-2 demo's run once it exists
+    (about 3 more minutes on a quiet machine). Accuracy on the same questions before and after (the answer list: every
+    answer of the set; k_test 4): it shows the machinery learning, not generalisation."""
     return TrainConfig(
         task="video_qa",
         data=DataConfig(shards="shards/built/sample_qa", batch_size=8, num_frames=4, input_size=112, num_workers=2,
                         **QA_DATA),
-        model=ModelConfig(student="umt_vit_pico_patch16_224", drop_path=0.0, init_from="runs/demo_stage2"),
+        model=ModelConfig(student="umt_vit_pico_patch16_224", drop_path=0.0, init_from="runs/demo"),
         text=TextConfig(encoder="minilm", fusion_layer=4),
         optim=OptimConfig(lr=5e-4, min_lr=5e-6, betas=(0.9, 0.999), weight_decay=0.02, epochs=4, warmup_epochs=1,
                           clip_grad=0.0),
