@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 import timm
 import torch
 from transformers import BertConfig
@@ -172,3 +173,46 @@ def test_official_stage2_checkpoint_loads_into_qa(tmp_path: Path) -> None:
                               "decoder.layers.0.crossattention.self.value.weight"]
     assert {k.split(".")[0] for k in rep["dropped"]} == {"heads", "pool_norm", "vision_proj", "text_proj", "temp",
                                                          "itm_head"}
+
+
+def test_official_qa_file_loads_for_evaluation(tmp_path: Path) -> None:
+    """A released-style qa_*.pth (official UMT_QA key names, written by this test's own renaming, with BERT's
+    position_ids buffers) loads strictly: every tensor lands where its official name says; the fusion split is read
+    off the layer counts (3 text layers, 1 decoder layer → fusion 2)."""
+    import re
+
+    from tests.data_utils import tiny_bert
+    from umt.eval.qa import load_qa
+
+    bert = tiny_bert(tmp_path / "bert", layers=3, width=32)
+    torch.manual_seed(0)
+    src = tiny_qa(vocab=30522, width=32, layers=3, fusion=2)
+    g = torch.Generator().manual_seed(1)
+    off = {}
+    for k, v in src.state_dict().items():
+        v = torch.randn(v.shape, generator=g) if v.is_floating_point() else v
+        k = re.sub(r"^student\.", "vision_encoder.encoder.", k)
+        k = re.sub(r"^text\.embeddings\.", "text_encoder.embeddings.", k)
+        k = re.sub(r"^text\.layers\.", "text_encoder.encoder.layer.", k)
+        k = re.sub(r"^decoder\.embeddings\.", "text_decoder.bert.embeddings.", k)
+        k = re.sub(r"^decoder\.layers\.", "text_decoder.bert.encoder.layer.", k)
+        k = re.sub(r"^decoder\.lm_head\.", "text_decoder.cls.", k)
+        off[k] = v
+    off["text_decoder.cls.predictions.decoder.weight"] = off["text_decoder.bert.embeddings.word_embeddings.weight"]
+    off["text_decoder.cls.predictions.decoder.bias"] = off["text_decoder.cls.predictions.bias"]
+    off["text_encoder.embeddings.position_ids"] = torch.arange(64)[None]
+    off["text_decoder.bert.embeddings.position_ids"] = torch.arange(64)[None]
+    path = tmp_path / "qa_msrvtt_pico.pth"
+    torch.save({"model": off}, path)
+    model, cfg, state = load_qa(path, text_encoder=bert, num_frames=2)
+    assert state["official"] and cfg.text.fusion_layer == 2 and cfg.model.student == "umt_vit_pico_patch16_224"
+    sd = model.state_dict()
+    torch.testing.assert_close(sd["student.blocks.0.attn.qkv.weight"], off["vision_encoder.encoder.blocks.0.attn.qkv.weight"])
+    torch.testing.assert_close(sd["text.layers.2.crossattention.self.key.weight"],
+                               off["text_encoder.encoder.layer.2.crossattention.self.key.weight"])
+    torch.testing.assert_close(sd["decoder.layers.0.crossattention.self.query.weight"],
+                               off["text_decoder.bert.encoder.layer.0.crossattention.self.query.weight"])
+    torch.testing.assert_close(sd["decoder.lm_head.predictions.transform.dense.bias"],
+                               off["text_decoder.cls.predictions.transform.dense.bias"])
+    with pytest.raises(ValueError, match="--text-encoder"):
+        load_qa(path)

@@ -34,7 +34,7 @@ from umt.eval.common import autocast, check_free, dist_info
 from umt.fileio import atomic_write
 
 __all__ = ["WH_WORDS", "question_type", "qa_accuracy", "tokenize_questions", "tokenize_answers", "build_qa_model",
-           "load_qa", "predict", "qa_on_shards", "write_report", "main"]
+           "official_qa_config", "load_qa", "predict", "qa_on_shards", "write_report", "main"]
 
 #: first words that name a question type when the annotation has none
 WH_WORDS = ("what", "who", "how", "when", "where")
@@ -121,10 +121,34 @@ def build_qa_model(cfg: Any, *, text_encoder: str | None = None, num_frames: int
     return model, info
 
 
+def official_qa_config(meta: dict[str, int], path: str, text_encoder: str | None, num_frames: int | None) -> Any:
+    """The run config of an official QA file: its ViT (``umt_vit_*`` by width × depth), its BERT split, the official
+    QA test view (``exp/finetuning/qa_*``: 12 frames × 224², the segment middles, the whole frame resized).
+
+    Raises:
+        ValueError: no ``text_encoder`` directory given (the file holds no tokenizer), or a ViT of no registered size.
+    """
+    from umt.config import ModelConfig, QAConfig, TextConfig, TrainConfig
+    from umt.data.config import DataConfig
+    from umt.model.official import arch_for
+
+    if not text_encoder:
+        raise ValueError(f"{path} is an official QA file: pass --text-encoder (a local bert-base-uncased / "
+                         "bert-large-uncased directory) for its tokenizer and BERT config")
+    arch = arch_for(meta["width"], meta["depth"])
+    if arch is None:
+        raise ValueError(f"{path}: a ViT of width {meta['width']} and depth {meta['depth']} has no umt_vit_* name")
+    return TrainConfig(task="video_qa", data=DataConfig(num_frames=num_frames or 12, input_size=224,
+                                                        sampling="rand_middle", eval_crop="resize", interp="bicubic"),
+                       model=ModelConfig(student=arch, drop_path=0.0),
+                       text=TextConfig(encoder=text_encoder, fusion_layer=meta["fusion_layer"]), qa=QAConfig())
+
+
 def load_qa(checkpoint: str | Path, *, text_encoder: str | None = None,
             num_frames: int | None = None) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
-    """A QA checkpoint (``step_*.pt`` or ``best.pt`` of task ``video_qa``) as ``(model, cfg, state)``, loaded
-    strictly.
+    """A QA checkpoint (``step_*.pt`` or ``best.pt`` of task ``video_qa``, or a released official ``qa_*.pth``,
+    read through :func:`umt.model.qa.from_official_qa` with ``text_encoder`` required) as ``(model, cfg, state)``,
+    loaded strictly.
 
     Raises:
         ValueError: no such file, or not a QA checkpoint (one line naming the task it holds).
@@ -138,6 +162,16 @@ def load_qa(checkpoint: str | Path, *, text_encoder: str | None = None,
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - any unreadable file is one line for the user
         raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__})") from None
+    from umt.model.official import unwrap
+    from umt.model.qa import from_official_qa, is_official_qa
+
+    sd = unwrap(state) if isinstance(state, dict) else None
+    if sd is not None and is_official_qa(sd):  # a released qa_*.pth: our keys, sizes read off the tensors
+        model_sd, meta = from_official_qa(sd, str(path))
+        cfg = official_qa_config(meta, str(path), text_encoder, num_frames)
+        model, _ = build_qa_model(cfg, text_encoder=text_encoder)
+        model.load_state_dict(model_sd, strict=True)
+        return model, cfg, {"step": None, "official": True}
     if not isinstance(state, dict) or state.get("task") != "video_qa" or "config" not in state:
         task = state.get("task") if isinstance(state, dict) else None
         raise ValueError(f"{path} is not a video-QA checkpoint (task {task!r}); train one with a qa_* recipe from a "

@@ -43,7 +43,7 @@ from umt.model.student import UMTStudent
 from umt.model.text import BertTextEncoder
 
 __all__ = ["AnswerDecoder", "UMTQA", "answer_nll", "qa_loss", "init_decoder_from_text", "qa_state_from_stage2",
-           "official_qa_name", "load_stage2_into_qa"]
+           "official_qa_name", "load_stage2_into_qa", "is_official_qa", "from_official_qa"]
 
 
 def answer_nll(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -273,14 +273,56 @@ def load_stage2_into_qa(model: UMTQA, path: str) -> dict[str, list[str]]:
     return {"loaded": loaded, "missing": missing, "dropped": sorted(k for k in rest if k not in used_src)}
 
 
-def official_qa_name(key: str) -> str:
-    """Our QA key → the official ``UMT_QA`` state-dict name (``multi_modality/models/umt_qa.py``: ``vision_encoder``
-    ``.encoder.*`` / ``text_encoder`` a bare ``BertModel`` / ``text_decoder`` a ``BertLMHeadModel``)."""
-    for ours, theirs in (("student.", "vision_encoder.encoder."), ("text.embeddings.", "text_encoder.embeddings."),
+#: our QA key prefix → the official ``UMT_QA`` one (``multi_modality/models/umt_qa.py``: ``vision_encoder.encoder``
+#: the ViT, ``text_encoder`` a bare ``BertModel``, ``text_decoder`` a ``BertLMHeadModel``)
+_OFFICIAL_QA_PREFIXES = (("student.", "vision_encoder.encoder."), ("text.embeddings.", "text_encoder.embeddings."),
                          ("text.layers.", "text_encoder.encoder.layer."),
                          ("decoder.embeddings.", "text_decoder.bert.embeddings."),
                          ("decoder.layers.", "text_decoder.bert.encoder.layer."),
-                         ("decoder.lm_head.", "text_decoder.cls.")):
+                         ("decoder.lm_head.", "text_decoder.cls."))
+
+
+def official_qa_name(key: str) -> str:
+    """Our QA key → the official ``UMT_QA`` state-dict name (:data:`_OFFICIAL_QA_PREFIXES`).
+
+    Raises:
+        KeyError: a key of no QA part.
+    """
+    for ours, theirs in _OFFICIAL_QA_PREFIXES:
         if key.startswith(ours):
             return theirs + key[len(ours):]
     raise KeyError(f"{key}: no official QA name")
+
+
+def is_official_qa(sd: dict[str, Any]) -> bool:
+    """``sd`` is the state dict of an official QA model (a released ``qa_*.pth``): a text decoder beside the ViT."""
+    return "text_decoder.cls.predictions.bias" in sd and any(k.startswith("vision_encoder.encoder.") for k in sd)
+
+
+def from_official_qa(sd: dict[str, torch.Tensor], path: str = "<official>") -> tuple[dict[str, torch.Tensor],
+                                                                                     dict[str, int]]:
+    """An official QA state dict in our keys (renaming only; BERT's ``position_ids`` buffers are dropped, ours are
+    not stored) and its sizes: ``{"width", "depth"}`` of the ViT, ``{"text_depth", "decoder_depth",
+    "fusion_layer"}`` (official ``build_bert_decoder``: decoder layers = text layers − fusion layer).
+
+    Raises:
+        ValueError: keys no rule maps (the first ones named).
+    """
+    out: dict[str, torch.Tensor] = {}
+    left: list[str] = []
+    for k, v in sd.items():
+        if k.endswith("embeddings.position_ids"):
+            continue
+        for ours, theirs in _OFFICIAL_QA_PREFIXES:
+            if k.startswith(theirs):
+                out[ours + k[len(theirs):]] = v
+                break
+        else:
+            left.append(k)
+    if left:
+        raise ValueError(f"{path}: official QA keys with no place in the QA model: {', '.join(sorted(left)[:4])}")
+    count = lambda prefix: len({k[len(prefix):].split(".")[0] for k in out if k.startswith(prefix)})  # noqa: E731
+    text_depth, dec_depth = count("text.layers."), count("decoder.layers.")
+    meta = {"width": int(out["student.patch_embed.proj.weight"].shape[0]), "depth": count("student.blocks."),
+            "text_depth": text_depth, "decoder_depth": dec_depth, "fusion_layer": text_depth - dec_depth}
+    return out, meta

@@ -108,9 +108,13 @@ class VideoQATask(Task):
                 raise ConfigError(f"model.init_from: {e}") from None
             self.init_report = {"path": cfg.model.init_from, "loaded": len(rep["loaded"]),
                                 "missing": len(rep["missing"]), "dropped": len(rep["dropped"])}
-            log.info("init from %s: %d tensors loaded (the decoder from the fusion layers), %d kept as built (%s), "
-                     "%d file keys unused", cfg.model.init_from, len(rep["loaded"]), len(rep["missing"]),
-                     ", ".join(rep["missing"][:4]) + (" ..." if len(rep["missing"]) > 4 else ""), len(rep["dropped"]))
+            n_text = sum(not k.startswith("student.") for k in rep["loaded"])
+            log.info("init from %s: %d tensors loaded (%s), %d kept as built from the BERT directory (%s), %d file "
+                     "keys unused", cfg.model.init_from, len(rep["loaded"]),
+                     f"student + {n_text} text/decoder tensors, the decoder from the fusion layers" if n_text else
+                     "the student only: no stage-2 text side in the file; the paper recipes start from stage 2",
+                     len(rep["missing"]), ", ".join(rep["missing"][:4]) + (" ..." if len(rep["missing"]) > 4 else ""),
+                     len(rep["dropped"]))
         else:
             log.warning("model.init_from is empty: QA starts from a RANDOM student; UMT fine-tunes QA from a stage-2 "
                         "checkpoint (set model.init_from)")
