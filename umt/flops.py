@@ -300,3 +300,36 @@ def classifier_train_flops_per_clip(spec: ClassifierSpec) -> float:
     costs twice the forward: gradients of activations and of weights). A clip is one augmented view: with repeated
     augmentation (``num_sample`` 2) a video counts twice. UMT-B 8 × 224²: ~1.08 TFLOP; UMT-L: ~3.57 TFLOP."""
     return 3.0 * classifier_forward_flops(spec)
+
+
+__all__ += ["qa_train_flops"]
+
+
+def qa_train_flops(vit: ViTSpec, num_frames: int, input_size: int, text: TextSpec, questions: int,
+                   question_tokens: int, answers: int, answer_tokens: int) -> dict[str, float]:
+    """Training FLOPs of one video-QA micro-batch (task ``video_qa``; official ``UMT_QA.forward``), ×3 for forward +
+    backward:
+
+    - **vision**: the ViT over every token of each clip (no mask): the patch embedding and ``depth`` blocks over
+      ``N = T·(S/p)²`` tokens;
+    - **question**: the text-only BERT layers over the ``L_q`` question tokens, then the fusion layers with
+      cross-attention to the ``N`` visual tokens (:func:`cross_attention_flops`);
+    - **decoder**: per answer, ``fusion_layers`` decoder layers over its ``L_a`` tokens with cross-attention to the
+      ``L_q`` question states (text width both sides), and the LM head over every answer token (the ``d×d``
+      transform and the ``d×V`` decoder).
+
+    Returns:
+        ``{"vision", "question", "decoder", "total"}`` for ``questions`` clips and ``answers`` answers.
+    """
+    n = num_frames * (input_size // vit.patch) ** 2
+    dv, d, f, lq, la = vit.width, text.width, text.ffn_width, question_tokens, answer_tokens
+    vision = 2.0 * n * 3 * vit.patch**2 * dv + vit.depth * block_flops(n, dv)
+    fusion = text.fusion_layers
+    question = ((text.depth - fusion) * text_layer_flops(lq, d, f)
+                + fusion * (text_layer_flops(lq, d, f) + cross_attention_flops(lq, n, d, dv)))
+    decoder = (fusion * (text_layer_flops(la, d, f) + cross_attention_flops(la, lq, d, d))
+               + 2.0 * la * d * d + 2.0 * la * d * text.vocab)
+    parts = {"vision": 3.0 * questions * vision, "question": 3.0 * questions * question,
+             "decoder": 3.0 * answers * decoder}
+    parts["total"] = sum(parts.values())
+    return parts

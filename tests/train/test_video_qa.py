@@ -82,3 +82,16 @@ def test_short_qa_run_trains_and_reports(tmp_path: Path) -> None:
     assert [p["prediction"] for p in cli["predictions"]] == [p["prediction"] for p in report["predictions"]]
     assert (tmp_path / "ev" / "qa.md").read_text().startswith("# Video QA")
     assert main(["--checkpoint", str(tmp_path / "run" / "config.json"), "--shards", str(shards)]) == 2
+
+
+def test_qa_flops_hand_worked() -> None:
+    """ViT width 4, depth 1, patch 2 on 1 frame of 4² → N = 4 tokens: patch embedding 2·4·(3·2²)·4 = 384, block
+    24·4·4² + 4·4²·4 = 1792 → vision 2176. BERT width 2, FFN 4, 2 layers (1 fusion), L_q = 3: a layer
+    2·3·(4·2² + 2·2·4) + 4·3²·2 = 264; cross-attention to 4 tokens of width 4: 4·3·2² + 4·4·4·2 + 4·3·4·2 = 272 →
+    question 264 + 264 + 272 = 800. Decoder (1 layer) per answer of L_a = 2: layer 2·2·32 + 4·2²·2 = 160, cross-
+    attention to 3 question states of width 2: 4·2·2² + 4·3·2·2 + 4·2·3·2 = 128, LM head 2·2·2² + 2·2·2·10 = 96 →
+    384. One question, two answers, ×3: 3·(2176 + 800 + 2·384) = 11232."""
+    from umt.flops import TextSpec, ViTSpec, qa_train_flops
+
+    f = qa_train_flops(ViTSpec(4, 1, 2), 1, 4, TextSpec(2, 2, 1, vocab=10, ffn=4), 1, 3, 2, 2)
+    assert f == {"vision": 3 * 2176.0, "question": 3 * 800.0, "decoder": 3 * 2 * 384.0, "total": 11232.0}

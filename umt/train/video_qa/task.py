@@ -172,6 +172,18 @@ class VideoQATask(Task):
         return VideoQAStep(net, optimizer, scheduler, self.cfg, self.rt.device, self.rt.amp_dtype)
 
     # ------------------------------------------------------------------------------------------ accounting
+    def flops(self, batch: dict[str, Any]) -> float:
+        """Training FLOPs of ``batch`` (:func:`umt.flops.qa_train_flops` at its question and answer lengths;
+        host-side shapes, no sync)."""
+        from umt.flops import TextSpec, ViTSpec, qa_train_flops
+
+        st, tx = self.model.student, self.model.text
+        vit = ViTSpec(st.embed_dim, len(st.blocks), st.patch_size)
+        text = TextSpec(tx.width, tx.depth, tx.depth - tx.fusion_layer, tx.vocab_size, tx.config.intermediate_size)
+        q, a = batch["q_ids"].shape, batch["a_ids"].shape
+        return qa_train_flops(vit, int(batch["video"].shape[2]), int(batch["video"].shape[-1]), text, int(q[0]),
+                              int(q[1]), int(a[0]), int(a[1]))["total"]
+
     def record(self) -> dict[str, Any]:
         """The text encoder's provenance and what ``model.init_from`` loaded."""
         return {"text": self.text_info.to_dict(), "init_from": self.init_report}
