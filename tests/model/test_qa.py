@@ -207,7 +207,8 @@ def test_official_qa_file_loads_for_evaluation(tmp_path: Path) -> None:
     model, cfg, state = load_qa(path, text_encoder=bert, num_frames=2)
     assert state["official"] and cfg.text.fusion_layer == 2 and cfg.model.student == "umt_vit_pico_patch16_224"
     sd = model.state_dict()
-    torch.testing.assert_close(sd["student.blocks.0.attn.qkv.weight"], off["vision_encoder.encoder.blocks.0.attn.qkv.weight"])
+    torch.testing.assert_close(sd["student.blocks.0.attn.qkv.weight"],
+                               off["vision_encoder.encoder.blocks.0.attn.qkv.weight"])
     torch.testing.assert_close(sd["text.layers.2.crossattention.self.key.weight"],
                                off["text_encoder.encoder.layer.2.crossattention.self.key.weight"])
     torch.testing.assert_close(sd["decoder.layers.0.crossattention.self.query.weight"],

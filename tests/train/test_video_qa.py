@@ -43,7 +43,8 @@ def test_recipes_official_settings(name: str) -> None:
 
 
 def test_every_qa_recipe_is_registered() -> None:
-    names = {f"qa_{d}_{s}_{c}" for d in ("msrvtt", "msvd", "anet") for s in ("b16", "l16") for c in ("5m", "17m", "25m")}
+    names = {f"qa_{d}_{s}_{c}" for d in ("msrvtt", "msvd", "anet") for s in ("b16", "l16")
+             for c in ("5m", "17m", "25m")}
     assert names <= set(RECIPES) and "demo_qa" in RECIPES and "demo_qa" in DEMOS
 
 

@@ -277,7 +277,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--answer-list", default="", help="JSON list of candidate answers (default: the run's "
                    "qa.answer_list, else every answer of --shards)")
     p.add_argument("--k", type=int, default=0, help="k_test (default: the run's qa.k_test)")
-    p.add_argument("--text-encoder", default="", help="BERT directory for the tokenizer and config (default: the run's)")
+    p.add_argument("--text-encoder", default="",
+                   help="BERT directory for the tokenizer and config (default: the run's)")
     p.add_argument("--num-frames", type=int, default=0, help="test frames (default: the run's)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
