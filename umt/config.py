@@ -366,7 +366,7 @@ class QAConfig:
     """Answers kept by first-token probability and re-ranked by full likelihood (official ``k_test``)."""
     answer_list: str = ""
     """JSON list of candidate answers (official ``*_qa_answer_list.json``); empty: every answer of the training
-    shards (``data.shards``), sorted."""
+    shards (``data.shards``), sorted (``python -m umt.eval qa`` without a list: every answer of ``--shards``)."""
 
     def __post_init__(self) -> None:
         if self.max_question_len < 3 or self.max_answer_len < 3 or self.k_test < 1:

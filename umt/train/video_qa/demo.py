@@ -34,7 +34,7 @@ class QADemo(BeforeAfterDemo):
         per = "; ".join(f"{t} {before.get('accuracy_' + t, float('nan')):.1f} → {after['accuracy_' + t]:.1f} %"
                         for t in types)
         return [f"QA accuracy on {cfg.eval.shards} (answers ranked over "
-                f"{'every answer of the set' if not cfg.qa.answer_list else cfg.qa.answer_list}, k_test "
+                f"{'every answer of the training shards' if not cfg.qa.answer_list else cfg.qa.answer_list}, k_test "
                 f"{cfg.qa.k_test}):",
                 f"  overall: before {before['accuracy']:.1f} %, after {after['accuracy']:.1f} %",
                 f"  per type: {per}"]

@@ -97,7 +97,8 @@ def demo_qa() -> TrainConfig:
     decoder seeded from them), 4 frames × 112², batch 8, 4 epochs (28 steps). A stage-2 checkpoint is what the paper
     recipes start from; ``--set model.init_from=runs/demo_stage2`` starts from the stage-2 demo's run once it exists
     (about 3 more minutes on a quiet machine). Accuracy on the same questions before and after (the answer list: every
-    answer of the set; k_test 4): it shows the machinery learning, not generalisation."""
+    answer of the training set, which is this set; k_test 4): it shows the machinery learning, not
+    generalisation."""
     return TrainConfig(
         task="video_qa",
         data=DataConfig(shards="shards/built/sample_qa", batch_size=8, num_frames=4, input_size=112, num_workers=2,

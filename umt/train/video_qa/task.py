@@ -120,6 +120,7 @@ class VideoQATask(Task):
                         "checkpoint (set model.init_from)")
         self.model = model.to(rt.device)
         self._tokenizer: Any = None
+        self._answers: list[str] | None = None
 
     @property
     def tokenizer(self) -> Any:
@@ -131,21 +132,30 @@ class VideoQATask(Task):
                                                             local_files_only=True)
         return self._tokenizer
 
-    def answers(self) -> list[str] | None:
-        """The candidate answers (``qa.answer_list``), or None: every answer of the evaluated shards.
+    def answers(self) -> list[str]:
+        """The candidate answers: ``qa.answer_list``, else every answer of the training shards, sorted (read once).
 
         Raises:
-            ConfigError: the file is missing or not a JSON list of strings.
+            ConfigError: the file is missing or not a JSON list of strings, or the training shards hold no questions.
         """
+        if self._answers is not None:
+            return self._answers
         path = self.cfg.qa.answer_list
         if not path:
-            return None
+            from umt.data.qa import answer_list, read_qa
+
+            try:
+                self._answers = answer_list(read_qa(self.cfg.data.shards))
+            except (ValueError, FileNotFoundError) as e:
+                raise ConfigError(f"data.shards {self.cfg.data.shards!r}: {str(e).splitlines()[0]}") from None
+            return self._answers
         try:
             lst = json.loads(Path(path).read_text())
         except (OSError, ValueError) as e:
             raise ConfigError(f"qa.answer_list {path!r}: {e}") from None
         if not isinstance(lst, list) or not all(isinstance(a, str) for a in lst) or not lst:
             raise ConfigError(f"qa.answer_list {path!r} must be a JSON list of answer strings")
+        self._answers = lst
         return lst
 
     # -------------------------------------------------------------------------------------------- building
