@@ -48,9 +48,9 @@ def test_every_qa_recipe_is_registered() -> None:
     assert names <= set(RECIPES) and "demo_qa" in RECIPES and "demo_qa" in DEMOS
 
 
-@pytest.mark.slow
-def test_short_qa_run_trains_and_reports(tmp_path: Path) -> None:
-    """Two steps on tiny QA shards with a 3-layer BERT and the pico student, then the final evaluation's report."""
+def _short_run(tmp_path: Path) -> tuple[Path, Path]:
+    """Two steps on tiny QA shards with a 3-layer BERT and the pico student (the final evaluation included):
+    ``(shards, run dir)``."""
     from tests.data.test_qa_shards import qa_shards
     from tests.data_utils import tiny_bert
     from umt.train.trainer import Trainer
@@ -67,6 +67,13 @@ def test_short_qa_run_trains_and_reports(tmp_path: Path) -> None:
         tr.fit()
     finally:
         tr.close()
+    return shards, tmp_path / "run"
+
+
+@pytest.mark.slow
+def test_short_qa_run_trains_and_reports(tmp_path: Path) -> None:
+    """Two steps, then the final evaluation's report, and the same evaluation from the command line."""
+    shards, _ = _short_run(tmp_path)
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if x.strip()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2] and all(r["loss"] > 0 for r in rows if "loss" in r)
     report = json.loads((tmp_path / "run" / "qa.json").read_text())
@@ -96,3 +103,21 @@ def test_qa_flops_hand_worked() -> None:
 
     f = qa_train_flops(ViTSpec(4, 1, 2), 1, 4, TextSpec(2, 2, 1, vocab=10, ffn=4), 1, 3, 2, 2)
     assert f == {"vision": 3 * 2176.0, "question": 3 * 800.0, "decoder": 3 * 2 * 384.0, "total": 11232.0}
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_two_ranks_answer_what_one_process_answers(tmp_path: Path) -> None:
+    """``umt.eval qa`` under torchrun with 2 gloo ranks (3 questions: one rank answers 2, the other 1) gathers every
+    prediction once and writes what one process writes."""
+    from tests.train_utils import torchrun
+    from umt.eval.qa import main
+
+    shards, run = _short_run(tmp_path)
+    ckpt = max((run / "checkpoints").glob("step_*.pt"))
+    args = ["--checkpoint", str(ckpt), "--shards", str(shards), "--k", "2", "--device", "cpu", "--batch-size", "1"]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    res = torchrun(["-m", "umt.eval", "qa", *args, "--out", str(tmp_path / "two")], timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    one, two = (json.loads((tmp_path / d / "qa.json").read_text()) for d in ("one", "two"))
+    assert two["metrics"] == one["metrics"] and two["predictions"] == one["predictions"]
