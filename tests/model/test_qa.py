@@ -217,3 +217,16 @@ def test_official_qa_file_loads_for_evaluation(tmp_path: Path) -> None:
                                off["text_decoder.cls.predictions.transform.dense.bias"])
     with pytest.raises(ValueError, match="--text-encoder"):
         load_qa(path)
+
+
+def test_decoder_checkpointing_gives_the_same_gradients() -> None:
+    torch.manual_seed(0)
+    model = tiny_qa()
+    states, sm = torch.randn(3, 4, 16, requires_grad=True), torch.ones(3, 4, dtype=torch.long)
+    out = []
+    for ckpt in (False, True):
+        model.decoder.grad_checkpointing = ckpt
+        loss = answer_nll(model.decoder(ANS, ANS_MASK, states, sm), ANS, ANS_MASK).sum()
+        out.append(torch.autograd.grad(loss, [states, model.decoder.layers[0].attention.self.query.weight]))
+    for a, b in zip(*out):
+        torch.testing.assert_close(a, b)

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from umt.model.student import UMTStudent
 from umt.model.text import BertTextEncoder
@@ -74,13 +75,16 @@ class AnswerDecoder(nn.Module):
     Args:
         config: the text encoder's ``transformers.BertConfig`` (width, heads, vocabulary).
         depth: layers (the encoder's fusion layers).
+        grad_checkpointing: recompute each layer in the backward pass (training only; the official QA configs set
+            ``gradient_checkpointing = True`` for the decoder as for the encoder).
 
     Attributes: ``embeddings`` (``BertEmbeddings``), ``layers`` (``depth`` × ``BertLayer`` with cross-attention),
     ``lm_head`` (``BertOnlyMLMHead``, its decoder tied to ``embeddings.word_embeddings``).
     """
 
-    def __init__(self, config: Any, depth: int) -> None:
+    def __init__(self, config: Any, depth: int, grad_checkpointing: bool = False) -> None:
         super().__init__()
+        self.grad_checkpointing = grad_checkpointing
         from transformers.models.bert.modeling_bert import BertEmbeddings, BertLayer, BertOnlyMLMHead
 
         cfg = copy.deepcopy(config)
@@ -117,7 +121,10 @@ class AnswerDecoder(nn.Module):
         self_mask = torch.zeros(allowed.shape, dtype=h.dtype, device=h.device).masked_fill(~allowed, neg)[:, None]
         cross_mask = BertTextEncoder.extended_mask(states_mask, h.dtype)  # [N, 1, 1, L_q]
         for layer in self.layers:
-            h = layer(h, self_mask, states, cross_mask)  # [N, L, C]
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                h = torch.utils.checkpoint.checkpoint(layer, h, self_mask, states, cross_mask, use_reentrant=False)
+            else:
+                h = layer(h, self_mask, states, cross_mask)  # [N, L, C]
         return self.lm_head(h)  # [N, L, V]
 
 
@@ -139,7 +146,7 @@ class UMTQA(nn.Module):
             raise ValueError(f"text encoder cross-attends to width {text.vision_width}, the student is "
                              f"{student.embed_dim} wide")
         self.student, self.text = student, text
-        self.decoder = AnswerDecoder(text.config, text.depth - text.fusion_layer)
+        self.decoder = AnswerDecoder(text.config, text.depth - text.fusion_layer, text.grad_checkpointing)
         del self.text.mlm_head  # the official QA encoder is a bare BertModel (the head's weights seed the decoder's)
 
     def encode_vision(self, video: torch.Tensor) -> torch.Tensor:
