@@ -17,11 +17,13 @@ from umt.train.finetune.demo import DEMOS as FT_DEMOS
 from umt.train.finetune.recipes import FT_RECIPES
 from umt.train.video_text.demo import DEMOS as VIDEO_TEXT_DEMOS
 from umt.train.video_text.recipes import VIDEO_TEXT_RECIPES
+from umt.train.video_text.retrieval_ft import RETRIEVAL_FT_RECIPES
 
 __all__ = ["RECIPES", "DEMOS", "get_recipe"]
 
 #: recipe name → function: stage 1, stage 2, fine-tuning
-RECIPES: dict[str, Callable[[], TrainConfig]] = {**DISTILL_RECIPES, **VIDEO_TEXT_RECIPES, **FT_RECIPES}
+RECIPES: dict[str, Callable[[], TrainConfig]] = {**DISTILL_RECIPES, **VIDEO_TEXT_RECIPES, **FT_RECIPES,
+                                                 **RETRIEVAL_FT_RECIPES}  # fine-tuned retrieval
 
 #: recipe name → its demo hooks (only used when the recipe trains on shards, not ``synthetic_data``)
 DEMOS: dict[str, Demo] = {**DISTILL_DEMOS, **FT_DEMOS, **VIDEO_TEXT_DEMOS}

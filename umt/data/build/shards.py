@@ -261,7 +261,8 @@ def _read_annotations(path: str | Path) -> tuple[list[tuple[str, int | str | Non
 
 
 def collect_sources(
-    inputs: Sequence[str | Path], annotations: str | Path | None = None, *, modality: str | None = None
+    inputs: Sequence[str | Path], annotations: str | Path | None = None, *, modality: str | None = None,
+    paragraph: bool = False,
 ) -> tuple[list[SampleSource], list[str], list[dict[str, str]], str]:
     """Resolve inputs and annotations into sources, the class list, early skips and the modality.
 
@@ -275,8 +276,14 @@ def collect_sources(
     (every caption empty, or none given, including INPUT files the annotations do not mention) is skipped with the
     reason.
 
+    Paragraph retrieval (``paragraph``; DiDeMo, ActivityNet): each item's captions, in file order, are joined with one
+    space into a single caption, as the official ``preprocess_para_retrieval_data`` (``multi_modality/dataset/
+    caption_dataset.py``: ``" ".join(d.pop("caption"))`` when it reads the annotation file); the loaders'
+    :func:`umt.data.captions.pre_text` then treats the paragraph as the official ``pre_text`` does.
+
     Args:
         modality: ``video`` or ``image``; None: the annotations' (``image`` rows → image), else video.
+        paragraph: join each item's captions into one paragraph (above).
 
     Returns:
         ``(sources sorted by path, class names ([] for integer labels), skipped [{input, reason}], modality)``.
@@ -343,6 +350,8 @@ def collect_sources(
             s = found[key]
             given = len(s.captions)
             s.captions = [c for c in (clean_caption(c) for c in s.captions) if c]
+            if paragraph and s.captions:
+                s.captions = [" ".join(s.captions)]
             if not s.captions:
                 where = ", ".join(origins.get(key, ["not in the annotations"]))
                 reason = "empty caption" if given else "missing caption"
@@ -593,6 +602,7 @@ def build_shards(
     progress: bool = False,
     mode: str = "new",
     keep_cache: bool = False,
+    paragraph: bool = False,
     _after_shard: Callable[[int], None] | None = None,
 ) -> BuildResult:
     """Build WebDataset shards from videos or images (see the module docstring for the layout and resume semantics).
@@ -628,6 +638,7 @@ def build_shards(
         progress: show a tqdm progress bar.
         mode: ``new``, ``overwrite`` or ``append`` (above).
         keep_cache: keep ``.work/`` (the per-input encode cache) after a complete build.
+        paragraph: one caption per item, its captions joined (:func:`collect_sources`; paragraph retrieval).
         _after_shard: test hook called with the shard number after each shard is complete.
 
     Returns:
@@ -651,7 +662,7 @@ def build_shards(
     check_writable(out, "--out")  # before any input is read or encoded
     if modality is None and settings is not None:
         modality = "image" if isinstance(settings, ImageEncodeSettings) else None
-    sources, classes, skipped, modality = collect_sources(inputs, annotations, modality=modality)
+    sources, classes, skipped, modality = collect_sources(inputs, annotations, modality=modality, paragraph=paragraph)
     st = settings or (ImageEncodeSettings() if modality == "image" else EncodeSettings())
     if isinstance(st, ImageEncodeSettings) != (modality == "image"):
         raise ValueError(f"{type(st).__name__} given for a {modality} data set (images take ImageEncodeSettings, "
