@@ -198,7 +198,10 @@ def _read_annotations(path: str | Path) -> tuple[list[tuple[str, int | str | Non
 
     Accepts Kinetics-style CSV/TXT (``path,label`` or ``path label``, optional header; modality video), WebVid-style
     JSON (a list) or JSONL (one object a line) with ``video`` (or ``path``), and COCO/CC3M-style JSON/JSONL with
-    ``image``; optional ``caption`` (a string or a list of strings) and ``label``. One file holds one modality.
+    ``image``; optional ``caption`` (a string or a list of strings) and ``label``. One file holds one modality. The
+    official UMT retrieval files (``{"image": "x.mp4", "caption": ...}``) are video rows: an ``image`` naming a video
+    file is a video; a list of paths (the official SSv2 test rows, one caption for several videos) is one row per
+    path with that caption.
     Relative paths are resolved against the annotation file's directory.
 
     Raises:
@@ -231,19 +234,20 @@ def _read_annotations(path: str | Path) -> tuple[list[tuple[str, int | str | Non
         for lineno, obj in items:
             if not isinstance(obj, dict):
                 raise ValueError(f"{path}:{lineno}: expected an object, got {obj!r}")
-            if "image" in obj:
-                kinds.add("image")
-                media = obj["image"]
-            else:
-                kinds.add("video")
-                media = obj.get("video", obj.get("path"))
+            # the official downstream files (multi_modality/dataset) name videos "image" too, and an SSv2 test row
+            # lists every video of its caption ("image": [paths]): a video file is a video row whatever its key
+            media = obj["image"] if "image" in obj else obj.get("video", obj.get("path"))
+            medias = media if isinstance(media, list) and media else [media]
+            if not all(m and isinstance(m, str) for m in medias):
+                raise ValueError(f"{path}:{lineno}: entry has no 'video' or 'image' field: {obj}")
+            for m in medias:
+                kinds.add("image" if "image" in obj and Path(m).suffix.lower() not in VIDEO_EXTS else "video")
             if len(kinds) > 1:
                 raise ValueError(f"{path} mixes image rows and video rows (line {lineno}): one shard directory holds "
                                  "one modality, so build two directories from two annotation files")
-            if not media or not isinstance(media, str):
-                raise ValueError(f"{path}:{lineno}: entry has no 'video' or 'image' field: {obj}")
             where = f"{name}:{lineno}"
-            add(media, obj.get("label"), _parse_captions(obj.get("caption"), f"{path}:{lineno}"), where)
+            for m in medias:
+                add(m, obj.get("label"), _parse_captions(obj.get("caption"), f"{path}:{lineno}"), where)
     else:
         kinds.add("video")
         for lineno, line in enumerate(_lines(path), start=1):

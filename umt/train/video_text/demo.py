@@ -100,7 +100,11 @@ class RetrievalFTDemo(VideoTextDemo):
 
     def before(self, trainer: Any) -> Any:
         task = trainer.task
-        return {"retrieval": super().before(trainer), "mc": mc_accuracy(task.model, task.cfg)}
+        retrieval = super().before(trainer)
+        try:
+            return {"retrieval": retrieval, "mc": mc_accuracy(task.model, task.cfg)}
+        finally:
+            task.model.train()
 
     def report(self, cfg: TrainConfig, before: Any, run_dir: str | Path) -> list[str]:
         lines = super().report(cfg, before["retrieval"], run_dir)
