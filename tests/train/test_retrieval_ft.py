@@ -322,3 +322,23 @@ def test_official_retrieval_annotation_rows_are_videos(tmp_path: Path) -> None:
                                                        ("c.webm", ["opening a box"])]
     (tmp_path / "coco.json").write_text(json.dumps([{"image": "x.jpg", "caption": "a cat"}]))
     assert _read_annotations(tmp_path / "coco.json")[1] == "image"
+
+
+def test_evaluate_retrieval_takes_several_videos_per_text() -> None:
+    """The whole protocol with a model whose answers are known (tests/eval/test_retrieval.py): each text's dual
+    embedding points at a video that is one of its ground truths but not the one its match head knows, so with
+    several ground-truth videos per text every text is found first by both the dual encoder and the re-ranking."""
+    from tests.eval.test_retrieval import _Known
+    from umt.eval.retrieval import evaluate_retrieval
+
+    batches = []
+    for s in (0, 2, 4):
+        ids = list(range(s, min(s + 2, 5)))
+        ids += [-1] * (2 - len(ids))
+        v = torch.tensor([float(max(i, 0)) for i in ids]).view(-1, 1, 1, 1, 1).expand(-1, 3, 1, 2, 2)
+        batches.append({"video": v.clone(), "index": torch.tensor(ids)})
+    text_ids = torch.tensor([[101, 0, 1], [101, 2, 2], [101, 3, 4]])  # [CLS, dual encoder's video, true video]
+    gt = [[1, 0], [2], [4, 3]]
+    m = evaluate_retrieval(_Known(), batches, 5, gt, text_ids, torch.ones_like(text_ids), device=torch.device("cpu"),
+                           rerank_k=5)
+    assert m["emb_t2v_r1"] == 100.0 and m["t2v_r1"] == 100.0
