@@ -8,6 +8,10 @@ image-text batches (the stage-2 MetaLoader, or :class:`~umt.data.synthetic.Synth
 ``exp/pretraining/*.py``, ``utils/optimizer.py``): AdamW, lr 1e-4 *not* scaled by the batch, betas (0.9, 0.999),
 weight decay 0.02 on ≥ 2-D weights only (none on biases, norms, the temperature), no per-module lr, cosine over 10
 epochs after 1 warm-up epoch to a floor of 0.01 × lr.
+
+Fine-tuned retrieval (``umt.train.video_text.retrieval_ft``, official ``exp/finetuning/ret_*``) is the same task
+without a teacher: when :func:`needs_teacher` is false (UTA weight 0, no semantic mask) no CLIP teacher is built or
+loaded, the UMA heads keep the stage-2 layout but are frozen, and the step trains on every token.
 """
 
 from __future__ import annotations
