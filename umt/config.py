@@ -134,6 +134,9 @@ class TextConfig:
     """Weight of the unmasked token alignment (stage-1 UMA) loss."""
     allow_change: bool = False
     """Resume even when the text encoder's weights file differs (sha256) from the checkpoint's."""
+    caption_positives: bool = False
+    """VTC/VTM positives are the pairs with the same caption, not the same item (official ``has_multi_vision_gt``,
+    SSv2-label/-template: one label text describes many videos, ``match_ids`` keyed by the caption)."""
 
     def __post_init__(self) -> None:
         if not self.encoder:
@@ -263,6 +266,9 @@ class EvalConfig:
     used by the final evaluation, the periodic one uses 1×1."""
     rerank_k: int = 128
     """Retrieval: candidates per query re-ranked by the VTM head (official ``k_test`` 128)."""
+    multi_video_gt: bool = False
+    """Retrieval: identical captions are one text query whose ground truth is every video it describes (official
+    ``has_multi_vision_gt``, SSv2-label/-template; a text's rank is that of its best-ranked video)."""
     knn_k: int = 20
     """k-NN probe neighbours (cosine similarity, temperature-weighted votes)."""
     knn_temperature: float = 0.07

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from umt import ops
 
-__all__ = ["uma_loss", "gather_with_grad", "positive_mask", "vtc_loss", "sample_vtm_negatives", "vtm_loss",
+__all__ = ["uma_loss", "gather_with_grad", "positive_mask", "caption_keys", "vtc_loss", "sample_vtm_negatives", "vtm_loss",
            "mlm_mask", "mlm_loss", "IGNORE_INDEX"]
 
 #: label of a position that carries no loss (``F.cross_entropy``'s default ``ignore_index``, BERT's convention)
@@ -104,6 +104,15 @@ def _gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
+def caption_keys(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """One int64 key per caption ``ids [B, L]`` (padding ``mask [B, L]``), equal for equal token sequences: positives
+    by caption (``text.caption_positives``, official ``has_multi_vision_gt``). A fixed random linear form of the
+    token ids (no host sync; distinct captions collide with probability about 2⁻³¹)."""
+    g = torch.Generator().manual_seed(0x5EED)
+    w = torch.randint(1, 2**31 - 1, (ids.shape[1],), generator=g).to(ids.device)  # [L]
+    return ((ids.long() + 1) * mask.long() * w).sum(dim=1)  # [B]
+
+
 def positive_mask(index_a: torch.Tensor, index_b: torch.Tensor) -> torch.Tensor:
     """``pos[i, j] = index_a[i] == index_b[j]``: bool ``[Ba, Bb]``; equal item ids are positives (several captions or
     augmented views of one item in a batch are all positives of each other, official ``get_mask(idx=...)``)."""
@@ -120,8 +129,12 @@ def vtc_loss(vision: torch.Tensor, text: torch.Tensor, index: torch.Tensor, temp
 
         loss = ½ (mean_i −Σ_j y_ij log softmax_j(s_i·) + mean_j −Σ_i y_ji log softmax_i(s_·j))
 
+    With per-frame vision embeddings ``[B, T, D]`` (the official ``keep_temporal=True`` path of unmasked
+    fine-tuning, ``models/criterions.py: get_sim``) each frame is normalised and ``s[i, j]`` is the mean over the
+    frames of video i of their cosine with caption j, divided by ``temp``.
+
     Args:
-        vision: ``[B, D]`` video/image embeddings of this rank (normalised here).
+        vision: ``[B, D]`` video/image embeddings of this rank (normalised here), or ``[B, T, D]`` per frame.
         text: ``[B, D]`` caption embeddings of this rank, row-aligned with ``vision``.
         index: ``[B]`` int64 item ids (equal id = same item).
         temp: the temperature (0-dim tensor: its gradient flows; or a float).
@@ -136,7 +149,10 @@ def vtc_loss(vision: torch.Tensor, text: torch.Tensor, index: torch.Tensor, temp
     if gather:
         v, t = gather_with_grad(v, local_grad=local_grad), gather_with_grad(t, local_grad=local_grad)  # [N, D]
         index = _gather_no_grad(index)  # [N]
-    sim = v @ t.t() / temp  # [N, N], rows: videos, columns: captions
+    if v.ndim == 3:  # per frame: the mean of the frames' cosines
+        sim = torch.einsum("mld,nd->mln", v, t).mean(dim=1) / temp  # [N, N]
+    else:
+        sim = v @ t.t() / temp  # [N, N], rows: videos, columns: captions
     with torch.no_grad():
         pos = positive_mask(index, index).float()  # [N, N], symmetric
         target = pos / pos.sum(dim=1, keepdim=True)

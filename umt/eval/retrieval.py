@@ -44,7 +44,7 @@ from umt.eval.retrieval_metrics import retrieval_metrics
 from umt.fileio import atomic_write
 
 __all__ = ["FRAME_SCORINGS", "encode_texts", "encode_videos", "gather_by_index", "rerank_scores", "evaluate_retrieval",
-           "write_report", "NOT_CANDIDATE"]
+           "write_report", "NOT_CANDIDATE", "group_captions"]
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,8 @@ def evaluate_retrieval(model: torch.nn.Module, batches: Iterable[dict[str, Any]]
         batches: this rank's evaluation batches (every video exactly once over all ranks, see
             :func:`encode_videos`).
         num_videos: Nv, videos in the evaluation set.
-        caption_video: int [Nt] the video (its index) each caption describes.
+        caption_video: int [Nt] the video (its index) each caption describes, or per caption a list of videos
+            (multi-video ground truth, :func:`group_captions`).
         text_ids, text_mask: int64 ``[Nt, L]``: every caption tokenised (one length).
         rerank_k: candidates per query for VTM re-ranking (official 128); 0 reports the dual-encoder metrics only.
         frame_scoring: how frames make the dual-encoder score (:data:`FRAME_SCORINGS`; default the official
@@ -222,7 +223,7 @@ def evaluate_retrieval(model: torch.nn.Module, batches: Iterable[dict[str, Any]]
                                             batch_size=text_batch_size)
     video_embeds = gather_by_index(local_embeds, local_index.to(local_embeds.device), num_videos)  # [Nv, D]
     sim = (video_embeds @ text_embeds.t()).float()  # [Nv, Nt]
-    gt = np.asarray(caption_video, np.int64)
+    gt = caption_video
     out = {f"emb_{k}": v for k, v in retrieval_metrics(sim.cpu().numpy(), gt).items()}
     if rerank_k > 0:
         v2t, t2v = rerank_scores(model, sim, local_index, local_tokens, text_tokens, text_mask, k=rerank_k,
@@ -338,15 +339,29 @@ def tokenize_captions(captions: Sequence[str], tokenizer_dir: str | Path, max_le
     return pad_to_longest(ids, lengths)
 
 
+def group_captions(caps: Sequence[tuple[int, str]]) -> tuple[list[str], list[list[int]]]:
+    """``[(video, caption), ...]`` → the distinct captions (first-seen order) and, per caption, the videos it
+    describes: the official ``has_multi_vision_gt`` evaluation (``VidTxtRetEvalDataset.build_data_multi_img_gt``:
+    one text per label, its ground truth every video of that label)."""
+    order: dict[str, list[int]] = {}
+    for v, c in caps:
+        vids = order.setdefault(c, [])
+        if v not in vids:
+            vids.append(v)
+    return list(order), list(order.values())
+
+
 def retrieval_on_shards(model: torch.nn.Module, cfg: Any, shard_dir: str | Path, *, tokenizer_dir: str | Path,
                         device: torch.device, amp_dtype: torch.dtype | None = None, rerank_k: int = 128,
-                        batch_size: int = 16, frame_scoring: str = "frame_mean"
+                        batch_size: int = 16, frame_scoring: str = "frame_mean", multi_video_gt: bool = False
                         ) -> tuple[dict[str, float], dict[str, Any]]:
     """:func:`evaluate_retrieval` over a captioned shard directory (every caption of every item is a query;
     :func:`umt.data.captions.read_captions`), this process's rank's share of the videos.
 
     Args:
         cfg: the run's config (its ``data`` section: frames, size, normalisation, sampling, ``eval_crop``).
+        multi_video_gt: identical captions (after :func:`umt.data.captions.pre_text`) are one query whose ground
+            truth is every video they describe (:func:`group_captions`; official ``has_multi_vision_gt``).
 
     Returns:
         ``(metrics, info)``: info names the shards and counts videos and captions.
@@ -362,15 +377,16 @@ def retrieval_on_shards(model: torch.nn.Module, cfg: Any, shard_dir: str | Path,
                                           rank=rank, world_size=world, device=device)
     try:
         caps = read_captions(shard_dir)
-        ids, mask = tokenize_captions([c for _, c in caps], tokenizer_dir, cfg.text.max_len)
-        metrics = evaluate_retrieval(model, loader.epoch_iter(0), loader.num_samples, [i for i, _ in caps], ids,
+        texts, gt = group_captions(caps) if multi_video_gt else ([c for _, c in caps], [i for i, _ in caps])
+        ids, mask = tokenize_captions(texts, tokenizer_dir, cfg.text.max_len)
+        metrics = evaluate_retrieval(model, loader.epoch_iter(0), loader.num_samples, gt, ids,
                                      mask, device=device, amp_dtype=amp_dtype, rerank_k=rerank_k,
                                      frame_scoring=frame_scoring)
     finally:
         loader.close()
-    info = {"shards": str(shard_dir), "videos": loader.num_samples, "captions": len(caps), "rerank_k": rerank_k,
+    info = {"shards": str(shard_dir), "videos": loader.num_samples, "captions": len(texts), "rerank_k": rerank_k,
             "frames": cfg.data.num_frames, "input_size": cfg.data.input_size, "eval_crop": cfg.data.eval_crop,
-            "frame_scoring": frame_scoring}
+            "frame_scoring": frame_scoring, "multi_video_gt": multi_video_gt}
     return metrics, info
 
 
@@ -392,6 +408,9 @@ def _parser() -> Any:
                    help="dual-encoder video score: frame_mean (official: mean of the per-frame cosines) or pooled "
                         "(cosine with the normalised mean frame embedding)")
     p.add_argument("--num-frames", type=int, default=None, help="test frames (default: the run's)")
+    p.add_argument("--multi-video-gt", action="store_true",
+                   help="identical captions are one query whose ground truth is every video they describe (SSv2-label"
+                        "/-template; default: the run's eval.multi_video_gt)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--out", default=None, help="write retrieval.json and retrieval.md here")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report in --out")
@@ -419,7 +438,8 @@ def main(argv: list[str] | None = None) -> int:
         amp = torch.bfloat16 if ctx.device.type == "cuda" else None
         metrics, info = retrieval_on_shards(model, cfg, a.shards, tokenizer_dir=text_dir, device=ctx.device,
                                             amp_dtype=amp, rerank_k=a.rerank_k, batch_size=a.batch_size,
-                                            frame_scoring=a.frame_scoring)
+                                            frame_scoring=a.frame_scoring,
+                                            multi_video_gt=a.multi_video_gt or cfg.eval.multi_video_gt)
     except (ValueError, FileNotFoundError, FileExistsError, TextEncoderError) as e:
         print(f"umt.eval retrieval: {str(e).splitlines()[0]}", file=sys.stderr)
         close_distributed(ctx)

@@ -37,6 +37,7 @@ from umt.constants import IMAGENET_MEAN, IMAGENET_STD
 from umt.fileio import sha256_file
 
 __all__ = ["CLIPTeacher", "TeacherOutput", "TeacherLoadInfo", "TeacherWeightsError", "TEACHER_CONFIGS", "build_clip",
+           "teacher_output_dim",
            "load_clip_weights", "hf_clip_to_open_clip", "resize_pos_embed", "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD"]
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,16 @@ def _model_cfg(name: str) -> dict[str, Any]:
         raise ValueError(f"unknown teacher {name!r}: not an open_clip model ({open_clip.list_models()[:8]}...) "
                          f"nor one of {sorted(TEACHER_CONFIGS)}")
     return cfg
+
+
+def teacher_output_dim(name: str) -> int:
+    """The output width of teacher ``name`` (its CLIP ``embed_dim``: 512 for ViT-B/16, 768 for ViT-L/14), read off
+    the config without building the model: the UMA heads' width when no teacher is built.
+
+    Raises:
+        ValueError: unknown name.
+    """
+    return int(_model_cfg(name)["embed_dim"])
 
 
 def build_clip(name: str, image_size: int | None = None, quick_gelu: bool = False) -> nn.Module:

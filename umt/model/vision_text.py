@@ -142,10 +142,15 @@ class UMTVisionText(nn.Module):
             ``mean_t <per_frame[b, t], text>`` (``criterions.get_sim``).
         """
         tokens = self.vision_features(video, None)[-1]  # [B, K, C_v]
+        return tokens, self.frame_embeds(tokens)
+
+    def frame_embeds(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Every token of a clip ``[B, T·h·w, C_v]`` → one unit embedding per frame ``[B, T, D]``: ``vision_proj``
+        of ``pool_norm`` of the frame's mean token, L2-normalised (official ``keep_temporal=True``)."""
         b, k, c = tokens.shape
         t = k // self.tokens_per_frame
         frames = self.pool_norm(tokens.view(b, t, -1, c).mean(dim=2))  # [B, T, C_v]
-        return tokens, F.normalize(self.vision_proj(frames), dim=-1)  # [B, T, D]
+        return F.normalize(self.vision_proj(frames), dim=-1)  # [B, T, D]
 
     def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Text-only layers and the unit contrastive embedding of the ``[CLS]`` token.
@@ -168,16 +173,21 @@ class UMTVisionText(nn.Module):
         return self.itm_head(fused[:, 0])
 
     # ------------------------------------------------------------------------------------------ training
-    def forward(self, video: torch.Tensor, idx: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor,
-                index: torch.Tensor, uta_target: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
+    def forward(self, video: torch.Tensor, idx: torch.Tensor | None, text_ids: torch.Tensor,
+                text_mask: torch.Tensor, index: torch.Tensor, uta_target: torch.Tensor | None, seed: int, *,
+                mlm: bool = True) -> dict[str, torch.Tensor]:
         """The four stage-2 losses of one micro-batch (unweighted), as the official ``UMT.forward``.
 
         Args:
-            video: ``[B, 3, T, H, W]``; idx: ``[B, K]`` kept positions (the semantic mask).
+            video: ``[B, 3, T, H, W]``; idx: ``[B, K]`` kept positions (the semantic mask), or None: every token
+                (fine-tuned retrieval, official ``video_mask_ratio=0``), pooled per frame as the official
+                ``keep_temporal=True`` (VTC and the VTM negatives' similarity: the mean of the per-frame cosines).
             text_ids, text_mask: ``[B, L]`` captions.
             index: ``[B]`` item ids (VTC/VTM positives).
-            uta_target: ``[L_a, B, K, C_t]`` the teacher's aligned layers at the kept positions (unit vectors).
+            uta_target: ``[L_a, B, K, C_t]`` the teacher's aligned layers at the kept positions (unit vectors), or
+                None: no UTA (its loss is 0 and the UMA heads are not run: official ``loss_weight.uta == 0``).
             seed: this micro-batch's seed; VTM negatives and MLM masks draw from streams of it.
+            mlm: compute MLM (False: 0, the masked caption is not run, official ``loss_weight.mlm == 0``).
 
         Returns:
             ``{"vtc", "vtm", "mlm", "uta"}``: 0-dim float32 losses.
@@ -186,13 +196,22 @@ class UMTVisionText(nn.Module):
             self.temp.clamp_(TEMP_MIN, TEMP_MAX)
         feats = self.vision_features(video, idx)  # [L_a, B, K, C_v]
         vision_tokens = feats[-1]  # [B, K, C_v]
-        pos_vis = self.student.pos_embed[idx]  # [B, K, C_v]
-        loss_uta = uma_loss(self.heads(feats, pos_vis), uta_target)
-        v_emb = F.normalize(self.vision_proj(self.pool(vision_tokens)), dim=-1)  # [B, D]
+        zero = torch.zeros((), device=video.device)
+        if uta_target is None:
+            loss_uta = zero
+        else:
+            pos = self.student.pos_embed  # [M, C_v]
+            pos_vis = pos[idx] if idx is not None else pos.expand(video.shape[0], -1, -1)  # [B, K, C_v]
+            loss_uta = uma_loss(self.heads(feats, pos_vis), uta_target)
+        if idx is None:
+            v_vtc = self.frame_embeds(vision_tokens)  # [B, T, D] unit rows
+            v_emb = v_vtc.mean(dim=1)  # [B, D]: <v_emb, t> = mean_t cos(frame t, t), the official get_sim
+        else:
+            v_emb = v_vtc = F.normalize(self.vision_proj(self.pool(vision_tokens)), dim=-1)  # [B, D]
         text_tokens, t_emb = self.encode_text(text_ids, text_mask)  # [B, L, C_t], [B, D]
-        loss_vtc = vtc_loss(v_emb, t_emb, index, self.temp, local_grad=self.vtc_local_grad)
+        loss_vtc = vtc_loss(v_vtc, t_emb, index, self.temp, local_grad=self.vtc_local_grad)
         loss_vtm = self._vtm(vision_tokens, text_tokens, text_mask, v_emb, t_emb, index, seed)
-        loss_mlm = self._mlm(vision_tokens, text_ids, text_mask, seed)
+        loss_mlm = self._mlm(vision_tokens, text_ids, text_mask, seed) if mlm else zero
         return {"vtc": loss_vtc, "vtm": loss_vtm, "mlm": loss_mlm, "uta": loss_uta}
 
     def _vtm(self, vision_tokens: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor,

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if demo is not None and rank == 0:  # sample shards (default places only); init_from = the stage-1 demo's
         try:
-            cfg = demo.prepare(cfg, lambda d: main(["--recipe", "demo", "--run-dir", str(d)]))
+            cfg = demo.prepare(cfg, lambda d, recipe="demo": main(["--recipe", recipe, "--run-dir", str(d)]))
         except DemoError as e:
             print(f"umt-train: {e}", file=sys.stderr)
             return 2

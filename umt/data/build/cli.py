@@ -40,6 +40,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--annotations",
                    help="Kinetics CSV (path,label | path label), WebVid JSON/JSONL (video, caption) or COCO/CC3M "
                         "JSON/JSONL (image, caption); caption a string or a list, repeated rows of one path gathered")
+    p.add_argument("--paragraph", action="store_true",
+                   help="join each item's captions (file order, one space) into one paragraph: paragraph retrieval "
+                        "(DiDeMo, ActivityNet), as the official is_paragraph_retrieval")
     p.add_argument("--modality", choices=["video", "image"], default=None,
                    help="what the directory holds (one modality per directory; default: the annotations' kind "
                         "(rows with 'image' are images), else video)")
@@ -98,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings, modality = _settings(args)
         common = dict(annotations=args.annotations, settings=settings, modality=modality,
                       samples_per_shard=args.samples_per_shard, workers=args.workers, seed=args.seed,
-                      split=args.split)
+                      split=args.split, paragraph=args.paragraph)
         if args.distributor == "ray":
             if part is not None or args.overwrite or args.append:
                 print("make_shards: error: --distributor ray builds every part itself (no --part, --overwrite, "

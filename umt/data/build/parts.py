@@ -254,6 +254,7 @@ def build_part(
     seed: int = 0,
     split: str = "train",
     progress: bool = False,
+    paragraph: bool = False,
     _exit_after_encode: str | None = None,
 ) -> PartResult:
     """Build part ``part`` of ``parts`` of a data set into ``out_dir`` (the module docstring says how).
@@ -262,7 +263,7 @@ def build_part(
     share ``out_dir``. The data set appears only when :func:`commit_parts` runs after every part.
 
     Args:
-        inputs, annotations, settings, modality, samples_per_shard, workers, seed, split, progress: as for
+        inputs, annotations, settings, modality, samples_per_shard, workers, seed, split, progress, paragraph: as for
             :func:`umt.data.build.shards.build_shards`; every part of one build must be given the same.
         part, parts: which part, of how many (``0 <= part < parts``).
         _exit_after_encode: test hook: when this file does not exist, create it and ``os._exit(1)`` once the part
@@ -288,7 +289,7 @@ def build_part(
     out = Path(out_dir)
     if modality is None and settings is not None:
         modality = "image" if isinstance(settings, ImageEncodeSettings) else None
-    sources, classes, skipped, modality = collect_sources(inputs, annotations, modality=modality)
+    sources, classes, skipped, modality = collect_sources(inputs, annotations, modality=modality, paragraph=paragraph)
     st = settings or (ImageEncodeSettings() if modality == "image" else EncodeSettings())
     if isinstance(st, ImageEncodeSettings) != (modality == "image"):
         raise ValueError(f"{type(st).__name__} given for a {modality} data set")

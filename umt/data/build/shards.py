@@ -221,7 +221,10 @@ def _read_annotations(path: str | Path) -> tuple[list[tuple[str, int | str | Non
     JSON (a list) or JSONL (one object a line) with ``video`` (or ``path``), and COCO/CC3M-style JSON/JSONL with
     ``image``; optional ``caption`` (a string or a list of strings) and ``label``; video-QA rows (the official
     MSRVTT-QA / MSVD-QA / ActivityNet-QA files: ``video``, ``question``, ``answer``, optional ``question_id`` and
-    ``answer_type``; :func:`_parse_qa`), one row per question. One file holds one modality.
+    ``answer_type``; :func:`_parse_qa`), one row per question. One file holds one modality. The official UMT
+    retrieval files (``{"image": "x.mp4", "caption": ...}``) are video rows: an ``image`` naming a video file is a
+    video; a list of paths (the official SSv2 test rows, one caption for several videos) is one row per path with
+    that caption.
     Relative paths are resolved against the annotation file's directory.
 
     Raises:
@@ -255,20 +258,21 @@ def _read_annotations(path: str | Path) -> tuple[list[tuple[str, int | str | Non
         for lineno, obj in items:
             if not isinstance(obj, dict):
                 raise ValueError(f"{path}:{lineno}: expected an object, got {obj!r}")
-            if "image" in obj:
-                kinds.add("image")
-                media = obj["image"]
-            else:
-                kinds.add("video")
-                media = obj.get("video", obj.get("path"))
+            # the official downstream files (multi_modality/dataset) name videos "image" too, and an SSv2 test row
+            # lists every video of its caption ("image": [paths]): a video file is a video row whatever its key
+            media = obj["image"] if "image" in obj else obj.get("video", obj.get("path"))
+            medias = media if isinstance(media, list) and media else [media]
+            if not all(m and isinstance(m, str) for m in medias):
+                raise ValueError(f"{path}:{lineno}: entry has no 'video' or 'image' field: {obj}")
+            for m in medias:
+                kinds.add("image" if "image" in obj and Path(m).suffix.lower() not in VIDEO_EXTS else "video")
             if len(kinds) > 1:
                 raise ValueError(f"{path} mixes image rows and video rows (line {lineno}): one shard directory holds "
                                  "one modality, so build two directories from two annotation files")
-            if not media or not isinstance(media, str):
-                raise ValueError(f"{path}:{lineno}: entry has no 'video' or 'image' field: {obj}")
             where = f"{name}:{lineno}"
-            add(media, obj.get("label"), _parse_captions(obj.get("caption"), f"{path}:{lineno}"), where,
-                _parse_qa(obj, lineno, f"{path}:{lineno}"))
+            qa = _parse_qa(obj, lineno, f"{path}:{lineno}")
+            for m in medias:
+                add(m, obj.get("label"), _parse_captions(obj.get("caption"), f"{path}:{lineno}"), where, qa)
     else:
         kinds.add("video")
         for lineno, line in enumerate(_lines(path), start=1):
@@ -286,7 +290,8 @@ def _read_annotations(path: str | Path) -> tuple[list[tuple[str, int | str | Non
 
 
 def collect_sources(
-    inputs: Sequence[str | Path], annotations: str | Path | None = None, *, modality: str | None = None
+    inputs: Sequence[str | Path], annotations: str | Path | None = None, *, modality: str | None = None,
+    paragraph: bool = False,
 ) -> tuple[list[SampleSource], list[str], list[dict[str, str]], str]:
     """Resolve inputs and annotations into sources, the class list, early skips and the modality.
 
@@ -300,8 +305,14 @@ def collect_sources(
     (every caption empty, or none given, including INPUT files the annotations do not mention) is skipped with the
     reason.
 
+    Paragraph retrieval (``paragraph``; DiDeMo, ActivityNet): each item's captions, in file order, are joined with one
+    space into a single caption, as the official ``preprocess_para_retrieval_data`` (``multi_modality/dataset/
+    caption_dataset.py``: ``" ".join(d.pop("caption"))`` when it reads the annotation file); the loaders'
+    :func:`umt.data.captions.pre_text` then treats the paragraph as the official ``pre_text`` does.
+
     Args:
         modality: ``video`` or ``image``; None: the annotations' (``image`` rows → image), else video.
+        paragraph: join each item's captions into one paragraph (above).
 
     Returns:
         ``(sources sorted by path, class names ([] for integer labels), skipped [{input, reason}], modality)``.
@@ -370,6 +381,8 @@ def collect_sources(
             s = found[key]
             given = len(s.captions)
             s.captions = [c for c in (clean_caption(c) for c in s.captions) if c]
+            if paragraph and s.captions:
+                s.captions = [" ".join(s.captions)]
             if not s.captions:
                 where = ", ".join(origins.get(key, ["not in the annotations"]))
                 reason = "empty caption" if given else "missing caption"
@@ -622,6 +635,7 @@ def build_shards(
     progress: bool = False,
     mode: str = "new",
     keep_cache: bool = False,
+    paragraph: bool = False,
     _after_shard: Callable[[int], None] | None = None,
 ) -> BuildResult:
     """Build WebDataset shards from videos or images (see the module docstring for the layout and resume semantics).
@@ -657,6 +671,7 @@ def build_shards(
         progress: show a tqdm progress bar.
         mode: ``new``, ``overwrite`` or ``append`` (above).
         keep_cache: keep ``.work/`` (the per-input encode cache) after a complete build.
+        paragraph: one caption per item, its captions joined (:func:`collect_sources`; paragraph retrieval).
         _after_shard: test hook called with the shard number after each shard is complete.
 
     Returns:
@@ -680,7 +695,7 @@ def build_shards(
     check_writable(out, "--out")  # before any input is read or encoded
     if modality is None and settings is not None:
         modality = "image" if isinstance(settings, ImageEncodeSettings) else None
-    sources, classes, skipped, modality = collect_sources(inputs, annotations, modality=modality)
+    sources, classes, skipped, modality = collect_sources(inputs, annotations, modality=modality, paragraph=paragraph)
     st = settings or (ImageEncodeSettings() if modality == "image" else EncodeSettings())
     if isinstance(st, ImageEncodeSettings) != (modality == "image"):
         raise ValueError(f"{type(st).__name__} given for a {modality} data set (images take ImageEncodeSettings, "

@@ -15,6 +15,8 @@ import torch.nn as nn
 
 from umt import ops
 from umt.config import TrainConfig
+from umt.losses import caption_keys
+from umt import masking
 from umt.masking import keep_per_frame
 from umt.model import CLIPTeacher
 from umt.model.vision_text import LOSS_NAMES
@@ -30,12 +32,13 @@ class VideoTextStep(TeacherStep):
 
     Args:
         model: :class:`UMTVisionText`, possibly DDP-wrapped.
-        teacher: the frozen CLIP teacher (never wrapped).
+        teacher: the frozen CLIP teacher (never wrapped), or None (teacher-free: UTA weight 0 and no semantic mask,
+            as fine-tuned retrieval: every token visible, or a tube/random mask when ``mask.ratio`` > 0).
         optimizer, scheduler, cfg, device, amp_dtype: as :class:`~umt.train.distill.step.TeacherStep` (the
             teacher's autocast follows ``model.teacher_precision``).
     """
 
-    def __init__(self, model: nn.Module, teacher: CLIPTeacher, optimizer: torch.optim.Optimizer, scheduler: Any,
+    def __init__(self, model: nn.Module, teacher: CLIPTeacher | None, optimizer: torch.optim.Optimizer, scheduler: Any,
                  cfg: TrainConfig, device: torch.device, amp_dtype: torch.dtype | None) -> None:
         super().__init__(model, teacher, optimizer, scheduler, cfg, device, amp_dtype)
         #: visible tokens per frame: :attr:`keep` (video, ``mask.ratio``) and this (image, ``mask.image_ratio``)
@@ -56,14 +59,23 @@ class VideoTextStep(TeacherStep):
             positives in the loss). Gradient accumulation does not raise it: every micro-batch is its own softmax.
         """
         video = batch["video"]  # [B, 3, T, H, W]
-        tout = self.teacher_forward(video)
         keep = self.keep_image if batch["modality"] == "image" else self.keep
-        idx = self.make_mask(tout, video, seed, keep=keep)  # [B, T·keep]
-        self.keep_preview(video, tout, idx)
-        target = ops.gather_targets(tout.targets, idx)  # [L, B, K, C_t]
+        if self.teacher is None:  # teacher-free (fine-tuned retrieval): no UTA, no semantic mask
+            target = None
+            idx = None if keep == self.tokens_per_frame else masking.make_mask(
+                self.cfg.mask.kind, batch=video.shape[0], frames=video.shape[2],
+                tokens_per_frame=self.tokens_per_frame, keep=keep, seed=seed, device=video.device)  # [B, T·keep]
+        else:
+            tout = self.teacher_forward(video)
+            idx = self.make_mask(tout, video, seed, keep=keep)  # [B, T·keep]
+            self.keep_preview(video, tout, idx)
+            target = ops.gather_targets(tout.targets, idx)  # [L, B, K, C_t]
         with self.no_sync(sync):
             with autocast_context(self.device, self.amp_dtype):
-                parts = self.model(video, idx, batch["text_ids"], batch["text_mask"], batch["index"], target, seed)
+                index = (caption_keys(batch["text_ids"], batch["text_mask"]) if self.cfg.text.caption_positives
+                         else batch["index"])  # [B]: equal = positives
+                parts = self.model(video, idx, batch["text_ids"], batch["text_mask"], index, target, seed,
+                                   mlm=self.weights["mlm"] > 0)
             loss = self.backward(sum(self.weights[k] * parts[k] for k in LOSS_NAMES), scale)
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         negatives = torch.full((), float(video.shape[0] * world - 1), device=loss.device)

@@ -8,6 +8,10 @@ image-text batches (the stage-2 MetaLoader, or :class:`~umt.data.synthetic.Synth
 ``exp/pretraining/*.py``, ``utils/optimizer.py``): AdamW, lr 1e-4 *not* scaled by the batch, betas (0.9, 0.999),
 weight decay 0.02 on ≥ 2-D weights only (none on biases, norms, the temperature), no per-module lr, cosine over 10
 epochs after 1 warm-up epoch to a floor of 0.01 × lr.
+
+Fine-tuned retrieval (``umt.train.video_text.retrieval_ft``, official ``exp/finetuning/ret_*``) is the same task
+without a teacher: when :func:`needs_teacher` is false (UTA weight 0, no semantic mask) no CLIP teacher is built or
+loaded, the UMA heads keep the stage-2 layout but are frozen, and the step trains on every token.
 """
 
 from __future__ import annotations
@@ -16,22 +20,57 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
 import torch.nn as nn
 
+import umt.model  # noqa: F401 - registers the umt_vit_* names
 from umt.config import ConfigError, TrainConfig
 from umt.flops import TextSpec, VideoTextSpec, stage2_flops_per_sample
+from umt.model.heads import UMTPretrain
 from umt.model.load import BackboneLoadError
+from umt.model.teacher import teacher_output_dim
 from umt.model.text import TextEncoderError, build_text_encoder, resolve_text_dir
 from umt.model.vision_text import UMTVisionText, load_pretrained
 from umt.train.distill.task import TeacherTask
 from umt.train.runtime import Runtime
-from umt.train.task import refuse_changed_input, register_task
+from umt.train.task import Task, refuse_changed_input, register_task
 from umt.train.video_text.step import VideoTextStep
 
-__all__ = ["VideoTextTask"]
+__all__ = ["VideoTextTask", "needs_teacher", "build_student", "freeze_unused"]
 
 log = logging.getLogger(__name__)
+
+
+def needs_teacher(cfg: TrainConfig) -> bool:
+    """Whether a ``video_text`` run needs the frozen CLIP teacher: for UTA (``text.uta_weight`` > 0) or for the
+    semantic mask (``mask.kind="semantic"`` with ``mask.ratio`` or ``mask.image_ratio`` > 0). Fine-tuned retrieval
+    (official ``ret_*``: ``uta=0``, ``video_mask_ratio=0``) needs none, as the official ``encode_teacher`` returns
+    nothing when the UTA weight is 0."""
+    m = cfg.mask
+    return cfg.text.uta_weight > 0 or (m.kind == "semantic" and (m.ratio > 0 or m.image_ratio > 0))
+
+
+def build_student(cfg: TrainConfig, device: torch.device, teacher_dim: int) -> UMTPretrain:
+    """The student + UMA heads of width ``teacher_dim`` without a teacher (the heads keep a stage-2 checkpoint's
+    layout; teacher-free runs freeze them, :func:`freeze_unused`)."""
+    d, m = cfg.data, cfg.model
+    student = timm.create_model(m.student, num_frames=d.num_frames, img_size=d.input_size,
+                                drop_path_rate=m.drop_path, align_layers=m.align_layers)
+    return UMTPretrain(student, teacher_dim).to(device)
+
+
+def freeze_unused(model: UMTVisionText, t: Any) -> None:
+    """Freeze what a loss of weight 0 alone would train, so that every trainable parameter gets a gradient (DDP
+    without ``find_unused_parameters``, as the official fine-tuning): the UMA heads when ``uta_weight`` is 0, the MLM
+    head's own transform when ``mlm_weight`` is 0 (its decoder weight is the word embeddings, which VTC trains)."""
+    if t.uta_weight == 0:
+        model.heads.requires_grad_(False)
+    if t.mlm_weight == 0:
+        tied = model.text.embeddings.word_embeddings.weight
+        for p in model.mlm_head.parameters():
+            if p is not tied:
+                p.requires_grad_(False)
 
 
 @register_task
@@ -51,8 +90,15 @@ class VideoTextTask(TeacherTask):
     eval_key = "r_mean"
 
     def __init__(self, cfg: TrainConfig, rt: Runtime) -> None:
-        super().__init__(cfg, rt)
-        pre = self.model  # the stage-1 student + UMA heads, beside the frozen teacher
+        #: no teacher is built or loaded (:func:`needs_teacher`): fine-tuned retrieval
+        self.teacher_free = not needs_teacher(cfg)
+        if self.teacher_free:
+            Task.__init__(self, cfg, rt)
+            self.model, self.teacher = build_student(cfg, rt.device, teacher_output_dim(cfg.model.teacher)), None
+            log.info("teacher-free video_text: UTA weight 0 and no semantic mask, so no teacher is built or loaded")
+        else:
+            super().__init__(cfg, rt)
+        pre = self.model  # the stage-1 student + UMA heads (beside the frozen teacher unless teacher-free)
         t = cfg.text
         try:
             text, self.text_info = build_text_encoder(t.encoder, t.fusion_layer, pre.student.embed_dim,
@@ -78,10 +124,11 @@ class VideoTextTask(TeacherTask):
         else:
             log.warning("model.init_from is empty: stage 2 starts from a RANDOM student; UMT initialises it from the "
                         "stage-1 checkpoint (set model.init_from)")
+        freeze_unused(model, t)
         self.model = model.to(rt.device)
-        self.spec = VideoTextSpec(self.vision_spec, TextSpec(text.width, text.depth, text.depth - text.fusion_layer,
-                                                             text.vocab_size, text.config.intermediate_size),
-                                  t.embed_dim, cfg.mask.image_ratio, t.max_len)
+        self.spec = None if self.teacher_free else VideoTextSpec(
+            self.vision_spec, TextSpec(text.width, text.depth, text.depth - text.fusion_layer, text.vocab_size,
+                                       text.config.intermediate_size), t.embed_dim, cfg.mask.image_ratio, t.max_len)
 
     # -------------------------------------------------------------------------------------------- building
     def build_loader(self) -> Any:
@@ -122,15 +169,20 @@ class VideoTextTask(TeacherTask):
         return VideoTextStep(net, self.teacher, optimizer, scheduler, self.cfg, self.rt.device, self.rt.amp_dtype)
 
     # ------------------------------------------------------------------------------------------ accounting
-    def flops(self, batch: dict[str, Any]) -> float:
+    def flops(self, batch: dict[str, Any]) -> float | None:
         """Training FLOPs of ``batch``: B × :func:`umt.flops.stage2_flops_per_sample` at its modality and caption
-        length (host-side shapes, no sync)."""
+        length (host-side shapes, no sync); None teacher-free (the stage-2 FLOP model counts teacher, mask and MLM)."""
+        if self.spec is None:
+            return None
         n = int(batch["index"].shape[0])
         return n * stage2_flops_per_sample(self.spec, batch["modality"], int(batch["text_ids"].shape[1]))["total"]
 
     def record(self) -> dict[str, Any]:
         """The teacher's provenance (as stage 1), the text encoder's (directory, weights file, sha256, fusion
-        split), what ``model.init_from`` loaded, and the FLOPs per video and per image pair."""
+        split), what ``model.init_from`` loaded, and the FLOPs per video and per image pair (teacher-free: no
+        teacher, no FLOPs)."""
+        if self.spec is None:
+            return {"teacher_free": True, "text": self.text_info.to_dict(), "init_from": self.init_report}
         return {**self.teacher_record(), "text": self.text_info.to_dict(), "init_from": self.init_report,
                 "flops_per_video": stage2_flops_per_sample(self.spec, "video")["total"],
                 "flops_per_image": stage2_flops_per_sample(self.spec, "image")["total"]}
@@ -142,7 +194,8 @@ class VideoTextTask(TeacherTask):
         Raises:
             ConfigError: the teacher's or the text encoder's weights (sha256) differ from the checkpoint's record.
         """
-        super().check_resume(state, path)
+        if not self.teacher_free:
+            super().check_resume(state, path)
         saved = state.get("text")
         if not saved:
             return
@@ -152,6 +205,11 @@ class VideoTextTask(TeacherTask):
         what = (f"{saved.get('path')} (sha256 {str(saved.get('sha256'))[:12]}, fusion {saved.get('fusion_layer')}) "
                 f"→ {now['path']} (sha256 {now['sha256'][:12]}, fusion {now['fusion_layer']})")
         refuse_changed_input(path, "another text encoder", what, self.cfg.text.allow_change, "text.allow_change")
+
+    def log_image(self, step_fn: Any, tb: Any, step: int) -> None:
+        """The preview panel (the teacher's attention and the mask); nothing teacher-free."""
+        if not self.teacher_free:
+            super().log_image(step_fn, tb, step)
 
     def evaluate(self, final: bool, out_dir: Path) -> dict[str, float] | None:
         """Zero-shot retrieval (:func:`umt.eval.retrieval.retrieval_on_shards`) on ``eval.shards`` with VTM
@@ -165,7 +223,7 @@ class VideoTextTask(TeacherTask):
         metrics, info = retrieval_on_shards(self.model, cfg, cfg.eval.shards,
                                             tokenizer_dir=resolve_text_dir(cfg.text.encoder), device=self.rt.device,
                                             amp_dtype=self.rt.amp_dtype, rerank_k=cfg.eval.rerank_k,
-                                            batch_size=cfg.eval.batch_size)
+                                            batch_size=cfg.eval.batch_size, multi_video_gt=cfg.eval.multi_video_gt)
         if final and self.rt.is_main:
             write_report(out_dir, metrics, info, overwrite=True)  # the run's own report: a resumed run rewrites it
         return metrics
