@@ -2,13 +2,16 @@
 
 Three parts, each a set of rows in one report:
 
-* **matrix** — for every storage setting (codec VP9 / H.264 / MJPEG × GOP 1, 4, 8, 16, 32 × fps cap native / 8) the
-  source clips are re-encoded into shards (build videos/s per core, KiB per clip, ratio to the source bytes), then
-  read by our loader: decode-only work (frames decoded per clip, a hardware-independent cost, and decode CPU-s per
-  clip on one core) and the full pipeline (clips/s with ``--workers`` workers, CPU-s per clip, peak memory).
-* **peers** (``--peers``) — on the same inputs, in the same run: our pipeline on our shards (DALI and reference
-  backends); the official UMT stage-1 loader (decord + PIL, :mod:`benchmarks.peers`) on the raw source videos and on
-  the video files inside our shards; SPDL 0.8 likewise when it imports. Ratios against the official loader.
+* **matrix** — for every kind of source in ``--sources`` (:data:`benchmarks.sources.KINDS`: short-GOP 720p, long-GOP
+  720p, low-resolution low-bit-rate) and every storage setting of :data:`MATRIX` (codec × GOP × fps cap × CRF), the
+  first ``--matrix-clips`` clips are re-encoded into shards (build CPU-s per video, KiB per clip, ratio to the source
+  bytes, PSNR against the source), then read by our loader: decode-only work (frames decoded per clip and per sampled
+  frame, a hardware-independent cost, and decode CPU-s per clip on one core) and the full pipeline (clips/s with
+  ``--workers`` workers, CPU-s per clip, peak memory).
+* **peers** (``--peers``) — per source kind, on the same inputs, in the same run: our pipeline on our shards (DALI and
+  reference backends); the official UMT stage-1 loader (decord + PIL, :mod:`benchmarks.peers`), decord alone, SPDL
+  0.8 and TorchCodec on the raw source videos and on the video files inside our shards, each when it imports (a
+  missing one is named in the log and skipped). Ratios against the official loader.
 * **length** — decode CPU-s per clip for 10 s against 60 s clips at the default settings (target: at most 1.5×).
 * **seek** (``--parts seek``) — CPU-s for one early, middle or late frame through DALI's CPU video decoder against
   our seeking decoder: DALI decodes from the first frame whatever the arguments.
@@ -513,14 +516,16 @@ def run(
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke run: 2 settings, 8 clips, one timed epoch")
-    p.add_argument("--peers", action="store_true", help="also run the official loader and SPDL on the same inputs")
+    p.add_argument("--peers", action="store_true",
+                   help="also run the official loader, decord, SPDL and TorchCodec (those installed) on the same inputs")
     p.add_argument("--sources", default=None, help="folder from python -m benchmarks.sources (default: sample clips)")
     p.add_argument("--device", default=None, help="cpu (default) or cuda (DALI mixed decoder)")
     p.add_argument("--workers", type=int, default=2, help="loader workers / threads (default 2)")
     p.add_argument("--batch", type=int, default=8, help="videos per batch (default 8)")
     p.add_argument("--epochs", type=int, default=2, help="timed epochs per loader (default 2)")
-    p.add_argument("--parts", default="matrix,length", help="comma list of matrix, length, peers, seek (default matrix,length)")
-    p.add_argument("--only", default=None, help='matrix settings whose label starts with one of these, e.g. "h264 gop 8,mjpeg"')
+    p.add_argument("--parts", default="matrix,length",
+                   help="comma list of matrix, length, peers, seek (default matrix,length)")
+    p.add_argument("--only", default=None, help='matrix settings whose label starts with one of these, e.g. "h264 gop 8 crf 25,mjpeg"')
     p.add_argument("--matrix-clips", type=int, default=16, help="source clips per matrix setting (default 16)")
     p.add_argument("--kinds", default="", help="comma list of source kinds to run (default: every kind in --sources)")
     p.add_argument("--out", default=None, help="results directory (default benchmarks/results)")

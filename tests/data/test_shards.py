@@ -255,8 +255,9 @@ def test_gop_controls_keyframes(tmp_path: Path) -> None:
             keys = [i for i, (_, key) in enumerate(pkts) if key]
         if codec == "vp9":
             assert keys == [0, 8, 16]
-        else:  # x264 adds key frames at scene cuts (every frame of this clip is one), never fewer than the GOP's
-            assert {0, 8, 16} <= set(keys)
+        else:  # x264 may add key frames at scene cuts (every frame of this clip is one): never more than 8 apart
+            bounds = [*keys, len(pkts)]  # each GOP runs from a key frame to the next (or the end)
+            assert keys[0] == 0 and max(b - a for a, b in zip(bounds, bounds[1:])) <= 8, keys
 
 
 def test_cli_exit_status_and_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,18 +1,25 @@
-"""Sampled-frame video decoding (seek to the key frame at or before each target and decode forward only that far),
-and stored-image decoding (:func:`decode_image`).
+"""Sampled-frame video decoding (start at the key frame at or before each target and decode only the pictures the
+target depends on), and stored-image decoding (:func:`decode_image`).
 
 Sparse (TSN) sampling takes T = 8 frames from a video of N frames. Decoding from the first frame to the last target
-costs O(N) frames; seeking costs O(T x GOP) frames, whatever the video's length. DALI 2.4's CPU video
+costs O(N) frames; starting at key frames costs O(T x GOP) frames, whatever the video's length. DALI 2.4's CPU video
 decoder decodes from the first frame even with ``build_index=True`` and all-intra input (measured:
-``benchmarks/results/2026-11-22_bench_data_seek_cpu.md``, ``python -m benchmarks.bench_data --parts seek``), so every CPU path decodes here, with PyAV (FFmpeg).
+``benchmarks/results/2026-11-22_bench_data_seek_cpu.md``, ``python -m benchmarks.bench_data --parts seek``), so every
+CPU path decodes here, with PyAV (FFmpeg).
+
+Within a GOP, pictures that no other picture references need not be decoded unless they are targets. The shard
+builder's H.264 stores three such B-frames between reference frames (``umt.data.build.encode.CODECS``), so a target
+costs its key frame, the reference frames before it in decode order and itself: 2.9 frames on average at GOP 8
+against 4.5 when every frame before the target is decoded. Which pictures are unreferenced is read from the
+bitstream (H.264 ``nal_ref_idc``); other codecs are treated as referencing every picture.
 
 The key frames of a stored video are recorded at build time (``keyframes``: ``[[frame index, pts], ...]`` in the
-sample's ``KEY.json``, see :func:`probe_keyframes`), so nothing is probed per sample; for older shards without the
-record the packets are scanned once per call (demuxing without decoding: about 1 ms for 240 packets).
+sample's ``KEY.json``, see :func:`probe_keyframes`); the packets are demuxed once per call (no decoding: about 1 ms
+for 240 packets).
 
-Frame identity: indices are presentation order, 0-based. After a seek the decoder's first frame must carry the key
-frame's pts; frames are then counted forward (the decoder returns them in presentation order). Any mismatch falls
-back to a decode from the first frame, so a wrong frame is never returned.
+Frame identity: indices are presentation order (the rank of a packet's pts), 0-based; a decoded frame is matched
+to its target by pts. A key frame record that does not name a key packet of the stream, or a target the decoder
+did not return, falls back to a decode from the first frame, so a wrong frame is never returned.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ class DecodeStats:
     decoded: int = 0
     """Frames the decoder produced (the cost: proportional to CPU time)."""
     seeks: int = 0
-    """Seeks to a key frame (0 when decoding from the first frame)."""
+    """Decoder runs started at a key frame (0 when decoding from the first frame)."""
     fallback: bool = False
     """True when seeking was not possible or not trusted and the video was decoded from its first frame."""
 
