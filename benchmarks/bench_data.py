@@ -419,6 +419,7 @@ def run(
     matrix_clips: int = 16,
     only: str | None = None,
     kinds: Sequence[str] = (),
+    crf: int | None = None,
 ) -> BenchResult:
     """Measure the matrix, the length rows and, with ``peers``, the peers side by side.
 
@@ -442,7 +443,7 @@ def run(
         if quick:
             by_kind, batch, epochs = {k: v[:8] for k, v in by_kind.items()}, min(batch, 4), 1
         inputs = []
-        default = (DEFAULT_CODEC, DEFAULT_GOP, None, None)
+        default = (DEFAULT_CODEC, DEFAULT_GOP, None, crf)
         for kind, files in by_kind.items():
             src_mib = sum(f.stat().st_size for f in files) / 2**20
             inputs.append(f"{kind}: {len(files)} clips, {src_mib:.1f} MiB")
@@ -528,6 +529,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--only", default=None, help='matrix settings whose label starts with one of these, e.g. "h264 gop 8 crf 25,mjpeg"')
     p.add_argument("--matrix-clips", type=int, default=16, help="source clips per matrix setting (default 16)")
     p.add_argument("--kinds", default="", help="comma list of source kinds to run (default: every kind in --sources)")
+    p.add_argument("--crf", type=int, default=None,
+                   help="CRF of the default codec for the peers and length parts (default: the codec's own)")
     p.add_argument("--out", default=None, help="results directory (default benchmarks/results)")
     p.add_argument("--_one", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -539,7 +542,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     res = run(quick=args.quick, device=args.device, workers=args.workers, batch=args.batch, sources=args.sources,
               peers=args.peers, epochs=args.epochs, parts=args.parts.split(","),
               matrix_clips=args.matrix_clips, only=args.only,
-              kinds=[k for k in args.kinds.split(",") if k])  # fmt: skip
+              kinds=[k for k in args.kinds.split(",") if k], crf=args.crf)  # fmt: skip
     print(format_table(res.rows))
     for n in res.notes:
         print(f"- {n}")

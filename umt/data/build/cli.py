@@ -52,7 +52,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fps-cap", type=float, default=None, help="drop frames above this rate (frames/s)")
     p.add_argument("--crf", type=int, default=None,
                    help="constant rate factor for vp9 (0-63) or h264 (0-51); lower = better quality, more bytes "
-                        "(default: the codec's, h264 25 and vp9 32)")
+                        "(default: the codec's, h264 23 and vp9 32)")
     p.add_argument("--min-frames", type=int, default=8, help="skip videos with fewer frames")
     p.add_argument("--on-truncated", choices=["pack", "skip"], default="pack",
                    help="inputs with fewer decodable frames than their header announces: pack what decodes (with "
