@@ -46,7 +46,7 @@ __all__ = ["MATRIX", "QUICK", "main", "run"]
 #: (codec, gop, fps cap, crf or None for the codec's own): the storage matrix. MJPEG is all-intra whatever the GOP (it
 #: is per-frame JPEG storage in a video container: decoded by libjpeg on CPU; nvJPEG / NVDEC on a GPU).
 MATRIX: tuple[tuple[str, int, float | None, int | None], ...] = (
-    ("vp9", 8, None, None), ("h264", 8, None, None), ("h264", 8, None, 23), ("h264", 16, None, None),
+    ("vp9", 8, None, None), ("h264", 8, None, None), ("h264", 8, None, 25), ("h264", 16, None, None),
     ("h264", 32, None, 28), ("h264", 8, 8.0, None), ("mjpeg", 1, 8.0, None),
 )
 QUICK = (("vp9", 8, None, None), ("h264", 8, None, None))

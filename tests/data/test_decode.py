@@ -212,8 +212,8 @@ def _encode_bframes(n: int, gop: int) -> bytes:
         s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
         s.codec_context.gop_size = gop
         s.codec_context.thread_count = 1
-        s.codec_context.options = {"preset": "ultrafast", "bf": "3", "b-pyramid": "none", "b-adapt": "0",
-                                   "sc_threshold": "0", "keyint_min": str(gop), "x264-params": "threads=1"}
+        s.codec_context.options = {"preset": "ultrafast", "bf": "3", "b-pyramid": "none", "sc_threshold": "0",
+                                   "keyint_min": str(gop), "x264-params": "b-adapt=0:threads=1"}
         for k in range(n):
             f = av.VideoFrame.from_ndarray(frame_image(k, 64, 48), format="rgb24")
             f.pts, f.time_base = k, Fraction(1, 24)

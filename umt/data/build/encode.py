@@ -38,8 +38,9 @@ CODECS: dict[str, tuple[str, str, dict[str, str]]] = {
     # different bytes (measured with av 18.1.0's x264), which breaks the builder's rebuild and resume guarantees.
     # Scene cuts may add key frames (recorded, so readers start there too).
     "h264": ("libx264", "yuv420p", {
-        "preset": "medium", "crf": "23", "bf": "3", "b-pyramid": "none", "b-adapt": "0",
-        "x264-params": "threads=1:lookahead-threads=1:sliced-threads=0:mbtree=0",
+        "preset": "medium", "crf": "23", "bf": "3", "b-pyramid": "none",
+        # b-adapt is no option of FFmpeg's libx264 wrapper (an unknown option is ignored): it goes through x264-params
+        "x264-params": "b-adapt=0:threads=1:lookahead-threads=1:sliced-threads=0:mbtree=0",
     }),
 }
 
