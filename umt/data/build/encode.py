@@ -23,7 +23,7 @@ __all__ = ["CODECS", "DEFAULT_CODEC", "DEFAULT_GOP", "EncodeSettings", "Reject",
 
 #: ``--codec`` choices → (PyAV encoder, pixel format, encoder options). Every codec decodes on every CPU path (PyAV,
 #: from the key frame before each target, :func:`umt.data.decode.decode_sampled`); DALI's GPU (mixed) decoder takes
-#: all three (NVDEC: H.264, VP9; nvJPEG: MJPEG), its CPU decoder only VP9 and MJPEG. Quality: 36.5-38 dB PSNR against
+#: all three (NVDEC: H.264, VP9; nvJPEG: MJPEG), its CPU decoder only VP9 and MJPEG. Quality: 36-38 dB PSNR against
 #: the source scaled to the stored size on 10 s 720p real clips (bench_data's "PSNR dB" column).
 CODECS: dict[str, tuple[str, str, dict[str, str]]] = {
     # realtime/cpu-used 8: ~10x faster to encode than "good" at similar size for ≤320p clips; crf 32 is visually clean
@@ -46,11 +46,11 @@ CODECS: dict[str, tuple[str, str, dict[str, str]]] = {
 
 #: Default codec and GOP (benchmarks/results/2026-12-07_storage_matrix_cpu.md: 16 real 10 s clips of each of three
 #: source kinds -- 720p H.264 with a key frame every 2 s, 720p x264 defaults with one every 250 frames, and 596x336
-#: low-bit-rate WebVid-like video -- T = 8): H.264 CRF 23, GOP 8 with non-reference B-frames: 0.55x / 0.69x the
-#: source bytes on the two 720p kinds at a PSNR no lower than the former default's (36.8 / 38.1 dB against 36.7 /
-#: 37.1), 3.0-3.15 frames decoded per sampled frame. The former default (VP9 GOP 8, CRF 32, libvpx realtime) took
-#: 0.75x / 0.93x the bytes and decodes 4.4 frames per sampled frame. CRF 25 saves another 20 % of the bytes for about
-#: 1 dB. The WebVid-like kind grows whatever the setting with key frames this close (3.3x at CRF 23): see the report.
+#: low-bit-rate WebVid-like video -- T = 8): H.264 CRF 23, GOP 8 with non-reference B-frames: 0.49x / 0.61x the
+#: source bytes on the two 720p kinds at 36.3 / 37.8 dB PSNR (the former default: 36.7 / 37.1), 2.81-2.85 frames
+#: decoded per sampled frame. The former default (VP9 GOP 8, CRF 32, libvpx realtime) took 0.75x / 0.93x the bytes
+#: and decodes 4.4 frames per sampled frame. The WebVid-like kind grows whatever the setting with key frames this
+#: close (3.05x at the default): see the report.
 DEFAULT_CODEC = "h264"
 DEFAULT_GOP = 8
 
