@@ -2,13 +2,16 @@
 
 Three parts, each a set of rows in one report:
 
-* **matrix** — for every storage setting (codec VP9 / H.264 / MJPEG × GOP 1, 4, 8, 16, 32 × fps cap native / 8) the
-  source clips are re-encoded into shards (build videos/s per core, KiB per clip, ratio to the source bytes), then
-  read by our loader: decode-only work (frames decoded per clip, a hardware-independent cost, and decode CPU-s per
-  clip on one core) and the full pipeline (clips/s with ``--workers`` workers, CPU-s per clip, peak memory).
-* **peers** (``--peers``) — on the same inputs, in the same run: our pipeline on our shards (DALI and reference
-  backends); the official UMT stage-1 loader (decord + PIL, :mod:`benchmarks.peers`) on the raw source videos and on
-  the video files inside our shards; SPDL 0.8 likewise when it imports. Ratios against the official loader.
+* **matrix** — for every kind of source in ``--sources`` (:data:`benchmarks.sources.KINDS`: short-GOP 720p, long-GOP
+  720p, low-resolution low-bit-rate) and every storage setting of :data:`MATRIX` (codec × GOP × fps cap × CRF), the
+  first ``--matrix-clips`` clips are re-encoded into shards (build CPU-s per video, KiB per clip, ratio to the source
+  bytes, PSNR against the source), then read by our loader: decode-only work (frames decoded per clip and per sampled
+  frame, a hardware-independent cost, and decode CPU-s per clip on one core) and the full pipeline (clips/s with
+  ``--workers`` workers, CPU-s per clip, peak memory).
+* **peers** (``--peers``) — per source kind, on the same inputs, in the same run: our pipeline on our shards (DALI and
+  reference backends); the official UMT stage-1 loader (decord + PIL, :mod:`benchmarks.peers`), decord alone, SPDL
+  0.8 and TorchCodec on the raw source videos and on the video files inside our shards, each when it imports (a
+  missing one is named in the log and skipped). Ratios against the official loader.
 * **length** — decode CPU-s per clip for 10 s against 60 s clips at the default settings (target: at most 1.5×).
 * **seek** (``--parts seek``) — CPU-s for one early, middle or late frame through DALI's CPU video decoder against
   our seeking decoder: DALI decodes from the first frame whatever the arguments.
@@ -26,6 +29,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,18 +43,22 @@ from benchmarks.common import BenchResult, format_table, write_report
 
 __all__ = ["MATRIX", "QUICK", "main", "run"]
 
-#: (codec, gop, fps cap): the storage matrix. MJPEG is all-intra whatever the GOP (it is per-frame JPEG storage in a
-#: video container: decoded by libjpeg on CPU; nvJPEG / NVDEC on a GPU).
-MATRIX: tuple[tuple[str, int, float | None], ...] = tuple(
-    (c, g, f) for c in ("vp9", "h264") for g in (1, 4, 8, 16, 32) for f in (None, 8.0)
-) + (("mjpeg", 1, None), ("mjpeg", 1, 8.0))
-QUICK = (("vp9", 8, None), ("h264", 8, None))
+#: (codec, gop, fps cap, crf or None for the codec's own): the storage matrix. MJPEG is all-intra whatever the GOP (it
+#: is per-frame JPEG storage in a video container: decoded by libjpeg on CPU; nvJPEG / NVDEC on a GPU).
+MATRIX: tuple[tuple[str, int, float | None, int | None], ...] = (
+    ("vp9", 8, None, None), ("h264", 8, None, None), ("h264", 8, None, 25), ("h264", 16, None, None),
+    ("h264", 32, None, 28), ("h264", 8, 8.0, None), ("mjpeg", 1, 8.0, None),
+)
+QUICK = (("vp9", 8, None, None), ("h264", 8, None, None))
 _T = 8
 
 
-def _label(codec: str, gop: int, fps: float | None) -> str:
+def _label(codec: str, gop: int, fps: float | None, crf: int | None = None) -> str:
+    from umt.data.build.encode import CODECS
+
     g = "all-intra" if gop == 1 else f"gop {gop}"
-    return f"{codec} {g}" + (f" fps<={fps:g}" if fps else "")
+    q = CODECS[codec][2].get("crf") if crf is None else str(crf)
+    return f"{codec} {g}" + (f" crf {q}" if q else "") + (f" fps<={fps:g}" if fps else "")
 
 
 # -- process-tree accounting (runs inside the measured process) -------------------------------------------------
@@ -149,9 +157,11 @@ def _measure(spec: dict[str, Any]) -> dict[str, Any]:
         loader = VideoLoader(cfg, device=spec.get("device", "cpu"))
         epochs = lambda e: loader.epoch_iter(e)  # noqa: E731
     else:
-        from benchmarks.peers import OfficialUMTDataset, SPDLDataset
+        from benchmarks.peers import DecordDataset, OfficialUMTDataset, SPDLDataset, TorchCodecDataset
 
-        ds = (OfficialUMTDataset if kind == "official" else SPDLDataset)(spec["files"])
+        cls = {"official": OfficialUMTDataset, "decord": DecordDataset, "spdl": SPDLDataset,
+               "torchcodec": TorchCodecDataset}[kind]
+        ds = cls(spec["files"])
         dl = torch.utils.data.DataLoader(
             ds, batch_size=batch, shuffle=True, drop_last=True, num_workers=workers, persistent_workers=workers > 0
         )
@@ -277,16 +287,20 @@ def _psnr(shards: Path, probes: int = 6) -> float:
     return float(np.mean(out))
 
 
-def _build(files: Sequence[Path], out: Path, codec: str, gop: int, fps: float | None, workers: int) -> dict[str, Any]:
+def _build(files: Sequence[Path], out: Path, codec: str, gop: int, fps: float | None, workers: int,
+           crf: int | None = None) -> dict[str, Any]:
     from umt.data.build.shards import EncodeSettings, build_shards
 
     t0 = time.perf_counter()
-    br = build_shards(list(files), out, settings=EncodeSettings(codec=codec, gop=gop, fps_cap=fps),
+    cpu0 = _tree_cpu_s(os.getpid())
+    br = build_shards(list(files), out, settings=EncodeSettings(codec=codec, gop=gop, fps_cap=fps, crf=crf),
                       samples_per_shard=16, workers=workers)  # fmt: skip
     dt = time.perf_counter() - t0
+    cpu = _tree_cpu_s(os.getpid()) - cpu0
     nbytes = sum(s["bytes"] for s in br.shards)
     src_bytes = sum(Path(f).stat().st_size for f in files)
     return {
+        "build CPU-s/video": cpu / max(br.num_samples, 1),
         "build videos/s/core": br.num_samples / dt / workers,
         "KiB/clip": nbytes / br.num_samples / 1024,
         "x source bytes": nbytes / src_bytes,
@@ -324,21 +338,71 @@ def _default_sources(tmp: Path, copies: int = 6) -> tuple[list[Path], Path | Non
     return out, None
 
 
-def _sources(sources: str | None, tmp: Path, quick: bool) -> tuple[list[Path], Path | None]:
+def _sources(sources: str | None, tmp: Path, quick: bool) -> tuple[dict[str, list[Path]], Path | None]:
+    """Source clips by kind (:data:`benchmarks.sources.KINDS`: the kinds present in ``sources``), and the 60 s clip."""
     if sources is None:
-        return _default_sources(tmp, copies=2 if quick else 6)
+        return {"samples": _default_sources(tmp, copies=2 if quick else 6)[0]}, None
+    from benchmarks.sources import KINDS
+
     d = Path(sources)
-    short = sorted(d.glob("clip_*.mp4"))
-    if not short:
+    kinds = {k: sorted((d / sub).glob("clip_*.mp4")) for k, (sub, _, _) in KINDS.items()}
+    kinds = {k: v for k, v in kinds.items() if v}
+    if not kinds:
         raise FileNotFoundError(f"{d} holds no clip_*.mp4: run python -m benchmarks.sources first")
     long = d / "long_60s.mp4"
-    return short, long if long.is_file() else None
+    return kinds, long if long.is_file() else None
 
 
 def _peers_available() -> dict[str, bool]:
     import importlib.util
 
-    return {"decord": importlib.util.find_spec("decord") is not None, "spdl": importlib.util.find_spec("spdl") is not None}
+    return {m: importlib.util.find_spec(m) is not None for m in ("decord", "spdl", "torchcodec")}
+
+
+def _peers(files: Sequence[Path], tmp: Path, kind: str, default: tuple, backends: Sequence[str], dev: str,
+           common: dict[str, Any]) -> list[dict[str, Any]]:
+    """Our loader on our shards and every available peer on the raw ``files`` and on the files inside our shards."""
+    have = _peers_available()
+    shards = tmp / "default_all"
+    b = _build(files, shards, *default[:3], common["workers"], default[3])
+    logging.warning("peers %s: %d clips, default storage %s: %s", kind, len(files), _label(*default), b)
+    inner = _extract_videos(shards, tmp / "inner")
+    runs: list[tuple[str, str, dict[str, Any], dict[str, str] | None]] = []
+    for backend in backends:
+        runs.append((f"ours: {backend}", "our shards", {"kind": "ours", "backend": backend,
+                     "shards": str(shards), "device": dev}, None))  # fmt: skip
+    peer_kinds = [("official (decord+PIL)", "official", "decord", None), ("decord 0.6", "decord", "decord", None),
+                  ("SPDL 0.8", "spdl", "spdl", "spdl"), ("TorchCodec", "torchcodec", "torchcodec", None)]
+    for name, k, need, env_kind in peer_kinds:
+        if not have.get(need):
+            logging.warning("%s: not installed here, skipped", name)
+            continue
+        env = None
+        if env_kind == "spdl":
+            from benchmarks.peers import spdl_env
+
+            env = spdl_env()
+        runs.append((name, "raw source videos", {"kind": k, "files": [str(f) for f in files]}, env))
+        runs.append((name, "files inside our shards", {"kind": k, "files": [str(f) for f in inner]}, env))
+    rows = []
+    for name, inp, spec, env in runs:
+        try:
+            r = _run_child({**spec, **common}, env)
+        except RuntimeError as e:
+            logging.warning("%s on %s: %s", name, inp, e)
+            continue
+        rows.append({"part": "peers", "source": kind, "setting": inp, "backend": name, **r})
+        logging.warning("%s", rows[-1])
+    ref = next((r for r in rows if r["backend"].startswith("official") and r["setting"].startswith("raw")), None)
+    ref_same = next((r for r in rows if r["backend"].startswith("official") and r["setting"].startswith("files")), None)
+    for r in rows:
+        r["x official (raw)"] = r["clips/s"] / ref["clips/s"] if ref else float("nan")
+        r["x official (same files)"] = r["clips/s"] / ref_same["clips/s"] if ref_same else float("nan")
+    shutil.rmtree(shards, ignore_errors=True)
+    shutil.rmtree(tmp / "inner", ignore_errors=True)
+    # peers' rows carry no "dali" backend label: the suite's data rate reads our rows only
+    return [{**r, "backend": r["backend"].replace("ours: ", "")} if not r["backend"].startswith("ours") else r
+            for r in rows]
 
 
 def run(
@@ -354,6 +418,8 @@ def run(
     parts: Sequence[str] = ("matrix", "length"),
     matrix_clips: int = 16,
     only: str | None = None,
+    kinds: Sequence[str] = (),
+    crf: int | None = None,
 ) -> BenchResult:
     """Measure the matrix, the length rows and, with ``peers``, the peers side by side.
 
@@ -368,95 +434,77 @@ def run(
     settings = (QUICK if quick else MATRIX) if "matrix" in parts else ()
     if only:  # e.g. "h264 gop 8,mjpeg": settings whose label starts with one of these
         settings = tuple(x for x in settings if any(_label(*x).startswith(o.strip()) for o in only.split(",")))
+    _ = have
     backends = (["dali"] if dali_available() else []) + ["reference"]
     with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
-        files, long_clip = _sources(sources, Path(tmp), quick)
+        by_kind, long_clip = _sources(sources, Path(tmp), quick)
+        if kinds:
+            by_kind = {k: v for k, v in by_kind.items() if k in kinds}
         if quick:
-            files, batch, epochs = files[:8], min(batch, 4), 1
-        src_mib = sum(f.stat().st_size for f in files) / 2**20
-        built: dict[tuple[str, int, float | None], Path] = {}
-        for codec, gop, fps in settings:
-            out = Path(tmp) / _label(codec, gop, fps).replace(" ", "_").replace("<=", "")
-            b = _build(files[:matrix_clips], out, codec, gop, fps, workers)
-            built[(codec, gop, fps)] = out
-            dw = _decode_work(out, epochs=2)
-            psnr = _psnr(out)
-            backend = backends[0]
-            r = _run_child({"kind": "ours", "backend": backend, "shards": str(out), "batch": batch,
-                            "workers": workers, "epochs": epochs, "device": dev})  # fmt: skip
-            res.rows.append({
-                "part": "matrix",
-                "setting": _label(codec, gop, fps),
-                "backend": f"{backend} ({'mixed' if dev.startswith('cuda') and backend == 'dali' else 'cpu'})",
-                "clips/s": r["clips/s"],
-                "CPU-s/clip": r["CPU-s/clip"],
-                "peak MiB": r["peak MiB"],
-                **dw,
-                "decode clips/s/core": 1.0 / dw["decode CPU-s/clip"],
-                **{k: b[k] for k in ("KiB/clip", "x source bytes", "build videos/s/core")},
-                "PSNR dB": psnr,
-            })  # fmt: skip
-            logging.warning("%s", res.rows[-1])
-        if "seek" in parts:
-            for gop in (1, 8, 32):
-                out = Path(tmp) / f"seek_gop{gop}"
-                _build(files[:1], out, "vp9", gop, None, 1)
-                res.rows += _seek_probe(out, _label("vp9", gop, None))
+            by_kind, batch, epochs = {k: v[:8] for k, v in by_kind.items()}, min(batch, 4), 1
+        inputs = []
+        default = (DEFAULT_CODEC, DEFAULT_GOP, None, crf)
+        for kind, files in by_kind.items():
+            src_mib = sum(f.stat().st_size for f in files) / 2**20
+            inputs.append(f"{kind}: {len(files)} clips, {src_mib:.1f} MiB")
+            for codec, gop, fps, crf in settings:
+                label = _label(codec, gop, fps, crf)
+                out = Path(tmp) / kind / label.replace(" ", "_").replace("<=", "")
+                b = _build(files[:matrix_clips], out, codec, gop, fps, workers, crf)
+                dw = _decode_work(out, epochs=2)
+                psnr = _psnr(out)
+                backend = backends[0]
+                r = _run_child({"kind": "ours", "backend": backend, "shards": str(out), "batch": batch,
+                                "workers": workers, "epochs": epochs, "device": dev})  # fmt: skip
+                res.rows.append({
+                    "part": "matrix",
+                    "source": kind,
+                    "setting": label + (" (default)" if (codec, gop, fps, crf) == default else ""),
+                    "backend": f"{backend} ({'mixed' if dev.startswith('cuda') and backend == 'dali' else 'cpu'})",
+                    "clips/s": r["clips/s"],
+                    "CPU-s/clip": r["CPU-s/clip"],
+                    "peak MiB": r["peak MiB"],
+                    **dw,
+                    "decoded per sampled frame": dw["decoded frames/clip"] / _T,
+                    "decode clips/s/core": 1.0 / dw["decode CPU-s/clip"],
+                    **{k: b[k] for k in ("KiB/clip", "x source bytes", "build CPU-s/video", "build videos/s/core")},
+                    "PSNR dB": psnr,
+                })  # fmt: skip
+                logging.warning("%s", res.rows[-1])
+                shutil.rmtree(out, ignore_errors=True)
+            if "seek" in parts:
+                for gop in (1, 8, 32):
+                    out = Path(tmp) / kind / f"seek_gop{gop}"
+                    _build(files[:1], out, "vp9", gop, None, 1)
+                    res.rows += [{"source": kind, **r} for r in _seek_probe(out, _label("vp9", gop, None))]
+            if peers or "peers" in parts:
+                res.rows += _peers(files, Path(tmp) / kind, kind, default, backends, dev,
+                                   {"batch": batch, "workers": workers, "epochs": epochs})
         # length: 10 s against 60 s at the default settings (decode work only; augmentation does not depend on it)
-        default = (DEFAULT_CODEC, DEFAULT_GOP, None)
+        files = next(iter(by_kind.values()))
         if long_clip is not None and "length" in parts:
             short_dir = Path(tmp) / "default_short"
-            _build(files[:matrix_clips], short_dir, *default, workers)
+            _build(files[:matrix_clips], short_dir, *default[:3], workers)
             long_dir = Path(tmp) / "long60"
-            _build([long_clip], long_dir, *default, workers)
+            _build([long_clip], long_dir, *default[:3], workers)
             a, b2 = _decode_work(short_dir, epochs=2), _decode_work(long_dir, epochs=16)
             for name, d in (("10 s", a), ("60 s", b2)):
                 res.rows.append({"part": "length", "setting": f"{_label(*default)}, {name} clips", "backend": "source",
                                  **d, "x 10 s cost": d["decode CPU-s/clip"] / a["decode CPU-s/clip"]})  # fmt: skip
-        if peers or "peers" in parts:
-            shards = Path(tmp) / "default_all"
-            b = _build(files, shards, *default, workers)
-            logging.warning("peers: %d clips, default storage %s: %s", len(files), _label(*default), b)
-            inner = _extract_videos(shards, Path(tmp) / "inner")
-            common = {"batch": batch, "workers": workers, "epochs": epochs}
-            runs: list[tuple[str, str, dict[str, Any], dict[str, str] | None]] = []
-            for backend in backends:
-                runs.append((f"ours: {backend}", "our shards", {"kind": "ours", "backend": backend,
-                             "shards": str(shards), "device": dev}, None))  # fmt: skip
-            if have["decord"]:
-                runs.append(("official (decord+PIL)", "raw source videos", {"kind": "official", "files": [str(f) for f in files]}, None))
-                runs.append(("official (decord+PIL)", "files inside our shards", {"kind": "official", "files": [str(f) for f in inner]}, None))
-            if have["spdl"]:
-                from benchmarks.peers import spdl_env
-
-                env = spdl_env()
-                runs.append(("SPDL 0.8", "raw source videos", {"kind": "spdl", "files": [str(f) for f in files]}, env))
-                runs.append(("SPDL 0.8", "files inside our shards", {"kind": "spdl", "files": [str(f) for f in inner]}, env))
-            peer_rows = []
-            for name, inp, spec, env in runs:
-                try:
-                    r = _run_child({**spec, **common}, env)
-                except RuntimeError as e:
-                    logging.warning("%s on %s: %s", name, inp, e)
-                    continue
-                peer_rows.append({"part": "peers", "setting": inp, "backend": name, **r})
-                logging.warning("%s", peer_rows[-1])
-            ref = next((r for r in peer_rows if r["backend"].startswith("official") and r["setting"].startswith("raw")), None)
-            ref_same = next((r for r in peer_rows if r["backend"].startswith("official") and r["setting"].startswith("files")), None)
-            for r in peer_rows:
-                r["x official (raw)"] = r["clips/s"] / ref["clips/s"] if ref else float("nan")
-                r["x official (same files)"] = r["clips/s"] / ref_same["clips/s"] if ref_same else float("nan")
-            # peers' rows carry no "dali" backend label: the suite's data rate reads our rows only
-            res.rows += [{**r, "backend": r["backend"].replace("ours: ", "")} if not r["backend"].startswith("ours") else r for r in peer_rows]
     res.notes += [
-        f"Inputs: {len(files)} source clips ({src_mib:.1f} MiB; {'--sources ' + sources if sources else 'the embedded 10 s sample cuts, 480x270 H.264'})"
-        + (f", and {long_clip.name}" if long_clip else "") + ". Shards re-encode to short side <= 320.",
+        f"Inputs ({'--sources ' + sources if sources else 'the embedded 10 s sample cuts, 480x270 H.264'}): "
+        + "; ".join(inputs) + (f"; and {long_clip.name}" if long_clip and "length" in parts else "")
+        + f". The matrix uses the first {matrix_clips} clips of each kind, the peers all of them."
+        " Shards re-encode to short side <= 320.",
         f"Loaders: train mode, T={_T}, 224x224, batch {batch}, {workers} workers (DALI: {workers} threads + {workers} "
         f"source processes; peers: torch DataLoader workers), 1 warm-up epoch then {epochs} timed epochs in a fresh "
         "process. CPU-s/clip counts the whole process tree; peak MiB is its summed PSS (shared pages split, so forked "
         "workers are not counted twice).",
-        "decoded frames/clip: frames the decoder produced per clip of 8 sampled frames (seek to the key frame at or "
-        "before each target, decode forward; shared within a GOP). decode CPU-s/clip: read + draw + decode on one core.",
+        "decoded frames/clip: frames the decoder decoded per clip of 8 sampled frames (from the key frame at or before "
+        "each target: the key frame, the frames before the target that others reference, the target; shared within a "
+        "GOP); decoded per sampled frame = that / 8. decode CPU-s/clip: read + draw + decode on one core.",
+        "build CPU-s/video: CPU seconds of the whole build (decode the source, scale, encode, validate, pack) per "
+        "video, all processes; build videos/s/core: wall-clock rate over the encoder processes.",
         "fps<=8: frames dropped at build time to at most 8 frames/s. TSN then draws each of the 8 frames from "
         "duration x 8 / 8 candidates per segment (a 10 s clip: 10 per segment instead of 30 at 24 frames/s).",
         "x source bytes: shard bytes over the source files' bytes (target <= 0.7 for typical source video). PSNR dB: "
@@ -469,15 +517,20 @@ def run(
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke run: 2 settings, 8 clips, one timed epoch")
-    p.add_argument("--peers", action="store_true", help="also run the official loader and SPDL on the same inputs")
+    p.add_argument("--peers", action="store_true",
+                   help="also run the official loader, decord, SPDL and TorchCodec (those installed) on the same inputs")
     p.add_argument("--sources", default=None, help="folder from python -m benchmarks.sources (default: sample clips)")
     p.add_argument("--device", default=None, help="cpu (default) or cuda (DALI mixed decoder)")
     p.add_argument("--workers", type=int, default=2, help="loader workers / threads (default 2)")
     p.add_argument("--batch", type=int, default=8, help="videos per batch (default 8)")
     p.add_argument("--epochs", type=int, default=2, help="timed epochs per loader (default 2)")
-    p.add_argument("--parts", default="matrix,length", help="comma list of matrix, length, peers, seek (default matrix,length)")
-    p.add_argument("--only", default=None, help='matrix settings whose label starts with one of these, e.g. "h264 gop 8,mjpeg"')
+    p.add_argument("--parts", default="matrix,length",
+                   help="comma list of matrix, length, peers, seek (default matrix,length)")
+    p.add_argument("--only", default=None, help='matrix settings whose label starts with one of these, e.g. "h264 gop 8 crf 25,mjpeg"')
     p.add_argument("--matrix-clips", type=int, default=16, help="source clips per matrix setting (default 16)")
+    p.add_argument("--kinds", default="", help="comma list of source kinds to run (default: every kind in --sources)")
+    p.add_argument("--crf", type=int, default=None,
+                   help="CRF of the default codec for the peers and length parts (default: the codec's own)")
     p.add_argument("--out", default=None, help="results directory (default benchmarks/results)")
     p.add_argument("--_one", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -488,7 +541,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TQDM_DISABLE", "1")
     res = run(quick=args.quick, device=args.device, workers=args.workers, batch=args.batch, sources=args.sources,
               peers=args.peers, epochs=args.epochs, parts=args.parts.split(","),
-              matrix_clips=args.matrix_clips, only=args.only)  # fmt: skip
+              matrix_clips=args.matrix_clips, only=args.only,
+              kinds=[k for k in args.kinds.split(",") if k], crf=args.crf)  # fmt: skip
     print(format_table(res.rows))
     for n in res.notes:
         print(f"- {n}")

@@ -8,7 +8,13 @@
   then the same crop/flip/normalise in torch. SPDL's wheel carries no FFmpeg: :func:`spdl_env` points
   ``LD_LIBRARY_PATH`` at the FFmpeg that PyAV bundles (ENVIRONMENT.md).
 
-Both take a list of video files and yield ``[3, T, 224, 224]`` float clips, like our loader.
+* :class:`DecordDataset`: decord's ``get_batch`` (as the official loader) with the torch crop/flip/normalise of
+  :class:`SPDLDataset`: the decoder alone, without PIL.
+* :class:`TorchCodecDataset`: TorchCodec's ``VideoDecoder.get_frames_at`` (seeks to key frames), then the same
+  torch augmentation. Its PyPI wheels link the CUDA build of torch and need a system FFmpeg: it runs only where
+  ``import torchcodec`` works, and the benchmark skips it elsewhere.
+
+All take a list of video files and yield ``[3, T, 224, 224]`` float clips, like our loader.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import torch
 
 from umt.data.config import IMAGENET_MEAN, IMAGENET_STD, UMT_CROP_SCALES
 
-__all__ = ["OfficialUMTDataset", "SPDLDataset", "spdl_env"]
+__all__ = ["DecordDataset", "OfficialUMTDataset", "SPDLDataset", "TorchCodecDataset", "spdl_env"]
 
 
 def _tsn_random(n: int, t: int, rng: random.Random) -> list[int]:
@@ -109,12 +115,50 @@ def spdl_env() -> dict[str, str]:
     return {**os.environ, "LD_LIBRARY_PATH": f"{out}:{libs}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
 
 
+def _torch_augment(arr: np.ndarray, size: int, rng: random.Random) -> torch.Tensor:
+    """The official crop window, flip and normalisation on uint8 frames [T, H, W, 3], in torch (antialiased resize)."""
+    import torch.nn.functional as F
+
+    h, w = arr.shape[1:3]
+    x, y, cw, ch = _multiscale_box(w, h, size, rng)
+    v = torch.from_numpy(np.ascontiguousarray(arr[:, y : y + ch, x : x + cw])).permute(0, 3, 1, 2).float()
+    v = F.interpolate(v, size=(size, size), mode="bilinear", antialias=True) / 255  # [T, 3, S, S]
+    if rng.random() < 0.5:
+        v = v.flip(-1)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return ((v - mean) / std).permute(1, 0, 2, 3)  # [3, T, S, S]
+
+
+class DecordDataset(_VideoFiles):
+    """decord's ``get_batch`` (one thread), then the torch augmentation of :func:`_torch_augment`."""
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        import decord
+
+        rng = random.Random(self.seed * 1_000_003 + i)
+        vr = decord.VideoReader(self.files[i], num_threads=1, ctx=decord.cpu(0))
+        idx = _tsn_random(len(vr), self.t, rng)
+        return _torch_augment(vr.get_batch(idx).asnumpy(), self.size, rng)  # [T, H, W, 3] in
+
+
+class TorchCodecDataset(_VideoFiles):
+    """TorchCodec's ``get_frames_at`` (CPU, one thread), then the torch augmentation of :func:`_torch_augment`."""
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from torchcodec.decoders import VideoDecoder
+
+        rng = random.Random(self.seed * 1_000_003 + i)
+        dec = VideoDecoder(self.files[i], device="cpu", num_ffmpeg_threads=1, dimension_order="NHWC")
+        idx = _tsn_random(dec.metadata.num_frames, self.t, rng)
+        return _torch_augment(dec.get_frames_at(idx).data.numpy(), self.size, rng)
+
+
 class SPDLDataset(_VideoFiles):
     """SPDL's sampled decode (key-frame seeking), then the official crop/flip/normalise in torch."""
 
     def __getitem__(self, i: int) -> torch.Tensor:
         import spdl.io
-        import torch.nn.functional as F
 
         rng = random.Random(self.seed * 1_000_003 + i)
         packets = spdl.io.demux_video(self.files[i])
@@ -124,13 +168,5 @@ class SPDLDataset(_VideoFiles):
         frames = spdl.io.sample_decode_video(packets, order)
         buf = spdl.io.convert_frames(frames)
         arr = spdl.io.to_numpy(buf)  # [T', H, W, 3]
-        arr = arr[[order.index(k) for k in idx]]
-        h, w = arr.shape[1:3]
-        x, y, cw, ch = _multiscale_box(w, h, self.size, rng)
-        v = torch.from_numpy(np.ascontiguousarray(arr[:, y : y + ch, x : x + cw])).permute(0, 3, 1, 2).float()
-        v = F.interpolate(v, size=(self.size, self.size), mode="bilinear", antialias=True) / 255  # [T, 3, S, S]
-        if rng.random() < 0.5:
-            v = v.flip(-1)
-        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        return ((v - mean) / std).permute(1, 0, 2, 3)  # [3, T, S, S]
+        return _torch_augment(arr[[order.index(k) for k in idx]], self.size, rng)
+

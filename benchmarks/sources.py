@@ -1,15 +1,25 @@
-"""Source videos for the data benchmarks: typical 720p H.264 web video cut from a real film.
+"""Source videos for the data benchmarks: three kinds of H.264 web video cut from one real film.
 
-The peers comparison needs inputs like a user's raw data set: 10 s clips of real footage at 1280x720,
-H.264 with a key frame every 2 s (``keyint`` 48 at 24 frames/s, the spacing video sites use), CRF 23. They are cut
-from the *Big Buck Bunny* trailer (CC BY 3.0, Blender Foundation) in the moviepy 2.2.1 source archive, which the user
-downloads from the package registry first (nothing here downloads)::
+The storage matrix and the peers comparison need inputs like a user's raw data set. All kinds are 10 s cuts of the
+*Big Buck Bunny* trailer (CC BY 3.0, Blender Foundation) in the moviepy 2.2.1 source archive, encoded from the same
+decoded frames (the same content), which the user downloads from the package registry first (nothing here
+downloads)::
 
     pip download --no-deps --no-binary :all: moviepy==2.2.1 -d /tmp/mp
     python -m benchmarks.sources --moviepy-sdist /tmp/mp/moviepy-2.2.1.tar.gz --out benchmarks/.sources
 
-Writes ``clip_NN.mp4`` (``--clips`` cuts of ``--seconds`` s at evenly spaced starts) and ``long_60s.mp4`` (the
-trailer looped to 60 s) into ``--out``; an existing file of the same name is kept (resumable), never overwritten.
+Source kinds (:data:`KINDS`; ``--kinds`` picks some):
+
+* ``short_gop`` (``OUT/clip_NN.mp4``): 1280x720 H.264, a key frame every 2 s (``keyint`` 48 at 24 frames/s),
+  CRF 23, x264 preset fast: high-bit-rate video with frequent key frames.
+* ``long_gop`` (``OUT/long_gop/clip_NN.mp4``): 1280x720 H.264 with x264's own defaults (preset medium, CRF 23,
+  3 B-frames, a key frame at most every 250 frames, so one or two per 10 s clip): a typical web upload.
+* ``webvid`` (``OUT/webvid/clip_NN.mp4``): 596x336 H.264, x264 defaults but CRF 28: low resolution and low bit rate,
+  the size of WebVid's preview clips.
+
+Also writes ``long_60s.mp4`` (the trailer looped to 60 s, short-GOP settings). Clip ``i`` of every kind starts at
+the same frame (``--clips`` cuts of ``--seconds`` s at evenly spaced starts). An existing file of the same name is
+kept (resumable), never overwritten.
 """
 
 from __future__ import annotations
@@ -26,12 +36,20 @@ import numpy as np
 
 from umt.fileio import atomic_path
 
-__all__ = ["TRAILER_MEMBER", "make_sources", "write_h264"]
+__all__ = ["KINDS", "TRAILER_MEMBER", "make_sources", "write_h264"]
 
 log = logging.getLogger(__name__)
 
 TRAILER_MEMBER = "docs/_static/medias/getting_started/moviepy_10_minutes/trailer_bbb.mp4"
 _FPS = 24
+
+#: source kind → (sub-folder of ``--out``, (width, height) or None for the trailer's 1280x720, libx264 options)
+KINDS: dict[str, tuple[str, tuple[int, int] | None, dict[str, str]]] = {
+    "short_gop": ("", None, {"preset": "fast", "crf": "23", "g": str(2 * _FPS), "keyint_min": str(_FPS)}),
+    # x264's defaults spelled out (FFmpeg's wrapper would otherwise pass its own GOP of 12)
+    "long_gop": ("long_gop", None, {"preset": "medium", "crf": "23", "g": "250", "keyint_min": "25", "bf": "3"}),
+    "webvid": ("webvid", (596, 336), {"preset": "medium", "crf": "28", "g": "250", "keyint_min": "25", "bf": "3"}),
+}
 
 
 def _trailer_frames(sdist: Path) -> list[np.ndarray]:
@@ -72,29 +90,50 @@ def write_h264(path: Path, frames: Iterable[np.ndarray], fps: int = _FPS,
             out.mux(pkt)
 
 
-def make_sources(sdist: str | Path, out: str | Path, *, clips: int = 48, seconds: float = 10.0) -> list[Path]:
-    """Cut ``clips`` clips of ``seconds`` s and one 60 s clip from the trailer into ``out`` (kept if present).
+def _resized(frames: Sequence[np.ndarray], size: tuple[int, int] | None) -> Iterable[np.ndarray]:
+    """``frames`` scaled to ``size`` (width, height) with swscale's bicubic filter (None: unchanged)."""
+    import av
+
+    for a in frames:
+        if size is None:
+            yield a
+        else:
+            f = av.VideoFrame.from_ndarray(a, format="rgb24")
+            yield f.reformat(width=size[0], height=size[1], interpolation="BICUBIC").to_ndarray()
+
+
+def make_sources(sdist: str | Path, out: str | Path, *, clips: int = 48, seconds: float = 10.0,
+                 kinds: Sequence[str] = ("short_gop",)) -> list[Path]:
+    """Cut ``clips`` clips of ``seconds`` s of each of ``kinds`` (:data:`KINDS`) and one 60 s clip from the trailer
+    into ``out`` (each kept if present).
 
     Returns:
-        The short clips' paths, then the 60 s clip's.
+        The clips' paths, kind by kind in ``kinds`` order, then the 60 s clip's.
 
     Raises:
         FileNotFoundError: ``sdist`` is not the moviepy 2.2.1 source archive.
+        KeyError: an unknown kind.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"clip_{i:02d}.mp4" for i in range(clips)] + [out / "long_60s.mp4"]
+    plan = []
+    for kind in kinds:
+        sub, size, opts = KINDS[kind]
+        d = out / sub
+        d.mkdir(parents=True, exist_ok=True)
+        plan += [(d / f"clip_{i:02d}.mp4", i, size, opts) for i in range(clips)]
+    long60 = out / "long_60s.mp4"
+    paths = [p for p, *_ in plan] + [long60]
     if all(p.is_file() for p in paths):
         return paths
     frames = _trailer_frames(Path(sdist))
     n = int(seconds * _FPS)
     starts = np.linspace(0, len(frames) - n, clips).astype(int)
-    for p, s in zip(paths[:-1], starts):
+    for p, i, size, opts in plan:
         if not p.is_file():
-            log.info("writing %s (frames %d..%d)", p, s, s + n)
-            write_h264(p, frames[s : s + n])
-    if not paths[-1].is_file():
-        write_h264(paths[-1], [frames[k % len(frames)] for k in range(60 * _FPS)])
+            log.info("writing %s (frames %d..%d)", p, starts[i], starts[i] + n)
+            write_h264(p, _resized(frames[starts[i] : starts[i] + n], size), options=opts)
+    if not long60.is_file():
+        write_h264(long60, [frames[k % len(frames)] for k in range(60 * _FPS)], options=KINDS["short_gop"][2])
     return paths
 
 
@@ -104,11 +143,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default="benchmarks/.sources", help="output folder (default: benchmarks/.sources)")
     p.add_argument("--clips", type=int, default=48, help="number of short clips (default 48)")
     p.add_argument("--seconds", type=float, default=10.0, help="short clip length in seconds (default 10)")
+    p.add_argument("--kinds", default="short_gop",
+                   help=f"comma list of source kinds, of {','.join(KINDS)} (default short_gop)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        paths = make_sources(args.moviepy_sdist, args.out, clips=args.clips, seconds=args.seconds)
-    except FileNotFoundError as e:
+        paths = make_sources(args.moviepy_sdist, args.out, clips=args.clips, seconds=args.seconds,
+                             kinds=args.kinds.split(","))
+    except (FileNotFoundError, KeyError) as e:
         print(f"error: {e}")
         return 2
     print(f"{len(paths)} source videos in {args.out}")

@@ -59,3 +59,14 @@ def test_spdl_loader_runs_with_pyav_ffmpeg(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], env=spdl_env(), capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[2])  # fmt: skip
     assert out.stdout.strip() == "(3, 8, 32, 32)", out.stderr[-500:]
+
+
+@pytest.mark.peers
+def test_decord_peer_returns_the_sampled_frames(tmp_path: Path) -> None:
+    """decord alone with the torch augmentation: a [3, T, S, S] clip whose frames are the TSN draws of the video."""
+    from benchmarks.peers import DecordDataset
+
+    clip = make_clip(tmp_path / "a.mp4", n_frames=24, width=96, height=64)
+    v = DecordDataset([clip], size=32)[0]
+    assert v.shape == (3, 8, 32, 32) and torch.isfinite(v).all()
+    assert (v[:, 1:] - v[:, :-1]).abs().amax() > 0  # distinct frames, not one frame repeated

@@ -200,3 +200,52 @@ def test_streams_that_start_at_a_nonzero_pts_still_seek() -> None:
     st = DecodeStats()
     assert np.array_equal(decode_sampled(data, [45], kf, stats=st), _full_decode(data)[[45]])
     assert not st.fallback and st.seeks == 1 and st.decoded == 6
+
+
+def _encode_bframes(n: int, gop: int) -> bytes:
+    """H.264 with the shard builder's GOP structure: 3 non-reference B-frames between references, no pyramid."""
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as out:
+        s = out.add_stream("libx264", rate=24)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        s.codec_context.gop_size = gop
+        s.codec_context.thread_count = 1
+        s.codec_context.options = {"preset": "ultrafast", "bf": "3", "b-pyramid": "none", "sc_threshold": "0",
+                                   "keyint_min": str(gop), "x264-params": "b-adapt=0:threads=1"}
+        for k in range(n):
+            f = av.VideoFrame.from_ndarray(frame_image(k, 64, 48), format="rgb24")
+            f.pts, f.time_base = k, Fraction(1, 24)
+            for p in s.encode(f):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    return buf.getvalue()
+
+
+def test_unreferenced_b_frames_are_skipped_and_frames_stay_exact() -> None:
+    """GOP 8 with B-frames, presentation ``I0 b1 b2 b3 P4 b5 b6 P7`` (decode order I0 P4 b1 b2 b3 P7 b5 b6).
+
+    Hand-counted cost of one target at offset o in its GOP: the key frame, the P-frames it needs (a B-frame needs the
+    P after it) and itself: o=0: 1; o=1..3: I0 P4 b = 3; o=4: 2; o=5, 6: I0 P4 P7 b = 4; o=7: 3 (mean 2.875),
+    against o + 1 (mean 4.5) when every frame before the target is decoded.
+    """
+    data = _encode_bframes(96, gop=8)
+    full = _full_decode(data)
+    kf = probe_keyframes(data)
+    assert [k for k, _ in kf] == list(range(0, 96, 8))
+    for o, cost in enumerate([1, 3, 3, 3, 2, 4, 4, 3]):
+        for g in (0, 5):
+            st = DecodeStats()
+            t = 8 * g + o
+            assert np.array_equal(decode_sampled(data, [t], kf, stats=st), full[[t]]), t
+            assert (st.decoded, st.seeks, st.fallback) == (cost, 1, False), t
+    # targets in one GOP share a run: 2 and 6 need I0 P4 b2 P7 b6
+    st = DecodeStats()
+    assert np.array_equal(decode_sampled(data, [6, 2], kf, stats=st), full[[6, 2]])
+    assert (st.decoded, st.seeks) == (5, 1)
+    rng = np.random.default_rng(1)
+    for _ in range(15):  # TSN-like draws and arbitrary ones, with repeats: always the full decode's frames
+        ind = [int(12 * i + rng.integers(0, 12)) for i in range(8)] if _ % 2 else rng.integers(0, 96, 8).tolist()
+        assert np.array_equal(decode_sampled(data, ind, kf), full[ind]), ind

@@ -53,6 +53,9 @@ def parser() -> argparse.ArgumentParser:
                    help="scale so the short side is at most this (px; videos and images)")
     p.add_argument("--gop", type=int, default=DEFAULT_GOP, help="key frame interval in frames (1 = all-intra)")
     p.add_argument("--fps-cap", type=float, default=None, help="drop frames above this rate (frames/s)")
+    p.add_argument("--crf", type=int, default=None,
+                   help="constant rate factor for vp9 (0-63) or h264 (0-51); lower = better quality, more bytes "
+                        "(default: the codec's, h264 23 and vp9 32)")
     p.add_argument("--min-frames", type=int, default=8, help="skip videos with fewer frames")
     p.add_argument("--on-truncated", choices=["pack", "skip"], default="pack",
                    help="inputs with fewer decodable frames than their header announces: pack what decodes (with "
@@ -168,7 +171,7 @@ def _settings(args: argparse.Namespace) -> tuple[EncodeSettings | ImageEncodeSet
         modality = _read_annotations(_localize(args.annotations))[1]
     if modality == "image":
         return ImageEncodeSettings(short_side=args.short_side, quality=args.jpeg_quality), modality
-    return EncodeSettings(codec=args.codec, short_side=args.short_side, gop=args.gop, fps_cap=args.fps_cap,
+    return EncodeSettings(codec=args.codec, short_side=args.short_side, gop=args.gop, fps_cap=args.fps_cap, crf=args.crf,
                           min_frames=args.min_frames, on_truncated=args.on_truncated), modality
 
 

@@ -22,28 +22,36 @@ from umt.data.decode import probe_keyframes
 __all__ = ["CODECS", "DEFAULT_CODEC", "DEFAULT_GOP", "EncodeSettings", "Reject", "SampleSource", "encode_video"]
 
 #: ``--codec`` choices → (PyAV encoder, pixel format, encoder options). Every codec decodes on every CPU path (PyAV,
-#: seeking to key frames); DALI's GPU (mixed) decoder takes all three. Quality settings land near the same fidelity
-#: (PSNR 37-38 dB against the source scaled to 568x320, 10 s 720p real clips; bench_data's "PSNR dB" column).
+#: from the key frame before each target, :func:`umt.data.decode.decode_sampled`); DALI's GPU (mixed) decoder takes
+#: all three (NVDEC: H.264, VP9; nvJPEG: MJPEG), its CPU decoder only VP9 and MJPEG. Quality: 36-38 dB PSNR against
+#: the source scaled to the stored size on 10 s 720p real clips (bench_data's "PSNR dB" column).
 CODECS: dict[str, tuple[str, str, dict[str, str]]] = {
     # realtime/cpu-used 8: ~10x faster to encode than "good" at similar size for ≤320p clips; crf 32 is visually clean
     # at this size. No lag (realtime) means no hidden alt-ref frames: every packet is one displayed frame.
     "vp9": ("libvpx-vp9", "yuv420p", {"deadline": "realtime", "cpu-used": "8", "crf": "32", "b": "0"}),
     # a fixed quantiser (the encoder ignores "q:v"; without qmin/qmax it runs at its default bit rate, ~32 dB)
     "mjpeg": ("mjpeg", "yuvj420p", {"qmin": "5", "qmax": "5"}),
-    # no B-frames: presentation order = decode order. Scene cuts may add key frames (recorded, so readers seek to
-    # them too); turning scene-cut detection off (sc_threshold 0) made x264's output vary between identical builds.
-    "h264": ("libx264", "yuv420p", {"preset": "veryfast", "crf": "23", "bf": "0"}),
+    # Fixed "I b b b P b b P" GOPs: 3 B-frames that nothing references (no B-pyramid, no adaptive placement), so the
+    # reader decodes a target's key frame, the P-frames before it and itself (2.9 frames per sampled frame at GOP 8
+    # instead of 4.5), and the B-frames make the file smaller. Byte-reproducible: one thread, no sliced or lookahead
+    # threads, and macroblock-tree rate control off -- with it on, encoding the same input twice in one process gave
+    # different bytes (measured with av 18.1.0's x264), which breaks the builder's rebuild and resume guarantees.
+    # Scene cuts may add key frames (recorded, so readers start there too).
+    "h264": ("libx264", "yuv420p", {
+        "preset": "medium", "crf": "23", "bf": "3", "b-pyramid": "none",
+        # b-adapt is no option of FFmpeg's libx264 wrapper (an unknown option is ignored): it goes through x264-params
+        "x264-params": "b-adapt=0:threads=1:lookahead-threads=1:sliced-threads=0:mbtree=0",
+    }),
 }
 
-#: Default codec and GOP, chosen with the seeking decoders (benchmarks/results/2026-11-22_bench_data_matrix_cpu.md and
-#: ..._peers_cpu.md: 16 real 10 s 720p H.264 clips, T = 8). VP9 with a key frame every 8 frames decodes 35 frames per
-#: clip of 8 samples (22 clips/s per core, decode only) at 0.66x the source bytes and 37 dB; the former default VP9
-#: GOP 32 decodes 111 frames per clip (2x the CPU). H.264 GOP 8 is faster still (32 frames, 0.78x the decode CPU, 0.56x
-#: the bytes) but x264's output was not byte-identical between builds in different processes in our tests, which
-#: breaks the builder's determinism and resume guarantees; it stays an option (--codec h264). Shorter GOPs or
-#: all-intra at native frame rate exceed 0.7x the source bytes. MJPEG decodes exactly the 8 sampled frames (fastest)
-#: at 2.5x (native) or 0.84x (fps <= 8) the bytes at equal quality.
-DEFAULT_CODEC = "vp9"
+#: Default codec and GOP (benchmarks/results/2026-12-07_storage_matrix_cpu.md: 16 real 10 s clips of each of three
+#: source kinds -- 720p H.264 with a key frame every 2 s, 720p x264 defaults with one every 250 frames, and 596x336
+#: low-bit-rate WebVid-like video -- T = 8): H.264 CRF 23, GOP 8 with non-reference B-frames: 0.49x / 0.61x the
+#: source bytes on the two 720p kinds at 36.3 / 37.8 dB PSNR (the former default: 36.7 / 37.1), 2.81-2.85 frames
+#: decoded per sampled frame. The former default (VP9 GOP 8, CRF 32, libvpx realtime) took 0.75x / 0.93x the bytes
+#: and decodes 4.4 frames per sampled frame. The WebVid-like kind grows whatever the setting with key frames this
+#: close (3.05x at the default): see the report.
+DEFAULT_CODEC = "h264"
 DEFAULT_GOP = 8
 
 
@@ -59,6 +67,9 @@ class EncodeSettings:
     """Key frame every ``gop`` frames (1 = all-intra). Ignored by ``copy``."""
     fps_cap: float | None = None
     """Drop frames so that the output rate is at most this (frames/s)."""
+    crf: int | None = None
+    """Constant rate factor of ``vp9`` (0-63) or ``h264`` (0-51); lower is better quality and more bytes.
+    None: the codec's setting in :data:`CODECS`."""
     min_frames: int = 8
     """Reject videos with fewer frames (the sampling needs one per TSN segment)."""
     on_truncated: str = "pack"
@@ -75,9 +86,14 @@ class EncodeSettings:
             raise ValueError(f"bad encoding settings {self}")
         if self.fps_cap is not None and self.fps_cap <= 0:
             raise ValueError(f"fps_cap must be > 0, got {self.fps_cap}")
+        if self.crf is not None and not (self.codec in ("vp9", "h264") and 0 <= self.crf <= (63 if self.codec == "vp9" else 51)):
+            raise ValueError(f"crf applies to vp9 (0-63) and h264 (0-51), got crf={self.crf} with codec {self.codec!r}")
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        d = asdict(self)
+        if d["crf"] is None:  # settings without a CRF keep the digest they had before the field existed
+            del d["crf"]
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -174,6 +190,8 @@ def encode_video(src: SampleSource, st: EncodeSettings) -> tuple[bytes, dict[str
                 n_in = n_out
             else:
                 enc_name, pix_fmt, opts = CODECS[st.codec]
+                if st.crf is not None:
+                    opts = {**opts, "crf": str(st.crf)}
                 ostream = None
                 for frame in inp.decode(vs):
                     n_in += 1
