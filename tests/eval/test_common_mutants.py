@@ -63,6 +63,17 @@ def test_model_inputs_cast_to_fp32_only_without_autocast() -> None:
     assert video.dtype == torch.bfloat16
 
 
+def test_autocast_uses_the_given_dtype() -> None:
+    with autocast(torch.device("cpu"), torch.float16):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float16
+
+
+def test_check_free_names_the_default_flag(tmp_path: Path) -> None:
+    (tmp_path / "x").write_text("")
+    with pytest.raises(FileExistsError, match="pass --overwrite$"):
+        check_free([tmp_path / "x"], overwrite=False)
+
+
 def test_autocast_is_off_for_fp32_and_on_for_bf16() -> None:
     with autocast(torch.device("cpu"), None):
         assert not torch.is_autocast_enabled("cpu")
@@ -150,13 +161,39 @@ def test_accumulator_range_checks(index: list[int], view: list[int], match: str 
 
 
 def test_accumulator_names_the_first_wrong_sample_and_the_missing_count() -> None:
-    acc = IndexAccumulator(4, 1, 2, "cpu")
-    # sample 0 complete, sample 1 seen twice in view 0 and never in view 1, samples 2 and 3 never seen
+    acc = IndexAccumulator(5, 1, 2, "cpu")
+    # sample 0 complete, sample 1 seen twice in view 0 and never in view 1, samples 2, 3 and 4 never seen
     acc.add(torch.ones(4, 1), torch.tensor([0, 0, 1, 1]), torch.zeros(4, dtype=torch.int64),
             torch.tensor([0, 1, 0, 0]))
-    with pytest.raises(CountError, match="3 of 4 items not counted exactly once per view \\(2 never seen; item 1 "
+    with pytest.raises(CountError, match="4 of 5 items not counted exactly once per view \\(3 never seen; item 1 "
                                          "has per-view counts \\[2, 0\\], expected 2 × 1\\)"):
         acc.check("item")
+
+
+def test_accumulator_takes_any_integer_and_float_dtypes() -> None:
+    # int32 indices and labels, int16 views, float64 values: converted, not mixed into the int64/float32 tables
+    acc = IndexAccumulator(2, 2, 2, "cpu")
+    acc.add(torch.tensor([[0.5, 1.5], [2.0, 4.0], [8.0, 16.0], [9.0, 9.0]], dtype=torch.float64),
+            torch.tensor([1, 0, 1, 0], dtype=torch.int32), torch.tensor([300, 7, 300, 7], dtype=torch.int32),
+            torch.tensor([0, 1, 1, 0], dtype=torch.int16))
+    acc.check()
+    sums, labels = acc.totals()
+    assert sums.tolist() == [[11.0, 13.0], [8.5, 17.5]] and labels.tolist() == [7, 300]  # labels above 2·62 too
+
+
+def test_accumulator_counts_bad_rows_over_batches_and_pads_with_any_view() -> None:
+    acc = IndexAccumulator(2, 1, 2, "cpu")
+    acc.add(torch.ones(1, 1), torch.tensor([0]), torch.tensor([0]), torch.tensor([2]))  # sample 0, view 2: bad
+    acc.add(torch.ones(4, 1), torch.tensor([0, 0, 1, 1]), torch.zeros(4, dtype=torch.int64),
+            torch.tensor([0, 1, 0, 1]))  # a clean batch after it does not clear the count
+    with pytest.raises(CountError, match="0 rows with an index outside \\[-1, 2\\) and 1 with a view outside"):
+        acc.check()
+    # padding rows with a negative view go to the sink, never into sample 1's last view
+    acc = IndexAccumulator(2, 1, 2, "cpu")
+    acc.add(torch.ones(6, 1), torch.tensor([0, 0, 1, 1, -1, -1]), torch.zeros(6, dtype=torch.int64),
+            torch.tensor([0, 1, 0, 1, -1, -3]))
+    acc.check()
+    assert acc.counts.view(3, 2)[:2].tolist() == [[1, 1], [1, 1]]
 
 
 def test_accumulator_labels_must_agree_per_sample() -> None:
@@ -188,3 +225,73 @@ def test_accumulator_batch_shapes(values: torch.Tensor, index: torch.Tensor, lab
     acc = IndexAccumulator(2, 2, 1, "cpu")
     with pytest.raises(ValueError, match="expected values \\[R, 2\\]"):
         acc.add(values, index.long(), label.long())
+
+
+# ------------------------------------------------------------------ placement under torchrun (process group faked)
+class _FakeGroup:
+    """Stands in for ``torch.distributed``'s default group: records the calls, reports rank/world once created."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, initialized: bool = False, rank: int = 0,
+                 world: int = 1) -> None:
+        import umt.eval.common as common
+
+        self.calls: list[tuple] = []
+        self.initialized, self.rank, self.world = initialized, rank, world
+        d = common.dist
+        monkeypatch.setattr(d, "is_available", lambda: True)
+        monkeypatch.setattr(d, "is_initialized", lambda: self.initialized)
+        monkeypatch.setattr(d, "get_rank", lambda: self.rank)
+        monkeypatch.setattr(d, "get_world_size", lambda: self.world)
+        monkeypatch.setattr(d, "init_process_group", self._init)
+        monkeypatch.setattr(d, "barrier", lambda: self.calls.append(("barrier",)))
+        monkeypatch.setattr(d, "destroy_process_group", lambda: self.calls.append(("destroy",)))
+
+    def _init(self, *args, **kw) -> None:  # noqa: ANN002, ANN003
+        self.calls.append(("init", args, kw))
+        self.initialized = True
+
+
+def _torchrun_env(monkeypatch: pytest.MonkeyPatch, world: int, local: int, cuda: bool) -> list:
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    monkeypatch.setenv("LOCAL_RANK", str(local))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    devices: list = []
+    monkeypatch.setattr(torch.cuda, "set_device", devices.append)
+    return devices
+
+
+@pytest.mark.parametrize("device", ["cuda", "auto"])
+def test_init_distributed_on_gpus_uses_nccl_on_the_local_device(monkeypatch: pytest.MonkeyPatch, device: str) -> None:
+    devices = _torchrun_env(monkeypatch, world=4, local=3, cuda=True)
+    group = _FakeGroup(monkeypatch, rank=5, world=4)
+    ctx = init_distributed(device)
+    assert ctx == DistContext(5, 4, torch.device("cuda", 3), True)
+    assert devices == [torch.device("cuda", 3)]
+    assert group.calls == [("init", ("nccl",), {"device_id": torch.device("cuda", 3)})]
+    close_distributed(ctx)
+    assert group.calls[1:] == [("barrier",), ("destroy",)]  # the barrier first
+
+
+def test_init_distributed_on_cpus_uses_gloo(monkeypatch: pytest.MonkeyPatch) -> None:
+    devices = _torchrun_env(monkeypatch, world=2, local=1, cuda=True)  # a GPU exists but the CPU is asked for
+    group = _FakeGroup(monkeypatch, rank=1, world=2)
+    assert init_distributed("cpu") == DistContext(1, 2, torch.device("cpu"), True)
+    assert devices == [] and group.calls == [("init", ("gloo",), {"device_id": None})]
+
+
+def test_init_distributed_joins_an_existing_group_and_leaves_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    _torchrun_env(monkeypatch, world=2, local=0, cuda=False)
+    group = _FakeGroup(monkeypatch, initialized=True, rank=1, world=2)
+    ctx = init_distributed("auto")
+    assert ctx == DistContext(1, 2, torch.device("cpu"), False) and group.calls == []
+    close_distributed(ctx)
+    assert group.calls == []  # not ours to destroy
+
+
+def test_one_process_under_torchrun_makes_no_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    _torchrun_env(monkeypatch, world=1, local=0, cuda=False)
+    group = _FakeGroup(monkeypatch)
+    assert init_distributed("auto") == DistContext(0, 1, torch.device("cpu"), False) and group.calls == []
+    # a context that claims the group, but none exists: nothing to tear down
+    close_distributed(DistContext(0, 1, torch.device("cpu"), True))
+    assert group.calls == []

@@ -254,3 +254,81 @@ def test_knn_probe_checkpoints_builds_each_backbone_and_keeps_the_order(monkeypa
 def test_format_knn_table() -> None:
     line = probe.format_knn_table({"random backbone": {"knn_top1": 20.0}, "stage-1": {"knn_top1": 45.26}})
     assert line == "k-NN top-1: random backbone 20.0 %, stage-1 45.3 %"
+
+
+def test_defaults_are_dinos_k20_t007() -> None:
+    # T = 0.07 picks class 0 (above); T = 1.07 would pick class 1 (e^0.84 = 2.3 < 2·e^0.75 = 4.2)
+    assert probe.knn_predict(BANK, BANK_LABELS, QUERY, num_classes=2)[0].argmax() == 0
+    assert probe.knn_classify(BANK, BANK_LABELS, QUERY, [0])["knn_top1"] == 100.0
+    # k = 20: of 20 class-0 rows at cosine 0.5 and one class-1 row at cosine 0.1, the class-1 row gets no vote
+    s5, s1 = math.sqrt(1 - 0.25), math.sqrt(1 - 0.01)
+    bank = np.array([[0.5, s5]] * 20 + [[0.1, s1]], np.float32)
+    labels = np.array([0] * 20 + [1])
+    scores = probe.knn_predict(bank, labels, [[1.0, 0.0]], num_classes=2)
+    assert scores[0, 1] == 0.0 and scores[0, 0] == pytest.approx(20 * math.exp(0.5 / 0.07), rel=1e-5)
+    assert probe.knn_classify(bank, labels, [[1.0, 0.0]], [1], chunk_size=1)["knn_top1"] == 0.0
+    with pytest.raises(ValueError, match="chunk_size"):  # keyword arguments reach knn_predict
+        probe.knn_classify(bank, labels, [[1.0, 0.0]], [1], chunk_size=0)
+
+
+def test_knn_inputs_of_any_float_dtype() -> None:
+    want = probe.knn_predict(BANK, BANK_LABELS, QUERY, num_classes=2, k=3, temperature=0.5)
+    got = probe.knn_predict(BANK.astype(np.float64), BANK_LABELS, QUERY, num_classes=2, k=3, temperature=0.5)
+    torch.testing.assert_close(got, want)
+    bank = torch.from_numpy(BANK).to(torch.bfloat16).requires_grad_()  # a tensor stays a tensor (numpy has no bf16)
+    got = probe.knn_predict(bank, BANK_LABELS, torch.from_numpy(QUERY).double(), num_classes=2, k=3, temperature=0.5)
+    torch.testing.assert_close(got, want, rtol=2e-2, atol=0)  # bf16 keeps 8 bits of the cosines
+
+
+def test_linear_probe_standardises_regularises_and_counts_classes() -> None:
+    # one feature spread over 1e-4 and 3 class-0 rows to 1 class-1 row: without standardising (or with a strong
+    # penalty) the L2 term flattens the weight and the intercept calls every query class 0
+    x, y, xt, yt = [[-3e-4], [-2e-4], [-1e-4], [2e-4]], [0, 0, 0, 1], [[-3e-4], [3e-4]], [0, 1]
+    assert probe.linear_probe(x, y, xt, yt)["linear_top1"] == 100.0
+    assert probe.linear_probe(x, y, xt, yt, C=1e-6)["linear_top1"] == 50.0
+    from sklearn.exceptions import ConvergenceWarning
+
+    with pytest.warns(ConvergenceWarning):
+        probe.linear_probe(x, y, xt, yt, max_iter=1)
+    # a class only among the queries, or only in the bank, widens the table (no label out of range)
+    assert probe.linear_probe(x, y, xt, [0, 2])["linear_top1"] == 50.0
+    assert probe.linear_probe(x, [0, 0, 2, 1], xt, yt)["linear_top5"] == 100.0
+
+
+def test_knn_probe_defaults_and_class_count_from_both_sets(monkeypatch: pytest.MonkeyPatch) -> None:
+    import umt.data.format
+    import umt.eval.features
+
+    labels = {"train": torch.tensor([0, 1, 1]), "test": torch.tensor([0])}
+    monkeypatch.setattr(umt.eval.features, "features_for",
+                        lambda m, s, **kw: (torch.from_numpy(BANK if s == "train" else QUERY), labels[s],
+                                            torch.arange(len(labels[s]))))
+    monkeypatch.setattr(umt.data.format, "read_manifest", lambda p: {})
+    seen = {}
+    monkeypatch.setattr(probe, "knn_classify", lambda *a, **kw: seen.update(kw) or {})
+    probe.knn_probe(object(), "train", "test", batch_size=1, device="cpu")
+    assert (seen["k"], seen["temperature"], seen["num_classes"]) == (20, 0.07, 2)
+    labels["test"] = torch.tensor([4])
+    probe.knn_probe(object(), "train", "test", batch_size=1, device="cpu")
+    assert seen["num_classes"] == 5
+    labels["train"], labels["test"] = torch.tensor([0, 6, 1]), torch.tensor([0])
+    probe.knn_probe(object(), "train", "test", batch_size=1, device="cpu")
+    assert seen["num_classes"] == 7
+
+
+def test_cli_usage_help_overwrite_and_json_layout(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert probe.main([]) == 2
+    assert capsys.readouterr().err.strip() == "usage: python -m umt.eval {knn,linear} TRAIN_FEATS TEST_FEATS [...]"
+    with pytest.raises(SystemExit):
+        probe.main(["knn", "--help"])
+    assert capsys.readouterr().out.startswith("usage: python -m umt.eval knn ")
+    a, b = tmp_path / "tr.npz", tmp_path / "te.npz"
+    save_features(a, [[-2.0], [-1.0], [1.0], [2.0]], [0, 0, 1, 1], np.arange(4), {})
+    save_features(b, [[-3.0], [3.0]], [0, 1], np.arange(2), {})
+    out = tmp_path / "r.json"
+    out.write_text("old")
+    assert probe.main(["knn", str(a), str(b), "--json", str(out)]) == 2 and out.read_text() == "old"
+    assert probe.main(["knn", str(a), str(b), "--json", str(out), "--overwrite", "--k", "1"]) == 0
+    text = out.read_text()
+    assert text.startswith('{\n "knn_top1": 100.0,\n') and text.endswith("}\n")
+    assert (json.loads(text)["num_train"], json.loads(text)["num_test"]) == (4, 2)
