@@ -295,3 +295,11 @@ def test_one_process_under_torchrun_makes_no_group(monkeypatch: pytest.MonkeyPat
     # a context that claims the group, but none exists: nothing to tear down
     close_distributed(DistContext(0, 1, torch.device("cpu"), True))
     assert group.calls == []
+
+
+def test_init_distributed_defaults_auto_and_local_rank_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    devices = _torchrun_env(monkeypatch, world=2, local=0, cuda=True)
+    monkeypatch.delenv("LOCAL_RANK")  # torchrun always sets it; a hand-made launch may not
+    group = _FakeGroup(monkeypatch, rank=0, world=2)
+    assert init_distributed() == DistContext(0, 2, torch.device("cuda", 0), True)
+    assert devices == [torch.device("cuda", 0)] and group.calls[0][1] == ("nccl",)

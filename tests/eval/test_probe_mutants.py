@@ -223,8 +223,13 @@ def test_knn_probe_checkpoints_builds_each_backbone_and_keeps_the_order(monkeypa
         return {"knn_top1": 10.0 * len(probed), "knn_top5": 100.0, "knn_mean_class_acc": 5.0}
 
     monkeypatch.setattr(umt.eval.features, "build_backbone", build_backbone)
-    monkeypatch.setattr(umt.model.load, "read_backbone",
-                        lambda p: types.SimpleNamespace(arch="arch_of_file", num_frames=4, img_size=64))
+    reads = []
+
+    def read_backbone(p):  # noqa: ANN001, ANN202
+        reads.append(p)
+        return types.SimpleNamespace(arch="arch_of_file", num_frames=4, img_size=64)
+
+    monkeypatch.setattr(umt.model.load, "read_backbone", read_backbone)
     monkeypatch.setattr(probe, "knn_probe", knn_probe)
     res = probe.knn_probe_checkpoints({"random": None, "trained": "ck.pt"}, "tr", "te", batch_size=3, k=5,
                                       temperature=0.2, device="cpu", seed=9, backend="reference")
@@ -249,6 +254,17 @@ def test_knn_probe_checkpoints_builds_each_backbone_and_keeps_the_order(monkeypa
     built.clear()
     probe.knn_probe_checkpoints({"random": None}, "tr", "te", arch="b", num_frames=8, input_size=224)
     assert built == [(None, "b", 8, 224, 0)]
+    reads.clear(), built.clear()
+    probe.knn_probe_checkpoints({"random": None}, "tr", "te")  # nothing to read: the builder is told nothing
+    assert built == [(None, None, None, None, 0)] and reads == []
+    # the file is read only for what the caller left open, and only then
+    for given, want in [({"arch": "a", "num_frames": 2, "input_size": 32}, ("a", 2, 32)),
+                        ({"num_frames": 2, "input_size": 32}, ("arch_of_file", 2, 32)),
+                        ({"arch": "a", "input_size": 32}, ("a", 4, 32)),
+                        ({"arch": "a", "num_frames": 2}, ("a", 2, 64))]:
+        reads.clear(), built.clear()
+        probe.knn_probe_checkpoints({"trained": "ck.pt"}, "tr", "te", **given)
+        assert built == [("ck.pt", *want, 0)] and reads == ([] if len(given) == 3 else ["ck.pt"])
 
 
 def test_format_knn_table() -> None:
@@ -332,3 +348,29 @@ def test_cli_usage_help_overwrite_and_json_layout(tmp_path: Path, capsys: pytest
     text = out.read_text()
     assert text.startswith('{\n "knn_top1": 100.0,\n') and text.endswith("}\n")
     assert (json.loads(text)["num_train"], json.loads(text)["num_test"]) == (4, 2)
+
+
+def test_knn_predict_shapes_beyond_the_easy_case() -> None:
+    # more queries than feature channels, one per chunk: every row is filled
+    bank, labels = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32), np.array([0, 1])
+    queries = np.array([[1.0, 0.1], [0.1, 1.0], [2.0, 0.0], [0.0, 3.0], [1.0, 0.2]], np.float32)
+    got = probe.knn_predict(bank, labels, queries, num_classes=2, k=1, chunk_size=1)
+    assert got.argmax(1).tolist() == [0, 1, 0, 1, 0] and (got.max(1).values > 1).all()
+    with pytest.raises(ValueError, match="one width"):  # a 3-D bank is refused, not broadcast
+        probe.knn_predict(BANK[None], BANK_LABELS, QUERY, num_classes=2)
+
+
+def test_class_count_with_an_empty_label_set() -> None:
+    assert probe._num_classes(np.array([], np.int64), np.array([0])) == 1
+    assert probe._num_classes(np.array([], np.int64), np.array([2])) == 3
+    assert probe._num_classes(np.array([], np.int64), classes=["a", "b"]) == 2
+
+
+def test_default_k_is_20() -> None:
+    # 10 class-0 rows at cosine 0.5 and 10 class-1 rows at 0.4999: class 0 ahead by 10·e^(0.5/0.07)·(1 - e^(-1e-4/0.07))
+    # ≈ 18; a 21st row (class 1, cosine 0.49, weight e^7 ≈ 1097) would turn it
+    rows = [0.5] * 10 + [0.4999] * 10 + [0.49]
+    bank = np.array([[c, math.sqrt(1 - c * c)] for c in rows], np.float32)
+    labels = np.array([0] * 10 + [1] * 11)
+    assert probe.knn_classify(bank, labels, [[1.0, 0.0]], [0])["knn_top1"] == 100.0
+    assert probe.knn_classify(bank, labels, [[1.0, 0.0]], [0], k=21)["knn_top1"] == 0.0
