@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from umt.eval.common import autocast, check_free
-from umt.fileio import atomic_write
+from umt.eval.report import write_json_and_markdown
 
 __all__ = ["MATCH_WEIGHT", "SIM_WEIGHT", "read_questions", "questions_from_annotations", "mc_scores", "evaluate_mc",
            "write_report"]
@@ -156,18 +156,14 @@ def write_report(out_dir: str | Path, metrics: dict[str, float], rows: list[dict
         FileExistsError: a report exists and ``overwrite`` is False.
     """
     out = Path(out_dir)
-    js, md = out / "mc.json", out / "mc.md"
-    check_free([js, md], overwrite)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(js, json.dumps({"metrics": metrics, **info, "predictions": rows}, indent=2) + "\n")
     lines = ["# Multiple-choice video-caption accuracy", "", *(f"- {k}: {v}" for k, v in info.items()), "",
              "| scoring | accuracy (%) |", "|---|---|",
              f"| 0.7 match prob + 0.3 similarity softmax (official) | {metrics['acc']:.2f} |",
              f"| match probability only | {metrics['acc_match_only']:.2f} |",
              f"| similarity only | {metrics['acc_sim_only']:.2f} |", "",
              f"{metrics['questions']} questions.", ""]
-    atomic_write(md, "\n".join(lines))
-    return js, md
+    return write_json_and_markdown(out / "mc.json", out / "mc.md", {"metrics": metrics, **info, "predictions": rows},
+                                   lines, overwrite=overwrite)
 
 
 def _parser() -> Any:

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 from umt.eval.common import autocast, check_free, dist_info
-from umt.fileio import atomic_write
+from umt.eval.report import write_json_and_markdown
 
 __all__ = ["WH_WORDS", "question_type", "qa_accuracy", "tokenize_questions", "tokenize_answers", "build_qa_model",
            "official_qa_config", "load_qa", "predict", "qa_on_shards", "write_report", "main"]
@@ -254,10 +254,6 @@ def write_report(out_dir: str | Path, metrics: dict[str, Any], predictions: list
         FileExistsError: a report of that name exists and ``overwrite`` is False.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    js, md = out / f"{name}.json", out / f"{name}.md"
-    check_free([js, md], overwrite)
-    atomic_write(js, json.dumps({"metrics": metrics, **info, "predictions": predictions}, indent=2) + "\n")
     lines = [f"# Video QA: {info.get('shards', '')}", "",
              *(f"- {k}: {v}" for k, v in info.items() if not isinstance(v, (dict, list))), "",
              f"Accuracy **{metrics['accuracy']:.2f} %** ({metrics['correct']} of {metrics['questions']} questions; "
@@ -265,8 +261,8 @@ def write_report(out_dir: str | Path, metrics: dict[str, Any], predictions: list
              "| question type | questions | correct | accuracy (%) |", "|---|---|---|---|",
              *(f"| {t} | {v['questions']} | {v['correct']} | {v['accuracy']:.2f} |"
                for t, v in metrics["per_type"].items()), ""]
-    atomic_write(md, "\n".join(lines))
-    return js, md
+    return write_json_and_markdown(out / f"{name}.json", out / f"{name}.md",
+                                   {"metrics": metrics, **info, "predictions": predictions}, lines, overwrite=overwrite)
 
 
 def _parser() -> argparse.ArgumentParser:

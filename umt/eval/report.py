@@ -58,6 +58,21 @@ def report_conflicts(out_dir: str | Path, name: str = "classify", overwrite: boo
     return existing
 
 
+def write_json_and_markdown(js: str | Path, md: str | Path, payload: dict[str, Any], lines: list[str], *,
+                            overwrite: bool = False) -> tuple[Path, Path]:
+    """An evaluation report: ``payload`` as indented JSON in ``js`` and ``lines`` as markdown in ``md``, each
+    atomically (missing directories created), after checking that neither exists.
+
+    Raises:
+        FileExistsError: ``js`` or ``md`` exists and ``overwrite`` is False (nothing is written).
+    """
+    js, md = Path(js), Path(md)
+    check_free([js, md], overwrite)
+    atomic_write(js, json.dumps(payload, indent=2) + "\n")
+    atomic_write(md, "\n".join(lines))
+    return js, md
+
+
 def _colour(frac: np.ndarray) -> np.ndarray:
     """Fractions in [0, 1] ``[...]`` → uint8 RGB ``[..., 3]``: white → (8, 48, 107) (a dark blue)."""
     dark = np.array([8, 48, 107], np.float64)

@@ -29,7 +29,6 @@ embed)``, ``encode_text(ids, mask) -> (tokens, embed)``, ``match_logits(vision_t
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -41,7 +40,7 @@ import torch.distributed as dist
 
 from umt.eval.common import IndexAccumulator, autocast, check_free, dist_info
 from umt.eval.retrieval_metrics import retrieval_metrics
-from umt.fileio import atomic_write
+from umt.eval.report import write_json_and_markdown
 
 __all__ = ["FRAME_SCORINGS", "encode_texts", "encode_videos", "gather_by_index", "rerank_scores", "evaluate_retrieval",
            "write_report", "NOT_CANDIDATE", "group_captions"]
@@ -240,10 +239,6 @@ def write_report(out_dir: str | Path, metrics: dict[str, float], info: dict[str,
         FileExistsError: a report of that name exists and ``overwrite`` is False.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    js, md = out / f"{name}.json", out / f"{name}.md"
-    check_free([js, md], overwrite)
-    atomic_write(js, json.dumps({"metrics": metrics, **info}, indent=2) + "\n")
     rows = []
     for prefix, label in (("", "VTM re-ranked"), ("emb_", "dual encoder")):
         if f"{prefix}t2v_r1" not in metrics:
@@ -257,8 +252,8 @@ def write_report(out_dir: str | Path, metrics: dict[str, float], info: dict[str,
              "| scores | direction | R@1 | R@5 | R@10 | MdR | MnR |", "|---|---|---|---|---|---|---|", *rows, "",
              f"r_mean (mean of the six recalls): {metrics.get('r_mean', metrics.get('emb_r_mean', float('nan'))):.2f}",
              ""]
-    atomic_write(md, "\n".join(lines))
-    return js, md
+    return write_json_and_markdown(out / f"{name}.json", out / f"{name}.md", {"metrics": metrics, **info}, lines,
+                                   overwrite=overwrite)
 
 
 # --------------------------------------------------------------------------------------------------- from files

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from umt.eval.common import autocast, check_free
-from umt.fileio import atomic_write
+from umt.eval.report import write_json_and_markdown
 
 __all__ = ["read_prompts", "count_frames", "load_video", "match_scores", "score_pairs", "write_scores"]
 
@@ -196,11 +196,8 @@ def write_scores(out: str | Path, rows: list[dict[str, Any]], info: dict[str, An
     """
     base = Path(out)
     js, md = base.with_suffix(".json"), base.with_suffix(".md")
-    check_free([js, md], overwrite)
-    base.parent.mkdir(parents=True, exist_ok=True)
     summary = {"pairs": len(rows), "mean_score": float(np.mean([r["score"] for r in rows])),
                "mean_match_prob": float(np.mean([r["match_prob"] for r in rows]))}
-    atomic_write(js, json.dumps({"summary": summary, **info, "scores": rows}, indent=2) + "\n")
 
     def cell(s: str) -> str:
         return s.replace("|", "\\|").replace("\n", " ")
@@ -211,8 +208,7 @@ def write_scores(out: str | Path, rows: list[dict[str, Any]], info: dict[str, An
              "| video | caption | UMTScore (logit) | match prob |", "|---|---|---|---|",
              *(f"| {cell(r['video'])} | {cell(r['caption'])} | {r['score']:.4f} | {r['match_prob']:.4f} |"
                for r in rows), ""]
-    atomic_write(md, "\n".join(lines))
-    return js, md
+    return write_json_and_markdown(js, md, {"summary": summary, **info, "scores": rows}, lines, overwrite=overwrite)
 
 
 def _parser() -> Any:
