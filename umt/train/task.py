@@ -28,10 +28,28 @@ from umt.config import ConfigError, TrainConfig
 from umt.train.runtime import Runtime
 from umt.train.step import TrainStep, param_groups, peak_lr
 
-__all__ = ["Task", "refuse_changed_input", "TASKS", "TASK_MODULES", "register_task", "task_class", "build_task",
+__all__ = ["Task", "refuse_changed_input", "load_init_from", "TASKS", "TASK_MODULES", "register_task", "task_class", "build_task",
            "check_config"]
 
 log = logging.getLogger(__name__)
+
+
+def load_init_from(model: nn.Module, path: str, load: Callable[[nn.Module, str], dict[str, list[str]]]
+                   ) -> tuple[dict[str, list[str]], dict[str, Any]]:
+    """``model.init_from``: ``load(model, path)`` (a loader returning the ``loaded``/``missing``/``dropped`` key
+    lists), and the counts a run records in its config (``{"path", "loaded", "missing", "dropped"}``).
+
+    Raises:
+        ConfigError: the file could not be read or does not fit (the loader's
+            :class:`~umt.model.load.BackboneLoadError`, as one line).
+    """
+    from umt.model.load import BackboneLoadError
+
+    try:
+        rep = load(model, path)
+    except BackboneLoadError as e:
+        raise ConfigError(f"model.init_from: {e}") from None
+    return rep, {"path": path, **{k: len(rep[k]) for k in ("loaded", "missing", "dropped")}}
 
 
 def refuse_changed_input(path: Path, kind: str, what: str, allowed: bool, flag: str, why: str = "") -> None:

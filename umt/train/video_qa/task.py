@@ -26,10 +26,9 @@ import torch
 import torch.nn as nn
 
 from umt.config import ConfigError, TrainConfig
-from umt.model.load import BackboneLoadError
 from umt.model.text import TextEncoderError, resolve_text_dir
 from umt.train.runtime import Runtime
-from umt.train.task import Task, refuse_changed_input, register_task
+from umt.train.task import Task, load_init_from, refuse_changed_input, register_task
 from umt.train.video_qa.step import VideoQAStep
 
 __all__ = ["VideoQATask", "QABatches"]
@@ -102,12 +101,7 @@ class VideoQATask(Task):
             raise ConfigError(str(e)) from None
         self.init_report: dict[str, Any] | None = None
         if cfg.model.init_from:
-            try:
-                rep = load_stage2_into_qa(model, cfg.model.init_from)
-            except BackboneLoadError as e:
-                raise ConfigError(f"model.init_from: {e}") from None
-            self.init_report = {"path": cfg.model.init_from, "loaded": len(rep["loaded"]),
-                                "missing": len(rep["missing"]), "dropped": len(rep["dropped"])}
+            rep, self.init_report = load_init_from(model, cfg.model.init_from, load_stage2_into_qa)
             n_text = sum(not k.startswith("student.") for k in rep["loaded"])
             log.info("init from %s: %d tensors loaded (%s), %d kept as built from the BERT directory (%s), %d file "
                      "keys unused", cfg.model.init_from, len(rep["loaded"]),

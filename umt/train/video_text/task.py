@@ -28,13 +28,12 @@ import umt.model  # noqa: F401 - registers the umt_vit_* names
 from umt.config import ConfigError, TrainConfig
 from umt.flops import TextSpec, VideoTextSpec, stage2_flops_per_sample
 from umt.model.heads import UMTPretrain
-from umt.model.load import BackboneLoadError
 from umt.model.teacher import teacher_output_dim
 from umt.model.text import TextEncoderError, build_text_encoder, resolve_text_dir
 from umt.model.vision_text import UMTVisionText, load_pretrained
 from umt.train.distill.task import TeacherTask
 from umt.train.runtime import Runtime
-from umt.train.task import Task, refuse_changed_input, register_task
+from umt.train.task import Task, load_init_from, refuse_changed_input, register_task
 from umt.train.video_text.step import VideoTextStep
 
 __all__ = ["VideoTextTask", "needs_teacher", "build_student", "freeze_unused"]
@@ -109,12 +108,7 @@ class VideoTextTask(TeacherTask):
                               t.vtc_local_grad)
         self.init_report: dict[str, Any] | None = None
         if cfg.model.init_from:
-            try:
-                rep = load_pretrained(model, cfg.model.init_from)
-            except BackboneLoadError as e:
-                raise ConfigError(f"model.init_from: {e}") from None
-            self.init_report = {"path": cfg.model.init_from, "loaded": len(rep["loaded"]),
-                                "missing": len(rep["missing"]), "dropped": len(rep["dropped"])}
+            rep, self.init_report = load_init_from(model, cfg.model.init_from, load_pretrained)
             prefixes = sorted({k.split(".")[0] for k in rep["missing"]})
             log.info("init from %s: %d tensors loaded (student, %d UMA head tensors), %d not in the file and kept as "
                      "built (%s: the text encoder keeps its own pretrained weights), %d file keys unused",
