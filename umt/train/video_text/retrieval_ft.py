@@ -27,10 +27,8 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from umt.config import CheckpointConfig, EvalConfig, LogConfig, MaskConfig, ModelConfig, OptimConfig, TextConfig
 from umt.config import TrainConfig
-from umt.data.config import DataConfig
-from umt.train.video_text.recipes import STAGE2_DATA, umt_b16_25m, umt_l16_25m
+from umt.train.video_text.recipes import demo_stage2, umt_b16_25m, umt_l16_25m
 
 __all__ = ["RetrievalFT", "RETRIEVAL_FT", "RETRIEVAL_FT_L16", "OFFICIAL_RESULTS", "RETRIEVAL_FT_GPUS",
            "retrieval_ft_recipe", "RETRIEVAL_FT_RECIPES", "demo_retft", "summary"]
@@ -135,22 +133,11 @@ def demo_retft() -> TrainConfig:
     Retrieval on the sample clips and the multiple-choice accuracy (each clip's first caption against four others)
     are measured before and after; it trains and evaluates on the same 20 clips: the machinery, not
     generalisation."""
-    return TrainConfig(
-        task="video_text",
-        data=DataConfig(shards="shards/built/sample", batch_size=8, image_batch_size=8, num_frames=4,
-                        input_size=112, num_workers=2, **STAGE2_DATA),
-        model=ModelConfig(student="umt_vit_pico_patch16_224", drop_path=0.0, align_layers=2, teacher="umt-tiny-clip",
-                          teacher_image_size=112, teacher_quick_gelu=False, init_from="runs/demo_stage2"),
-        mask=MaskConfig(kind="semantic", ratio=0.0, image_ratio=0.0),
-        text=TextConfig(encoder="minilm", fusion_layer=4, max_len=32, embed_dim=64, temp=0.07, mlm_prob=0.5,
-                        vtm_hard_negatives=False, mlm_weight=0.0, uta_weight=0.0),
-        optim=OptimConfig(lr=5e-4, min_lr=5e-6, betas=(0.9, 0.999), weight_decay=0.02, epochs=8, warmup_epochs=1,
-                          clip_grad=0.0),
-        checkpoint=CheckpointConfig(every_steps=0, keep_last=2),
-        log=LogConfig(every_steps=5),
-        eval=EvalConfig(shards="shards/built/sample", batch_size=8, rerank_k=16, every_epochs=0, at_end=True),
-        device="cpu",
-    )
+    base = demo_stage2()  # the stage-2 demo's model, text and schedule, changed where fine-tuning differs
+    r = dataclasses.replace
+    return r(base, data=r(base.data, shards="shards/built/sample"),  # clips only: the images were pre-training data
+             model=r(base.model, init_from="runs/demo_stage2"), mask=r(base.mask, ratio=0.0, image_ratio=0.0),
+             text=r(base.text, mlm_weight=0.0, uta_weight=0.0), optim=r(base.optim, min_lr=5e-6, epochs=8))
 
 
 #: name → recipe (fourteen official, ``umt_{b16,l16}_ret_<dataset>``, and the demo), merged into
