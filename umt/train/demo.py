@@ -27,7 +27,7 @@ from umt.train.checkpoint import run_dir_in_use
 from umt.config import TrainConfig
 
 __all__ = ["DemoError", "DEMO_STAGE1_RUN", "Demo", "BeforeAfterDemo", "newest_checkpoint", "same_path",
-           "require_shards", "resolve_init", "held_out_eval", "final_eval"]
+           "build_named_samples", "require_shards", "resolve_init", "held_out_eval", "final_eval"]
 
 #: the stage-1 demo's default run directory (``python -m umt.train --recipe demo``)
 DEMO_STAGE1_RUN = "runs/demo"
@@ -59,6 +59,20 @@ def require_shards(**dirs: str) -> None:
             if not (Path(d) / "manifest.json").is_file():
                 raise DemoError(f"{name}={d} holds no shards (no manifest.json); build them with tools/make_shards.py, "
                                 "or leave it at the demo's default, where the demo builds its sample itself")
+
+
+def build_named_samples(cfg: TrainConfig, samples: dict[str, Callable[[str], Any]]) -> None:
+    """Build each embedded sample set that ``cfg`` names (in ``data.shards``, comma-separated, or ``eval.shards``)
+    in its default place (``samples``: default directory → its builder), then check every named directory.
+
+    Raises:
+        DemoError: as :func:`require_shards`.
+    """
+    named = [d.strip() for d in cfg.data.shards.split(",")] + ([cfg.eval.shards] if cfg.eval.shards else [])
+    for default, build in samples.items():
+        if any(same_path(d, default) for d in named if d):
+            build(default)
+    require_shards(**{"data.shards": cfg.data.shards, "eval.shards": cfg.eval.shards})
 
 
 def resolve_init(cfg: TrainConfig, train_stage1: Callable[[Path], int]) -> TrainConfig:

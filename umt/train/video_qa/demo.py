@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from umt.config import TrainConfig
-from umt.train.demo import BeforeAfterDemo, Demo, final_eval, require_shards, resolve_init, same_path
+from umt.train.demo import BeforeAfterDemo, Demo, build_named_samples, final_eval, resolve_init
 
 __all__ = ["QADemo", "DEMOS"]
 
@@ -21,9 +21,7 @@ class QADemo(BeforeAfterDemo):
     def prepare(self, cfg: TrainConfig, train_stage1: Callable[[Path], int]) -> TrainConfig:
         from umt.data.build.samples import DEFAULT_SAMPLE_QA_SHARDS, ensure_sample_qa_shards
 
-        if any(same_path(d, DEFAULT_SAMPLE_QA_SHARDS) for d in (cfg.data.shards, cfg.eval.shards) if d):
-            ensure_sample_qa_shards(DEFAULT_SAMPLE_QA_SHARDS)
-        require_shards(**{"data.shards": cfg.data.shards, "eval.shards": cfg.eval.shards})
+        build_named_samples(cfg, {DEFAULT_SAMPLE_QA_SHARDS: ensure_sample_qa_shards})
         return resolve_init(cfg, train_stage1)
 
     def report(self, cfg: TrainConfig, before: Any, run_dir: str | Path) -> list[str]:

@@ -11,8 +11,8 @@ from typing import Any
 
 from umt.config import TrainConfig
 from umt.train.checkpoint import run_dir_in_use
-from umt.train.demo import (BeforeAfterDemo, Demo, DemoError, final_eval, newest_checkpoint, require_shards,
-                            resolve_init, same_path)
+from umt.train.demo import (BeforeAfterDemo, Demo, DemoError, build_named_samples, final_eval, newest_checkpoint,
+                            require_shards, resolve_init, same_path)
 
 __all__ = ["VideoTextDemo", "RetrievalFTDemo", "mc_accuracy", "MC_DEMO_QUESTIONS", "DEMOS"]
 
@@ -28,12 +28,8 @@ class VideoTextDemo(BeforeAfterDemo):
         from umt.data.build.samples import (DEFAULT_SAMPLE_IMAGE_SHARDS, DEFAULT_SAMPLE_SHARDS, ensure_sample_image_shards,
                                       ensure_sample_shards)
 
-        named = [d.strip() for d in cfg.data.shards.split(",")] + ([cfg.eval.shards] if cfg.eval.shards else [])
-        if any(same_path(d, DEFAULT_SAMPLE_SHARDS) for d in named):
-            ensure_sample_shards(DEFAULT_SAMPLE_SHARDS)
-        if any(same_path(d, DEFAULT_SAMPLE_IMAGE_SHARDS) for d in named):
-            ensure_sample_image_shards(DEFAULT_SAMPLE_IMAGE_SHARDS)
-        require_shards(**{"data.shards": cfg.data.shards, "eval.shards": cfg.eval.shards})
+        build_named_samples(cfg, {DEFAULT_SAMPLE_SHARDS: ensure_sample_shards,
+                                  DEFAULT_SAMPLE_IMAGE_SHARDS: ensure_sample_image_shards})
         return resolve_init(cfg, train_stage1)
 
     def report(self, cfg: TrainConfig, before: Any, run_dir: str | Path) -> list[str]:
