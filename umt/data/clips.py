@@ -263,6 +263,11 @@ class ClipSource:
     An entry whose sample fails to read is replaced by the next one of the order that reads (:meth:`fetch`; meta's
     ``skipped`` says how many failed). Raises ``StopIteration`` past the epoch's end (DALI's end-of-epoch signal);
     one pipeline serves every epoch.
+
+    With :attr:`seamless` set (the DALI loaders set it) the source never ends: ``idx_in_epoch`` counts on through
+    the epochs, sample ``s = start + idx_in_epoch`` being entry ``s mod n`` of epoch ``first_epoch + s // n`` (``n``
+    entries per epoch, the same in every epoch), so DALI's prefetch runs across epoch boundaries instead of draining
+    at each one and refilling after ``reset()``.
     """
 
     def __init__(
@@ -283,6 +288,8 @@ class ClipSource:
         self.first_epoch, self.start_batch = first_epoch, start_batch
         self.decode = decode
         self.fixed_crop = fixed_crop
+        self.seamless = False
+        """Never end: epochs follow each other in one stream of samples (see the class docstring)."""
         self._orders: dict[int, np.ndarray] = {}
 
     def order(self, epoch: int) -> np.ndarray:
@@ -385,13 +392,28 @@ class ClipSource:
             return self.cfg.temporal_views if self.decode else 1
         return 1
 
-    def __call__(self, info: Any) -> tuple[np.ndarray, ...]:
+    def position(self, info: Any) -> tuple[int, int]:
+        """``(epoch, entry of its order)`` of DALI's ``SampleInfo`` (``idx_in_epoch``, ``epoch_idx``).
+
+        Raises:
+            StopIteration: past the epoch's end (never when :attr:`seamless`, unless an epoch is empty).
+        """
+        start = self.start_batch * self.cfg.batch_size
+        if self.seamless:
+            n = len(self.order(self.first_epoch))  # entries per epoch: whole batches, the same every epoch
+            if n == 0:
+                raise StopIteration
+            s = start + info.idx_in_epoch
+            return self.first_epoch + s // n, s % n
         epoch = self.first_epoch + info.epoch_idx
-        start = self.start_batch * self.cfg.batch_size if info.epoch_idx == 0 else 0
-        order = self.order(epoch)
-        j = start + info.idx_in_epoch
-        if j >= len(order):
+        j = (start if info.epoch_idx == 0 else 0) + info.idx_in_epoch
+        if j >= len(self.order(epoch)):
             raise StopIteration
+        return epoch, j
+
+    def __call__(self, info: Any) -> tuple[np.ndarray, ...]:
+        epoch, j = self.position(info)
+        order = self.order(epoch)
         out, k = self.fetch(order, j, lambda jj: self.read_at(epoch, order, jj))
         out[self.meta_position()][-1] = k  # the loader counts (or, in evaluation, refuses) rows with k > 0
         return out

@@ -167,14 +167,21 @@ class ShardLoader:
     """What the shard loaders share (:class:`VideoLoader`, :class:`umt.data.pair_loader.PairLoader`): ``len``, the
     dispatch of :meth:`epoch_iter` to the DALI or the reference backend, and the release of the DALI pipeline and the
     open shard files. Subclasses set ``_len``, ``backend``, ``_pipe``, ``_dali_it``, ``_next``, ``_index`` and define
-    ``_dali_iter``/``_ref_iter``."""
+    ``_dali_iter`` (on :meth:`_dali_batches`) and ``_ref_iter``."""
 
     _len: int
     backend: str
     cfg: DataConfig
     _pipe: Any = None
     _dali_it: Any = None
+    _dali_stream: Any = None
     _next: tuple[int, int] | None = None
+    pipeline_builds: int = 0
+    #: One DALI pipeline streams epoch after epoch (the source never ends: :attr:`umt.data.clips.ClipSource.seamless`),
+    #: so its prefetch queue and worker processes stay busy across epoch boundaries. False: the source ends each epoch
+    #: and ``reset()`` starts the next, the queue draining and refilling at every boundary (the benchmark's baseline,
+    #: ``benchmarks/bench_epochs.py``).
+    seamless_epochs: bool = True
     _index: Any = None
     _probe: Any = None
 
@@ -278,8 +285,41 @@ class ShardLoader:
             return self._dali_iter(epoch, start_batch)
         return self._ref_iter(epoch, start_batch)
 
+    def _dali_batches(self, epoch: int, start_batch: int, build: Any, names: list[str]) -> Iterator[dict[str, Any]]:
+        """DALI's outputs (``{name: tensor}``) for batches ``start_batch .. len - 1`` of ``epoch``.
+
+        The pipeline of the previous call goes on when it was left at exactly this point (the end of ``epoch - 1``);
+        otherwise (the first call, a resume, an epoch abandoned part-way) ``build(seamless)`` makes a new one,
+        ``seamless`` = :attr:`seamless_epochs`: its source then never ends, and each call takes exactly its epoch's
+        batches from the one stream.
+
+        Raises:
+            RuntimeError: the pipeline ended before the epoch's last batch.
+        """
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+        if self._pipe is None or self._next != (epoch, start_batch):
+            self._close_pipe()
+            self._pipe = build(self.seamless_epochs)
+            with one_line_errors():  # the iterator runs the first batches now
+                self._dali_it = DALIGenericIterator([self._pipe], names, auto_reset=False)
+            self._dali_stream = _one_line_errors(self._dali_it)
+            self.pipeline_builds += 1
+        elif not self.seamless_epochs:
+            with one_line_errors():
+                self._dali_it.reset()  # the source's next epoch: ``first_epoch + epoch_idx``
+            self._dali_stream = _one_line_errors(self._dali_it)
+        self._next = None  # a generator abandoned part-way leaves the pipeline mid-epoch: rebuild next time
+        for n in range(self._len - start_batch):
+            out = next(self._dali_stream, None)
+            if out is None:
+                raise RuntimeError(f"DALI delivered {n} batches, expected {self._len - start_batch}")
+            yield out[0]
+        self._next = (epoch + 1, 0)
+
     def _close_pipe(self) -> None:
         if self._pipe is not None:
+            self._dali_stream = None
             self._dali_it = None
             del self._pipe
             self._pipe = None
@@ -351,38 +391,22 @@ class VideoLoader(ShardLoader):
         )
 
     def _dali_iter(self, epoch: int, start_batch: int) -> Iterator[dict[str, torch.Tensor]]:
-        from nvidia.dali.plugin.pytorch import DALIGenericIterator
-
         from umt.data.dali.clips import build_pipeline, output_names
 
         names = output_names(self.views)
-        if self._len == start_batch:  # nothing left (a rank whose share is empty with drop_last=False)
-            return
-        if self._pipe is None or self._next != (epoch, start_batch):
-            self._close_pipe()
-            gpu = self.device.type == "cuda"
-            device_id = (self.device.index or 0) if gpu else None
+        gpu = self.device.type == "cuda"
+
+        def build(seamless: bool) -> Any:
             src = self._source(epoch, start_batch, decode=not gpu)
-            self._pipe = build_pipeline(self.cfg, src, device_id=device_id)
-            with one_line_errors():  # the iterator runs the first batches now
-                self._dali_it = DALIGenericIterator([self._pipe], names, auto_reset=False)
-            self.pipeline_builds += 1
-        else:
-            with one_line_errors():
-                self._dali_it.reset()  # the source's next epoch: ``first_epoch + epoch_idx``
-        self._next = None  # a generator abandoned part-way leaves the pipeline mid-epoch: rebuild next time
-        n = 0
-        for out in _one_line_errors(self._dali_it):
-            out = out[0]
+            src.seamless = seamless
+            return build_pipeline(self.cfg, src, device_id=(self.device.index or 0) if gpu else None)
+
+        for n, out in enumerate(self._dali_batches(epoch, start_batch, build, names)):
             clips = [out[nm] for nm in names[:-1]]  # k x [B, 3, T, S, S]
             video = clips[0] if len(clips) == 1 else torch.stack(clips, 1).flatten(0, 1)  # [B*k, 3, T, S, S]
             meta = out["meta"].long()  # [B, 9]: umt.data.clips.SOURCE_META_FIELDS
             self._note_skipped(epoch, (start_batch + n) * self.cfg.batch_size, meta[:, 8])
-            n += 1
             yield self._finish(video, meta[:, 3], meta[:, 4])
-        if n != self._len - start_batch:
-            raise RuntimeError(f"DALI delivered {n} batches, expected {self._len - start_batch}")
-        self._next = (epoch + 1, 0)
 
     # -- reference ----------------------------------------------------------------------------------------------
 

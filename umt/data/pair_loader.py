@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from umt.data.config import DataConfig
-from umt.data.loader import ShardLoader, _one_line_errors, choose_backend, one_line_errors, dali_available, video_to_device
+from umt.data.loader import ShardLoader, _one_line_errors, choose_backend, dali_available, video_to_device
 from umt.data.format import read_manifest
 from umt.data.captions import CaptionTokenizer, caption_rows, pad_to_longest
 from umt.data.format import META_FIELDS, ShardIndex, caption_counts, require_captions
@@ -184,34 +184,21 @@ class PairLoader(ShardLoader):
         return min(self.batch_size, n - b * self.batch_size)
 
     def _dali_iter(self, epoch: int, start_batch: int) -> Iterator[dict[str, Any]]:
-        from nvidia.dali.plugin.pytorch import DALIGenericIterator
-
         from umt.data.dali.pairs import PAIR_OUTPUTS, build_pair_pipeline
 
-        if self._pipe is None or self._next != (epoch, start_batch):
-            self._close_pipe()
-            gpu = self.device.type == "cuda"
-            device_id = (self.device.index or 0) if gpu else None
-            self._pipe = build_pair_pipeline(self._source(epoch, start_batch, decode=not gpu), device_id=device_id)
-            with one_line_errors():  # the iterator runs the first batches now
-                self._dali_it = DALIGenericIterator([self._pipe], PAIR_OUTPUTS, auto_reset=False)
-            self.pipeline_builds += 1
-        else:
-            with one_line_errors():
-                self._dali_it.reset()  # the source's next epoch
-        self._next = None  # a generator abandoned part-way leaves the pipeline mid-epoch: rebuild next time
-        b = start_batch
-        for out in _one_line_errors(self._dali_it):
-            out = out[0]
+        gpu = self.device.type == "cuda"
+
+        def build(seamless: bool) -> Any:
+            src = self._source(epoch, start_batch, decode=not gpu)
+            src.seamless = seamless
+            return build_pair_pipeline(src, device_id=(self.device.index or 0) if gpu else None)
+
+        for b, out in enumerate(self._dali_batches(epoch, start_batch, build, PAIR_OUTPUTS), start=start_batch):
             self._note_skipped(epoch, b * self.batch_size, out["meta"][:, 8])  # SOURCE_META_FIELDS' ``skipped``
             video = out["video"]
             if self.modality == "image":
                 video = video.unsqueeze(2)  # [B, 3, S, S] -> [B, 3, 1, S, S]
             yield self._finish(b, video, out["text_ids"], out["text_len"], out["meta"][:, 4])
-            b += 1
-        if b != self._len:
-            raise RuntimeError(f"DALI delivered {b - start_batch} batches, expected {self._len - start_batch}")
-        self._next = (epoch + 1, 0)
 
     def _ref_iter(self, epoch: int, start_batch: int) -> Iterator[dict[str, Any]]:
         from umt.data.pairs import PairDataset

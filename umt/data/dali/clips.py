@@ -17,9 +17,9 @@ programs drawn in the source (:mod:`umt.data.dali.augment`, DALI conditionals), 
 (:mod:`umt.data.dali.views`).
 
 The crop, resize (bilinear, antialiased), flip and normalisation run in DALI (on the GPU with ``device_id``). One
-pipeline serves every epoch: the source raises ``StopIteration`` at an epoch's end and ``reset()`` starts the next,
-so there is no per-epoch rebuild; resuming at ``start_batch`` builds the pipeline with that offset (nothing is
-decoded and discarded).
+pipeline serves every epoch: the loaders' source never ends (:attr:`umt.data.clips.ClipSource.seamless`), so its
+prefetch runs on across epoch boundaries, with no per-epoch rebuild or ``reset()``; resuming at ``start_batch``
+builds the pipeline with that offset (nothing is decoded and discarded).
 """
 
 from __future__ import annotations
