@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -268,9 +269,9 @@ def _seek_probe(shards: Path, label: str, reps: int = 3) -> list[dict[str, Any]]
     return rows
 
 
-def _psnr(shards: Path, probes: int = 6) -> float:
-    """Mean PSNR (dB, RGB) of the first stored clip against its source file (``KEY.json``'s ``source``) scaled to the stored size (bicubic), over
-    ``probes`` frames matched by time (fps caps drop frames)."""
+def _psnr(shards: Path, probes: int = 6, sample: int = 0) -> float:
+    """Mean PSNR (dB, RGB) of stored clip ``sample`` against its source file (``KEY.json``'s ``source``) scaled to the
+    stored size (bicubic), over ``probes`` frames matched by time (fps caps drop frames)."""
     import io
 
     import av
@@ -280,9 +281,9 @@ def _psnr(shards: Path, probes: int = 6) -> float:
     from umt.data.format import ShardIndex
 
     ix = ShardIndex(shards, read_manifest(shards)["shards"])
-    meta = decode_meta(ix.read(0, "meta"))
-    source = json.loads(ix.read(0, "json"))["source"]
-    with av.open(io.BytesIO(ix.read(0, "mp4"))) as c:
+    meta = decode_meta(ix.read(sample, "meta"))
+    source = json.loads(ix.read(sample, "json"))["source"]
+    with av.open(io.BytesIO(ix.read(sample, "mp4"))) as c:
         stored = [f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])]
     ix.close()
     with av.open(str(source)) as c:
@@ -442,10 +443,12 @@ def run(
     only: str | None = None,
     kinds: Sequence[str] = (),
     crf: int | None = None,
+    psnr_all: bool = False,
 ) -> BenchResult:
     """Measure the matrix, the length rows and, with ``peers``, the peers side by side.
 
     ``quick``: two settings on 8 clips, batch <= 4, one timed epoch (a smoke run for the suite, not a measurement).
+    ``psnr_all``: also the median and minimum PSNR over every clip of a matrix setting, not only the first.
     """
     from umt.data.build.encode import DEFAULT_CODEC, DEFAULT_GOP
     from umt.data.loader import dali_available
@@ -475,6 +478,7 @@ def run(
                 b = _build(files[:matrix_clips], out, codec, gop, fps, workers, crf, ratio)
                 dw = _decode_work(out, epochs=2)
                 psnr = _psnr(out)
+                every = [_psnr(out, sample=i) for i in range(b["samples"])] if psnr_all else []
                 backend = backends[0]
                 r = _run_child({"kind": "ours", "backend": backend, "shards": str(out), "batch": batch,
                                 "workers": workers, "epochs": epochs, "device": dev})  # fmt: skip
@@ -492,6 +496,7 @@ def run(
                     **{k: b[k] for k in ("KiB/clip", "x source bytes", "capped", "build CPU-s/video",
                                          "build videos/s/core")},
                     "PSNR dB": psnr,
+                    **({"PSNR dB median": statistics.median(every), "PSNR dB min": min(every)} if every else {}),
                 })  # fmt: skip
                 logging.warning("%s", res.rows[-1])
                 shutil.rmtree(out, ignore_errors=True)
@@ -531,7 +536,8 @@ def run(
         "fps<=8: frames dropped at build time to at most 8 frames/s. TSN then draws each of the 8 frames from "
         "duration x 8 / 8 candidates per segment (a 10 s clip: 10 per segment instead of 30 at 24 frames/s).",
         "x source bytes: shard bytes over the source files' bytes (target <= 0.7 for typical source video). PSNR dB: "
-        "the first stored clip against its source scaled to the stored size (bicubic), 6 frames matched by time. "
+        "the first stored clip against its source scaled to the stored size (bicubic), 6 frames matched by time "
+        "(--psnr-all: also the median and minimum over every clip). "
         "bytes<=Rx: encodes that would take more than R x their source's bytes are redone with x264's rate capped "
         "(EncodeSettings.max_bytes_ratio; capped: how many of the clips).",
         "Machine shared with other jobs: compare rows of one run, not absolutes across runs.",
@@ -558,6 +564,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--kinds", default="", help="comma list of source kinds to run (default: every kind in --sources)")
     p.add_argument("--crf", type=int, default=None,
                    help="CRF of the default codec for the peers and length parts (default: the codec's own)")
+    p.add_argument("--psnr-all", action="store_true",
+                   help="matrix: also the median and minimum PSNR over every clip (default: the first clip only)")
     p.add_argument("--out", default=None, help="results directory (default benchmarks/results)")
     p.add_argument("--_one", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -569,7 +577,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     res = run(quick=args.quick, device=args.device, workers=args.workers, batch=args.batch, sources=args.sources,
               peers=args.peers, epochs=args.epochs, parts=args.parts.split(","),
               matrix_clips=args.matrix_clips, only=args.only,
-              kinds=[k for k in args.kinds.split(",") if k], crf=args.crf)  # fmt: skip
+              kinds=[k for k in args.kinds.split(",") if k], crf=args.crf, psnr_all=args.psnr_all)  # fmt: skip
     print(format_table(res.rows))
     for n in res.notes:
         print(f"- {n}")

@@ -49,8 +49,12 @@ CODECS: dict[str, tuple[str, str, dict[str, str]]] = {
 #: low-bit-rate WebVid-like video -- T = 8): H.264 CRF 23, GOP 8 with non-reference B-frames: 0.49x / 0.61x the
 #: source bytes on the two 720p kinds at 36.3 / 37.8 dB PSNR (the former default: 36.7 / 37.1), 2.81-2.85 frames
 #: decoded per sampled frame. The former default (VP9 GOP 8, CRF 32, libvpx realtime) took 0.75x / 0.93x the bytes
-#: and decodes 4.4 frames per sampled frame. The WebVid-like kind grows whatever the setting with key frames this
-#: close (3.05x at the default): see the report.
+#: and decodes 4.4 frames per sampled frame. The WebVid-like kind grows at CRF 23 with key frames this close (3.05x),
+#: hence the byte cap (benchmarks/results/2026-12-07_storage_capped_cpu.md, the same 16 clips per kind): at most
+#: 0.7x the source file's bytes per video. It caps every WebVid-like clip (0.68x the source bytes with the tars, a
+#: median of 30.4 dB over the clips against 37.8 uncapped, 2.86 frames decoded per sampled frame, loader CPU-s per
+#: clip 0.043-0.049 against 0.065-0.076) and none of the 720p clips (their shards byte-identical to the uncapped
+#: ones: 0.49x / 0.61x).
 DEFAULT_CODEC = "h264"
 DEFAULT_GOP = 8
 DEFAULT_MAX_BYTES_RATIO = 0.7
