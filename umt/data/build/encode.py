@@ -19,7 +19,8 @@ from typing import Any
 
 from umt.data.decode import probe_keyframes
 
-__all__ = ["CODECS", "DEFAULT_CODEC", "DEFAULT_GOP", "DEFAULT_MAX_BYTES_RATIO", "EncodeSettings", "Reject", "SampleSource", "encode_video"]
+__all__ = ["CODECS", "DEFAULT_CODEC", "DEFAULT_GOP", "DEFAULT_MAX_BYTES_RATIO", "EncodeSettings", "Reject", "SampleSource",
+           "encode_video"]
 
 #: ``--codec`` choices → (PyAV encoder, pixel format, encoder options). Every codec decodes on every CPU path (PyAV,
 #: from the key frame before each target, :func:`umt.data.decode.decode_sampled`); DALI's GPU (mixed) decoder takes
