@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,25 +41,36 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import BenchResult, format_table, write_report
+from umt.data.build.encode import DEFAULT_MAX_BYTES_RATIO
 
 __all__ = ["MATRIX", "QUICK", "main", "run"]
 
-#: (codec, gop, fps cap, crf or None for the codec's own): the storage matrix. MJPEG is all-intra whatever the GOP (it
-#: is per-frame JPEG storage in a video container: decoded by libjpeg on CPU; nvJPEG / NVDEC on a GPU).
-MATRIX: tuple[tuple[str, int, float | None, int | None], ...] = (
-    ("vp9", 8, None, None), ("h264", 8, None, None), ("h264", 8, None, 25), ("h264", 16, None, None),
-    ("h264", 32, None, 28), ("h264", 8, 8.0, None), ("mjpeg", 1, 8.0, None),
+#: (codec, gop, fps cap, crf or None for the codec's own, max bytes ratio or None for no cap): the storage matrix.
+#: MJPEG is all-intra whatever the GOP (it is per-frame JPEG storage in a video container: decoded by libjpeg on CPU;
+#: nvJPEG / NVDEC on a GPU). The uncapped rows are the CRF encodes as such; the default caps them (``bytes<=``).
+Setting = tuple[str, int, "float | None", "int | None", "float | None"]
+MATRIX: tuple[Setting, ...] = (
+    ("vp9", 8, None, None, None), ("h264", 8, None, None, DEFAULT_MAX_BYTES_RATIO), ("h264", 8, None, None, None),
+    ("h264", 8, None, 25, None), ("h264", 16, None, None, None), ("h264", 32, None, 28, None),
+    ("h264", 8, 8.0, None, None), ("mjpeg", 1, 8.0, None, None),
 )
-QUICK = (("vp9", 8, None, None), ("h264", 8, None, None))
+QUICK: tuple[Setting, ...] = (("vp9", 8, None, None, None), ("h264", 8, None, None, DEFAULT_MAX_BYTES_RATIO))
 _T = 8
 
 
-def _label(codec: str, gop: int, fps: float | None, crf: int | None = None) -> str:
+def _label(codec: str, gop: int, fps: float | None, crf: int | None = None, ratio: float | None = None) -> str:
     from umt.data.build.encode import CODECS
 
     g = "all-intra" if gop == 1 else f"gop {gop}"
     q = CODECS[codec][2].get("crf") if crf is None else str(crf)
-    return f"{codec} {g}" + (f" crf {q}" if q else "") + (f" fps<={fps:g}" if fps else "")
+    return (f"{codec} {g}" + (f" crf {q}" if q else "") + (f" fps<={fps:g}" if fps else "")
+            + (f" bytes<={ratio:g}x" if ratio else ""))
+
+
+def _selected(label: str, only: str) -> bool:
+    """``label`` matches one of the comma list ``only``: starts with an item, or equals one that ends with ``$``."""
+    return any(label == o.strip()[:-1] if o.strip().endswith("$") else label.startswith(o.strip())
+               for o in only.split(","))
 
 
 # -- process-tree accounting (runs inside the measured process) -------------------------------------------------
@@ -257,9 +269,9 @@ def _seek_probe(shards: Path, label: str, reps: int = 3) -> list[dict[str, Any]]
     return rows
 
 
-def _psnr(shards: Path, probes: int = 6) -> float:
-    """Mean PSNR (dB, RGB) of the first stored clip against its source file (``KEY.json``'s ``source``) scaled to the stored size (bicubic), over
-    ``probes`` frames matched by time (fps caps drop frames)."""
+def _psnr(shards: Path, probes: int = 6, sample: int = 0) -> float:
+    """Mean PSNR (dB, RGB) of stored clip ``sample`` against its source file (``KEY.json``'s ``source``) scaled to the
+    stored size (bicubic), over ``probes`` frames matched by time (fps caps drop frames)."""
     import io
 
     import av
@@ -269,9 +281,9 @@ def _psnr(shards: Path, probes: int = 6) -> float:
     from umt.data.format import ShardIndex
 
     ix = ShardIndex(shards, read_manifest(shards)["shards"])
-    meta = decode_meta(ix.read(0, "meta"))
-    source = json.loads(ix.read(0, "json"))["source"]
-    with av.open(io.BytesIO(ix.read(0, "mp4"))) as c:
+    meta = decode_meta(ix.read(sample, "meta"))
+    source = json.loads(ix.read(sample, "json"))["source"]
+    with av.open(io.BytesIO(ix.read(sample, "mp4"))) as c:
         stored = [f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])]
     ix.close()
     with av.open(str(source)) as c:
@@ -288,13 +300,13 @@ def _psnr(shards: Path, probes: int = 6) -> float:
 
 
 def _build(files: Sequence[Path], out: Path, codec: str, gop: int, fps: float | None, workers: int,
-           crf: int | None = None) -> dict[str, Any]:
+           crf: int | None = None, ratio: float | None = None) -> dict[str, Any]:
     from umt.data.build.shards import EncodeSettings, build_shards
 
     t0 = time.perf_counter()
     cpu0 = _tree_cpu_s(os.getpid())
-    br = build_shards(list(files), out, settings=EncodeSettings(codec=codec, gop=gop, fps_cap=fps, crf=crf),
-                      samples_per_shard=16, workers=workers)  # fmt: skip
+    st = EncodeSettings(codec=codec, gop=gop, fps_cap=fps, crf=crf, max_bytes_ratio=ratio)
+    br = build_shards(list(files), out, settings=st, samples_per_shard=16, workers=workers)  # fmt: skip
     dt = time.perf_counter() - t0
     cpu = _tree_cpu_s(os.getpid()) - cpu0
     nbytes = sum(s["bytes"] for s in br.shards)
@@ -304,8 +316,19 @@ def _build(files: Sequence[Path], out: Path, codec: str, gop: int, fps: float | 
         "build videos/s/core": br.num_samples / dt / workers,
         "KiB/clip": nbytes / br.num_samples / 1024,
         "x source bytes": nbytes / src_bytes,
+        "capped": sum(1 for r in _rows(out) if "rate_cap_kbit_s" in r),
         "samples": br.num_samples,
     }
+
+
+def _rows(shards: Path) -> list[dict[str, Any]]:
+    """Every sample's ``KEY.json``."""
+    from umt.data.format import ShardIndex, read_manifest
+
+    ix = ShardIndex(shards, read_manifest(shards)["shards"])
+    rows = [json.loads(ix.read(i, "json")) for i in range(len(ix))]
+    ix.close()
+    return rows
 
 
 def _extract_videos(shards: Path, out: Path) -> list[Path]:
@@ -364,7 +387,7 @@ def _peers(files: Sequence[Path], tmp: Path, kind: str, default: tuple, backends
     """Our loader on our shards and every available peer on the raw ``files`` and on the files inside our shards."""
     have = _peers_available()
     shards = tmp / "default_all"
-    b = _build(files, shards, *default[:3], common["workers"], default[3])
+    b = _build(files, shards, *default[:3], common["workers"], *default[3:])
     logging.warning("peers %s: %d clips, default storage %s: %s", kind, len(files), _label(*default), b)
     inner = _extract_videos(shards, tmp / "inner")
     runs: list[tuple[str, str, dict[str, Any], dict[str, str] | None]] = []
@@ -420,10 +443,12 @@ def run(
     only: str | None = None,
     kinds: Sequence[str] = (),
     crf: int | None = None,
+    psnr_all: bool = False,
 ) -> BenchResult:
     """Measure the matrix, the length rows and, with ``peers``, the peers side by side.
 
     ``quick``: two settings on 8 clips, batch <= 4, one timed epoch (a smoke run for the suite, not a measurement).
+    ``psnr_all``: also the median and minimum PSNR over every clip of a matrix setting, not only the first.
     """
     from umt.data.build.encode import DEFAULT_CODEC, DEFAULT_GOP
     from umt.data.loader import dali_available
@@ -433,7 +458,7 @@ def run(
     have = _peers_available()
     settings = (QUICK if quick else MATRIX) if "matrix" in parts else ()
     if only:  # e.g. "h264 gop 8,mjpeg": settings whose label starts with one of these
-        settings = tuple(x for x in settings if any(_label(*x).startswith(o.strip()) for o in only.split(",")))
+        settings = tuple(x for x in settings if _selected(_label(*x), only))
     _ = have
     backends = (["dali"] if dali_available() else []) + ["reference"]
     with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
@@ -443,23 +468,24 @@ def run(
         if quick:
             by_kind, batch, epochs = {k: v[:8] for k, v in by_kind.items()}, min(batch, 4), 1
         inputs = []
-        default = (DEFAULT_CODEC, DEFAULT_GOP, None, crf)
+        default = (DEFAULT_CODEC, DEFAULT_GOP, None, crf, DEFAULT_MAX_BYTES_RATIO)
         for kind, files in by_kind.items():
             src_mib = sum(f.stat().st_size for f in files) / 2**20
             inputs.append(f"{kind}: {len(files)} clips, {src_mib:.1f} MiB")
-            for codec, gop, fps, crf in settings:
-                label = _label(codec, gop, fps, crf)
+            for codec, gop, fps, crf, ratio in settings:
+                label = _label(codec, gop, fps, crf, ratio)
                 out = Path(tmp) / kind / label.replace(" ", "_").replace("<=", "")
-                b = _build(files[:matrix_clips], out, codec, gop, fps, workers, crf)
+                b = _build(files[:matrix_clips], out, codec, gop, fps, workers, crf, ratio)
                 dw = _decode_work(out, epochs=2)
                 psnr = _psnr(out)
+                every = [_psnr(out, sample=i) for i in range(b["samples"])] if psnr_all else []
                 backend = backends[0]
                 r = _run_child({"kind": "ours", "backend": backend, "shards": str(out), "batch": batch,
                                 "workers": workers, "epochs": epochs, "device": dev})  # fmt: skip
                 res.rows.append({
                     "part": "matrix",
                     "source": kind,
-                    "setting": label + (" (default)" if (codec, gop, fps, crf) == default else ""),
+                    "setting": label + (" (default)" if (codec, gop, fps, crf, ratio) == default else ""),
                     "backend": f"{backend} ({'mixed' if dev.startswith('cuda') and backend == 'dali' else 'cpu'})",
                     "clips/s": r["clips/s"],
                     "CPU-s/clip": r["CPU-s/clip"],
@@ -467,8 +493,10 @@ def run(
                     **dw,
                     "decoded per sampled frame": dw["decoded frames/clip"] / _T,
                     "decode clips/s/core": 1.0 / dw["decode CPU-s/clip"],
-                    **{k: b[k] for k in ("KiB/clip", "x source bytes", "build CPU-s/video", "build videos/s/core")},
+                    **{k: b[k] for k in ("KiB/clip", "x source bytes", "capped", "build CPU-s/video",
+                                         "build videos/s/core")},
                     "PSNR dB": psnr,
+                    **({"PSNR dB median": statistics.median(every), "PSNR dB min": min(every)} if every else {}),
                 })  # fmt: skip
                 logging.warning("%s", res.rows[-1])
                 shutil.rmtree(out, ignore_errors=True)
@@ -484,9 +512,9 @@ def run(
         files = next(iter(by_kind.values()))
         if long_clip is not None and "length" in parts:
             short_dir = Path(tmp) / "default_short"
-            _build(files[:matrix_clips], short_dir, *default[:3], workers)
+            _build(files[:matrix_clips], short_dir, *default[:3], workers, *default[3:])
             long_dir = Path(tmp) / "long60"
-            _build([long_clip], long_dir, *default[:3], workers)
+            _build([long_clip], long_dir, *default[:3], workers, *default[3:])
             a, b2 = _decode_work(short_dir, epochs=2), _decode_work(long_dir, epochs=16)
             for name, d in (("10 s", a), ("60 s", b2)):
                 res.rows.append({"part": "length", "setting": f"{_label(*default)}, {name} clips", "backend": "source",
@@ -508,7 +536,10 @@ def run(
         "fps<=8: frames dropped at build time to at most 8 frames/s. TSN then draws each of the 8 frames from "
         "duration x 8 / 8 candidates per segment (a 10 s clip: 10 per segment instead of 30 at 24 frames/s).",
         "x source bytes: shard bytes over the source files' bytes (target <= 0.7 for typical source video). PSNR dB: "
-        "the first stored clip against its source scaled to the stored size (bicubic), 6 frames matched by time.",
+        "the first stored clip against its source scaled to the stored size (bicubic), 6 frames matched by time "
+        "(--psnr-all: also the median and minimum over every clip). "
+        "bytes<=Rx: encodes that would take more than R x their source's bytes are redone with x264's rate capped "
+        "(EncodeSettings.max_bytes_ratio; capped: how many of the clips).",
         "Machine shared with other jobs: compare rows of one run, not absolutes across runs.",
     ]
     return res
@@ -526,11 +557,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=2, help="timed epochs per loader (default 2)")
     p.add_argument("--parts", default="matrix,length",
                    help="comma list of matrix, length, peers, seek (default matrix,length)")
-    p.add_argument("--only", default=None, help='matrix settings whose label starts with one of these, e.g. "h264 gop 8 crf 25,mjpeg"')
+    p.add_argument("--only", default=None,
+                   help='matrix settings whose label starts with one of these, e.g. "h264 gop 8 crf 25,mjpeg" (an item '
+                        'ending in $ must equal the label: "h264 gop 8 crf 23$" is the uncapped CRF 23 row alone)')
     p.add_argument("--matrix-clips", type=int, default=16, help="source clips per matrix setting (default 16)")
     p.add_argument("--kinds", default="", help="comma list of source kinds to run (default: every kind in --sources)")
     p.add_argument("--crf", type=int, default=None,
                    help="CRF of the default codec for the peers and length parts (default: the codec's own)")
+    p.add_argument("--psnr-all", action="store_true",
+                   help="matrix: also the median and minimum PSNR over every clip (default: the first clip only)")
     p.add_argument("--out", default=None, help="results directory (default benchmarks/results)")
     p.add_argument("--_one", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -542,7 +577,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     res = run(quick=args.quick, device=args.device, workers=args.workers, batch=args.batch, sources=args.sources,
               peers=args.peers, epochs=args.epochs, parts=args.parts.split(","),
               matrix_clips=args.matrix_clips, only=args.only,
-              kinds=[k for k in args.kinds.split(",") if k], crf=args.crf)  # fmt: skip
+              kinds=[k for k in args.kinds.split(",") if k], crf=args.crf, psnr_all=args.psnr_all)  # fmt: skip
     print(format_table(res.rows))
     for n in res.notes:
         print(f"- {n}")

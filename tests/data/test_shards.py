@@ -408,11 +408,12 @@ def test_default_h264_encoding_is_byte_reproducible_within_a_process() -> None:
     from umt.data.build.samples import SAMPLES_DIR
 
     a, b = (str(SAMPLES_DIR / f"bbb_trailer_long_0{i}.mp4") for i in (0, 1))
-    st = EncodeSettings()
-    assert st.codec == "h264"
-    first = encode_video(SampleSource(a), st)[0]
-    encode_video(SampleSource(b), st)
-    assert encode_video(SampleSource(a), st)[0] == first
+    for st in (EncodeSettings(), EncodeSettings(max_bytes_ratio=None)):  # capped (these low-rate clips) and CRF alone
+        assert st.codec == "h264"
+        first, info = encode_video(SampleSource(a), st)
+        assert ("rate_cap_kbit_s" in info) == (st.max_bytes_ratio is not None)
+        encode_video(SampleSource(b), st)
+        assert encode_video(SampleSource(a), st)[0] == first
 
 
 def test_crf_setting_is_checked_and_changes_the_size(tmp_path: Path) -> None:
@@ -425,5 +426,60 @@ def test_crf_setting_is_checked_and_changes_the_size(tmp_path: Path) -> None:
         EncodeSettings(codec="h264", crf=52)
     assert EncodeSettings(codec="vp9").digest() != EncodeSettings(codec="vp9", crf=32).digest()
     src = SampleSource(str(SAMPLES_DIR / "bbb_trailer_00.mp4"))
-    hi, lo = (len(encode_video(src, EncodeSettings(codec="h264", crf=c))[0]) for c in (20, 30))
+    # uncapped: with the default byte cap this low-rate clip would be held to 0.7x its bytes at either CRF
+    hi, lo = (len(encode_video(src, EncodeSettings(codec="h264", crf=c, max_bytes_ratio=None))[0]) for c in (20, 30))
     assert hi > 1.5 * lo  # 10 CRF steps: about 3.2x the bit rate by x264's rate model; 1.5x is a loose floor
+
+
+def test_byte_cap_shrinks_a_low_rate_source_and_leaves_a_high_rate_one_alone(tmp_path: Path) -> None:
+    """max_bytes_ratio: a 480x270 clip at about 140 kbit/s (x264 CRF 23 with a key frame every 8 frames takes about 3x
+    its bytes) is stored in at most 0.7x its file's bytes, with the same key frames; a high-rate source (x264 CRF 10)
+    gets the plain CRF encode, byte for byte."""
+    from umt.data.build.encode import DEFAULT_MAX_BYTES_RATIO, SampleSource, encode_video
+    from umt.data.build.samples import SAMPLES_DIR
+    from umt.data.decode import probe_keyframes
+
+    assert EncodeSettings().max_bytes_ratio == DEFAULT_MAX_BYTES_RATIO == 0.7
+    low = SAMPLES_DIR / "bbb_trailer_00.mp4"
+    src = low.stat().st_size
+    free, free_info = encode_video(SampleSource(str(low)), EncodeSettings(max_bytes_ratio=None))
+    capped, info = encode_video(SampleSource(str(low)), EncodeSettings())
+    assert len(free) > 2 * src and "rate_cap_kbit_s" not in free_info  # the CRF encode alone: far over
+    assert len(capped) <= 0.7 * src and 0 < info["rate_cap_kbit_s"] < 8 * 0.7 * src / 1000 / info["duration"]
+    assert "warnings" not in info and info["frames"] == free_info["frames"] == 60
+    assert info["keyframes"] == free_info["keyframes"] == probe_keyframes(capped)  # same GOPs: same decode cost
+    assert [k for k, _ in info["keyframes"]] == list(range(0, 60, 8))
+    half, half_info = encode_video(SampleSource(str(low)), EncodeSettings(max_bytes_ratio=0.35))
+    assert len(half) <= 0.35 * src and half_info["rate_cap_kbit_s"] < info["rate_cap_kbit_s"]
+
+    high = make_clip(tmp_path / "high.mp4", n_frames=24, width=96, height=64)  # CRF 10: the CRF 23 encode is smaller
+    a, a_info = encode_video(SampleSource(str(high)), EncodeSettings())
+    b, b_info = encode_video(SampleSource(str(high)), EncodeSettings(max_bytes_ratio=None))
+    assert a == b and a_info == b_info and "rate_cap_kbit_s" not in a_info and len(a) <= 0.7 * high.stat().st_size
+
+
+def test_byte_cap_setting_digest_cli_and_old_records(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from umt.data.build.cli import main, parser, _settings
+    from umt.data.build.parts import _settings_from
+
+    uncapped = EncodeSettings(max_bytes_ratio=None)
+    # the default changed, so its digest did; settings without a cap keep the digest they had before the field
+    assert EncodeSettings().digest() != uncapped.digest() == "60b8dae250821456"
+    assert EncodeSettings(max_bytes_ratio=0.5).digest() not in (EncodeSettings().digest(), uncapped.digest())
+    assert EncodeSettings(codec="vp9").max_bytes_ratio is None  # no cap for other codecs: their digests as before
+    assert EncodeSettings(codec="vp9").digest() == "c73223d73f5b2d24"
+    for bad in (0, -0.5):
+        with pytest.raises(ValueError, match="max_bytes_ratio"):
+            EncodeSettings(max_bytes_ratio=bad)
+    assert _settings_from({k: v for k, v in vars(uncapped).items() if k != "max_bytes_ratio"}, "video") == uncapped
+
+    def cli(*args: str) -> EncodeSettings:
+        return _settings(parser().parse_args(["x.mp4", "--out", str(tmp_path / "o"), *args]))[0]
+
+    assert cli() == EncodeSettings() and cli("--max-bytes-ratio", "0") == uncapped
+    assert cli("--max-bytes-ratio", "0.5").max_bytes_ratio == 0.5 and cli("--codec", "vp9").max_bytes_ratio is None
+    clip = make_clip(tmp_path / "a.mp4", n_frames=9)
+    assert main([str(clip), "--out", str(tmp_path / "o"), "--codec", "vp9", "--max-bytes-ratio", "0.5"]) == 2
+    assert "--max-bytes-ratio applies to --codec h264" in capsys.readouterr().err
+    assert main([str(clip), "--out", str(tmp_path / "o"), "--max-bytes-ratio", "0.5", "--quiet"]) == 0
+    assert read_manifest(tmp_path / "o")["encoding"]["max_bytes_ratio"] == 0.5

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from umt.data.build.images import DEFAULT_JPEG_QUALITY, ImageEncodeSettings
 from umt.data.build.parts import PartResult, build_part, commit_parts, parse_part, slurm_part
+from umt.data.build.encode import DEFAULT_MAX_BYTES_RATIO
 from umt.data.build.shards import (CODECS, DEFAULT_CODEC, DEFAULT_GOP, BuildResult, EncodeSettings, ShardDirError,
                                    _localize, _read_annotations, build_shards, iter_reasons)
 from umt.fileio import LockedError
@@ -56,6 +57,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--crf", type=int, default=None,
                    help="constant rate factor for vp9 (0-63) or h264 (0-51); lower = better quality, more bytes "
                         "(default: the codec's, h264 23 and vp9 32)")
+    p.add_argument("--max-bytes-ratio", type=float, default=None, metavar="R",
+                   help=f"h264: store each video in at most about R times its source file's bytes: a video whose CRF "
+                        f"encode would take more is encoded again with its bit rate capped (x264 VBV) at that share of "
+                        f"the source's rate, at lower quality; one within it is left as encoded. 0: no cap, the CRF "
+                        f"alone decides (default: {DEFAULT_MAX_BYTES_RATIO:g} with h264; other codecs have no cap)")
     p.add_argument("--min-frames", type=int, default=8, help="skip videos with fewer frames")
     p.add_argument("--on-truncated", choices=["pack", "skip"], default="pack",
                    help="inputs with fewer decodable frames than their header announces: pack what decodes (with "
@@ -171,8 +177,14 @@ def _settings(args: argparse.Namespace) -> tuple[EncodeSettings | ImageEncodeSet
         modality = _read_annotations(_localize(args.annotations))[1]
     if modality == "image":
         return ImageEncodeSettings(short_side=args.short_side, quality=args.jpeg_quality), modality
+    ratio = args.max_bytes_ratio
+    if ratio is not None and ratio != 0 and args.codec != "h264":
+        raise ValueError(f"--max-bytes-ratio applies to --codec h264, not {args.codec}")
+    if ratio is not None and ratio < 0:
+        raise ValueError(f"--max-bytes-ratio must be > 0 (0: no cap), got {ratio:g}")
     return EncodeSettings(codec=args.codec, short_side=args.short_side, gop=args.gop, fps_cap=args.fps_cap, crf=args.crf,
-                          min_frames=args.min_frames, on_truncated=args.on_truncated), modality
+                          min_frames=args.min_frames, on_truncated=args.on_truncated,
+                          max_bytes_ratio=DEFAULT_MAX_BYTES_RATIO if ratio is None else ratio or None), modality
 
 
 def _part_summary(res: PartResult) -> int:

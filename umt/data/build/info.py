@@ -142,8 +142,10 @@ def _print(s: dict[str, Any]) -> None:
               f"stored short side {s['short_side']['min']}–{s['short_side']['max']} px")
         _print_histogram("short side (px)", s["short_side"]["histogram"])
     else:
+        cap = enc.get("max_bytes_ratio")
         print(f"encoding: codec {enc.get('codec')}, GOP {enc.get('gop')}, short side {enc.get('short_side')}, "
-              f"container {enc.get('container')}; codecs seen {s['codecs']}")
+              + (f"at most {cap:g}x the source bytes, " if cap else "")
+              + f"container {enc.get('container')}; codecs seen {s['codecs']}")
         print(f"duration: {s['duration_s']['total'] / 3600:.2f} h in all, {s['duration_s']['min']:.2f}–"
               f"{s['duration_s']['max']:.2f} s per sample; frames {s['frames']['min']}–{s['frames']['max']}")
         _print_histogram("duration (s)", s["duration_s"]["histogram"])

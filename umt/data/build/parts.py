@@ -139,7 +139,10 @@ def slurm_part(env: dict[str, str] | None = None) -> tuple[int, int] | None:
 
 
 def _settings_from(d: dict[str, Any], modality: str) -> EncodeSettings | ImageEncodeSettings:
-    return ImageEncodeSettings(**d) if modality == "image" else EncodeSettings(**d)
+    if modality == "image":
+        return ImageEncodeSettings(**d)
+    # recorded before the byte cap existed: built without one
+    return EncodeSettings(**{"max_bytes_ratio": None, **d})
 
 
 def _src_row(s: SampleSource, r: dict[str, Any]) -> dict[str, Any]:
