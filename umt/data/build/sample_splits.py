@@ -19,7 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from umt.data.build.samples import SAMPLES_DIR
+from umt.data.build.samples import SAMPLES_DIR, sample_encode_settings
 from umt.data.build.shards import DEFAULT_CODEC, EncodeSettings, ShardDirError, build_shards
 from umt.data.format import read_manifest
 from umt.fileio import atomic_write
@@ -111,7 +111,7 @@ def ensure_sample_splits(out_root: str | Path = DEFAULT_SPLIT_SHARDS, *, codec: 
         r["video"] = os.path.abspath(SAMPLES_DIR / r["video"])
     root = Path(out_root)
     root.mkdir(parents=True, exist_ok=True)
-    settings = EncodeSettings(codec=codec)
+    settings = sample_encode_settings(codec)
     outs = []
     for name, part in zip(("train", "heldout"), split_rows(rows)):
         ann = root / f"{name}.jsonl"

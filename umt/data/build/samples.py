@@ -21,6 +21,7 @@ __all__ = [
     "ensure_sample_image_shards",
     "ensure_sample_qa_shards",
     "ensure_sample_shards",
+    "sample_encode_settings",
 ]
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,14 @@ DEFAULT_SAMPLE_IMAGE_SHARDS = "shards/built/sample_images"
 #: Where the QA demo builds the sample clips with their questions (``shards/samples/qa.json``), and the only place it
 #: writes.
 DEFAULT_SAMPLE_QA_SHARDS = "shards/built/sample_qa"
+
+
+def sample_encode_settings(codec: str = DEFAULT_CODEC) -> EncodeSettings:
+    """How the embedded sample clips are stored: the default settings without the byte cap
+    (:attr:`~umt.data.build.encode.EncodeSettings.max_bytes_ratio`). The clips are small, already low bit rate
+    (the cap would bind on 18 of the 20 and cost them about 7 dB), and the demos' figures are measured on them; the
+    cap is for the storage of a real corpus."""
+    return EncodeSettings(codec=codec, max_bytes_ratio=None)
 
 
 def _is_sample_set(m: dict, ann: Path, out: Path, default: str) -> bool:
@@ -93,7 +102,7 @@ def ensure_sample_shards(
         umt.data.build.shards.ShardDirError: ``out_dir`` holds another data set or files that are not a data set.
     """
     return _ensure(Path(out_dir), SAMPLES_DIR / "annotations.jsonl", DEFAULT_SAMPLE_SHARDS,
-                   EncodeSettings(codec=codec), samples_per_shard, max(1, min(4, os.cpu_count() or 1)))
+                   sample_encode_settings(codec), samples_per_shard, max(1, min(4, os.cpu_count() or 1)))
 
 
 def ensure_sample_image_shards(
@@ -128,5 +137,5 @@ def ensure_sample_qa_shards(
         FileNotFoundError: the sample clips are missing (not a source checkout).
         umt.data.build.shards.ShardDirError: ``out_dir`` holds another data set or files that are not a data set.
     """
-    return _ensure(Path(out_dir), SAMPLES_DIR / "qa.json", DEFAULT_SAMPLE_QA_SHARDS, EncodeSettings(codec=codec),
+    return _ensure(Path(out_dir), SAMPLES_DIR / "qa.json", DEFAULT_SAMPLE_QA_SHARDS, sample_encode_settings(codec),
                    samples_per_shard, max(1, min(4, os.cpu_count() or 1)))
