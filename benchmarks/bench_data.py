@@ -11,7 +11,9 @@ Three parts, each a set of rows in one report:
 * **peers** (``--peers``) — per source kind, on the same inputs, in the same run: our pipeline on our shards (DALI and
   reference backends); the official UMT stage-1 loader (decord + PIL, :mod:`benchmarks.peers`), decord alone, SPDL
   0.8 and TorchCodec on the raw source videos and on the video files inside our shards, each when it imports (a
-  missing one is named in the log and skipped). Ratios against the official loader.
+  missing one is named in the log and skipped). Ratios against the official loader. TorchCodec's measurement runs
+  under ``--torchcodec-python`` (default: ``benchmarks/.venv-torchcodec/bin/python`` when it exists, made by
+  ``bash benchmarks/setup_torchcodec.sh``: its wheel needs the CUDA build of torch; it decodes on CPU).
 * **length** — decode CPU-s per clip for 10 s against 60 s clips at the default settings (target: at most 1.5×).
 * **seek** (``--parts seek``) — CPU-s for one early, middle or late frame through DALI's CPU video decoder against
   our seeking decoder: DALI decodes from the first frame whatever the arguments.
@@ -192,8 +194,10 @@ def _measure(spec: dict[str, Any]) -> dict[str, Any]:
     return {"clips/s": clips / dt, "CPU-s/clip": cpu / clips, "peak MiB": peak.stop() / 2**20, "clips": clips}
 
 
-def _run_child(spec: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "benchmarks.bench_data", "--_one", json.dumps(spec)]
+def _run_child(spec: dict[str, Any], env: dict[str, str] | None = None, python: str | None = None) -> dict[str, Any]:
+    """One measurement in a fresh ``python`` (default: this interpreter) run from the repository root, so that the
+    project's source tree is importable whatever the interpreter (the child needs numpy, torch and the peer only)."""
+    cmd = [python or sys.executable, "-m", "benchmarks.bench_data", "--_one", json.dumps(spec)]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1])
     lines = [x for x in p.stdout.splitlines() if x.startswith("{")]
     if p.returncode or not lines:
@@ -382,39 +386,89 @@ def _peers_available() -> dict[str, bool]:
     return {m: importlib.util.find_spec(m) is not None for m in ("decord", "spdl", "torchcodec")}
 
 
+#: The interpreter bash benchmarks/setup_torchcodec.sh makes for the TorchCodec peer (not resolved: it is a venv's).
+TORCHCODEC_VENV_PYTHON = Path(__file__).resolve().parent / ".venv-torchcodec" / "bin" / "python"
+_TORCHCODEC_PROBE = """import json, torch, torchcodec
+from torchcodec.decoders import VideoDecoder
+try:
+    from torchcodec._core import get_ffmpeg_library_versions as f
+    ff = f().get("libavcodec")
+except Exception:
+    ff = None
+print(json.dumps({"torch": torch.__version__, "cuda": torch.version.cuda, "torchcodec": torchcodec.__version__,
+                  "libavcodec": ff}))"""
+
+
+def _torchcodec_python(python: str | None) -> dict[str, Any]:
+    """The interpreter that runs the TorchCodec peer and what it imports: ``python`` (``--torchcodec-python``), else
+    :data:`TORCHCODEC_VENV_PYTHON` when it exists, else this interpreter. Returns ``{"python", "label", "torch",
+    "cuda", "torchcodec", "libavcodec"}`` from a probe that imports torchcodec there, or ``{"python", "skip": why}``."""
+    import importlib.util
+
+    how = "bash benchmarks/setup_torchcodec.sh makes a venv with the CUDA build of torch and the system FFmpeg"
+    if python is None:
+        python = str(TORCHCODEC_VENV_PYTHON) if TORCHCODEC_VENV_PYTHON.exists() else sys.executable
+    if python == sys.executable and importlib.util.find_spec("torchcodec") is None:
+        venv = TORCHCODEC_VENV_PYTHON.parent.parent
+        return {"python": python, "skip": f"not installed in the project's environment and no {venv.name} ({how})"}
+    if not (Path(python).exists() or shutil.which(python)):
+        return {"python": python, "skip": f"--torchcodec-python {python} does not exist ({how})"}
+    info: Any = None
+    try:
+        p = subprocess.run([python, "-c", _TORCHCODEC_PROBE], capture_output=True, text=True, timeout=300)
+        err = (p.stderr.strip().splitlines() or [f"exit status {p.returncode}"])[-1]
+        info = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 and p.stdout.strip() else None
+    except (OSError, subprocess.TimeoutExpired, ValueError) as e:
+        err = str(e)
+    if not isinstance(info, dict):
+        return {"python": python, "skip": f"'import torchcodec' fails under {python}: {err} ({how})"}
+    venv = Path(python).parent.parent
+    where = "project" if python == sys.executable else venv.name if (venv / "pyvenv.cfg").exists() else python
+    cuda = f", CUDA {info['cuda']}" if info.get("cuda") else ""
+    return {**info, "python": python, "label": f"{where} (torch {info['torch']}{cuda})"}
+
+
 def _peers(files: Sequence[Path], tmp: Path, kind: str, default: tuple, backends: Sequence[str], dev: str,
-           common: dict[str, Any]) -> list[dict[str, Any]]:
-    """Our loader on our shards and every available peer on the raw ``files`` and on the files inside our shards."""
+           common: dict[str, Any], tc: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Our loader on our shards and every available peer on the raw ``files`` and on the files inside our shards;
+    TorchCodec under the interpreter ``tc`` names (:func:`_torchcodec_python`), skipped when it has ``"skip"``."""
+    import torch
+
+    tc = tc if tc is not None else _torchcodec_python(None)
     have = _peers_available()
     shards = tmp / "default_all"
     b = _build(files, shards, *default[:3], common["workers"], *default[3:])
     logging.warning("peers %s: %d clips, default storage %s: %s", kind, len(files), _label(*default), b)
     inner = _extract_videos(shards, tmp / "inner")
-    runs: list[tuple[str, str, dict[str, Any], dict[str, str] | None]] = []
+    runs: list[tuple[str, str, dict[str, Any], dict[str, str] | None, dict[str, Any] | None]] = []
     for backend in backends:
         runs.append((f"ours: {backend}", "our shards", {"kind": "ours", "backend": backend,
-                     "shards": str(shards), "device": dev}, None))  # fmt: skip
+                     "shards": str(shards), "device": dev}, None, None))  # fmt: skip
+    tc_name = "TorchCodec " + ".".join(tc.get("torchcodec", "").split(".")[:2])
     peer_kinds = [("official (decord+PIL)", "official", "decord", None), ("decord 0.6", "decord", "decord", None),
-                  ("SPDL 0.8", "spdl", "spdl", "spdl"), ("TorchCodec", "torchcodec", "torchcodec", None)]
+                  ("SPDL 0.8", "spdl", "spdl", "spdl"), (tc_name.strip(), "torchcodec", "torchcodec", None)]
+    have["torchcodec"] = "skip" not in tc
     for name, k, need, env_kind in peer_kinds:
         if not have.get(need):
-            logging.warning("%s: not installed here, skipped", name)
+            logging.warning("%s: %s, skipped", name, tc["skip"] if k == "torchcodec" else "not installed here")
             continue
         env = None
         if env_kind == "spdl":
             from benchmarks.peers import spdl_env
 
             env = spdl_env()
-        runs.append((name, "raw source videos", {"kind": k, "files": [str(f) for f in files]}, env))
-        runs.append((name, "files inside our shards", {"kind": k, "files": [str(f) for f in inner]}, env))
+        py = tc if k == "torchcodec" else None
+        runs.append((name, "raw source videos", {"kind": k, "files": [str(f) for f in files]}, env, py))
+        runs.append((name, "files inside our shards", {"kind": k, "files": [str(f) for f in inner]}, env, py))
     rows = []
-    for name, inp, spec, env in runs:
+    for name, inp, spec, env, py in runs:
         try:
-            r = _run_child({**spec, **common}, env)
+            r = _run_child({**spec, **common}, env, py["python"] if py else None)
         except RuntimeError as e:
             logging.warning("%s on %s: %s", name, inp, e)
             continue
-        rows.append({"part": "peers", "source": kind, "setting": inp, "backend": name, **r})
+        label = py["label"] if py else f"project (torch {torch.__version__})"
+        rows.append({"part": "peers", "source": kind, "setting": inp, "backend": name, "python (torch)": label, **r})
         logging.warning("%s", rows[-1])
     ref = next((r for r in rows if r["backend"].startswith("official") and r["setting"].startswith("raw")), None)
     ref_same = next((r for r in rows if r["backend"].startswith("official") and r["setting"].startswith("files")), None)
@@ -444,11 +498,13 @@ def run(
     kinds: Sequence[str] = (),
     crf: int | None = None,
     psnr_all: bool = False,
+    torchcodec_python: str | None = None,
 ) -> BenchResult:
     """Measure the matrix, the length rows and, with ``peers``, the peers side by side.
 
     ``quick``: two settings on 8 clips, batch <= 4, one timed epoch (a smoke run for the suite, not a measurement).
     ``psnr_all``: also the median and minimum PSNR over every clip of a matrix setting, not only the first.
+    ``torchcodec_python``: the interpreter of the TorchCodec peer (:func:`_torchcodec_python`).
     """
     from umt.data.build.encode import DEFAULT_CODEC, DEFAULT_GOP
     from umt.data.loader import dali_available
@@ -461,6 +517,7 @@ def run(
         settings = tuple(x for x in settings if _selected(_label(*x), only))
     _ = have
     backends = (["dali"] if dali_available() else []) + ["reference"]
+    tc = _torchcodec_python(torchcodec_python) if (peers or "peers" in parts) else None
     with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
         by_kind, long_clip = _sources(sources, Path(tmp), quick)
         if kinds:
@@ -507,7 +564,7 @@ def run(
                     res.rows += [{"source": kind, **r} for r in _seek_probe(out, _label("vp9", gop, None))]
             if peers or "peers" in parts:
                 res.rows += _peers(files, Path(tmp) / kind, kind, default, backends, dev,
-                                   {"batch": batch, "workers": workers, "epochs": epochs})
+                                   {"batch": batch, "workers": workers, "epochs": epochs}, tc)
         # length: 10 s against 60 s at the default settings (decode work only; augmentation does not depend on it)
         files = next(iter(by_kind.values()))
         if long_clip is not None and "length" in parts:
@@ -542,7 +599,22 @@ def run(
         "(EncodeSettings.max_bytes_ratio; capped: how many of the clips).",
         "Machine shared with other jobs: compare rows of one run, not absolutes across runs.",
     ]
+    if tc is not None:
+        res.notes.append(_torchcodec_note(tc))
     return res
+
+
+def _torchcodec_note(tc: dict[str, Any]) -> str:
+    """The report's note on the interpreters of the peers part (from :func:`_torchcodec_python`)."""
+    import torch
+
+    own = f"{sys.executable} (torch {torch.__version__})"
+    if "skip" in tc:
+        return f"Interpreters: every row ran under {own}. TorchCodec: skipped, {tc['skip']}."
+    cuda = f", the CUDA {tc['cuda']} build, decoding on CPU" if tc.get("cuda") else ""
+    ff = f", FFmpeg libavcodec {tc['libavcodec']}" if tc.get("libavcodec") else ""
+    return (f"Interpreters: TorchCodec rows ran under {tc['python']} (torch {tc['torch']}{cuda}; torchcodec "
+            f"{tc['torchcodec']}{ff}); every other row under {own}.")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -550,6 +622,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="smoke run: 2 settings, 8 clips, one timed epoch")
     p.add_argument("--peers", action="store_true",
                    help="also run the official loader, decord, SPDL and TorchCodec (those installed) on the same inputs")
+    p.add_argument("--torchcodec-python", default=None, metavar="PATH",
+                   help="interpreter for the TorchCodec peer (default: benchmarks/.venv-torchcodec/bin/python when it "
+                        "exists, from bash benchmarks/setup_torchcodec.sh; else this one)")
     p.add_argument("--sources", default=None, help="folder from python -m benchmarks.sources (default: sample clips)")
     p.add_argument("--device", default=None, help="cpu (default) or cuda (DALI mixed decoder)")
     p.add_argument("--workers", type=int, default=2, help="loader workers / threads (default 2)")
@@ -577,7 +652,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     res = run(quick=args.quick, device=args.device, workers=args.workers, batch=args.batch, sources=args.sources,
               peers=args.peers, epochs=args.epochs, parts=args.parts.split(","),
               matrix_clips=args.matrix_clips, only=args.only,
-              kinds=[k for k in args.kinds.split(",") if k], crf=args.crf, psnr_all=args.psnr_all)  # fmt: skip
+              kinds=[k for k in args.kinds.split(",") if k], crf=args.crf, psnr_all=args.psnr_all,
+              torchcodec_python=args.torchcodec_python)  # fmt: skip
     print(format_table(res.rows))
     for n in res.notes:
         print(f"- {n}")

@@ -1,0 +1,104 @@
+"""The TorchCodec peer of bench_data --peers: its interpreter (--torchcodec-python, the setup script's venv), the skip
+note when there is none, and the light import chain its measurement child needs in that venv."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks import bench_data
+from benchmarks.common import BenchResult
+
+ROOT = Path(__file__).resolve().parents[2]
+PROBE = {"torch": "2.13.0", "cuda": "13.0", "torchcodec": "0.17.0", "libavcodec": "59.37.100"}
+
+
+def _fake_python(path: Path, stdout: str, rc: int = 0) -> Path:
+    """An executable that ignores its arguments (``-c PROBE``) and answers like a probed interpreter."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"#!/bin/sh\ncat <<'EOF'\n{stdout}\nEOF\necho 'ImportError: libc10_cuda.so' >&2\nexit {rc}\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_option_reaches_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    seen: dict[str, Any] = {}
+
+    def fake_run(**kw: Any) -> BenchResult:
+        seen.update(kw)
+        return BenchResult("bench_data")
+
+    monkeypatch.setattr(bench_data, "run", fake_run)
+    bench_data.main(["--parts", "peers", "--torchcodec-python", "/opt/tc/bin/python", "--out", str(tmp_path)])
+    assert seen["torchcodec_python"] == "/opt/tc/bin/python" and seen["parts"] == ["peers"]
+    bench_data.main(["--parts", "peers", "--out", str(tmp_path)])
+    assert seen["torchcodec_python"] is None  # the default is chosen by _torchcodec_python
+
+
+def test_default_is_the_setup_scripts_venv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    venv_python = _fake_python(tmp_path / ".venv-torchcodec" / "bin" / "python", json.dumps(PROBE))
+    (tmp_path / ".venv-torchcodec" / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    monkeypatch.setattr(bench_data, "TORCHCODEC_VENV_PYTHON", venv_python)
+    tc = bench_data._torchcodec_python(None)
+    assert tc["python"] == str(venv_python) and "skip" not in tc
+    assert tc["label"] == ".venv-torchcodec (torch 2.13.0, CUDA 13.0)"
+    note = bench_data._torchcodec_note(tc)
+    assert str(venv_python) in note and "CUDA 13.0 build, decoding on CPU" in note and "torchcodec 0.17.0" in note
+    assert sys.executable in note  # the other rows' interpreter
+
+
+def test_explicit_python_wins_over_the_venv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(bench_data, "TORCHCODEC_VENV_PYTHON", _fake_python(tmp_path / "v" / "bin" / "python", "{}"))
+    other = _fake_python(tmp_path / "other", json.dumps({**PROBE, "cuda": None}))
+    tc = bench_data._torchcodec_python(str(other))
+    assert tc["python"] == str(other) and tc["label"] == f"{other} (torch 2.13.0)"
+
+
+def test_skipped_with_a_clear_note_without_the_venv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import importlib.util
+
+    monkeypatch.setattr(bench_data, "TORCHCODEC_VENV_PYTHON", tmp_path / "absent" / "bin" / "python")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "torchcodec" else real(n, *a))
+    tc = bench_data._torchcodec_python(None)
+    assert tc["python"] == sys.executable and "setup_torchcodec.sh" in tc["skip"]
+    note = bench_data._torchcodec_note(tc)
+    assert note.startswith(f"Interpreters: every row ran under {sys.executable}") and "TorchCodec: skipped" in note
+    missing = bench_data._torchcodec_python(str(tmp_path / "nope" / "python"))
+    assert "does not exist" in missing["skip"] and "setup_torchcodec.sh" in missing["skip"]
+
+
+def test_skipped_when_torchcodec_does_not_import_there(tmp_path: Path) -> None:
+    tc = bench_data._torchcodec_python(str(_fake_python(tmp_path / "py", "", rc=1)))
+    assert "'import torchcodec' fails" in tc["skip"] and "libc10_cuda.so" in tc["skip"]
+
+
+def test_child_uses_the_given_interpreter(tmp_path: Path) -> None:
+    py = _fake_python(tmp_path / "py", json.dumps({"clips/s": 1.0, "CPU-s/clip": 2.0, "peak MiB": 3.0, "clips": 8}))
+    assert bench_data._run_child({"kind": "torchcodec"}, None, str(py))["clips"] == 8
+
+
+def test_measurement_child_imports_no_heavy_modules() -> None:
+    """The TorchCodec child runs in a venv with only numpy, torch and torchcodec: importing bench_data and the peers
+    must not pull in the decoders, PIL, DALI or the trainer's modules."""
+    code = (
+        "import sys, json\n"
+        "import benchmarks.bench_data, benchmarks.peers, umt\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('av', 'decord', 'spdl', 'PIL', 'nvidia', 'torchvision', 'timm', 'webdataset', 'umt'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    mods = set(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert mods <= {"umt", "umt._compat", "umt.constants", "umt.data", "umt.data.config", "umt.fileio"}, mods
+
+
+def test_setup_script_is_documented_and_pinned() -> None:
+    s = (ROOT / "benchmarks" / "setup_torchcodec.sh").read_text()
+    assert s.startswith("#!/usr/bin/env bash\n# ") and "set -euo pipefail" in s
+    assert 'TORCH_SPEC="torch===2.13.0"' in s and 'TORCHCODEC_SPEC="torchcodec==0.17.0"' in s
+    assert "/benchmarks/.venv-torchcodec/" in (ROOT / ".gitignore").read_text().splitlines()
