@@ -392,17 +392,17 @@ _TORCHCODEC_PROBE = """import json, torch, torchcodec
 from torchcodec.decoders import VideoDecoder
 try:
     from torchcodec._core import get_ffmpeg_library_versions as f
-    ff = f().get("libavcodec")
+    ff = f().get("ffmpeg_version")
 except Exception:
     ff = None
 print(json.dumps({"torch": torch.__version__, "cuda": torch.version.cuda, "torchcodec": torchcodec.__version__,
-                  "libavcodec": ff}))"""
+                  "ffmpeg": ff}))"""
 
 
 def _torchcodec_python(python: str | None) -> dict[str, Any]:
     """The interpreter that runs the TorchCodec peer and what it imports: ``python`` (``--torchcodec-python``), else
     :data:`TORCHCODEC_VENV_PYTHON` when it exists, else this interpreter. Returns ``{"python", "label", "torch",
-    "cuda", "torchcodec", "libavcodec"}`` from a probe that imports torchcodec there, or ``{"python", "skip": why}``."""
+    "cuda", "torchcodec", "ffmpeg"}`` from a probe that imports torchcodec there, or ``{"python", "skip": why}``."""
     import importlib.util
 
     how = "bash benchmarks/setup_torchcodec.sh makes a venv with the CUDA build of torch and the system FFmpeg"
@@ -424,7 +424,7 @@ def _torchcodec_python(python: str | None) -> dict[str, Any]:
         return {"python": python, "skip": f"'import torchcodec' fails under {python}: {err} ({how})"}
     venv = Path(python).parent.parent
     where = "project" if python == sys.executable else venv.name if (venv / "pyvenv.cfg").exists() else python
-    cuda = f", CUDA {info['cuda']}" if info.get("cuda") else ""
+    cuda = f", CUDA {info['cuda']}" if info.get("cuda") and "+cu" not in info["torch"] else ""
     return {**info, "python": python, "label": f"{where} (torch {info['torch']}{cuda})"}
 
 
@@ -612,7 +612,7 @@ def _torchcodec_note(tc: dict[str, Any]) -> str:
     if "skip" in tc:
         return f"Interpreters: every row ran under {own}. TorchCodec: skipped, {tc['skip']}."
     cuda = f", the CUDA {tc['cuda']} build, decoding on CPU" if tc.get("cuda") else ""
-    ff = f", FFmpeg libavcodec {tc['libavcodec']}" if tc.get("libavcodec") else ""
+    ff = f", FFmpeg {tc['ffmpeg']}" if tc.get("ffmpeg") else ""
     return (f"Interpreters: TorchCodec rows ran under {tc['python']} (torch {tc['torch']}{cuda}; torchcodec "
             f"{tc['torchcodec']}{ff}); every other row under {own}.")
 

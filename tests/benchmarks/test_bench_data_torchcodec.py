@@ -15,7 +15,7 @@ from benchmarks import bench_data
 from benchmarks.common import BenchResult
 
 ROOT = Path(__file__).resolve().parents[2]
-PROBE = {"torch": "2.13.0", "cuda": "13.0", "torchcodec": "0.17.0", "libavcodec": "59.37.100"}
+PROBE = {"torch": "2.13.0", "cuda": "13.0", "torchcodec": "0.17.0", "ffmpeg": "5.1.9"}
 
 
 def _fake_python(path: Path, stdout: str, rc: int = 0) -> Path:
@@ -48,7 +48,8 @@ def test_default_is_the_setup_scripts_venv(monkeypatch: pytest.MonkeyPatch, tmp_
     assert tc["python"] == str(venv_python) and "skip" not in tc
     assert tc["label"] == ".venv-torchcodec (torch 2.13.0, CUDA 13.0)"
     note = bench_data._torchcodec_note(tc)
-    assert str(venv_python) in note and "CUDA 13.0 build, decoding on CPU" in note and "torchcodec 0.17.0" in note
+    assert str(venv_python) in note and "CUDA 13.0 build, decoding on CPU" in note
+    assert "torchcodec 0.17.0, FFmpeg 5.1.9" in note
     assert sys.executable in note  # the other rows' interpreter
 
 
@@ -102,3 +103,22 @@ def test_setup_script_is_documented_and_pinned() -> None:
     assert s.startswith("#!/usr/bin/env bash\n# ") and "set -euo pipefail" in s
     assert 'TORCH_SPEC="torch===2.13.0"' in s and 'TORCHCODEC_SPEC="torchcodec==0.17.0"' in s
     assert "/benchmarks/.venv-torchcodec/" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+@pytest.mark.skipif(not bench_data.TORCHCODEC_VENV_PYTHON.exists(),
+                    reason="no benchmarks/.venv-torchcodec (bash benchmarks/setup_torchcodec.sh)")
+def test_torchcodec_peer_runs_in_its_venv(tmp_path: Path) -> None:
+    """TorchCodecDataset under the setup script's venv: a [3, T, S, S] clip of distinct frames, decoded on CPU."""
+    import os
+
+    from tests.data_utils import make_clip
+
+    clip = make_clip(tmp_path / "a.mp4", n_frames=24, width=96, height=64)
+    code = (
+        "from benchmarks.peers import TorchCodecDataset\n"
+        f"v = TorchCodecDataset([{str(clip)!r}], size=32)[0]\n"
+        "print(tuple(v.shape), bool(v.isfinite().all()), bool((v[:, 1:] - v[:, :-1]).abs().amax() > 0))"
+    )
+    out = subprocess.run([str(bench_data.TORCHCODEC_VENV_PYTHON), "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)  # fmt: skip
+    assert out.stdout.strip().splitlines()[-1:] == ["(3, 8, 32, 32) True True"], out.stderr[-800:]
