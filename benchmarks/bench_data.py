@@ -411,6 +411,8 @@ def _torchcodec_python(python: str | None) -> dict[str, Any]:
     if python == sys.executable and importlib.util.find_spec("torchcodec") is None:
         venv = TORCHCODEC_VENV_PYTHON.parent.parent
         return {"python": python, "skip": f"not installed in the project's environment and no {venv.name} ({how})"}
+    if os.sep in python:  # a path: absolute (the child runs from the repository root), not resolved (a venv's link)
+        python = os.path.abspath(python)
     if not (Path(python).exists() or shutil.which(python)):
         return {"python": python, "skip": f"--torchcodec-python {python} does not exist ({how})"}
     info: Any = None
