@@ -8,6 +8,7 @@ append with path and content duplicates, and a build with nothing usable."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -205,8 +206,8 @@ def test_manifest_fields_in_order() -> None:
     m = S._manifest(st=ST, modality="video", split="val", num_samples=2, shards=[{"name": "s"}], seed=4,
                     samples_per_shard=3, codecs={"vp9", "mjpeg"}, classes=["c"], rows=rows,
                     skipped=[{"input": "/z", "reason": "r"}], warnings=[{"w": 1}], build={"key": "k"})
-    enc = {"codec": "mjpeg", "short_side": 320, "gop": 8, "fps_cap": None, "crf": None, "min_frames": 4,
-           "on_truncated": "pack", "container": "mp4"}
+    enc = {**dataclasses.asdict(ST), "container": "mp4"}  # every setting, then the container
+    assert enc["codec"] == "mjpeg" and enc["min_frames"] == 4 and enc["short_side"] == 320
     assert list(m.items()) == [
         ("format", "umt-webdataset"), ("version", 1), ("modality", "video"), ("split", "val"), ("num_samples", 2),
         ("shards", [{"name": "s"}]), ("encoding", enc), ("seed", 4), ("samples_per_shard", 3),
