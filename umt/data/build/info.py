@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     problems = verify(args.dir) if args.verify else None
     try:
         summary = summarize(args.dir)
-    except (OSError, ValueError) as e:  # a missing or broken .idx: --verify names it
+    except (OSError, ValueError, EOFError) as e:  # a missing or broken .idx, a truncated tar: --verify names it
         if problems:
             print("verify: FAILED\n" + "\n".join(f"  {p}" for p in problems))
         print(f"error: cannot read the samples: {e}", file=sys.stderr)

@@ -763,7 +763,7 @@ def _overwrite(out: Path, sources: list[SampleSource], classes: list[str], skipp
             shutil.rmtree(stage)  # an abandoned staging build of other inputs (ours only, checked above)
     res = _build(stage, sources, classes, skipped, key, **opts)
     if not res.num_samples:
-        shutil.rmtree(stage)
+        shutil.rmtree(stage, ignore_errors=True)  # _build already removed it unless it kept its cache
         log.warning("no usable input: %s left as it was", out)
         res.out_dir = out
         return res
@@ -804,6 +804,18 @@ def _build(
     t0 = time.perf_counter()
     created = not out.exists()
     work = out / ".work"
+    if existing is not None:  # refused before anything is written into the finished set
+        if existing.get("modality", "video") != modality:
+            raise ShardDirError(f"{out} holds {existing.get('modality', 'video')}s; --append cannot add {modality}s "
+                                "to it (one modality per directory): build them into another --out")
+        enc = {k: existing["encoding"].get(k) for k in asdict(st)}
+        if enc != asdict(st) or existing.get("split", split) != split:
+            raise ShardDirError(f"{out}: --append needs the existing set's encoding and split "
+                                f"({existing['encoding']}, split {existing.get('split')!r}); got {asdict(st)}, "
+                                f"split {split!r}")
+        if bool(existing.get("classes")) != bool(classes) and any(s.label is not None for s in sources) \
+                and existing["num_samples"]:
+            raise ShardDirError(f"{out}: --append cannot mix class-name labels with integer labels")
     # the build's key is recorded before anything else: a directory of ours without it cannot be told apart from
     # another command's interrupted build
     if not (out / ".build.json").is_file() or existing is not None:
@@ -817,17 +829,7 @@ def _build(
     duplicates: list[dict[str, str]] = []
     old_rows: list[dict[str, Any]] = []
     if existing is not None:
-        if existing.get("modality", "video") != modality:
-            raise ShardDirError(f"{out} holds {existing.get('modality', 'video')}s; --append cannot add {modality}s "
-                                "to it (one modality per directory): build them into another --out")
-        enc = {k: existing["encoding"].get(k) for k in asdict(st)}
-        if enc != asdict(st) or existing.get("split", split) != split:
-            raise ShardDirError(f"{out}: --append needs the existing set's encoding and split "
-                                f"({existing['encoding']}, split {existing.get('split')!r}); got {asdict(st)}, "
-                                f"split {split!r}")
         old_classes = list(existing.get("classes", []))
-        if bool(old_classes) != bool(classes) and any(s.label is not None for s in sources) and existing["num_samples"]:
-            raise ShardDirError(f"{out}: --append cannot mix class-name labels with integer labels")
         if classes:  # map the new class names onto the existing list, new names after the old ones
             merged = old_classes + [c for c in classes if c not in old_classes]
             remap = {i: merged.index(c) for i, c in enumerate(classes)}
