@@ -346,3 +346,51 @@ def test_pair_dataset_starts_at_the_start_batch() -> None:
     ds = PairDataset(s)
     assert len(ds) == 4
     assert [int(ds[j]["index"]) for j in range(4)] == [102, 103, 104, 104]
+
+
+def test_pair_dataset_draws_the_caption_of_its_epoch() -> None:
+    """Training with ``caption_sampling="draw"``: item i's caption is ``caption_choice(seed, epoch, i)``."""
+    for epoch in (2, 3):
+        s = _src(_cfg(batch_size=1), first_epoch=epoch)
+        ds = PairDataset(s)
+        for j in range(len(ds)):
+            item = ds[j]
+            i = int(item["index"]) - 100
+            cap = pre_text(CAPTIONS[i][caption_choice(3, epoch, i, len(CAPTIONS[i]))])
+            assert item["text_ids"].tolist() == _ids(cap)
+
+
+def test_pair_dataset_video_training_uses_the_rows_draws(video_index) -> None:  # noqa: ANN001
+    """Training: the frames and window of row r are those drawn for ``(seed, epoch, r)``, cut and resized."""
+    from umt.data.clips import draw_params, read_clip
+    from umt.data.reference import augment_clip
+
+    cfg = _cfg(num_frames=4, batch_size=1, rrc_scale=(0.3, 0.6))
+    for epoch in (1, 2):
+        src = PairSource(video_index, cfg, modality="video", tokenizer=FakeTok(), rank=0, world_size=1,
+                         first_epoch=epoch, start_batch=0)  # fmt: skip
+        ds = PairDataset(src)
+        for j in range(len(ds)):
+            r = int(src.order(epoch)[j])
+            clip = read_clip(video_index, r, cfg, draw_params(cfg, 3, epoch, r))
+            want = augment_clip(clip.frames, cfg, clip.windows[0])
+            assert torch.equal(ds[j]["video"], want), (epoch, j)
+
+
+def test_check_jpeg_decodes_at_an_eighth(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check asks PIL's draft mode for RGB at ``(max(1, W // 8), max(1, H // 8))``: the cheap 1/8-scale decode."""
+    from PIL import JpegImagePlugin
+
+    calls = []
+    orig = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(self, mode, size):  # noqa: ANN001, ANN202
+        calls.append((mode, tuple(size)))
+        return orig(self, mode, size)
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    for (w, h), want in (((64, 48), (8, 6)), ((3, 5), (1, 1)), ((20, 9), (2, 1)), ((9, 20), (1, 2)),
+                         ((80, 17), (10, 2))):  # fmt: skip
+        calls.clear()
+        check_jpeg(_jpeg(w, h, (1, 2, 3)), {"width": w, "height": h})
+        assert calls == [("RGB", want)] and all(type(v) is int for v in calls[0][1]), (w, h, calls)
