@@ -302,3 +302,20 @@ def test_dict_round_trip_and_build_errors() -> None:
         config_from_dict({"model": {"drop_path": "x"}})
     with pytest.raises(ConfigError, match="mask.ratio must be in"):  # a ConfigError passes through unwrapped
         config_from_dict({"mask": {"ratio": 2.0}})
+
+
+def test_parse_errors_name_the_key_and_tuples_keep_inner_letters() -> None:
+    for text, tp in (("x", float | None), ("0.9,x", tuple[float, float]), ("1,x", tuple[int, ...])):
+        with pytest.raises(ConfigError, match=r"^optim.k: expected an? (float|int), got 'x'$"):
+            _parse_value(text, tp, "optim.k")
+    with pytest.raises(ConfigError, match=r"^seed: expected an int, got 'abc'$"):
+        apply_overrides(TrainConfig(synthetic_data=True), ["seed=abc"])
+    # only brackets, parentheses and spaces are stripped from a tuple's ends, not letters
+    assert _parse_value("XA,BX", tuple[str, ...], "k") == ("XA", "BX")
+
+
+@pytest.mark.parametrize("batch,world,gb", [(2, 1, 6), (2, 3, 12)])
+def test_accumulation_steps_is_an_int(batch: int, world: int, gb: int) -> None:
+    cfg = TrainConfig()
+    cfg.data.batch_size, cfg.optim.global_batch = batch, gb
+    assert type(accumulation_steps(cfg, world)) is int
