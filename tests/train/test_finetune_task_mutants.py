@@ -266,3 +266,85 @@ def test_evaluate_without_a_class_list_passes_none(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(ft, "classify", lambda model, loader, **kw: seen.append(kw["class_names"]) or {"top1": 1.0})
     FinetuneTask(_cfg(f"eval.shards={tmp_path}"), CPU).evaluate(False, tmp_path)
     assert seen == [None]
+
+
+def test_build_loader_synthetic_and_shards(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import umt.data
+
+    task = FinetuneTask(_cfg("synthetic_samples=6", "finetune.num_classes=3"), Runtime(1, 2, 0, torch.device("cpu"),
+                                                                                         None))
+    loader = task.build_loader()
+    assert (loader.rank, loader.world_size, loader.num_samples, loader.num_classes) == (1, 2, 6, 3)
+    assert loader.device == torch.device("cpu") and loader.cfg is task.cfg.data
+    seen: list[tuple[Any, dict[str, Any]]] = []
+    monkeypatch.setattr(umt.data, "build_loader", lambda dc, **kw: seen.append((dc, kw)) or "L")
+    real = FinetuneTask(_cfg("synthetic_data=false", f"data.shards={_manifest(tmp_path / 's', ['a', 'b'])}",
+                             "finetune.num_classes=2"), Runtime(1, 2, 0, torch.device("cpu"), None))
+    assert real.build_loader() == "L"
+    assert seen == [(real.cfg.data, {"rank": 1, "world_size": 2, "device": torch.device("cpu")})]
+
+
+def test_make_step_carries_the_class_count_and_settings() -> None:
+    task = FinetuneTask(_cfg("finetune.num_classes=5", "finetune.label_smoothing=0.2"), CPU)
+    opt = torch.optim.SGD(task.model.parameters(), lr=0.1)
+    step = task.make_step(task.model, opt, "sched")
+    assert step.num_classes == 5 and step.model is task.model and step.optimizer is opt and step.scheduler == "sched"
+    assert step.cfg is task.cfg and step.device == torch.device("cpu") and step.amp_dtype is None
+
+
+def test_classify_forwards_everything(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import umt.eval.classify as ec
+
+    got: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(ec, "evaluate_classification",
+                        lambda model, loader, **kw: got.append((model, loader, kw)) or {"top1": 1.0})
+    out = ft.classify("M", "L", num_classes=7, device=torch.device("cpu"), amp_dtype=torch.bfloat16, out_dir=tmp_path,
+                      class_names=["a"], meta={"k": 1})
+    assert out == {"top1": 1.0}
+    assert got == [("M", "L", {"num_classes": 7, "device": torch.device("cpu"), "amp_dtype": torch.bfloat16,
+                               "out_dir": tmp_path, "class_names": ["a"], "meta": {"k": 1}})]
+    ft.classify("M", "L", num_classes=2, device=torch.device("cpu"), amp_dtype=None)
+    assert got[-1][2] == {"num_classes": 2, "device": torch.device("cpu"), "amp_dtype": None, "out_dir": None,
+                          "class_names": None, "meta": None}
+
+
+def test_param_groups_carry_the_weight_decay() -> None:
+    groups = FinetuneTask(_cfg("finetune.layer_decay=0.5"), CPU).param_groups(0.05)
+    assert {g["weight_decay"] for g in groups} == {0.0, 0.05}
+    assert {g["name"]: g["lr_scale"] for g in groups}["layer_4_decay"] == 0.5
+
+
+def test_record_names_the_init_file(tmp_path: Path) -> None:
+    from umt.model import UMTPretrain
+
+    torch.manual_seed(5)
+    pre = UMTPretrain(timm.create_model(PICO, num_frames=2, img_size=32, align_layers=2), teacher_dim=16)
+    torch.save({"model": pre.state_dict(), "task": "distill", "student": PICO,
+                "config": {"data": {"num_frames": 2, "input_size": 32}}}, tmp_path / "s1.pt")
+    task = FinetuneTask(_cfg(f"model.init_from={tmp_path / 's1.pt'}"), CPU)
+    rec = task.record()["finetune_init"]
+    assert rec["path"] == str(tmp_path / "s1.pt") and rec["kind"] == "distill" and rec["arch"] == PICO
+    assert rec["load"] == task.load_report.summary() and "loaded" in rec["load"]
+
+
+def test_check_resume_checks_the_grid_without_a_class_count() -> None:
+    task = FinetuneTask(_cfg(), CPU)
+    with pytest.raises(ConfigError, match="pretrain_grid"):
+        task.check_resume({"pretrain_grid": [2, 3, 3]}, Path("c.pt"))  # num_classes not recorded: still checked
+
+
+def test_evaluate_forwards_model_and_amp_and_takes_a_loader_without_manifest(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import umt.data
+
+    class NoManifest:
+        def close(self) -> None:
+            pass
+
+    seen: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(umt.data, "build_loader", lambda dc, **kw: NoManifest())
+    monkeypatch.setattr(ft, "classify", lambda model, loader, **kw: seen.append((model, kw)) or {"top1": 1.0})
+    task = FinetuneTask(_cfg(f"eval.shards={tmp_path}"), Runtime(0, 1, 0, torch.device("cpu"), torch.bfloat16))
+    task.evaluate(False, tmp_path)
+    model, kw = seen[-1]
+    assert model is task.model and kw["amp_dtype"] is torch.bfloat16 and kw["class_names"] is None
