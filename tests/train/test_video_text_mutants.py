@@ -1,0 +1,274 @@
+"""Stage 2's step and task around the model: what the step hands the model (mask size per modality, gathered
+teacher targets, positives by item or by caption, the MLM switch, the seed), the weighted sum it differentiates
+(gradients worked by hand on a recording stand-in model), and the task's teacher/freeze rules, FLOPs, record, resume
+refusals and evaluation plumbing."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn as nn
+
+from tests.train_utils import TINY, tiny_cfg
+from umt.config import ConfigError
+from umt.losses import caption_keys
+from umt.model.teacher import TeacherOutput
+from umt.train.runtime import Runtime
+from umt.train.video_text import task as vt_task
+from umt.train.video_text.step import VideoTextStep
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+CPU = Runtime(0, 1, 0, torch.device("cpu"), None)
+# 64² input: 4×4 = 16 tokens per frame; mask.ratio 0.75 keeps 16 − 12 = 4, image_ratio 0.5 keeps 8
+STEP = [*TINY, "task=video_text", "data.input_size=64", "model.teacher_image_size=64", "mask.ratio=0.75",
+        "mask.image_ratio=0.5", "text.max_len=10", "text.embed_dim=32"]
+
+
+class Recorder(nn.Module):
+    """Stands in for :class:`UMTVisionText`: records its inputs and returns parts ``c_k · w_k`` with
+    c = (vtc 1, vtm 2, mlm 3, uta 5), so the gradient of ``Σ weight_k · part_k`` w.r.t. w_k is ``weight_k · c_k``."""
+
+    C = {"vtc": 1.0, "vtm": 2.0, "mlm": 3.0, "uta": 5.0}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.ParameterDict({k: nn.Parameter(torch.tensor(1.0)) for k in self.C})
+        self.calls: list[dict[str, Any]] = []
+
+    def forward(self, video: torch.Tensor, idx: torch.Tensor | None, ids: torch.Tensor, mask: torch.Tensor,
+                index: torch.Tensor, target: torch.Tensor | None, seed: int, mlm: bool) -> dict[str, torch.Tensor]:
+        self.calls.append({"video": video, "idx": idx, "ids": ids, "mask": mask, "index": index, "target": target,
+                           "seed": seed, "mlm": mlm})
+        return {k: self.w[k] * c for k, c in self.C.items()}
+
+
+def _batch(b: int = 3, t: int = 2, modality: str = "video") -> dict[str, Any]:
+    ids = torch.tensor([[101, 7, 8, 102, 0], [101, 9, 102, 0, 0], [101, 7, 8, 102, 0]])[:b]
+    return {"video": torch.randn(b, 3, 1 if modality == "image" else t, 64, 64), "text_ids": ids,
+            "text_mask": (ids != 0).long(), "index": torch.tensor([10, 11, 12])[:b], "modality": modality}
+
+
+def _step(*extra: str, teacher: Any = None) -> tuple[VideoTextStep, Recorder]:
+    cfg = tiny_cfg(*extra, base=STEP)
+    model = Recorder()
+    return VideoTextStep(model, teacher, torch.optim.SGD(model.parameters(), lr=0.0), None, cfg,
+                         torch.device("cpu"), None), model
+
+
+def test_weighted_sum_gradients_and_outputs_by_hand() -> None:
+    step, model = _step("text.vtc_weight=0.5", "text.vtm_weight=0.25", "text.mlm_weight=2", "text.uta_weight=0",
+                        "mask.kind=tube")
+    out = step.train_batch(_batch(), seed=5, scale=0.5)
+    # loss = 0.5·1 + 0.25·2 + 2·3 + 0·5 = 7 (unscaled); gradients × 0.5
+    assert out["loss"].item() == 7.0
+    assert {k: out[f"loss_{k}"].item() for k in Recorder.C} == Recorder.C
+    assert not any(v.requires_grad for v in out.values())
+    grads = {k: model.w[k].grad.item() for k in Recorder.C}
+    assert grads == {"vtc": 0.25, "vtm": 0.25, "mlm": 3.0, "uta": 0.0}
+    assert out["vtc_negatives"].item() == 2.0 and out["vtc_negatives"].shape == ()  # B × world − 1
+    assert set(out) == {"loss", "loss_vtc", "loss_vtm", "loss_mlm", "loss_uta", "vtc_negatives"}
+    call = model.calls[-1]
+    assert call["seed"] == 5 and call["mlm"] is True and call["target"] is None
+    assert torch.equal(call["index"], torch.tensor([10, 11, 12]))  # by item
+
+
+def test_mlm_switch_follows_its_weight() -> None:
+    step, model = _step("text.mlm_weight=0", "text.uta_weight=0", "mask.kind=tube")
+    step.train_batch(_batch(), seed=1)
+    assert model.calls[-1]["mlm"] is False
+    assert step.weights == {"vtc": 1.0, "vtm": 1.0, "mlm": 0.0, "uta": 0.0}
+
+
+def test_caption_positives_key_by_caption() -> None:
+    step, model = _step("text.caption_positives=true", "text.uta_weight=0", "mask.kind=tube")
+    b = _batch()
+    step.train_batch(b, seed=1)
+    index = model.calls[-1]["index"]
+    assert torch.equal(index, caption_keys(b["text_ids"], b["text_mask"]))
+    assert index[0] == index[2] and index[0] != index[1]  # rows 0 and 2 share a caption
+
+
+def test_teacher_free_mask_sizes_per_modality() -> None:
+    step, model = _step("text.uta_weight=0", "mask.kind=tube")
+    assert (step.tokens_per_frame, step.keep, step.keep_image) == (16, 4, 8)
+    step.train_batch(_batch(modality="video"), seed=3)
+    idx = model.calls[-1]["idx"]
+    assert idx.shape == (3, 2 * 4)
+    for row in idx:  # a tube: the same 4 positions in each frame
+        assert torch.equal(row[4:] - 16, row[:4]) and bool((row[:4] < 16).all())
+    step.train_batch(_batch(modality="image"), seed=3)
+    assert model.calls[-1]["idx"].shape == (3, 8)
+    full, fm = _step("text.uta_weight=0", "mask.kind=random", "mask.ratio=0", "mask.image_ratio=0")
+    full.train_batch(_batch(), seed=3)
+    assert fm.calls[-1]["idx"] is None  # nothing masked: every token, no index
+    seeded, sm = _step("text.uta_weight=0", "mask.kind=tube")
+    seeded.train_batch(_batch(), seed=3)
+    assert torch.equal(sm.calls[-1]["idx"], idx)  # the seed keys the mask
+    seeded.train_batch(_batch(), seed=4)
+    assert not torch.equal(sm.calls[-1]["idx"], idx)
+
+
+class FakeTeacher:
+    """Targets whose value encodes (layer, sample, token): ``1000·l + 100·b + n``."""
+
+    def __init__(self) -> None:
+        self.seen: list[torch.Tensor] = []
+
+    def __call__(self, video: torch.Tensor) -> TeacherOutput:
+        self.seen.append(video)
+        b, t = video.shape[0], video.shape[2]
+        n = t * 16
+        targets = (1000 * torch.arange(2).view(2, 1, 1, 1) + 100 * torch.arange(b).view(1, b, 1, 1)
+                   + torch.arange(n).view(1, 1, n, 1)).float().expand(2, b, n, 3)
+        return TeacherOutput(targets=targets, q_cls=torch.zeros(b * t, 1, 4), k=torch.zeros(b * t, 1, 17, 4))
+
+
+def test_teacher_targets_are_gathered_at_the_kept_tokens() -> None:
+    teacher = FakeTeacher()
+    step, model = _step("mask.kind=random", teacher=teacher)
+    b = _batch()
+    step.train_batch(b, seed=2)
+    assert teacher.seen[-1] is b["video"]
+    call = model.calls[-1]
+    idx, target = call["idx"], call["target"]
+    assert idx.shape == (3, 8) and target.shape == (2, 3, 8, 3)
+    for layer in range(2):
+        for s in range(3):
+            want = (1000 * layer + 100 * s + idx[s]).float()
+            assert torch.equal(target[layer, s, :, 0], want)
+    step.train_batch(_batch(modality="image"), seed=2)
+    assert model.calls[-1]["idx"].shape == (3, 8)  # image: 8 of 16 kept, one frame
+
+
+def test_preview_keeps_the_first_clip_on_logging_steps() -> None:
+    teacher = FakeTeacher()
+    step, model = _step("mask.kind=random", teacher=teacher)
+    step.train_batch(_batch(), seed=2)
+    assert step.first_clip is None
+    step.keep_first_clip = True
+    b = _batch()
+    step.train_batch(b, seed=2)
+    video, q, k, idx = step.first_clip
+    assert video is not None and torch.equal(video, b["video"][0]) and torch.equal(idx, model.calls[-1]["idx"][0])
+
+
+# ------------------------------------------------------------------------------------------------------- the task
+@pytest.fixture(scope="module")
+def tasks(tiny_bert: str) -> dict[str, Any]:
+    from umt.train.task import build_task
+
+    torch.manual_seed(0)
+    base = [*TINY, "task=video_text", "synthetic_samples=4", "text.max_len=10", "text.embed_dim=32",
+            f"text.encoder={tiny_bert}", "text.fusion_layer=2"]
+    return {"teacher": build_task(tiny_cfg(*base, "text.mlm_weight=0.5"), CPU),
+            "free": build_task(tiny_cfg(*base, "text.uta_weight=0", "text.mlm_weight=0", "mask.ratio=0",
+                                        "mask.image_ratio=0"), CPU),
+            "free_mlm": build_task(tiny_cfg(*base, "text.uta_weight=0", "mask.kind=tube"), CPU)}
+
+
+def test_freeze_rules_by_weight(tasks: dict[str, Any]) -> None:
+    t, free, mlm = tasks["teacher"].model, tasks["free"].model, tasks["free_mlm"].model
+    assert all(p.requires_grad for p in t.heads.parameters()) and all(p.requires_grad for p in t.mlm_head.parameters())
+    assert not any(p.requires_grad for p in free.heads.parameters())
+    own = [p for p in free.mlm_head.parameters() if p is not free.text.embeddings.word_embeddings.weight]
+    assert own and not any(p.requires_grad for p in own)
+    assert free.text.embeddings.word_embeddings.weight.requires_grad  # tied: VTC trains it
+    assert not any(p.requires_grad for p in mlm.heads.parameters())  # UTA 0, MLM on
+    assert all(p.requires_grad for p in mlm.mlm_head.parameters())
+    assert tasks["free_mlm"].teacher is None and tasks["free_mlm"].teacher_free
+
+
+def test_flops_record_and_lr(tasks: dict[str, Any]) -> None:
+    from umt.flops import stage2_flops_per_sample
+
+    task = tasks["teacher"]
+    assert task.peak_lr(64) == (task.cfg.optim.lr, task.cfg.optim.min_lr)
+    video = {"index": torch.zeros(3), "modality": "video", "text_ids": torch.zeros(3, 7)}
+    image = {"index": torch.zeros(2), "modality": "image", "text_ids": torch.zeros(2, 5)}
+    v7 = stage2_flops_per_sample(task.spec, "video", 7)["total"]
+    i5 = stage2_flops_per_sample(task.spec, "image", 5)["total"]
+    assert v7 != i5 and task.flops(video) == 3 * v7 and task.flops(image) == 2 * i5
+    rec = task.record()
+    assert rec["flops_per_video"] == stage2_flops_per_sample(task.spec, "video")["total"]
+    assert rec["flops_per_image"] == stage2_flops_per_sample(task.spec, "image")["total"]
+    assert rec["text"]["fusion_layer"] == 2 and rec["init_from"] is None and "teacher" in rec
+    spec = task.spec
+    bert = json.loads((Path(task.cfg.text.encoder) / "config.json").read_text())  # the tiny BERT's own config
+    assert (spec.text.width, spec.text.depth) == (bert["hidden_size"], bert["num_hidden_layers"])
+    assert spec.text.fusion_layers == bert["num_hidden_layers"] - 2  # text.fusion_layer=2
+    assert (spec.text.vocab, spec.text.ffn) == (bert["vocab_size"], bert["intermediate_size"])
+    assert spec.embed_dim == 32 and spec.image_mask_ratio == 0.5 and spec.text_tokens == 10
+    free = tasks["free"]
+    assert free.spec is None and free.flops(video) is None
+    assert free.record() == {"teacher_free": True, "text": free.text_info.to_dict(), "init_from": None}
+
+
+def test_check_resume_text_encoder(tasks: dict[str, Any], tmp_path: Path) -> None:
+    for name in ("free", "teacher"):
+        task = tasks[name]
+        now = task.text_info.to_dict()
+        state = {"text": dict(now), **({} if name == "free" else task.record())}
+        task.check_resume(state, tmp_path / "c.pt")  # the same encoder
+        task.check_resume({k: v for k, v in state.items() if k != "text"}, tmp_path / "c.pt")  # none recorded
+        for change in ({"sha256": "0" * 64}, {"fusion_layer": 1}):
+            with pytest.raises(ConfigError, match="another text encoder"):
+                task.check_resume({**state, "text": {**now, **change}}, tmp_path / "c.pt")
+        task.cfg.text.allow_change = True
+        try:
+            task.check_resume({**state, "text": {**now, "fusion_layer": 1}}, tmp_path / "c.pt")
+        finally:
+            task.cfg.text.allow_change = False
+
+
+def test_teacher_free_resume_skips_the_teacher_check(tasks: dict[str, Any], tmp_path: Path) -> None:
+    free = tasks["free"]
+    # a record with another teacher would be refused by the teacher check; teacher-free runs have none to compare
+    free.check_resume({"teacher": {"sha256": "f" * 64, "path": "x"}, "text": free.text_info.to_dict()},
+                      tmp_path / "c.pt")
+
+
+def test_evaluate_plumbing(tasks: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import umt.eval.retrieval as er
+
+    calls: list[dict[str, Any]] = []
+    reports: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(er, "retrieval_on_shards",
+                        lambda model, cfg, shards, **kw: calls.append({"model": model, "shards": shards, **kw})
+                        or ({"r_mean": 12.5}, {"n": 3}))
+    monkeypatch.setattr(er, "write_report", lambda out, m, info, overwrite: reports.append((out, m, info, overwrite)))
+    task = tasks["free"]
+    assert task.evaluate(True, tmp_path) is None  # no eval set
+    task.cfg.eval.shards, task.cfg.eval.rerank_k, task.cfg.eval.batch_size = "/ev", 7, 5
+    task.cfg.eval.multi_video_gt = True
+    try:
+        assert task.evaluate(False, tmp_path) == {"r_mean": 12.5} and reports == []
+        c = calls[-1]
+        assert c["model"] is task.model and c["shards"] == "/ev" and c["rerank_k"] == 7 and c["batch_size"] == 5
+        assert c["multi_video_gt"] is True and c["device"] == torch.device("cpu") and c["amp_dtype"] is None
+        assert Path(c["tokenizer_dir"]).is_dir()
+        assert task.evaluate(True, tmp_path) == {"r_mean": 12.5}
+        assert reports == [(tmp_path, {"r_mean": 12.5}, {"n": 3}, True)]
+    finally:
+        task.cfg.eval.shards, task.cfg.eval.multi_video_gt = "", False
+
+
+def test_loader_errors_are_one_config_line(tasks: dict[str, Any], tmp_path: Path) -> None:
+    task = tasks["free"]
+    task.cfg.synthetic_data, task.cfg.data.shards = False, str(tmp_path / "absent")
+    try:
+        with pytest.raises(ConfigError, match=r"^data.shards '.*absent': \S"):
+            task.build_loader()
+    finally:
+        task.cfg.synthetic_data, task.cfg.data.shards = True, ""
+    loader = task.build_loader()  # synthetic: the configured samples, videos and as many images
+    kinds = [b["modality"] for b in loader.epoch_iter(0)]
+    assert sorted(set(kinds)) == ["image", "video"]
+
+
+def test_log_image_is_nothing_teacher_free(tasks: dict[str, Any]) -> None:
+    tasks["free"].log_image(None, None, 0)  # would fail on the missing step if it reached the preview
