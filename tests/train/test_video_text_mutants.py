@@ -310,3 +310,28 @@ def test_teacher_free_mask_is_drawn_for_the_batch_size() -> None:
         idx = model.calls[-1]["idx"]
         assert idx.shape == (b, 8) and int(idx.max()) < 32
         assert all(len(set(r.tolist())) == 8 for r in idx)  # distinct positions of the 2 × 16 tokens
+
+
+class AutocastRecorder(Recorder):
+    """Records whether the forward ran under CPU autocast and at which dtype."""
+
+    def forward(self, *args: Any, **kw: Any) -> dict[str, torch.Tensor]:
+        self.autocast = (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))
+        return super().forward(*args, **kw)
+
+
+def test_model_inputs_autocast_negatives_and_a_fractional_mlm_weight() -> None:
+    cfg = tiny_cfg("text.uta_weight=0", "text.mlm_weight=0.5", "mask.kind=tube", base=STEP)
+    model = AutocastRecorder()
+    step = VideoTextStep(model, None, torch.optim.SGD(model.parameters(), lr=0.0), None, cfg, torch.device("cpu"),
+                         torch.bfloat16)
+    b = _batch(b=2)
+    out = step.train_batch(b, seed=1)
+    call = model.calls[-1]
+    assert call["video"] is b["video"] and call["ids"] is b["text_ids"] and call["mask"] is b["text_mask"]
+    assert call["mlm"] is True  # any weight above 0 turns MLM on
+    assert model.autocast == (True, torch.bfloat16)
+    assert out["vtc_negatives"].item() == 1.0  # 2 pairs, one process: one other candidate each
+    step.amp_dtype = None
+    step.train_batch(b, seed=1)
+    assert model.autocast[0] is False
