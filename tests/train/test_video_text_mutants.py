@@ -272,3 +272,66 @@ def test_loader_errors_are_one_config_line(tasks: dict[str, Any], tmp_path: Path
 
 def test_log_image_is_nothing_teacher_free(tasks: dict[str, Any]) -> None:
     tasks["free"].log_image(None, None, 0)  # would fail on the missing step if it reached the preview
+
+
+class SyncRecorder(Recorder):
+    """A Recorder with DDP's ``no_sync`` (counts how often the step entered it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.no_sync_entered = 0
+
+    def no_sync(self) -> Any:
+        import contextlib
+
+        self.no_sync_entered += 1
+        return contextlib.nullcontext()
+
+
+def test_step_defaults_scale_one_and_sync_and_keeps_its_parts() -> None:
+    cfg = tiny_cfg("text.uta_weight=0", "mask.kind=tube", base=STEP)
+    model = SyncRecorder()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    step = VideoTextStep(model, None, opt, "sched", cfg, torch.device("cpu"), torch.bfloat16)
+    assert step.optimizer is opt and step.scheduler == "sched" and step.device == torch.device("cpu")
+    assert step.amp_dtype is torch.bfloat16 and step.model is model and step.cfg is cfg
+    step.amp_dtype = None  # the sums below in fp32
+    step.train_batch(_batch(b=2), seed=1)  # defaults: scale 1, synchronised
+    assert model.no_sync_entered == 0
+    assert {k: model.w[k].grad.item() for k in Recorder.C} == {"vtc": 1.0, "vtm": 2.0, "mlm": 3.0, "uta": 0.0}
+    step.train_batch(_batch(b=2), seed=1, sync=False)  # accumulation: inside no_sync
+    assert model.no_sync_entered == 1
+
+
+def test_teacher_free_mask_is_drawn_for_the_batch_size() -> None:
+    step, model = _step("text.uta_weight=0", "mask.kind=random")
+    for b in (1, 2):  # not the 3 channels
+        step.train_batch(_batch(b=b), seed=3)
+        idx = model.calls[-1]["idx"]
+        assert idx.shape == (b, 8) and int(idx.max()) < 32
+        assert all(len(set(r.tolist())) == 8 for r in idx)  # distinct positions of the 2 × 16 tokens
+
+
+class AutocastRecorder(Recorder):
+    """Records whether the forward ran under CPU autocast and at which dtype."""
+
+    def forward(self, *args: Any, **kw: Any) -> dict[str, torch.Tensor]:
+        self.autocast = (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))
+        return super().forward(*args, **kw)
+
+
+def test_model_inputs_autocast_negatives_and_a_fractional_mlm_weight() -> None:
+    cfg = tiny_cfg("text.uta_weight=0", "text.mlm_weight=0.5", "mask.kind=tube", base=STEP)
+    model = AutocastRecorder()
+    step = VideoTextStep(model, None, torch.optim.SGD(model.parameters(), lr=0.0), None, cfg, torch.device("cpu"),
+                         torch.bfloat16)
+    b = _batch(b=2)
+    out = step.train_batch(b, seed=1)
+    call = model.calls[-1]
+    assert call["video"] is b["video"] and call["ids"] is b["text_ids"] and call["mask"] is b["text_mask"]
+    assert call["mlm"] is True  # any weight above 0 turns MLM on
+    assert model.autocast == (True, torch.bfloat16)
+    assert out["vtc_negatives"].item() == 1.0  # 2 pairs, one process: one other candidate each
+    step.amp_dtype = None
+    step.train_batch(b, seed=1)
+    assert model.autocast[0] is False
