@@ -7,6 +7,7 @@ heavy pieces (BERT, shards, timm) replaced by fakes that record what they are gi
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import types
@@ -424,7 +425,9 @@ def test_load_vision_text(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     monkeypatch.setattr(R, "build_vision_text", build)
     sd = {"heads.proj.0.weight": torch.zeros(7, 3)}
     path = tmp_path / "s2.pt"
-    torch.save({"task": "video_text", "config": {"data": {"num_frames": 6}}, "model": sd, "step": 5}, path)
+    # a trainer file may hold plain Python objects beside the tensors (read with weights_only=False)
+    torch.save({"task": "video_text", "config": {"data": {"num_frames": 6}}, "model": sd, "step": 5,
+                "args": argparse.Namespace(seed=1)}, path)
     model, cfg, state = R.load_vision_text(path, text_encoder="bert", num_frames=3)
     assert isinstance(cfg, TrainConfig) and cfg.data.num_frames == 6 and state["step"] == 5
     assert rec["build"][1:] == (7, "bert", 3) and rec["build"][0] is cfg
