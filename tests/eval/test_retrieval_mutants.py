@@ -614,13 +614,13 @@ def test_load_vision_text_official_file(monkeypatch: pytest.MonkeyPatch, tmp_pat
 
     def from_official(state, name):  # noqa: ANN001, ANN202
         rec["from"] = (state, name)
-        return types.SimpleNamespace(model=sd, kind="fake_kind")
+        return types.SimpleNamespace(model=sd, kind="fake_kind", frames=5)
 
     monkeypatch.setattr(R, "build_vision_text", build)
     monkeypatch.setattr(official, "is_official", lambda s: isinstance(s, dict) and "official" in s)
     monkeypatch.setattr(official, "from_official", from_official)
     monkeypatch.setitem(official.TASK_OF_KIND, "fake_kind", "video_text")
-    monkeypatch.setattr(official, "config_overrides", lambda off: {"data": {"num_frames": 5}})
+    monkeypatch.setattr(official, "config_overrides", lambda off: {"data": {"num_frames": off.frames}})
     path = tmp_path / "b16.pth"
     torch.save({"official": 1}, path)
     model, cfg, state = R.load_vision_text(path)
