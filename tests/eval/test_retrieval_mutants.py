@@ -436,9 +436,10 @@ def test_load_vision_text(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     assert rec["build"][2:] == (None, None)
     with pytest.raises(ValueError, match="no such checkpoint"):
         R.load_vision_text(tmp_path / "missing.pt")
-    for bad in ({"task": "finetune", "config": {}, "model": sd}, {"task": "video_text", "model": sd}, [1, 2]):
+    for bad, task in (({"task": "finetune", "config": {}, "model": sd}, "'finetune'"),
+                      ({"task": "video_text", "model": sd}, "'video_text'"), ([1, 2], "None")):
         torch.save(bad, path)
-        with pytest.raises(ValueError, match="not a stage-2"):
+        with pytest.raises(ValueError, match=f"not a stage-2 .* checkpoint \\(task {task}\\)"):
             R.load_vision_text(path)
 
 
