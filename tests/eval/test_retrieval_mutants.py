@@ -700,3 +700,9 @@ def test_evaluate_defaults_k128_and_batch_sizes() -> None:
     # -100, tied by the 171 captions outside the top 128 and beaten by none: rank 1 + 299. With k = 129 it would be 1.
     want.update(_metrics([1] * nt, [300, 1]))
     assert got == pytest.approx(want)
+
+
+def test_main_refuses_an_unknown_frame_scoring_at_parse_time(cli: dict) -> None:
+    with pytest.raises(SystemExit):
+        R.main(["--checkpoint", "ck.pt", "--shards", "sh", "--device", "cpu", "--frame-scoring", "max"])
+    assert "load" not in cli
