@@ -222,6 +222,7 @@ def test_build_classifier_rebuilds_the_interpolated_position_table(tmp_path: Pat
     (built at 2 frames, interpolated), not a fresh 4-frame sin-cos table."""
     import timm
 
+    import umt.model  # noqa: F401 - registers umt_vit_* (the test must not rely on an earlier test's import)
     from umt.eval.classify import build_classifier
 
     ft = timm.create_model("umt_vit_pico_patch16_224", num_classes=3, num_frames=4, img_size=32,
