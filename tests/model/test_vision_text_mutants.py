@@ -410,3 +410,15 @@ def test_load_pretrained_without_heads_leaves_them(tmp_path: Path) -> None:
         k for k in m.state_dict() if k.startswith("heads."))
     assert rep["dropped"] == []
     assert math.isclose(m.temp.item(), 0.07, rel_tol=1e-6)
+
+
+def test_load_pretrained_reports_a_non_student_key_that_ends_like_a_backbone_key(tmp_path: Path) -> None:
+    # "adapter_" is 8 characters: "adapter_norm.weight" minus them is "norm.weight", a backbone key loaded into the
+    # student; only student.* keys are excused from "missing" by that test
+    m = _model()
+    m.adapter_norm = torch.nn.LayerNorm(CV)
+    sd = {k: v for k, v in _stage1_sd(UMAHeads(CV, 16, 3)).items()}
+    assert "student.norm.weight" in sd
+    rep = load_pretrained(m, _save(tmp_path / "a.pt", sd))
+    assert "student.norm.weight" in rep["loaded"]
+    assert {"adapter_norm.weight", "adapter_norm.bias"} <= set(rep["missing"])
