@@ -223,10 +223,12 @@ def test_checkpointing_only_when_training_with_gradients(monkeypatch: pytest.Mon
 
 
 # ------------------------------------------------------------------------------------------ build
-def test_build_loads_weights_and_starts_cross_attention_fresh(built, bert_dir: Path) -> None:  # noqa: ANN001
+def test_build_loads_weights_and_starts_cross_attention_fresh(bert_dir: Path) -> None:
     from transformers import BertForMaskedLM
 
-    enc, info = built
+    # built here, not by the module fixture: mutmut credits a module fixture's calls to the first test using it only
+    enc, info = build_text_encoder(str(bert_dir), 2, VISION)
+    assert enc.grad_checkpointing is False  # the default
     hf = BertForMaskedLM.from_pretrained(str(bert_dir), local_files_only=True)
     ours, theirs = enc.state_dict(), hf.state_dict()
     for k, v in hf.bert.embeddings.state_dict().items():
