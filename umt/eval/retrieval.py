@@ -55,7 +55,6 @@ FRAME_SCORINGS = ("frame_mean", "pooled")
 NOT_CANDIDATE = -100.0
 
 
-@torch.no_grad()
 def encode_texts(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, *, device: torch.device,
                  amp_dtype: torch.dtype | None = None, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """Every caption through the text-only layers.
@@ -76,7 +75,6 @@ def encode_texts(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, 
     return torch.cat(toks), torch.cat(embs)
 
 
-@torch.no_grad()
 def encode_videos(model: torch.nn.Module, batches: Iterable[dict[str, Any]], *, device: torch.device,
                   amp_dtype: torch.dtype | None = None,
                   frame_scoring: str = "frame_mean") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -137,7 +135,6 @@ def _topk_rows(sim: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tensor:
     return torch.cat([sim[s:s + chunk].topk(k, dim=1).indices for s in range(0, sim.shape[0], chunk)])
 
 
-@torch.no_grad()
 def rerank_scores(model: torch.nn.Module, sim: torch.Tensor, local_index: torch.Tensor, local_tokens: torch.Tensor,
                   text_tokens: torch.Tensor, text_mask: torch.Tensor, *, k: int, device: torch.device,
                   amp_dtype: torch.dtype | None = None, batch_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,7 +185,6 @@ def rerank_scores(model: torch.nn.Module, sim: torch.Tensor, local_index: torch.
             torch.where(t2v_set, t2v_val, torch.tensor(NOT_CANDIDATE)))
 
 
-@torch.no_grad()
 def evaluate_retrieval(model: torch.nn.Module, batches: Iterable[dict[str, Any]], num_videos: int,
                        caption_video: Sequence[int], text_ids: torch.Tensor, text_mask: torch.Tensor, *,
                        device: torch.device, amp_dtype: torch.dtype | None = None, rerank_k: int = 128,
@@ -452,3 +448,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"wrote {path}")
     close_distributed(ctx)
     return 0
+
+
+# The inference functions run without autograd. Applied here rather than as decorators: mutmut (the mutation-testing
+# tool, README "Mutation testing") leaves decorated functions unmutated, and these hold the re-ranking.
+encode_texts = torch.no_grad()(encode_texts)
+encode_videos = torch.no_grad()(encode_videos)
+rerank_scores = torch.no_grad()(rerank_scores)
+evaluate_retrieval = torch.no_grad()(evaluate_retrieval)
