@@ -82,7 +82,7 @@ def test_draws_with_zero_std_are_the_magnitude() -> None:
 
 def test_op_argument_unknown_names_raise() -> None:
     for name in ("Foo", "FooIncreasing", "Increasing", "Rotate2"):
-        with pytest.raises(KeyError):
+        with pytest.raises(KeyError, match=f"^'{name}'$"):  # the error names the op
             op_argument(name, 5.0, False)
     assert op_argument("Brightness", 5.0, True) == pytest.approx(1.0)  # 0.5 * 1.8 + 0.1, no sign
     assert op_argument("BrightnessIncreasing", 5.0, True) == pytest.approx(0.55)
