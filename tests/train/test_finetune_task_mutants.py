@@ -348,3 +348,14 @@ def test_evaluate_forwards_model_and_amp_and_takes_a_loader_without_manifest(
     task.evaluate(False, tmp_path)
     model, kw = seen[-1]
     assert model is task.model and kw["amp_dtype"] is torch.bfloat16 and kw["class_names"] is None
+
+
+def test_eval_data_config_defaults_to_one_view(tmp_path: Path) -> None:
+    dc = eval_data_config(_cfg(f"eval.shards={tmp_path}"))
+    assert (dc.temporal_views, dc.spatial_views) == (1, 1)
+
+
+def test_make_step_takes_the_runs_autocast() -> None:
+    task = FinetuneTask(_cfg(), Runtime(0, 1, 0, torch.device("cpu"), torch.bfloat16))
+    step = task.make_step(task.model, torch.optim.SGD(task.model.parameters(), lr=0.1), None)
+    assert step.amp_dtype is torch.bfloat16
