@@ -359,3 +359,23 @@ def test_make_step_takes_the_runs_autocast() -> None:
     task = FinetuneTask(_cfg(), Runtime(0, 1, 0, torch.device("cpu"), torch.bfloat16))
     step = task.make_step(task.model, torch.optim.SGD(task.model.parameters(), lr=0.1), None)
     assert step.amp_dtype is torch.bfloat16
+
+
+def test_classifier_takes_drop_path_and_head_scale() -> None:
+    m, _ = build_classifier(_cfg("model.drop_path=0.3", "finetune.head_init_scale=1.0"), 4, None)
+    assert m.blocks[-1].drop_path1.drop_prob == pytest.approx(0.3)  # the last block's rate (linear ramp)
+    assert 0.01 < m.head.weight.std().item() < 0.03  # truncated normal std 0.02 × 1.0, not × 0.001
+
+
+def test_no_head_warning_unless_a_map_meets_a_headless_file(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="umt.train.finetune.task"):
+        build_classifier(_cfg(), 4, _state(_student_sd()))  # no map, no head: nothing to say
+        build_classifier(_cfg("finetune.label_map=first", "finetune.init_head=false"), 4,
+                         _state(_student_sd(classes=4), kind="finetune"))  # the head is there, just not used
+    assert "no classifier head" not in caplog.text
+
+
+def test_synthetic_training_data_skips_the_class_comparison(tmp_path: Path) -> None:
+    train = _manifest(tmp_path / "train", ["a", "b"])
+    other = _manifest(tmp_path / "other", ["b", "a"])
+    FinetuneTask(_cfg(f"data.shards={train}", f"eval.shards={other}"), CPU)  # synthetic: the shards are not read
