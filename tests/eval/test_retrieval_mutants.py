@@ -706,3 +706,13 @@ def test_main_refuses_an_unknown_frame_scoring_at_parse_time(cli: dict) -> None:
     with pytest.raises(SystemExit):
         R.main(["--checkpoint", "ck.pt", "--shards", "sh", "--device", "cpu", "--frame-scoring", "max"])
     assert "load" not in cli
+
+
+def test_device_choices_of_the_command_line() -> None:
+    from umt.eval.retrieval import _parser
+
+    base = ["--checkpoint", "c.pt", "--shards", "s"]
+    for dev in ("auto", "cpu", "cuda"):
+        assert _parser().parse_args([*base, "--device", dev]).device == dev
+    with pytest.raises(SystemExit):
+        _parser().parse_args([*base, "--device", "tpu"])
