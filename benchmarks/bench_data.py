@@ -197,12 +197,9 @@ def _measure(spec: dict[str, Any]) -> dict[str, Any]:
 def _run_child(spec: dict[str, Any], env: dict[str, str] | None = None, python: str | None = None) -> dict[str, Any]:
     """One measurement in a fresh ``python`` (default: this interpreter) run from the repository root, so that the
     project's source tree is importable whatever the interpreter (the child needs numpy, torch and the peer only)."""
-    cmd = [python or sys.executable, "-m", "benchmarks.bench_data", "--_one", json.dumps(spec)]
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1])
-    lines = [x for x in p.stdout.splitlines() if x.startswith("{")]
-    if p.returncode or not lines:
-        raise RuntimeError(f"{spec['kind']} failed: {(p.stderr or p.stdout).strip().splitlines()[-1:]}")
-    return json.loads(lines[-1])
+    from benchmarks.common import run_child
+
+    return run_child("benchmarks.bench_data", spec, env=env, python=python, what=spec["kind"], tail=1)
 
 
 # -- decode-only work (in this process, one core) ---------------------------------------------------------------

@@ -19,8 +19,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -28,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.bench_data import _build, _default_sources
-from benchmarks.common import BenchResult, write_report
+from benchmarks.common import BenchResult, run_child, write_report
 
 __all__ = ["main", "run"]
 
@@ -69,12 +67,7 @@ def _measure(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "benchmarks.bench_epochs", "--_one", json.dumps(spec)]
-    p = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
-    lines = [x for x in p.stdout.splitlines() if x.startswith("{")]
-    if p.returncode or not lines:
-        raise RuntimeError(f"measurement failed: {(p.stderr or p.stdout).strip().splitlines()[-3:]}")
-    return json.loads(lines[-1])
+    return run_child("benchmarks.bench_epochs", spec)
 
 
 def run(*, epochs: int = 4, batch: int = 4, workers: int = 2, step_ms: float = 100.0, copies: int = 6,

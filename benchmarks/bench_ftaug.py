@@ -22,8 +22,6 @@ import argparse
 import json
 import logging
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -31,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.bench_data import _build, _default_sources, _PeakRSS, _tree_cpu_s
-from benchmarks.common import BenchResult, format_table, write_report
+from benchmarks.common import BenchResult, run_child, format_table, write_report
 
 __all__ = ["CONFIGS", "main", "run"]
 
@@ -72,12 +70,7 @@ def _measure(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "benchmarks.bench_ftaug", "--_one", json.dumps(spec)]
-    p = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
-    lines = [x for x in p.stdout.splitlines() if x.startswith("{")]
-    if p.returncode or not lines:
-        raise RuntimeError(f"measurement failed: {(p.stderr or p.stdout).strip().splitlines()[-3:]}")
-    return json.loads(lines[-1])
+    return run_child("benchmarks.bench_ftaug", spec)
 
 
 def _position(shards: Path, clips: int, reps: int) -> list[dict[str, Any]]:

@@ -244,3 +244,22 @@ def write_report(
         md += ["Notes:", "", *(f"- {n}" for n in result.notes), ""]
     atomic_write(md_path, "\n".join(md))
     return json_path, md_path
+
+
+def run_child(module: str, spec: dict[str, Any], *, env: dict[str, str] | None = None, python: str | None = None,
+              what: str = "measurement", tail: int = 3) -> dict[str, Any]:
+    """Run ``python -m MODULE --_one SPEC_JSON`` in a fresh process (``python``: default this interpreter) from the
+    repository root, so the project's source tree is importable whatever the interpreter, and return the last JSON
+    line it prints.
+
+    Raises:
+        RuntimeError: the child failed or printed no JSON line (``what`` and the last ``tail`` lines of its output).
+    """
+    import subprocess
+
+    cmd = [python or sys.executable, "-m", module, "--_one", json.dumps(spec)]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1])
+    lines = [x for x in p.stdout.splitlines() if x.startswith("{")]
+    if p.returncode or not lines:
+        raise RuntimeError(f"{what} failed: {(p.stderr or p.stdout).strip().splitlines()[-tail:]}")
+    return json.loads(lines[-1])

@@ -252,3 +252,16 @@ class ScriptedRng:
 
     def integers(self, high: int) -> int:
         return 7
+
+
+def dir_listing(d: Path) -> dict[str, bytes]:
+    """Every file under ``d`` (POSIX relative path → bytes): what a command left in a directory, byte for byte."""
+    return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def user_files(out: Path) -> dict[str, bytes]:
+    """Put a user's own files into ``out`` (a file and one in a sub-directory); returns what they must stay."""
+    (out / "notes.txt").write_text("my notes\n")
+    (out / "mine").mkdir()
+    (out / "mine" / "keep.bin").write_bytes(b"\x00\x01")
+    return {"notes.txt": b"my notes\n", "mine/keep.bin": b"\x00\x01"}

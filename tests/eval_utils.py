@@ -62,17 +62,26 @@ class ContractLoader:
         return -(-len(self.rows) // self.batch_size)
 
     def epoch_iter(self, epoch: int = 0, start_batch: int = 0) -> Iterator[dict[str, torch.Tensor]]:
-        for s in range(0, len(self.rows), self.batch_size):
-            chunk = self.rows[s:s + self.batch_size]
-            chunk = chunk + [(-1, 0)] * (self.batch_size - len(chunk))
-            idx = torch.tensor([i for i, _ in chunk])
-            view = torch.tensor([v for _, v in chunk])
-            video = torch.zeros(len(chunk), 3, 1, 2, 2)
-            video[:, 0, 0, 0, 0] = idx.float()
-            video[:, 0, 0, 0, 1] = view.float()
-            label = torch.tensor([self.labels[i] if i >= 0 else -1 for i in idx.tolist()])
+        for batch in contract_batches(self.rows, self.batch_size, self.labels):
             self.batches += 1
-            yield {"video": video, "label": label, "index": idx, "view": view}
+            yield batch
+
+
+def contract_batches(rows: Sequence[tuple[int, int]], batch_size: int,
+                     labels: Sequence[int]) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches of ``rows`` = [(index, view)] in order, ``batch_size`` rows each, the last padded with ``index = -1``
+    rows (label -1, view 0); each clip carries its index and view in two pixels (:class:`TableModel` reads them)."""
+    rows = list(rows)
+    for s in range(0, len(rows), batch_size):
+        chunk = rows[s:s + batch_size]
+        chunk = chunk + [(-1, 0)] * (batch_size - len(chunk))
+        idx = torch.tensor([i for i, _ in chunk])
+        view = torch.tensor([v for _, v in chunk])
+        video = torch.zeros(len(chunk), 3, 1, 2, 2)
+        video[:, 0, 0, 0, 0] = idx.float()
+        video[:, 0, 0, 0, 1] = view.float()
+        label = torch.tensor([labels[i] if i >= 0 else -1 for i in idx.tolist()])
+        yield {"video": video, "label": label, "index": idx, "view": view}
 
 
 def all_rows(seed: int = 0) -> list[tuple[int, int]]:

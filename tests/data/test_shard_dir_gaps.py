@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.data_utils import frame_image, mjpeg_clip
+from tests.data_utils import dir_listing as _listing, frame_image, mjpeg_clip, user_files as _user_files
 from umt.data.build.cli import main as make_shards
 from umt.data.build.shards import EncodeSettings, build_shards
 
@@ -22,17 +22,6 @@ def _clips(root: Path, tag: int) -> Path:
     for i in range(2):
         mjpeg_clip(d / f"c{i}.mp4", [frame_image(k + 5 * i + 11 * tag, 16, 16) for k in range(6)])
     return d
-
-
-def _listing(d: Path) -> dict[str, bytes]:
-    return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
-
-
-def _user_files(out: Path) -> dict[str, bytes]:
-    (out / "notes.txt").write_text("my notes\n")
-    (out / "mine").mkdir()
-    (out / "mine" / "keep.bin").write_bytes(b"\x00\x01")
-    return {"notes.txt": b"my notes\n", "mine/keep.bin": b"\x00\x01"}
 
 
 def test_interrupted_build_beside_user_files_is_refused_and_nothing_moves(tmp_path: Path) -> None:

@@ -12,14 +12,13 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import tarfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.data_utils import frame_image, mjpeg_clip
+from tests.data_utils import dir_listing as _listing, frame_image, mjpeg_clip, user_files as _user_files
 from umt.data.build import shards as S
 from umt.data.build.encode import EncodeSettings, SampleSource
 from umt.data.build.images import ImageEncodeSettings
@@ -410,17 +409,6 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     mjpeg_clip(short / "s.mp4", [frame_image(k, 16, 16) for k in range(2)])
     out["short"] = short
     return out
-
-
-def _listing(d: Path) -> dict[str, bytes]:
-    return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
-
-
-def _user_files(out: Path) -> dict[str, bytes]:
-    (out / "notes.txt").write_text("my notes\n")
-    (out / "mine").mkdir()
-    (out / "mine" / "keep.bin").write_bytes(b"\x00\x01")
-    return {"notes.txt": b"my notes\n", "mine/keep.bin": b"\x00\x01"}
 
 
 def _build(inputs: list[Path], out: Path, **kw: Any) -> S.BuildResult:

@@ -20,6 +20,7 @@ import umt.data
 import umt.data.format
 import umt.eval.classify as classify
 import umt.model.load
+from tests.eval_utils import contract_batches
 from umt.eval.classify import build_classifier, evaluate_classification
 from umt.eval.common import CountError
 from umt.model.load import BackboneLoadError, BackboneState
@@ -83,17 +84,9 @@ class _Loader:
         self.closed = False
 
     def __iter__(self):  # noqa: ANN204
-        for s in range(0, len(self.rows), self.batch_size):
-            chunk = self.rows[s:s + self.batch_size]
-            chunk = chunk + [(-1, 0)] * (self.batch_size - len(chunk))
-            idx = torch.tensor([i for i, _ in chunk])
-            view = torch.tensor([v for _, v in chunk])
-            video = torch.zeros(len(chunk), 3, 1, 2, 2)
-            video[:, 0, 0, 0, 0] = idx.float()
-            video[:, 0, 0, 0, 1] = view.float()
+        for batch in contract_batches(self.rows, self.batch_size, self.labels):
             self.batches += 1
-            yield {"video": video.to(self.dtype), "index": idx, "view": view,
-                   "label": torch.tensor([self.labels[i] if i >= 0 else -1 for i in idx.tolist()])}
+            yield {**batch, "video": batch["video"].to(self.dtype)}
 
     def close(self) -> None:
         self.closed = True
