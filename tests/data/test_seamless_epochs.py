@@ -105,3 +105,19 @@ def test_skipping_an_epoch_number_rebuilds(pattern_shards: Path) -> None:
         assert got == epoch_order(4, seed=0, epoch=2, rank=0, world_size=1, batch_size=2).tolist()
     finally:
         L.close()
+
+
+def test_seamless_position_draws_each_epoch_order_once(pattern_shards: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the first epoch the stream must not redraw the first epoch's order per sample (the order cache holds one
+    epoch): one draw per epoch entered."""
+    import umt.data.clips as clips
+
+    src = _source(pattern_shards, first_epoch=0, start_batch=0, seamless=True)
+    draws: list[int] = []
+    real = clips.epoch_order
+    monkeypatch.setattr(clips, "epoch_order", lambda n, **kw: draws.append(kw["epoch"]) or real(n, **kw))
+    for i in range(12):  # 3 epochs of 4 entries
+        epoch, _ = src.position(SimpleNamespace(idx_in_epoch=i, epoch_idx=0))
+        src.order(epoch)
+    assert draws == [0, 1, 2]
+    src.index.close()

@@ -291,6 +291,7 @@ class ClipSource:
         self.seamless = False
         """Never end: epochs follow each other in one stream of samples (see the class docstring)."""
         self._orders: dict[int, np.ndarray] = {}
+        self._epoch_len: int | None = None
 
     def order(self, epoch: int) -> np.ndarray:
         if epoch not in self._orders:
@@ -400,7 +401,9 @@ class ClipSource:
         """
         start = self.start_batch * self.cfg.batch_size
         if self.seamless:
-            n = len(self.order(self.first_epoch))  # entries per epoch: whole batches, the same every epoch
+            if self._epoch_len is None:  # entries per epoch: whole batches, the same every epoch (order() keeps
+                self._epoch_len = len(self.order(self.first_epoch))  # one epoch: asking it again would redraw)
+            n = self._epoch_len
             if n == 0:
                 raise StopIteration
             s = start + info.idx_in_epoch
