@@ -2,7 +2,8 @@
 
 Markers (declared in setup.cfg): ``gpu`` (CUDA GPU), ``dali`` (nvidia-dali), ``triton`` (triton; on CPU the tests
 run in the interpreter, ``TRITON_INTERPRET=1`` is set here before any kernel module is imported), ``dist``
-(several processes, gloo on CPU), ``slow``.
+(several processes, gloo on CPU), ``slow``. ``--shuffle-seed N`` (:mod:`tests.ordering`) runs the tests in a seeded
+random order.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ if importlib.util.find_spec("torch") is not None:
         os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import umt  # noqa: E402,F401 - applies the torchvision compatibility shim before tests import timm/open_clip
+
+# --shuffle-seed N: the suite in a seeded random order (finds tests that pass only after some other test).
+pytest_plugins = ("tests.ordering",)
 
 
 def _has(module: str) -> bool:

@@ -221,7 +221,7 @@ def test_manifest_fields_in_order() -> None:
 
 def test_sample_members(tmp_path: Path) -> None:
     (tmp_path / "c1.mp4").write_bytes(b"VIDEO")
-    info = {"frames": 8, "width": 16, "height": 12, "fps": 24.5, "duration": 0.3337, "codec": "mjpeg",
+    info = {"frames": 8, "width": 16, "height": 12, "fps": 24.5, "duration": 2.5004, "codec": "mjpeg",
             "keyframes": [0, 4]}
     s = SampleSource("/in/a.mp4", 1, "first", "ann:3", captions=["first", "second"], qa=[{"question": "q"}])
     comps = S._sample_members(s, {"info": info, "cache": "c1"}, 9, st=ST, modality="video", classes=["x", "y"],
@@ -229,7 +229,7 @@ def test_sample_members(tmp_path: Path) -> None:
     assert list(comps) == ["mp4", "meta", "json", "cls", "txt"]
     assert comps["mp4"] == b"VIDEO" and comps["cls"] == b"1" and comps["txt"] == b"first\nsecond"
     import numpy as np
-    assert np.frombuffer(comps["meta"], "<i4").tolist() == [8, 16, 12, 1, 9, 24500, 334, 1]
+    assert np.frombuffer(comps["meta"], "<i4").tolist() == [8, 16, 12, 1, 9, 24500, 2500, 1]  # ms, rounded
     assert json.loads(comps["json"]) == {"source": "/in/a.mp4", **info, "label": 1, "class_name": "y",
                                          "caption": "first", "captions": ["first", "second"],
                                          "qa": [{"question": "q"}], "index": 9}
@@ -246,6 +246,7 @@ def test_sample_members(tmp_path: Path) -> None:
     lab = S._sample_members(SampleSource("/in/c.mp4", 0), {"info": info, "cache": "c1"}, 2, st=ST,
                             modality="video", classes=[], work=tmp_path)
     assert lab["cls"] == b"0" and "txt" not in lab and "class_name" not in json.loads(lab["json"])
+    assert "caption" not in json.loads(lab["json"])
     cap_only = S._sample_members(SampleSource("/in/d.mp4", None, "plain"), {"info": info, "cache": "c1"}, 2, st=ST,
                                  modality="video", classes=[], work=tmp_path)
     assert cap_only["txt"] == b"plain"
@@ -257,6 +258,21 @@ def test_sample_members(tmp_path: Path) -> None:
     img2 = S._sample_members(SampleSource("/in/f.jpg"), {"info": {"width": 5, "height": 7}, "cache": "c2"}, 3,
                              st=ImageEncodeSettings(), modality="image", classes=[], work=tmp_path)
     assert np.frombuffer(img2["meta"], "<i4").tolist()[3] == -1
+
+
+def test_sample_members_probe_key_frames_of_an_old_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A video encoded before key frames were recorded has them probed from its bytes; one with them is not probed."""
+    (tmp_path / "c1.mp4").write_bytes(b"VIDEO")
+    probed: list[bytes] = []
+    monkeypatch.setattr(S, "probe_keyframes", lambda media: probed.append(media) or [0, 3])
+    old = {"frames": 8, "width": 16, "height": 12, "fps": 25.0, "duration": 0.32}
+    c = S._sample_members(SampleSource("/in/a.mp4"), {"info": old, "cache": "c1"}, 0, st=ST, modality="video",
+                          classes=[], work=tmp_path)
+    assert json.loads(c["json"]) == {"source": "/in/a.mp4", **old, "keyframes": [0, 3], "index": 0}
+    assert probed == [b"VIDEO"]
+    S._sample_members(SampleSource("/in/a.mp4"), {"info": {**old, "keyframes": [0]}, "cache": "c1"}, 0, st=ST,
+                      modality="video", classes=[], work=tmp_path)
+    assert probed == [b"VIDEO"]
 
 
 # ------------------------------------------------------------------------------------------- inputs, annotations
@@ -339,6 +355,79 @@ def test_read_annotations_json(tmp_path: Path) -> None:
         (tmp_path / f"n{i}.jsonl").write_text(json.dumps(obj) + "\n")
         with pytest.raises(ValueError, match="entry has no 'video' or 'image' field"):
             S._read_annotations(tmp_path / f"n{i}.jsonl")
+
+
+def test_read_annotations_details(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a JSON document over several lines; an object without "videos" holds no rows (and the modality defaults)
+    (tmp_path / "multi.json").write_text(json.dumps([{"video": "a.mp4", "caption": "c"}], indent=2))
+    assert S._read_annotations(tmp_path / "multi.json") == ([(str(tmp_path / "a.mp4"), None, ["c"], "multi.json:1",
+                                                              None)], "video")
+    (tmp_path / "meta.json").write_text(json.dumps({"info": "no rows here"}))
+    assert S._read_annotations(tmp_path / "meta.json") == ([], "video")
+    # "category" is a header word on line 1 too, in any case
+    (tmp_path / "h.csv").write_text("path,Category\nx.mp4,2\n")
+    assert [r[1] for r in S._read_annotations(tmp_path / "h.csv")[0]] == [2]
+    # a bare file name (no directory part) relative to the working directory
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bare.csv").write_text("x.mp4,1\n")
+    assert S._read_annotations("bare.csv")[0] == [(str(tmp_path / "x.mp4"), 1, None, "bare.csv:1", None)]
+    # errors in a QA row or a caption name the file and line
+    (tmp_path / "qa.jsonl").write_text('{"video": "a.mp4"}\n{"video": "a.mp4", "question": "q"}\n')
+    with pytest.raises(ValueError, match=f"^{tmp_path / 'qa.jsonl'}:2: a QA row needs"):
+        S._read_annotations(tmp_path / "qa.jsonl")
+    (tmp_path / "cap.jsonl").write_text('{"video": "a.mp4", "caption": 5}\n')
+    with pytest.raises(ValueError, match=f"^{tmp_path / 'cap.jsonl'}:1: 'caption' must be"):
+        S._read_annotations(tmp_path / "cap.jsonl")
+
+
+def test_remote_annotation_paths_join_the_files_url() -> None:
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    rows = [{"video": "/Xylophone.mp4"}, {"video": "sub/b.mp4"}, {"video": "s3://other/c.mp4"}]
+    with fs.open("/ann_join/set/a.jsonl", "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+    got, modality = S._read_annotations("memory://ann_join/set/a.jsonl")
+    assert modality == "video" and [r[0] for r in got] == [
+        "memory://ann_join/set/Xylophone.mp4", "memory://ann_join/set/sub/b.mp4", "s3://other/c.mp4"]
+
+
+def test_annotations_are_utf8_whatever_the_locale(tmp_path: Path) -> None:
+    """A non-ASCII caption reads the same under the C locale (ASCII, as on many cluster nodes), local and fsspec."""
+    import subprocess
+    import sys
+
+    rows = [{"video": "a.mp4", "caption": "café au lait, 日本"}]
+    (tmp_path / "a.jsonl").write_text(json.dumps(rows[0], ensure_ascii=False) + "\n", encoding="utf-8")
+    code = (
+        "import json, sys, fsspec\n"
+        "from umt.data.build import shards as S\n"
+        "fs = fsspec.filesystem('memory')\n"
+        "with fs.open('/loc/a.jsonl', 'wb') as f:\n"
+        "    f.write(open(sys.argv[1], 'rb').read())\n"
+        "local = S._read_annotations(sys.argv[1])[0][0][2]\n"
+        "remote = S._read_annotations('memory://loc/a.jsonl')[0][0][2]\n"
+        "import locale; print(json.dumps([locale.getpreferredencoding(False), local, remote]))\n"
+    )
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "a.jsonl")], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    enc, local, remote = json.loads(out)
+    assert enc.lower().replace("-", "").replace("_", "") in ("ansix3.41968", "ascii")  # the test really ran in ASCII
+    assert local == remote == ["café au lait, 日本"]
+
+
+def test_result_from_manifest_full_and_old(tmp_path: Path) -> None:
+    full = {"num_samples": 3, "shards": [{"name": "train-000000.tar"}], "skipped": [{"input": "x", "reason": "r"}],
+            "classes": ["cat"], "warnings": [{"input": "y", "index": 1, "warning": "w"}], "modality": "image"}
+    got = S._result_from_manifest(tmp_path, full)
+    assert dataclasses.asdict(got) == {
+        "out_dir": tmp_path, "num_samples": 3, "shards": [{"name": "train-000000.tar"}],
+        "skipped": [{"input": "x", "reason": "r"}], "classes": ["cat"], "encoded": 0, "seconds": 0.0,
+        "warnings": [{"input": "y", "index": 1, "warning": "w"}], "duplicates": [], "added": None,
+        "already_built": True, "modality": "image"}
+    old = S._result_from_manifest(tmp_path, {"num_samples": 0, "shards": []})  # a manifest from before these fields
+    assert (old.skipped, old.classes, old.warnings, old.modality, old.already_built) == ([], [], [], "video", True)
 
 
 def test_collect_sources(tmp_path: Path) -> None:
@@ -865,9 +954,36 @@ def test_progress_bar(clips: dict[str, Path], tmp_path: Path, capsys: pytest.Cap
     one = tmp_path / "one"
     _build([clips["a"]], one, progress=True)
     err = capsys.readouterr().err
-    assert "encode" in err and "2/2" in err
+    assert "encode: 100%" in err and "2/2" in err and "video/s" in err
     _build([clips["a"]], tmp_path / "two")
     assert capsys.readouterr().err == ""
+
+
+def test_encode_all_on_a_pool_of_spawned_workers(clips: dict[str, Path], tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """``workers`` > 1 with two or more inputs: a pool of that many spawned processes (threads stand in for them
+    here; tests/data/test_shards.py runs real ones), each result under its input's position; one input, or
+    ``workers=1``: no pool."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pools: list[tuple[Any, str | None]] = []
+
+    class Pool(ThreadPoolExecutor):
+        def __init__(self, max_workers: int | None = None, mp_context: Any = None) -> None:
+            pools.append((max_workers, mp_context.get_start_method() if mp_context is not None else None))
+            super().__init__(max_workers=max_workers)
+
+    monkeypatch.setattr(S, "ProcessPoolExecutor", Pool)
+    srcs = [SampleSource(str(p)) for d in ("a", "b") for p in sorted(clips[d].iterdir())]  # 4 clips
+    serial = S._encode_all(srcs, ST, tmp_path / "w1", workers=1, progress=False)
+    assert pools == [] and sorted(serial) == [0, 1, 2, 3]
+    assert len({r["cache"] for r in serial.values()}) == 4
+    assert S._encode_all(srcs, ST, tmp_path / "w2", workers=3, progress=False) == serial
+    assert pools == [(3, "spawn")]
+    assert S._encode_all(srcs[:2], ST, tmp_path / "w3", workers=2, progress=False) == {0: serial[0], 1: serial[1]}
+    assert pools == [(3, "spawn"), (2, "spawn")]
+    assert S._encode_all(srcs[3:], ST, tmp_path / "w4", workers=2, progress=False) == {0: serial[3]}
+    assert len(pools) == 2  # one input: no pool
 
 
 def test_overwrite_clears_a_staging_dir_of_other_inputs(clips: dict[str, Path], tmp_path: Path) -> None:

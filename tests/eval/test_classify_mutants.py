@@ -310,7 +310,7 @@ def test_build_classifier_refuses(monkeypatch: pytest.MonkeyPatch, kw: dict, mat
 class _Net(torch.nn.Module):
     """What ``main`` reads off a classifier: frames, grid, patch size, classes; logits as :class:`_Model`."""
 
-    num_frames, grid, patch_size, num_classes = 2, (2, 2, 2), 16, C
+    num_frames, grid, patch_size, num_classes = 2, (2, 2, 3), 16, C  # (T, H, W): the input size is H × patch
 
     def __init__(self, logits) -> None:  # noqa: ANN001
         super().__init__()
@@ -340,7 +340,7 @@ def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict:
         rec["net"] = _Net(rec["logits"])
         return rec["net"], st
 
-    def loader(cfg, *, rank=0, world_size=1, device="cpu"):  # noqa: ANN001, ANN202
+    def loader(cfg, *, rank, world_size, device):  # noqa: ANN001, ANN202 - main must pass each (no defaults here)
         v = cfg.temporal_views * cfg.spatial_views
         rows = [(i, j) for j in range(v) for i in range(4)]
         ld = _Loader(rows, batch_size=5, num_views=v)
@@ -348,6 +348,7 @@ def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict:
         return ld
 
     def manifest(shards):  # noqa: ANN001, ANN202
+        rec["manifest_of"] = shards
         if "manifest_error" in rec:
             raise rec["manifest_error"]
         return {"classes": rec["classes"]}
@@ -363,9 +364,13 @@ def _argv(rec: dict, *extra: str) -> list[str]:
 
 
 def test_main_views_are_temporal_by_spatial_and_the_defaults(cli: dict, tmp_path: Path,
-                                                              capsys: pytest.CaptureFixture) -> None:
+                                                              capsys: pytest.CaptureFixture,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
     out = tmp_path / "out"
-    assert classify.main(_argv(cli, "--views", "2x3", "--out", str(out))) == 0
+    with caplog.at_level(logging.WARNING, logger="umt.eval.classify"):
+        assert classify.main(_argv(cli, "--views", "2x3", "--out", str(out))) == 0
+    assert cli["manifest_of"] == "some/shards"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # 3 classes in the shards, 3 in the head
     cfg, rank, world, device, ld = cli["loaders"][0]
     assert (cfg.temporal_views, cfg.spatial_views) == (2, 3)
     assert cfg.batch_size == 16 and cfg.num_workers == 4 and cfg.backend == "auto" and cfg.shards == "some/shards"
@@ -407,9 +412,13 @@ def test_main_default_views_4x3(cli: dict) -> None:
     assert (cfg.temporal_views, cfg.spatial_views) == (4, 3)
 
 
-def test_main_class_names_only_when_they_match_the_head(cli: dict, tmp_path: Path) -> None:
+def test_main_class_names_only_when_they_match_the_head(cli: dict, tmp_path: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
     cli["classes"] = ["a", "b"]
-    assert classify.main(_argv(cli, "--views", "2x3", "--out", str(tmp_path))) == 0
+    with caplog.at_level(logging.WARNING, logger="umt.eval.classify"):
+        assert classify.main(_argv(cli, "--views", "2x3", "--out", str(tmp_path))) == 0
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        "the shards name 2 classes, the checkpoint's head has 3"]
     assert json.loads((tmp_path / "classify.json").read_text())["classes"] == ["0", "1", "2"]
 
 

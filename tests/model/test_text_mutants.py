@@ -357,6 +357,33 @@ def test_sha_is_cached_per_path_size_and_mtime(tmp_path: Path, monkeypatch: pyte
     assert text_mod._sha256_cached(str(f), 3, 2) == hashlib.sha256(b"abd").hexdigest()
 
 
+def test_build_hashes_a_weights_file_rewritten_in_place(tmp_path: Path) -> None:
+    """A weights file replaced between two builds in one process is hashed again: once with the same size and a new
+    mtime, once with a new size and the old mtime (the cache key must hold both)."""
+    from safetensors.torch import load_file, save_file
+
+    d = _write(tmp_path / "bert")
+    w = d / "model.safetensors"
+    text_mod._sha256_cached.cache_clear()
+    _, first = build_text_encoder(str(d), 2, VISION)
+    assert first.sha256 == hashlib.sha256(w.read_bytes()).hexdigest()
+    tensors = load_file(w)
+    st = w.stat()
+    # same size, other bytes (one weight changed), a later mtime
+    tensors["bert.embeddings.word_embeddings.weight"][0, 0] += 1.0
+    save_file(tensors, w, metadata={"format": "pt"})
+    assert w.stat().st_size == st.st_size
+    os.utime(w, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    _, second = build_text_encoder(str(d), 2, VISION)
+    assert second.sha256 == hashlib.sha256(w.read_bytes()).hexdigest() != first.sha256
+    # other size (longer metadata), the first build's mtime again
+    save_file(tensors, w, metadata={"format": "pt", "note": "rewritten"})
+    assert w.stat().st_size != st.st_size
+    os.utime(w, ns=(st.st_atime_ns, st.st_mtime_ns))
+    _, third = build_text_encoder(str(d), 2, VISION)
+    assert third.sha256 == hashlib.sha256(w.read_bytes()).hexdigest() not in (first.sha256, second.sha256)
+
+
 @pytest.mark.parametrize("change", ["extra", "missing"])
 def test_build_refuses_a_layer_that_does_not_fit(bert_dir: Path, monkeypatch: pytest.MonkeyPatch,
                                                  change: str) -> None:
