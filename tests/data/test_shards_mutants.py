@@ -583,6 +583,7 @@ def test_interrupted_build_resumes_to_the_same_bytes(clips: dict[str, Path], tmp
         _build([clips["a"], clips["b"]], out)
     (out / "leftover.tar.tmp").unlink()
     (out / "train-000003.tar.tmp").write_bytes(b"x")  # temporary files of ours are cleaned up
+    (out / "train-000007.idx.tmp").write_bytes(b"x")  # (one that no write of this build replaces)
     (out / ".work" / "junk.tmp").write_bytes(b"x")
     (out / "train-000009.tar").write_bytes(b"stale")  # a shard of another plan of ours: deleted
     (out / "train-000009.idx").write_bytes(b"stale")
@@ -781,6 +782,67 @@ def test_append_labels(clips: dict[str, Path], tmp_path: Path) -> None:
     (tmp_path / "c.csv").write_text(f"{clips['short'] / 's.mp4'},4\n")
     with pytest.raises(ShardDirError, match="cannot mix class-name labels with integer labels"):
         _build([], out, annotations=tmp_path / "c.csv", mode="append")
+
+
+def test_append_to_a_set_from_before_modality_split_and_classes_were_recorded(clips: dict[str, Path],
+                                                                              tmp_path: Path) -> None:
+    """A manifest without ``modality``, ``split`` or ``classes`` is an unlabelled video set of the asked split."""
+    out = tmp_path / "out"
+    _build([clips["a"]], out, split="val")
+    m = json.loads((out / "manifest.json").read_text())
+    for k in ("modality", "split", "classes"):
+        m.pop(k, None)
+    (out / "manifest.json").write_text(json.dumps(m))
+    res = _build([clips["b"]], out, mode="append", split="val")
+    assert (res.added, res.num_samples, res.modality) == (2, 4, "video")
+    assert json.loads((out / "manifest.json").read_text())["split"] == "val"
+
+
+def test_skips_are_recorded_and_the_inputs_after_them_built(clips: dict[str, Path], tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()  # sources are built in path order: the unusable input comes first
+    (tmp_path / "z").mkdir()
+    short = tmp_path / "a" / "s.mp4"
+    short.write_bytes((clips["short"] / "s.mp4").read_bytes())
+    for c in ("c0.mp4", "c1.mp4"):
+        (tmp_path / "z" / c).write_bytes((clips["a"] / c).read_bytes())
+    res = _build([tmp_path / "z", tmp_path / "a"], tmp_path / "out")
+    assert res.skipped == [{"input": str(short), "reason": "too short: 2 frames < 4 needed for sparse sampling"}]
+    assert res.num_samples == 2 and res.added == 2
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["skipped"] == res.skipped
+
+
+def test_append_duplicates_by_content_within_and_across(clips: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    _build([clips["a"] / "c0.mp4"], out)
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "a_dup.mp4").write_bytes((clips["a"] / "c0.mp4").read_bytes())  # already in the set, by content
+    (new / "b_one.mp4").write_bytes((clips["b"] / "c0.mp4").read_bytes())  # new ...
+    (new / "c_two.mp4").write_bytes((clips["b"] / "c0.mp4").read_bytes())  # ... and its copy in the same append
+    (new / "d_new.mp4").write_bytes((clips["b"] / "c1.mp4").read_bytes())
+    res = _build([new], out, mode="append")
+    assert res.added == 2 and res.num_samples == 3
+    assert {Path(d["input"]).name: d["reason"] for d in res.duplicates} == {
+        "a_dup.mp4": "already in the data set (same content)", "c_two.mp4": "already in the data set (same content)"}
+    rows = [json.loads(x)["source"] for x in (out / "sources.jsonl").read_text().splitlines()]
+    assert sorted(Path(r).name for r in rows[1:]) == ["b_one.mp4", "d_new.mp4"]
+
+
+def test_append_with_class_names_keeps_unlabelled_inputs_unlabelled(clips: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (tmp_path / "a.csv").write_text(f"{clips['a'] / 'c0.mp4'},dog\n")
+    _build([], out, annotations=tmp_path / "a.csv")
+    (tmp_path / "b.csv").write_text(f"{clips['b'] / 'c0.mp4'},cat\n")  # c1 is given as an input, not annotated
+    res = _build([clips["b"] / "c1.mp4"], out, annotations=tmp_path / "b.csv", mode="append")
+    assert res.classes == ["dog", "cat"] and res.added == 2
+    from umt.data.format import ShardIndex, read_manifest
+    ix = ShardIndex(out, read_manifest(out)["shards"])
+    docs = {Path(d["source"]).parent.name + "/" + Path(d["source"]).name: d
+            for d in (json.loads(ix.read(i, "json")) for i in range(3))}
+    ix.close()
+    assert (docs["in0/c0.mp4"]["label"], docs["in0/c0.mp4"]["class_name"]) == (0, "dog")
+    assert (docs["in1/c0.mp4"]["label"], docs["in1/c0.mp4"]["class_name"]) == (1, "cat")  # a class name per sample
+    assert "label" not in docs["in1/c1.mp4"] and "class_name" not in docs["in1/c1.mp4"]
 
 
 def test_partitioned_build_not_committed_is_refused(clips: dict[str, Path], tmp_path: Path) -> None:

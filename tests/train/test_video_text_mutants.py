@@ -158,6 +158,22 @@ def test_preview_keeps_the_first_clip_on_logging_steps() -> None:
 
 
 # ------------------------------------------------------------------------------------------------------- the task
+@pytest.mark.parametrize(("uta", "kind", "ratio", "image_ratio", "want"), [
+    (0.0, "semantic", 0.0, 0.0, False),  # fine-tuned retrieval: nothing asks for the teacher
+    (0.5, "tube", 0.0, 0.0, True),  # UTA alone (a fractional weight)
+    (0.0, "semantic", 0.5, 0.0, True),  # the semantic mask on videos
+    (0.0, "semantic", 0.0, 0.5, True),  # ... or on images
+    (0.0, "tube", 0.8, 0.5, False),  # a mask that needs no attention map
+    (0.0, "random", 0.8, 0.0, False),
+])
+def test_needs_teacher_truth_table(uta: float, kind: str, ratio: float, image_ratio: float, want: bool) -> None:
+    from types import SimpleNamespace
+
+    cfg = SimpleNamespace(text=SimpleNamespace(uta_weight=uta),
+                          mask=SimpleNamespace(kind=kind, ratio=ratio, image_ratio=image_ratio))
+    assert vt_task.needs_teacher(cfg) is want
+
+
 @pytest.fixture(scope="module")
 def tasks(tiny_bert: str) -> dict[str, Any]:
     from umt.train.task import build_task
@@ -167,11 +183,20 @@ def tasks(tiny_bert: str) -> dict[str, Any]:
             f"text.encoder={tiny_bert}", "text.fusion_layer=2"]
     return {"teacher": build_task(tiny_cfg(*base, "text.mlm_weight=0.5"), CPU),
             "free": build_task(tiny_cfg(*base, "text.uta_weight=0", "text.mlm_weight=0", "mask.ratio=0",
-                                        "mask.image_ratio=0"), CPU),
+                                        "mask.image_ratio=0", "model.drop_path=0.3", "model.align_layers=3"), CPU),
             "free_mlm": build_task(tiny_cfg(*base, "text.uta_weight=0", "mask.kind=tube"), CPU)}
 
 
-def test_freeze_rules_by_weight(tasks: dict[str, Any]) -> None:
+def test_tasks_as_built(tasks: dict[str, Any]) -> None:
+    """What ``__init__``, ``build_student`` and ``freeze_unused`` leave (the first test of the module fixture: mutmut
+    credits a module fixture's calls to the first test that uses it, so these checks live here)."""
+    # the teacher-free student follows the config; the pico student's own defaults are 8 frames of 224² (grid
+    # 8×14×14), align_layers 4, no drop path
+    st = tasks["free"].model.student
+    assert st.num_frames == 2 and st.grid == (2, 2, 2) and st.align_layers == 3
+    last = st.blocks[-1].drop_path1
+    assert type(last).__name__ == "DropPath" and last.drop_prob == pytest.approx(0.3)  # the ramp's last block
+    # freeze rules by loss weight
     t, free, mlm = tasks["teacher"].model, tasks["free"].model, tasks["free_mlm"].model
     assert all(p.requires_grad for p in t.heads.parameters()) and all(p.requires_grad for p in t.mlm_head.parameters())
     assert not any(p.requires_grad for p in free.heads.parameters())
@@ -181,6 +206,22 @@ def test_freeze_rules_by_weight(tasks: dict[str, Any]) -> None:
     assert not any(p.requires_grad for p in mlm.heads.parameters())  # UTA 0, MLM on
     assert all(p.requires_grad for p in mlm.mlm_head.parameters())
     assert tasks["free_mlm"].teacher is None and tasks["free_mlm"].teacher_free
+    assert tasks["teacher"].teacher is not None and not tasks["teacher"].teacher_free
+    # the model takes the text section's settings and the student's width
+    task = tasks["teacher"]
+    tc = task.cfg.text
+    assert t.embed_dim == 32 and t.temp.item() == pytest.approx(tc.temp) and t.mlm_prob == tc.mlm_prob
+    assert (t.vtm_hard_negatives, t.vtc_local_grad) == (tc.vtm_hard_negatives, tc.vtc_local_grad)
+    assert t.text.vision_width == t.student.embed_dim
+    assert task.text_info.fusion_layer == 2 and task.init_report is None
+    # the FLOP spec against the tiny BERT's own config
+    spec = task.spec
+    bert = json.loads((Path(tc.encoder) / "config.json").read_text())
+    assert (spec.text.width, spec.text.depth) == (bert["hidden_size"], bert["num_hidden_layers"])
+    assert spec.text.fusion_layers == bert["num_hidden_layers"] - 2  # text.fusion_layer=2
+    assert (spec.text.vocab, spec.text.ffn) == (bert["vocab_size"], bert["intermediate_size"])
+    assert spec.embed_dim == 32 and spec.image_mask_ratio == 0.5 and spec.text_tokens == 10
+    assert tasks["free"].spec is None
 
 
 def test_flops_record_and_lr(tasks: dict[str, Any]) -> None:
@@ -197,12 +238,6 @@ def test_flops_record_and_lr(tasks: dict[str, Any]) -> None:
     assert rec["flops_per_video"] == stage2_flops_per_sample(task.spec, "video")["total"]
     assert rec["flops_per_image"] == stage2_flops_per_sample(task.spec, "image")["total"]
     assert rec["text"]["fusion_layer"] == 2 and rec["init_from"] is None and "teacher" in rec
-    spec = task.spec
-    bert = json.loads((Path(task.cfg.text.encoder) / "config.json").read_text())  # the tiny BERT's own config
-    assert (spec.text.width, spec.text.depth) == (bert["hidden_size"], bert["num_hidden_layers"])
-    assert spec.text.fusion_layers == bert["num_hidden_layers"] - 2  # text.fusion_layer=2
-    assert (spec.text.vocab, spec.text.ffn) == (bert["vocab_size"], bert["intermediate_size"])
-    assert spec.embed_dim == 32 and spec.image_mask_ratio == 0.5 and spec.text_tokens == 10
     free = tasks["free"]
     assert free.spec is None and free.flops(video) is None
     assert free.record() == {"teacher_free": True, "text": free.text_info.to_dict(), "init_from": None}
@@ -270,8 +305,28 @@ def test_loader_errors_are_one_config_line(tasks: dict[str, Any], tmp_path: Path
     assert sorted(set(kinds)) == ["image", "video"]
 
 
-def test_log_image_is_nothing_teacher_free(tasks: dict[str, Any]) -> None:
-    tasks["free"].log_image(None, None, 0)  # would fail on the missing step if it reached the preview
+def test_log_image_is_nothing_teacher_free(tasks: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    from umt.train.distill.task import TeacherTask
+
+    seen: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(TeacherTask, "log_image",
+                        lambda self, step_fn, tb, step: seen.append((self, step_fn, tb, step)))
+    tasks["free"].log_image("fn", "tb", 3)
+    assert seen == []
+    tasks["teacher"].log_image("fn", "tb", 3)
+    assert seen == [(tasks["teacher"], "fn", "tb", 3)]
+
+
+def test_make_step_hands_the_task_parts_to_the_step(tasks: dict[str, Any]) -> None:
+    for name in ("teacher", "free"):
+        task = tasks[name]
+        net = Recorder()
+        opt = torch.optim.SGD(net.parameters(), lr=0.0)
+        step = task.make_step(net, opt, "sched")
+        assert isinstance(step, VideoTextStep)
+        assert step.model is net and step.optimizer is opt and step.scheduler == "sched" and step.cfg is task.cfg
+        assert step.teacher is task.teacher and (step.teacher is None) == (name == "free")
+        assert step.device == torch.device("cpu") and step.amp_dtype is None
 
 
 class SyncRecorder(Recorder):
