@@ -516,7 +516,9 @@ def test_new_build_leaves_only_the_data_set(clips: dict[str, Path], tmp_path: Pa
     assert sorted(os.listdir(out)) == ["manifest.json", "sources.jsonl", "val-000000.idx", "val-000000.tar",
                                        "val-000001.idx", "val-000001.tar"]
     assert sorted(os.listdir(tmp_path)) == ["out"]
-    m = json.loads((out / "manifest.json").read_text())
+    text = (out / "manifest.json").read_text()
+    m = json.loads(text)
+    assert text == json.dumps(m, indent=1)  # one byte layout: builds of the same inputs are byte-identical
     assert (res.num_samples, res.encoded, res.added, res.already_built, res.modality) == (2, 2, 2, False, "video")
     assert res.out_dir == out and res.shards == m["shards"] and res.skipped == [] and res.duplicates == []
     assert m["num_samples"] == 2 and m["seed"] == 3 and m["samples_per_shard"] == 1 and m["split"] == "val"
@@ -790,12 +792,13 @@ def test_append_to_a_set_from_before_modality_split_and_classes_were_recorded(cl
     out = tmp_path / "out"
     _build([clips["a"]], out, split="val")
     m = json.loads((out / "manifest.json").read_text())
-    for k in ("modality", "split", "classes"):
+    for k in ("modality", "split", "classes", "warnings", "skipped", "seed"):
         m.pop(k, None)
     (out / "manifest.json").write_text(json.dumps(m))
-    res = _build([clips["b"]], out, mode="append", split="val")
+    res = _build([clips["b"]], out, mode="append", split="val", seed=7)
     assert (res.added, res.num_samples, res.modality) == (2, 4, "video")
-    assert json.loads((out / "manifest.json").read_text())["split"] == "val"
+    m = json.loads((out / "manifest.json").read_text())
+    assert (m["split"], m["seed"], m["warnings"], m["skipped"]) == ("val", 7, [], [])
 
 
 def test_skips_are_recorded_and_the_inputs_after_them_built(clips: dict[str, Path], tmp_path: Path) -> None:
@@ -843,6 +846,36 @@ def test_append_with_class_names_keeps_unlabelled_inputs_unlabelled(clips: dict[
     assert (docs["in0/c0.mp4"]["label"], docs["in0/c0.mp4"]["class_name"]) == (0, "dog")
     assert (docs["in1/c0.mp4"]["label"], docs["in1/c0.mp4"]["class_name"]) == (1, "cat")  # a class name per sample
     assert "label" not in docs["in1/c1.mp4"] and "class_name" not in docs["in1/c1.mp4"]
+
+
+def test_append_keeps_the_sets_skips_warnings_and_codecs(clips: dict[str, Path], tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    real = S._process_one
+
+    def warn_c1(src: SampleSource, st: Any, work: Path) -> dict[str, Any]:  # as a truncated input's encode reports
+        r = real(src, st, work)
+        if r["ok"] and src.path.endswith("c1.mp4"):
+            r["info"] = {**r["info"], "warnings": [f"truncated {Path(src.path).parent.name}"]}
+        return r
+
+    monkeypatch.setattr(S, "_process_one", warn_c1)
+    out = tmp_path / "out"
+    first = _build([clips["a"], clips["short"]], out, seed=5)
+    assert 0.0 < first.seconds < 600.0  # wall seconds of this build
+    idx = {json.loads(x)["source"]: json.loads(x)["index"] for x in (out / "sources.jsonl").read_text().splitlines()}
+    w_a = {"input": str(clips["a"] / "c1.mp4"), "index": idx[str(clips["a"] / "c1.mp4")], "warning": "truncated in0"}
+    skip = {"input": str(clips["short"] / "s.mp4"), "reason": "too short: 2 frames < 4 needed for sparse sampling"}
+    assert first.warnings == [w_a] and first.skipped == [skip]
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["warnings"] == [w_a] and m["skipped"] == [skip]
+    m["codecs"] = ["h264", "mjpeg"]  # a set that already holds another codec keeps it in its record
+    (out / "manifest.json").write_text(json.dumps(m, indent=1))
+    res = _build([clips["b"]], out, mode="append", seed=5)
+    idx = {json.loads(x)["source"]: json.loads(x)["index"] for x in (out / "sources.jsonl").read_text().splitlines()}
+    w_b = {"input": str(clips["b"] / "c1.mp4"), "index": idx[str(clips["b"] / "c1.mp4")], "warning": "truncated in1"}
+    assert res.warnings == [w_b] and res.skipped == [] and 0.0 < res.seconds < 600.0  # this run's
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["warnings"] == [w_a, w_b] and m["skipped"] == [skip] and m["codecs"] == ["h264", "mjpeg"]
 
 
 def test_partitioned_build_not_committed_is_refused(clips: dict[str, Path], tmp_path: Path) -> None:
