@@ -159,6 +159,28 @@ def test_hf_directory_prefers_safetensors(tmp_path: Path) -> None:
     assert info.sha256 == hashlib.sha256((d / "model.safetensors").read_bytes()).hexdigest()
 
 
+class _Touch:
+    """Unpickling this runs code (creates ``path``): what a hostile ``pytorch_model.bin`` could do."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (self.path,))
+
+
+def test_hf_bin_is_read_without_running_its_code(tmp_path: Path) -> None:
+    d = _hf_dir(tmp_path / "hostile", act="gelu", fmt="bin")
+    sd = torch.load(d / "pytorch_model.bin", weights_only=True)
+    marker = tmp_path / "code_ran"
+    torch.save({**sd, "payload": _Touch(marker)}, d / "pytorch_model.bin")
+    with pytest.raises(TeacherWeightsError, match=r"^teacher weights .*pytorch_model.bin: holds objects other than "
+                                                  r"tensors and was not loaded \(unpickling them could run code\): "
+                                                  "Weights only load failed"):
+        load_clip_weights(_clip(False), d)
+    assert not marker.exists()
+
+
 @pytest.mark.parametrize("where", ["top", "vision"])
 @pytest.mark.parametrize("act", ["gelu", "quick_gelu"])
 def test_hf_activation_must_match(tmp_path: Path, act: str, where: str) -> None:

@@ -253,11 +253,23 @@ def test_check_resume_text_encoder(tasks: dict[str, Any], tmp_path: Path) -> Non
         for change in ({"sha256": "0" * 64}, {"fusion_layer": 1}):
             with pytest.raises(ConfigError, match="another text encoder"):
                 task.check_resume({**state, "text": {**now, **change}}, tmp_path / "c.pt")
+        # the whole one-line message: the checkpoint, both encoders (path, sha256 prefix, fusion layer), the flag
+        old = {"path": "/old/bert", "sha256": "ab" * 32, "fusion_layer": 1}
+        with pytest.raises(ConfigError) as e:
+            task.check_resume({**state, "text": old}, tmp_path / "c.pt")
+        assert str(e.value) == (f"{tmp_path / 'c.pt'} was trained with another text encoder: /old/bert (sha256 "
+                                f"{'ab' * 6}, fusion 1) → {now['path']} (sha256 {now['sha256'][:12]}, fusion 2); "
+                                "Pass --set text.allow_change=true to resume anyway")
         task.cfg.text.allow_change = True
         try:
             task.check_resume({**state, "text": {**now, "fusion_layer": 1}}, tmp_path / "c.pt")
         finally:
             task.cfg.text.allow_change = False
+    # the teacher check (stage 1's) runs with the checkpoint's path when there is a teacher
+    task = tasks["teacher"]
+    other = {**task.record(), "teacher": {**task.record()["teacher"], "sha256": "cd" * 32}}
+    with pytest.raises(ConfigError, match=f"^{tmp_path / 'c.pt'} was trained with other teacher weights: "):
+        task.check_resume(other, tmp_path / "c.pt")
 
 
 def test_teacher_free_resume_skips_the_teacher_check(tasks: dict[str, Any], tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import pickle
 import re
 import zipfile
 from dataclasses import asdict, dataclass
@@ -230,7 +231,11 @@ def _read_hf_dir(path: Path) -> tuple[dict[str, torch.Tensor], Path, dict[str, A
                 from safetensors.torch import load_file
 
                 return load_file(str(f)), f, cfg
-            return torch.load(f, map_location="cpu", weights_only=True), f, cfg
+            try:  # tensors only: unpickling anything else could run the file's code
+                return torch.load(f, map_location="cpu", weights_only=True), f, cfg
+            except pickle.UnpicklingError as e:
+                raise TeacherWeightsError(f"teacher weights {f}: holds objects other than tensors and was not loaded "
+                                          f"(unpickling them could run code): {str(e).splitlines()[0]}") from None
     raise TeacherWeightsError(f"teacher weights {path}: no model.safetensors or pytorch_model.bin (sharded "
                               "checkpoints are not supported)")
 
