@@ -555,6 +555,25 @@ def test_keep_cache_and_samples_per_shard(clips: dict[str, Path], tmp_path: Path
     assert names == [".work", "manifest.json", "sources.jsonl", "train-000000.idx", "train-000000.tar",
                      "train-000001.idx", "train-000001.tar"]
     assert len(list((out / ".work").glob("*.mp4"))) == 4 and len(list((out / ".work").glob("*.json"))) == 4
+    # keys, indices and sources rows run on across samples of one shard and into the next
+    import numpy as np
+    members = []
+    for sh in res.shards:
+        with tarfile.open(out / sh["name"]) as tf:
+            members.append([ti.name for ti in tf])
+    assert [sorted({n.split(".")[0] for n in m}) for m in members] == [["00000000", "00000001", "00000002"],
+                                                                       ["00000003"]]
+    for sh in res.shards:
+        with tarfile.open(out / sh["name"]) as tf:
+            for ti in tf:
+                key, ext = ti.name.split(".", 1)
+                data = tf.extractfile(ti).read()
+                if ext == "json":
+                    assert json.loads(data)["index"] == int(key)
+                elif ext == "meta":
+                    assert np.frombuffer(data, "<i4").tolist()[4] == int(key)
+    rows = [json.loads(x) for x in (out / "sources.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in rows] == [0, 1, 2, 3]
 
 
 def test_interrupted_build_resumes_to_the_same_bytes(clips: dict[str, Path], tmp_path: Path) -> None:
@@ -1043,6 +1062,52 @@ def test_remote_inputs_and_annotations(clips: dict[str, Path], tmp_path: Path) -
     miss2 = S._process_one(SampleSource("memory://nowhere/y.mp4", origin="input"), ST, work)
     assert miss2["reason"] == "missing file"
     assert not list(work.glob("*.tmp"))
+
+
+def test_collect_sources_qa_rows_repeats_and_remote(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    import fsspec
+
+    # QA rows: one item per video, its questions in file order; a captioned repeat adds no question
+    (tmp_path / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
+        {"video": "a.mp4", "question": "q1", "answer": "x", "caption": "c"},
+        {"video": "b.mp4", "caption": "d"},
+        {"video": "a.mp4", "question": "q2", "answer": ["y", "z"], "caption": "c2"},
+        {"video": "b.mp4", "caption": "e"},
+    ]))
+    with caplog.at_level(logging.WARNING, logger="umt.data.build.shards"):
+        srcs, _, skipped, _ = S.collect_sources([], tmp_path / "qa.jsonl")
+    assert skipped == [] and not caplog.records  # repeats with captions or questions are expected, not warned
+    by = {Path(s.path).name: s for s in srcs}
+    assert by["a.mp4"].qa == [{"question": "q1", "answer": ["x"], "question_id": 1},
+                              {"question": "q2", "answer": ["y", "z"], "question_id": 3}]
+    assert by["b.mp4"].qa == [] and by["b.mp4"].captions == ["d", "e"]
+    # a repeat that adds nothing, or another label: warned (the first label is kept)
+    (tmp_path / "lab.csv").write_text("a.mp4,dog\na.mp4,dog\nb.mp4,cat\nb.mp4,eel\nc.mp4,ant\n")
+    with caplog.at_level(logging.WARNING, logger="umt.data.build.shards"):
+        srcs, classes, _, _ = S.collect_sources([], tmp_path / "lab.csv")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"duplicate annotation for {tmp_path / 'a.mp4'} (lab.csv:2); keeping the first label",
+        f"duplicate annotation for {tmp_path / 'b.mp4'} (lab.csv:4); keeping the first label"]
+    assert classes == ["ant", "cat", "dog"] and [s.label for s in srcs] == [2, 1, 0]
+    caplog.clear()
+    (tmp_path / "cap.jsonl").write_text('{"video": "a.mp4", "caption": "x", "label": "dog"}\n'
+                                        '{"video": "a.mp4", "caption": "y", "label": "dog"}\n')
+    with caplog.at_level(logging.WARNING, logger="umt.data.build.shards"):
+        S.collect_sources([], tmp_path / "cap.jsonl")
+    assert not caplog.records  # same label, a caption more: COCO's layout
+    # remote annotations (an fsspec URL is not a local path) and a remote directory of images
+    fs = fsspec.filesystem("memory")
+    root = f"/cs{os.getpid()}_{tmp_path.name}"
+    fs.pipe(f"{root}/ann.csv", b"v/c0.mp4,dog\n")
+    srcs, classes, _, modality = S.collect_sources([], f"memory://{root}/ann.csv")
+    assert [s.path for s in srcs] == [f"memory://{root}/v/c0.mp4"] and classes == ["dog"] and modality == "video"
+    fs.pipe(f"{root}/img/p.jpg", b"x")
+    fs.pipe(f"{root}/img/q.mp4", b"x")
+    assert [s.path for s in S.collect_sources([f"memory://{root}/img"], modality="image")[0]] == [
+        f"memory://{root}/img/p.jpg"]
+    assert [s.path for s in S.collect_sources([f"memory://{root}/img"])[0]] == [f"memory://{root}/img/q.mp4"]
 
 
 def test_progress_bar(clips: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

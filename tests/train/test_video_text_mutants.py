@@ -207,6 +207,9 @@ def test_tasks_as_built(tasks: dict[str, Any]) -> None:
     assert all(p.requires_grad for p in mlm.mlm_head.parameters())
     assert tasks["free_mlm"].teacher is None and tasks["free_mlm"].teacher_free
     assert tasks["teacher"].teacher is not None and not tasks["teacher"].teacher_free
+    for task in tasks.values():  # the task keeps its own config and runtime, teacher or not
+        assert task.rt is CPU and task.cfg.task == "video_text" and task.cfg.text.fusion_layer == 2
+    assert tasks["free"].cfg.model.align_layers == 3 and tasks["free_mlm"].cfg.mask.kind == "tube"
     # the model takes the text section's settings and the student's width
     task = tasks["teacher"]
     tc = task.cfg.text
