@@ -184,7 +184,8 @@ def tasks(tiny_bert: str) -> dict[str, Any]:
     return {"teacher": build_task(tiny_cfg(*base, "text.mlm_weight=0.5"), CPU),
             "free": build_task(tiny_cfg(*base, "text.uta_weight=0", "text.mlm_weight=0", "mask.ratio=0",
                                         "mask.image_ratio=0", "model.drop_path=0.3", "model.align_layers=3"), CPU),
-            "free_mlm": build_task(tiny_cfg(*base, "text.uta_weight=0", "mask.kind=tube"), CPU)}
+            "free_mlm": build_task(tiny_cfg(*base, "text.uta_weight=0", "mask.kind=tube",
+                                            "text.grad_checkpointing=true"), CPU)}
 
 
 def test_tasks_as_built(tasks: dict[str, Any]) -> None:
@@ -210,6 +211,7 @@ def test_tasks_as_built(tasks: dict[str, Any]) -> None:
     for task in tasks.values():  # the task keeps its own config and runtime, teacher or not
         assert task.rt is CPU and task.cfg.task == "video_text" and task.cfg.text.fusion_layer == 2
     assert tasks["free"].cfg.model.align_layers == 3 and tasks["free_mlm"].cfg.mask.kind == "tube"
+    assert tasks["free_mlm"].model.text.grad_checkpointing and not tasks["free"].model.text.grad_checkpointing
     # the model takes the text section's settings and the student's width
     task = tasks["teacher"]
     tc = task.cfg.text
@@ -225,6 +227,15 @@ def test_tasks_as_built(tasks: dict[str, Any]) -> None:
     assert (spec.text.vocab, spec.text.ffn) == (bert["vocab_size"], bert["intermediate_size"])
     assert spec.embed_dim == 32 and spec.image_mask_ratio == 0.5 and spec.text_tokens == 10
     assert tasks["free"].spec is None
+
+
+def test_an_unusable_text_encoder_is_one_config_line(tmp_path: Path) -> None:
+    from umt.train.task import build_task
+
+    cfg = tiny_cfg(*TINY, "task=video_text", "synthetic_samples=4", "text.uta_weight=0", "text.mlm_weight=0",
+                   "mask.ratio=0", "mask.image_ratio=0", f"text.encoder={tmp_path / 'no_bert'}")
+    with pytest.raises(ConfigError, match=f"^text encoder '{tmp_path / 'no_bert'}' is not a directory: give a local "):
+        build_task(cfg, CPU)
 
 
 def test_flops_record_and_lr(tasks: dict[str, Any]) -> None:
