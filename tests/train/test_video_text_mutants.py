@@ -181,7 +181,7 @@ def tasks(tiny_bert: str) -> dict[str, Any]:
     torch.manual_seed(0)
     base = [*TINY, "task=video_text", "synthetic_samples=4", "text.max_len=10", "text.embed_dim=32",
             f"text.encoder={tiny_bert}", "text.fusion_layer=2"]
-    return {"teacher": build_task(tiny_cfg(*base, "text.mlm_weight=0.5"), CPU),
+    return {"teacher": build_task(tiny_cfg(*base, "text.mlm_weight=0.5", "text.vtc_local_grad=true"), CPU),
             "free": build_task(tiny_cfg(*base, "text.uta_weight=0", "text.mlm_weight=0", "mask.ratio=0",
                                         "mask.image_ratio=0", "model.drop_path=0.3", "model.align_layers=3"), CPU),
             "free_mlm": build_task(tiny_cfg(*base, "text.uta_weight=0", "mask.kind=tube",
@@ -214,19 +214,49 @@ def test_tasks_as_built(tasks: dict[str, Any]) -> None:
     assert tasks["free_mlm"].model.text.grad_checkpointing and not tasks["free"].model.text.grad_checkpointing
     # the model takes the text section's settings and the student's width
     task = tasks["teacher"]
-    tc = task.cfg.text
+    tc, spec = task.cfg.text, task.spec
     assert t.embed_dim == 32 and t.temp.item() == pytest.approx(tc.temp) and t.mlm_prob == tc.mlm_prob
-    assert (t.vtm_hard_negatives, t.vtc_local_grad) == (tc.vtm_hard_negatives, tc.vtc_local_grad)
+    assert (t.vtm_hard_negatives, t.vtc_local_grad) == (tc.vtm_hard_negatives, True)  # not the default
+    assert spec.vision is task.vision_spec and spec.vision.align_layers == t.student.align_layers
     assert t.text.vision_width == t.student.embed_dim
     assert task.text_info.fusion_layer == 2 and task.init_report is None
     # the FLOP spec against the tiny BERT's own config
-    spec = task.spec
     bert = json.loads((Path(tc.encoder) / "config.json").read_text())
     assert (spec.text.width, spec.text.depth) == (bert["hidden_size"], bert["num_hidden_layers"])
     assert spec.text.fusion_layers == bert["num_hidden_layers"] - 2  # text.fusion_layer=2
     assert (spec.text.vocab, spec.text.ffn) == (bert["vocab_size"], bert["intermediate_size"])
     assert spec.embed_dim == 32 and spec.image_mask_ratio == 0.5 and spec.text_tokens == 10
     assert tasks["free"].spec is None
+
+
+def test_init_from_a_stage1_checkpoint(tasks: dict[str, Any], tmp_path: Path, tiny_bert: str,
+                                      caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from umt.train.task import build_task
+
+    # a stage-1 checkpoint of the same student and heads, every value moved off the fresh init
+    own = tasks["free"].model.state_dict()
+    stage1 = {k: v + 0.5 for k, v in own.items() if k.startswith(("student.", "heads.")) and v.is_floating_point()}
+    path = tmp_path / "stage1.pt"
+    torch.save({"task": "distill", "model": stage1}, path)
+    cfg = tiny_cfg(*TINY, "task=video_text", "synthetic_samples=4", "text.max_len=10", "text.embed_dim=32",
+                   f"text.encoder={tiny_bert}", "text.fusion_layer=2", "text.uta_weight=0", "text.mlm_weight=0",
+                   "mask.ratio=0", "mask.image_ratio=0", "model.drop_path=0.3", "model.align_layers=3",
+                   f"model.init_from={path}")
+    with caplog.at_level(logging.INFO, logger="umt.train.video_text.task"):
+        task = build_task(cfg, CPU)
+    got = task.model.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in stage1.items())
+    rest = [k for k in got if k not in stage1]
+    heads = sum(k.startswith("heads.") for k in stage1)
+    assert heads > 0 and task.init_report == {"path": str(path), "loaded": len(stage1), "missing": len(rest),
+                                              "dropped": 0}
+    prefixes = ", ".join(sorted({k.split(".")[0] for k in rest}))
+    assert "text" in prefixes and "student" not in prefixes
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("init from")] == [
+        f"init from {path}: {len(stage1)} tensors loaded (student, {heads} UMA head tensors), {len(rest)} not in the "
+        f"file and kept as built ({prefixes}: the text encoder keeps its own pretrained weights), 0 file keys unused"]
 
 
 def test_an_unusable_text_encoder_is_one_config_line(tmp_path: Path) -> None:
