@@ -1034,6 +1034,51 @@ def test_process_one_caches(clips: dict[str, Path], tmp_path: Path) -> None:
     assert not gone["ok"] and not list(work.glob("*.tmp"))
 
 
+def test_process_one_cache_details(clips: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    work = tmp_path / "work"
+    work.mkdir()
+    mine = tmp_path / "mine.mp4"
+    shutil.copy(clips["a"] / "c0.mp4", mine)
+    src = SampleSource(str(mine))
+    first = S._process_one(src, ST, work)
+    name = first["cache"]
+    # the cache keeps the hash of what was encoded, even if the file changed since (no rehash on every reuse)
+    mine.write_bytes((clips["a"] / "c1.mp4").read_bytes())
+    assert S._process_one(src, ST, work)["source_sha256"] == first["source_sha256"]
+    # a cache entry from before the content hash, its source gone: no hash
+    rec = json.loads((work / f"{name}.json").read_text())
+    del rec["source_sha256"]
+    (work / f"{name}.json").write_text(json.dumps(rec))
+    mine.unlink()
+    old = S._process_one(src, ST, work)
+    assert old == {**rec, "source_sha256": None, "encoded": False}
+    # a cached rejection comes back as it was recorded (no hash added)
+    short = SampleSource(str(clips["short"] / "s.mp4"))
+    bad = S._process_one(short, ST, work)
+    assert S._process_one(short, ST, work) == {**bad, "encoded": False}
+    assert set(bad) == {"ok", "cache", "reason", "encoded"}
+    # an unexpected error of the encoder is a reported skip, not a crash
+    monkeypatch.setattr(S, "encode_video", lambda local, st: (_ for _ in ()).throw(RuntimeError("boom")))
+    odd = SampleSource(str(clips["b"] / "c0.mp4"))
+    assert S._process_one(odd, ST, work) == {"ok": False, "cache": S._cache_name(odd, ST),
+                                             "reason": "unexpected error (RuntimeError: boom)", "encoded": True}
+
+
+def test_remote_rejection_names_the_url(tmp_path: Path) -> None:
+    """The encoder reads a local copy of a remote input; its rejection names the URL, not the copy."""
+    import fsspec
+
+    url = f"memory:///rej{os.getpid()}_{tmp_path.name}/g.mp4"
+    fsspec.filesystem("memory").pipe(url[len("memory://"):], b"not a video at all")
+    work = tmp_path / "work"
+    work.mkdir()
+    res = S._process_one(SampleSource(url), ST, work)
+    assert res["reason"].startswith("not a readable video container (") and res["reason"].endswith(f"'{url}')")
+    assert ".source.tmp" not in res["reason"] and not list(work.glob("*.tmp"))
+
+
 def test_remote_inputs_and_annotations(clips: dict[str, Path], tmp_path: Path) -> None:
     import fsspec
 
@@ -1108,6 +1153,30 @@ def test_collect_sources_qa_rows_repeats_and_remote(tmp_path: Path, caplog: pyte
     assert [s.path for s in S.collect_sources([f"memory://{root}/img"], modality="image")[0]] == [
         f"memory://{root}/img/p.jpg"]
     assert [s.path for s in S.collect_sources([f"memory://{root}/img"])[0]] == [f"memory://{root}/img/q.mp4"]
+
+
+def test_collect_sources_missing_inputs_origins_and_reasons(tmp_path: Path) -> None:
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    root = f"/cm{os.getpid()}_{tmp_path.name}"
+    fs.pipe(f"{root}/r.mp4", b"x")
+    (tmp_path / "l.mp4").write_bytes(b"x")
+    # a missing input (remote or local) is skipped and the inputs after it are still collected
+    srcs, _, skipped, _ = S.collect_sources([f"memory://{root}/gone.mp4", f"memory://{root}/r.mp4",
+                                             tmp_path / "gone", tmp_path / "l.mp4"])
+    assert [(s.path, s.label, s.caption, s.origin) for s in srcs] == [
+        (str(tmp_path / "l.mp4"), None, None, "input"), (f"memory://{root}/r.mp4", None, None, "input")]
+    assert [d["input"] for d in skipped] == [f"memory://{root}/gone.mp4", str(tmp_path / "gone")]
+    # every row of an item with only empty captions is named in its reason
+    (tmp_path / "e.jsonl").write_text('{"video": "a.mp4", "caption": " "}\n{"video": "b.mp4", "caption": "ok"}\n'
+                                      '{"video": "a.mp4", "caption": ""}\n')
+    _, _, skipped, _ = S.collect_sources([], tmp_path / "e.jsonl")
+    assert skipped == [{"input": str(tmp_path / "a.mp4"), "reason": "empty caption (e.jsonl:1, e.jsonl:3)"}]
+    # class names with some rows unlabelled: those stay unlabelled
+    (tmp_path / "u.jsonl").write_text('{"video": "a.mp4", "label": "dog"}\n{"video": "b.mp4"}\n')
+    srcs, classes, _, _ = S.collect_sources([], tmp_path / "u.jsonl")
+    assert classes == ["dog"] and [s.label for s in srcs] == [0, None]
 
 
 def test_progress_bar(clips: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
