@@ -278,6 +278,10 @@ def test_resize_pos_embed_edge_cases() -> None:
     assert sd["visual.positional_embedding"] is same
     with pytest.raises(RuntimeError, match="not a square grid"):
         resize_pos_embed({"visual.positional_embedding": torch.zeros(1 + 6, 64)}, clip)
+    clip.visual.grid_size = 3  # a grid given as one int: square
+    sd = {"visual.positional_embedding": torch.randn(1 + 4, 64)}
+    resize_pos_embed(sd, clip)
+    assert sd["visual.positional_embedding"].shape == (1 + 9, 64)
     clip.visual.grid_size = None  # a tower without a grid: left alone
     odd = {"visual.positional_embedding": torch.zeros(7, 64)}
     resize_pos_embed(odd, clip)
