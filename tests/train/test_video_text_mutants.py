@@ -329,8 +329,8 @@ def test_evaluate_plumbing(tasks: dict[str, Any], tmp_path: Path, monkeypatch: p
     calls: list[dict[str, Any]] = []
     reports: list[tuple[Any, ...]] = []
     monkeypatch.setattr(er, "retrieval_on_shards",
-                        lambda model, cfg, shards, **kw: calls.append({"model": model, "shards": shards, **kw})
-                        or ({"r_mean": 12.5}, {"n": 3}))
+                        lambda model, cfg, shards, **kw: calls.append({"model": model, "cfg": cfg, "shards": shards,
+                                                                       **kw}) or ({"r_mean": 12.5}, {"n": 3}))
     monkeypatch.setattr(er, "write_report", lambda out, m, info, overwrite: reports.append((out, m, info, overwrite)))
     task = tasks["free"]
     assert task.evaluate(True, tmp_path) is None  # no eval set
@@ -340,10 +340,17 @@ def test_evaluate_plumbing(tasks: dict[str, Any], tmp_path: Path, monkeypatch: p
         assert task.evaluate(False, tmp_path) == {"r_mean": 12.5} and reports == []
         c = calls[-1]
         assert c["model"] is task.model and c["shards"] == "/ev" and c["rerank_k"] == 7 and c["batch_size"] == 5
+        assert c["cfg"] is task.cfg
         assert c["multi_video_gt"] is True and c["device"] == torch.device("cpu") and c["amp_dtype"] is None
         assert Path(c["tokenizer_dir"]).is_dir()
         assert task.evaluate(True, tmp_path) == {"r_mean": 12.5}
         assert reports == [(tmp_path, {"r_mean": 12.5}, {"n": 3}, True)]
+        rt, task.rt = task.rt, Runtime(0, 1, 0, torch.device("cpu"), torch.bfloat16)
+        try:
+            task.evaluate(False, tmp_path)
+        finally:
+            task.rt = rt
+        assert calls[-1]["amp_dtype"] is torch.bfloat16
     finally:
         task.cfg.eval.shards, task.cfg.eval.multi_video_gt = "", False
 
@@ -359,6 +366,40 @@ def test_loader_errors_are_one_config_line(tasks: dict[str, Any], tmp_path: Path
     loader = task.build_loader()  # synthetic: the configured samples, videos and as many images
     kinds = [b["modality"] for b in loader.epoch_iter(0)]
     assert sorted(set(kinds)) == ["image", "video"]
+
+
+def test_loader_arguments_and_error_lines(tasks: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """What build_loader hands the synthetic and the shard loader (rank 1 of 2 here, so no default passes), and its
+    one-line errors (the first line of the loader's message, or the exception's name when it has none)."""
+    import umt.data.meta_loader as ml
+    import umt.data.synthetic as syn
+    from umt.model.text import resolve_text_dir
+
+    task = tasks["free"]
+    text = task.model.text
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(syn, "SyntheticPairLoader", lambda data, **kw: seen.update(synthetic=(data, kw)) or "syn")
+    monkeypatch.setattr(ml, "build_video_text_loader", lambda data, **kw: seen.update(shards=(data, kw)) or "shards")
+    rt, task.rt = task.rt, Runtime(1, 2, 1, torch.device("cpu"), None)
+    try:
+        assert task.build_loader() == "syn"
+        assert seen["synthetic"] == (task.cfg.data, {
+            "max_len": 10, "cls_id": text.cls_id, "sep_id": text.sep_id, "pad_id": text.pad_id,
+            "vocab_size": text.vocab_size, "rank": 1, "world_size": 2, "device": torch.device("cpu"),
+            "num_videos": 4, "num_images": 4})
+        task.cfg.synthetic_data, task.cfg.data.shards = False, "/sh"
+        assert task.build_loader() == "shards"
+        assert seen["shards"] == (task.cfg.data, {
+            "tokenizer": str(resolve_text_dir(task.cfg.text.encoder)), "max_len": 10, "rank": 1, "world_size": 2,
+            "device": torch.device("cpu")})
+        for err, line in ((ValueError("no captions in /sh\nsecond line"), "no captions in /sh"),
+                          (FileNotFoundError(), "FileNotFoundError")):
+            monkeypatch.setattr(ml, "build_video_text_loader", lambda data, e=err, **kw: (_ for _ in ()).throw(e))
+            with pytest.raises(ConfigError) as e:
+                task.build_loader()
+            assert str(e.value) == f"data.shards '/sh': {line}"
+    finally:
+        task.rt, task.cfg.synthetic_data, task.cfg.data.shards = rt, True, ""
 
 
 def test_log_image_is_nothing_teacher_free(tasks: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -383,6 +424,11 @@ def test_make_step_hands_the_task_parts_to_the_step(tasks: dict[str, Any]) -> No
         assert step.model is net and step.optimizer is opt and step.scheduler == "sched" and step.cfg is task.cfg
         assert step.teacher is task.teacher and (step.teacher is None) == (name == "free")
         assert step.device == torch.device("cpu") and step.amp_dtype is None
+        rt, task.rt = task.rt, Runtime(0, 1, 0, torch.device("cpu"), torch.bfloat16)
+        try:
+            assert task.make_step(net, opt, "sched").amp_dtype is torch.bfloat16  # the run's autocast dtype
+        finally:
+            task.rt = rt
 
 
 class SyncRecorder(Recorder):
