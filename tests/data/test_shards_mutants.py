@@ -409,6 +409,8 @@ def test_annotations_are_utf8_whatever_the_locale(tmp_path: Path) -> None:
         "remote = S._read_annotations('memory://loc/a.jsonl')[0][0][2]\n"
         "import locale; print(json.dumps([locale.getpreferredencoding(False), local, remote]))\n"
     )
+    # in this process too: the same caption (and mutmut learns which functions this test reaches)
+    assert S._read_annotations(tmp_path / "a.jsonl")[0][0][2] == ["café au lait, 日本"]
     env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "a.jsonl")], env=env, capture_output=True,
                          text=True, check=True).stdout
@@ -611,6 +613,9 @@ def test_interrupted_build_resumes_to_the_same_bytes(clips: dict[str, Path], tmp
     (out / "other-000000.tar").write_bytes(b"kept")  # another split's name is not this build's to delete
     with pytest.raises(ShardDirError, match="interrupted build of other inputs"):
         _build([clips["a"]], out)  # another key
+    with pytest.raises(RuntimeError, match="killed"):  # resumed and stopped again: the dead temporaries went first
+        _build([clips["a"], clips["b"]], out, keep_cache=True, _after_shard=_crash)
+    assert not (out / "train-000007.idx.tmp").exists() and not (out / ".work" / "junk.tmp").exists()
     with pytest.raises(ShardDirError, match="holds an interrupted build: finish it"):
         _build([clips["a"], clips["b"]], out, mode="append")
     kept = (out / "train-000000.tar").stat().st_ino  # intact: kept, not rewritten
@@ -871,30 +876,37 @@ def test_append_keeps_the_sets_skips_warnings_and_codecs(clips: dict[str, Path],
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     real = S._process_one
 
-    def warn_c1(src: SampleSource, st: Any, work: Path) -> dict[str, Any]:  # as a truncated input's encode reports
+    def warn(src: SampleSource, st: Any, work: Path) -> dict[str, Any]:  # as a truncated input's encode reports
         r = real(src, st, work)
-        if r["ok"] and src.path.endswith("c1.mp4"):
-            r["info"] = {**r["info"], "warnings": [f"truncated {Path(src.path).parent.name}"]}
+        if r["ok"]:
+            r["info"] = {**r["info"], "warnings": [f"truncated {Path(src.path).parent.name}/{Path(src.path).name}"]}
         return r
 
-    monkeypatch.setattr(S, "_process_one", warn_c1)
+    def expected(d: str) -> list[dict[str, Any]]:  # the warnings of directory d's clips, in index order
+        idx = {json.loads(x)["source"]: json.loads(x)["index"]
+               for x in (out / "sources.jsonl").read_text().splitlines()}
+        return sorted(({"input": str(clips[d] / c), "index": idx[str(clips[d] / c)],
+                        "warning": f"truncated {clips[d].name}/{c}"} for c in ("c0.mp4", "c1.mp4")),
+                      key=lambda w: w["index"])
+
+    monkeypatch.setattr(S, "_process_one", warn)
     out = tmp_path / "out"
-    first = _build([clips["a"], clips["short"]], out, seed=5)
+    first = _build([clips["a"], clips["short"]], out, seed=5, samples_per_shard=3)  # both clips in one shard
     assert 0.0 < first.seconds < 600.0  # wall seconds of this build
-    idx = {json.loads(x)["source"]: json.loads(x)["index"] for x in (out / "sources.jsonl").read_text().splitlines()}
-    w_a = {"input": str(clips["a"] / "c1.mp4"), "index": idx[str(clips["a"] / "c1.mp4")], "warning": "truncated in0"}
+    w_a = expected("a")
+    assert [w["index"] for w in w_a] == [0, 1]
     skip = {"input": str(clips["short"] / "s.mp4"), "reason": "too short: 2 frames < 4 needed for sparse sampling"}
-    assert first.warnings == [w_a] and first.skipped == [skip]
+    assert first.warnings == w_a and first.skipped == [skip]
     m = json.loads((out / "manifest.json").read_text())
-    assert m["warnings"] == [w_a] and m["skipped"] == [skip]
+    assert m["warnings"] == w_a and m["skipped"] == [skip]
     m["codecs"] = ["h264", "mjpeg"]  # a set that already holds another codec keeps it in its record
     (out / "manifest.json").write_text(json.dumps(m, indent=1))
-    res = _build([clips["b"]], out, mode="append", seed=5)
-    idx = {json.loads(x)["source"]: json.loads(x)["index"] for x in (out / "sources.jsonl").read_text().splitlines()}
-    w_b = {"input": str(clips["b"] / "c1.mp4"), "index": idx[str(clips["b"] / "c1.mp4")], "warning": "truncated in1"}
-    assert res.warnings == [w_b] and res.skipped == [] and 0.0 < res.seconds < 600.0  # this run's
+    res = _build([clips["b"]], out, mode="append", seed=5, samples_per_shard=3)
+    w_b = expected("b")
+    assert [w["index"] for w in w_b] == [2, 3]
+    assert res.warnings == w_b and res.skipped == [] and 0.0 < res.seconds < 600.0  # this run's
     m = json.loads((out / "manifest.json").read_text())
-    assert m["warnings"] == [w_a, w_b] and m["skipped"] == [skip] and m["codecs"] == ["h264", "mjpeg"]
+    assert m["warnings"] == w_a + w_b and m["skipped"] == [skip] and m["codecs"] == ["h264", "mjpeg"]
 
 
 def test_partitioned_build_not_committed_is_refused(clips: dict[str, Path], tmp_path: Path) -> None:
@@ -945,6 +957,12 @@ def test_image_build(tmp_path: Path) -> None:
     assert res.modality == "image" == m["modality"] and res.num_samples == 3 and m["encoding"]["container"] == "jpeg"
     with tarfile.open(tmp_path / "out" / "train-000000.tar") as tf:
         assert [t.name.split(".", 1)[1] for t in tf.getmembers()] == ["jpg", "meta", "json"] * 2
+    # more images appended to the image set
+    more = tmp_path / "more"
+    more.mkdir()
+    Image.fromarray(frame_image(7, 12, 10)).save(more / "q.png")
+    res = build_shards([more], tmp_path / "out", modality="image", samples_per_shard=2, mode="append")
+    assert (res.added, res.num_samples, res.modality) == (1, 4, "image")
 
 
 def test_captioned_build_records_counts(clips: dict[str, Path], tmp_path: Path) -> None:
@@ -1138,10 +1156,17 @@ def test_collect_sources_qa_rows_repeats_and_remote(tmp_path: Path, caplog: pyte
     assert classes == ["ant", "cat", "dog"] and [s.label for s in srcs] == [2, 1, 0]
     caplog.clear()
     (tmp_path / "cap.jsonl").write_text('{"video": "a.mp4", "caption": "x", "label": "dog"}\n'
-                                        '{"video": "a.mp4", "caption": "y", "label": "dog"}\n')
+                                        '{"video": "a.mp4", "caption": "y", "label": "dog"}\n'
+                                        '{"video": "a.mp4", "caption": "z"}\n')
     with caplog.at_level(logging.WARNING, logger="umt.data.build.shards"):
         S.collect_sources([], tmp_path / "cap.jsonl")
-    assert not caplog.records  # same label, a caption more: COCO's layout
+    assert not caplog.records  # same label or none, a caption more: COCO's layout
+    (tmp_path / "cap2.jsonl").write_text('{"video": "a.mp4", "caption": "x", "label": "dog"}\n'
+                                         '{"video": "a.mp4", "caption": "y", "label": "cat"}\n')
+    with caplog.at_level(logging.WARNING, logger="umt.data.build.shards"):
+        S.collect_sources([], tmp_path / "cap2.jsonl")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"duplicate annotation for {tmp_path / 'a.mp4'} (cap2.jsonl:2); keeping the first label"]
     # remote annotations (an fsspec URL is not a local path) and a remote directory of images
     fs = fsspec.filesystem("memory")
     root = f"/cs{os.getpid()}_{tmp_path.name}"
