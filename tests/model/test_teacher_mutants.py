@@ -159,6 +159,21 @@ def test_hf_directory_prefers_safetensors(tmp_path: Path) -> None:
     assert info.sha256 == hashlib.sha256((d / "model.safetensors").read_bytes()).hexdigest()
 
 
+def test_hf_directory_of_another_size_names_the_file_and_a_missing_tensor_is_an_error(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    d = _hf_dir(tmp_path / "hf", act="gelu")
+    wide = build_clip("ViT-B-16", image_size=SIZE, quick_gelu=False)  # width 768, 12 layers
+    with pytest.raises(TeacherWeightsError, match=f"^teacher weights {d} hold a ViT with patch 16, width 64, 4 layers; "
+                                                  "the configured model.teacher expects patch 16, width 768, 12 layers"):
+        load_clip_weights(wide, d)
+    sd = load_file(str(d / "model.safetensors"))
+    del sd["vision_model.post_layernorm.weight"]  # one tensor short: loaded strictly, so refused
+    save_file(sd, str(d / "model.safetensors"))
+    with pytest.raises(RuntimeError, match="Missing key\\(s\\) in state_dict: \"ln_post.weight\""):
+        load_clip_weights(_clip(False), d)
+
+
 class _Touch:
     """Unpickling this runs code (creates ``path``): what a hostile ``pytorch_model.bin`` could do."""
 
