@@ -502,6 +502,11 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
+def _sources(out: Path) -> list[dict[str, Any]]:
+    """The rows of ``out/sources.jsonl`` (one per sample, in index order)."""
+    return [json.loads(x) for x in (out / "sources.jsonl").read_text().splitlines()]
+
+
 def _build(inputs: list[Path], out: Path, **kw: Any) -> S.BuildResult:
     kw.setdefault("settings", ST)
     kw.setdefault("samples_per_shard", 1)
@@ -530,7 +535,7 @@ def test_new_build_leaves_only_the_data_set(clips: dict[str, Path], tmp_path: Pa
     assert m["codecs"] == ["mjpeg"] and m["build"]["inputs"] == [str(clips["a"])] and m["build"]["annotations"] is None
     assert len(m["build"]["key"]) == 32 and "appends" not in m["build"]
     order = sorted((S.order_key(3, str(clips["a"] / f"c{i}.mp4")), str(clips["a"] / f"c{i}.mp4")) for i in range(2))
-    rows = [json.loads(x) for x in (out / "sources.jsonl").read_text().splitlines()]
+    rows = _sources(out)
     assert [(r["index"], r["source"]) for r in rows] == [(i, p) for i, (_, p) in enumerate(order)]
     assert all(r["sha256"] == hashlib.sha256(Path(r["source"]).read_bytes()).hexdigest() for r in rows)
     from umt.data.build.info import verify
@@ -574,7 +579,7 @@ def test_keep_cache_and_samples_per_shard(clips: dict[str, Path], tmp_path: Path
                     assert json.loads(data)["index"] == int(key)
                 elif ext == "meta":
                     assert np.frombuffer(data, "<i4").tolist()[4] == int(key)
-    rows = [json.loads(x) for x in (out / "sources.jsonl").read_text().splitlines()]
+    rows = _sources(out)
     assert [r["index"] for r in rows] == [0, 1, 2, 3]
 
 
@@ -763,7 +768,7 @@ def test_append(clips: dict[str, Path], tmp_path: Path) -> None:
     m = json.loads((out / "manifest.json").read_text())
     assert m["shards"][:2] == first.shards
     assert [s["name"] for s in m["shards"]] == [f"train-{k:06d}.tar" for k in range(4)]
-    rows = [json.loads(x) for x in (out / "sources.jsonl").read_text().splitlines()]
+    rows = _sources(out)
     assert [r["index"] for r in rows] == [0, 1, 2, 3]
     assert sorted(r["source"] for r in rows[2:]) == sorted(str(clips["b"] / f"c{i}.mp4") for i in range(2))
     assert m["build"]["key"] == first_key(first, out) and len(m["build"]["appends"]) == 1
@@ -798,7 +803,7 @@ def test_append_labels(clips: dict[str, Path], tmp_path: Path) -> None:
     (tmp_path / "b.csv").write_text(f"{clips['b'] / 'c0.mp4'},eel\n{clips['b'] / 'c1.mp4'},cat\n")
     res = _build([], out, annotations=tmp_path / "b.csv", mode="append")
     assert res.classes == ["cat", "dog", "eel"]
-    rows = {json.loads(x)["source"]: json.loads(x)["index"] for x in (out / "sources.jsonl").read_text().splitlines()}
+    rows = {r["source"]: r["index"] for r in _sources(out)}
     from umt.data.format import ShardIndex, decode_meta, read_manifest
     ix = ShardIndex(out, read_manifest(out)["shards"])
     labels = {src: decode_meta(ix.read(i, "meta"))["label"] for src, i in rows.items()}
@@ -851,7 +856,7 @@ def test_append_duplicates_by_content_within_and_across(clips: dict[str, Path], 
     assert res.added == 2 and res.num_samples == 3
     assert {Path(d["input"]).name: d["reason"] for d in res.duplicates} == {
         "a_dup.mp4": "already in the data set (same content)", "c_two.mp4": "already in the data set (same content)"}
-    rows = [json.loads(x)["source"] for x in (out / "sources.jsonl").read_text().splitlines()]
+    rows = [r["source"] for r in _sources(out)]
     assert sorted(Path(r).name for r in rows[1:]) == ["b_one.mp4", "d_new.mp4"]
 
 
@@ -883,8 +888,7 @@ def test_append_keeps_the_sets_skips_warnings_and_codecs(clips: dict[str, Path],
         return r
 
     def expected(d: str) -> list[dict[str, Any]]:  # the warnings of directory d's clips, in index order
-        idx = {json.loads(x)["source"]: json.loads(x)["index"]
-               for x in (out / "sources.jsonl").read_text().splitlines()}
+        idx = {r["source"]: r["index"] for r in _sources(out)}
         return sorted(({"input": str(clips[d] / c), "index": idx[str(clips[d] / c)],
                         "warning": f"truncated {clips[d].name}/{c}"} for c in ("c0.mp4", "c1.mp4")),
                       key=lambda w: w["index"])
@@ -974,7 +978,7 @@ def test_captioned_build_records_counts(clips: dict[str, Path], tmp_path: Path) 
     m = json.loads((out / "manifest.json").read_text())
     assert m["captions"] == {"captioned": 2, "total": 3, "per_item": {"1": 1, "2": 1}}
     assert m["build"]["annotations"] == str(ann)
-    rows = {Path(r["source"]).name: r for r in map(json.loads, (out / "sources.jsonl").read_text().splitlines())}
+    rows = {Path(r["source"]).name: r for r in _sources(out)}
     assert rows["c0.mp4"]["captions"] == 2 and rows["c1.mp4"]["captions"] == 1
     uncaptioned = [json.loads(x) for x in (_build_rows(clips, tmp_path))]
     assert all("captions" not in r for r in uncaptioned)
@@ -998,7 +1002,7 @@ def test_append_keeps_the_sets_seed_and_shard_size(clips: dict[str, Path], tmp_p
                                       "duplicates": 0}]
     order = sorted(str(clips["b"] / f"c{i}.mp4") for i in range(2))
     order.sort(key=lambda p: S.order_key(9, p))  # the new samples in this run's order
-    rows = [json.loads(x) for x in (out / "sources.jsonl").read_text().splitlines()]
+    rows = _sources(out)
     assert [r["source"] for r in rows[2:]] == order
     # a set built before sources.jsonl existed: the sources read from the tars (content duplicates not found)
     (out / "sources.jsonl").unlink()

@@ -345,11 +345,9 @@ def test_evaluate_plumbing(tasks: dict[str, Any], tmp_path: Path, monkeypatch: p
         assert Path(c["tokenizer_dir"]).is_dir()
         assert task.evaluate(True, tmp_path) == {"r_mean": 12.5}
         assert reports == [(tmp_path, {"r_mean": 12.5}, {"n": 3}, True)]
-        rt, task.rt = task.rt, Runtime(0, 1, 0, torch.device("cpu"), torch.bfloat16)
-        try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(task, "rt", Runtime(0, 1, 0, torch.device("cpu"), torch.bfloat16))
             task.evaluate(False, tmp_path)
-        finally:
-            task.rt = rt
         assert calls[-1]["amp_dtype"] is torch.bfloat16
     finally:
         task.cfg.eval.shards, task.cfg.eval.multi_video_gt = "", False
@@ -380,26 +378,24 @@ def test_loader_arguments_and_error_lines(tasks: dict[str, Any], monkeypatch: py
     seen: dict[str, Any] = {}
     monkeypatch.setattr(syn, "SyntheticPairLoader", lambda data, **kw: seen.update(synthetic=(data, kw)) or "syn")
     monkeypatch.setattr(ml, "build_video_text_loader", lambda data, **kw: seen.update(shards=(data, kw)) or "shards")
-    rt, task.rt = task.rt, Runtime(1, 2, 1, torch.device("cpu"), None)
-    try:
-        assert task.build_loader() == "syn"
-        assert seen["synthetic"] == (task.cfg.data, {
-            "max_len": 10, "cls_id": text.cls_id, "sep_id": text.sep_id, "pad_id": text.pad_id,
-            "vocab_size": text.vocab_size, "rank": 1, "world_size": 2, "device": torch.device("cpu"),
-            "num_videos": 4, "num_images": 4})
-        task.cfg.synthetic_data, task.cfg.data.shards = False, "/sh"
-        assert task.build_loader() == "shards"
-        assert seen["shards"] == (task.cfg.data, {
-            "tokenizer": str(resolve_text_dir(task.cfg.text.encoder)), "max_len": 10, "rank": 1, "world_size": 2,
-            "device": torch.device("cpu")})
-        for err, line in ((ValueError("no captions in /sh\nsecond line"), "no captions in /sh"),
-                          (FileNotFoundError(), "FileNotFoundError")):
-            monkeypatch.setattr(ml, "build_video_text_loader", lambda data, e=err, **kw: (_ for _ in ()).throw(e))
-            with pytest.raises(ConfigError) as e:
-                task.build_loader()
-            assert str(e.value) == f"data.shards '/sh': {line}"
-    finally:
-        task.rt, task.cfg.synthetic_data, task.cfg.data.shards = rt, True, ""
+    monkeypatch.setattr(task, "rt", Runtime(1, 2, 1, torch.device("cpu"), None))  # restored after the test
+    assert task.build_loader() == "syn"
+    assert seen["synthetic"] == (task.cfg.data, {
+        "max_len": 10, "cls_id": text.cls_id, "sep_id": text.sep_id, "pad_id": text.pad_id,
+        "vocab_size": text.vocab_size, "rank": 1, "world_size": 2, "device": torch.device("cpu"),
+        "num_videos": 4, "num_images": 4})
+    monkeypatch.setattr(task.cfg, "synthetic_data", False)
+    monkeypatch.setattr(task.cfg.data, "shards", "/sh")
+    assert task.build_loader() == "shards"
+    assert seen["shards"] == (task.cfg.data, {
+        "tokenizer": str(resolve_text_dir(task.cfg.text.encoder)), "max_len": 10, "rank": 1, "world_size": 2,
+        "device": torch.device("cpu")})
+    for err, line in ((ValueError("no captions in /sh\nsecond line"), "no captions in /sh"),
+                      (FileNotFoundError(), "FileNotFoundError")):
+        monkeypatch.setattr(ml, "build_video_text_loader", lambda data, e=err, **kw: (_ for _ in ()).throw(e))
+        with pytest.raises(ConfigError) as e:
+            task.build_loader()
+        assert str(e.value) == f"data.shards '/sh': {line}"
 
 
 def test_log_image_is_nothing_teacher_free(tasks: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -424,11 +420,9 @@ def test_make_step_hands_the_task_parts_to_the_step(tasks: dict[str, Any]) -> No
         assert step.model is net and step.optimizer is opt and step.scheduler == "sched" and step.cfg is task.cfg
         assert step.teacher is task.teacher and (step.teacher is None) == (name == "free")
         assert step.device == torch.device("cpu") and step.amp_dtype is None
-        rt, task.rt = task.rt, Runtime(0, 1, 0, torch.device("cpu"), torch.bfloat16)
-        try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(task, "rt", Runtime(0, 1, 0, torch.device("cpu"), torch.bfloat16))
             assert task.make_step(net, opt, "sched").amp_dtype is torch.bfloat16  # the run's autocast dtype
-        finally:
-            task.rt = rt
 
 
 class SyncRecorder(Recorder):
